@@ -1,0 +1,208 @@
+"""What the DAG's nodes do. Each function works in a run directory and is called by
+`osgtest-dag node ACTION` from DAGMan (local universe and POST scripts) and by the local
+executor alike, so both engines do exactly the same work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from . import cellconfig
+from .errors import CommandError, UserError
+from .workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK, load_manifest
+
+log = logging.getLogger(__name__)
+
+# Guest statuses (docs/contracts.md §2) the POST script treats as a finished test run, and
+# those that say the infrastructure failed (worth another try).
+PRODUCT_STATUSES = {"pass", "test", "install", "update"}
+INFRA_RETRY_STATUSES = {"network", "repos", "running"}
+INFRA_FATAL_STATUSES = {"payload"}
+
+
+def cell_dir(run_dir: Path, serial: str) -> Path:
+    d = Path(run_dir) / "cells" / serial
+    if not (d / "cell.json").is_file():
+        raise UserError(f"no cell {serial!r} in this run", where=run_dir,
+                        hint="serials are listed in cells.json")
+    return d
+
+
+def io_disk(run_dir: Path, serial: str) -> Path:
+    return Path(run_dir) / "cells" / serial / f"io-{serial}.qcow2"
+
+
+def result_disk(run_dir: Path, serial: str) -> Path:
+    return Path(run_dir) / "cells" / serial / f"result-{serial}.qcow2"
+
+
+def _write_json(path: Path, data) -> None:
+    """Atomic: readers (status, the executor, a resumed run) never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def create_io_disk(run_dir: Path, serial: str) -> Path:
+    """Build the cell's IO disk from its cell.json (the DAG's CreateDisk node)."""
+    from .iodisk import make_iodisk
+    manifest = load_manifest(run_dir)
+    d = cell_dir(run_dir, serial)
+    cfg = cellconfig.load(d / "cell.json")
+    opts = manifest["options"]
+    with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
+        cellconfig.write_input_dir(cfg, Path(tmp) / "input")
+        make_iodisk(Path(tmp) / "input", io_disk(run_dir, serial),
+                    size_mb=opts.get("iodisk_size_mb", 64), backend=opts.get("iodisk_backend", "mke2fs"))
+    return io_disk(run_dir, serial)
+
+
+def read_guest_result(disk: Path, dest: Path) -> dict | None:
+    """Pull `output/` off a returned disk into `dest`; the guest's result.json, or None."""
+    from .iodisk import read_output
+    read_output(disk, dest)
+    rj = dest / "result.json"
+    if not rj.is_file():
+        return None
+    try:
+        return json.loads(rj.read_text())
+    except ValueError:
+        return {"status": "running", "exit_code": None, "corrupt": True}
+
+
+def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retries: int) -> int:
+    """The VM node's POST script: classify from the returned disk. Returns the exit code
+    DAGMan acts on: 0 done, 1 infrastructure (RETRY), 2 infrastructure not worth a retry
+    (RETRY ... UNLESS-EXIT 2)."""
+    serial = node_name[len("TestRun"):] if node_name.startswith("TestRun") else node_name
+    d = cell_dir(run_dir, serial)
+    disk = result_disk(run_dir, serial)
+    decision: dict = {"attempt": retry, "max_retries": max_retries, "job_exit": returncode,
+                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if not disk.is_file():
+        decision.update(verdict="infra", reason="no result disk came back", exit=POST_INFRA_RETRY)
+    else:
+        try:
+            with tempfile.TemporaryDirectory(prefix="osgtest-post-") as tmp:
+                result = read_guest_result(disk, Path(tmp))
+        except (CommandError, RuntimeError, OSError) as e:
+            result = None
+            decision.update(verdict="infra", reason=f"result disk unreadable: {str(e)[:300]}",
+                            exit=POST_INFRA_RETRY)
+        else:
+            status = (result or {}).get("status")
+            if result is None:
+                decision.update(verdict="infra", reason="the payload left no result (did the VM boot?)",
+                                exit=POST_INFRA_RETRY)
+            elif status in PRODUCT_STATUSES:
+                decision.update(verdict="done", reason=f"guest finished: {status}", exit=POST_OK)
+            elif status in INFRA_FATAL_STATUSES:
+                decision.update(verdict="infra-fatal", reason=f"guest reported {status}", exit=POST_INFRA_FATAL)
+            else:
+                decision.update(verdict="infra", reason=f"guest reported {status or 'nothing'}",
+                                exit=POST_INFRA_RETRY)
+            decision["guest_status"] = status
+            decision["guest_exit_code"] = (result or {}).get("exit_code")
+    history_path = d / "post-vm.json"
+    history = []
+    if history_path.is_file():
+        try:
+            history = json.loads(history_path.read_text())
+        except ValueError:
+            history = []
+    history.append(decision)
+    _write_json(history_path, history)
+    log.info("cell %s attempt %s: %s (%s)", serial, retry, decision["verdict"], decision["reason"])
+    return decision["exit"]
+
+
+def process_result(run_dir: Path, serial: str) -> dict:
+    """Extract the returned disk's `output/` into the cell directory (ProcessResult node)."""
+    d = cell_dir(run_dir, serial)
+    disk = result_disk(run_dir, serial)
+    if not disk.is_file():
+        raise UserError("no result disk to process", where=disk)
+    out = d / "output"
+    tmp = Path(tempfile.mkdtemp(prefix=".output.", dir=d))
+    try:
+        result = read_guest_result(disk, tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    summary = cell_summary(run_dir, serial)
+    _write_json(d / "cell-result.json", summary)
+    return summary
+
+
+def clean_output(run_dir: Path, serial: str) -> list[Path]:
+    """Remove what is no longer needed once the result is extracted: the IO disk that went
+    in (the result disk is its returned copy), and the result disk unless keep_disks."""
+    manifest = load_manifest(run_dir)
+    removed = []
+    targets = [io_disk(run_dir, serial)]
+    if not manifest["options"].get("keep_disks") and (cell_dir(run_dir, serial) / "output").is_dir():
+        targets.append(result_disk(run_dir, serial))
+    for t in targets:
+        if t.exists():
+            t.unlink()
+            removed.append(t)
+    return removed
+
+
+def cell_summary(run_dir: Path, serial: str) -> dict:
+    """What we know of one cell now: the guest's status and exit code, else why not."""
+    d = Path(run_dir) / "cells" / serial
+    cfg = json.loads((d / "cell.json").read_text())
+    out = {"serial": serial, "platform": cfg["platform"]["id"], "source": cfg["source"]["raw"],
+           "label": cfg["label"], "status": "missing", "exit_code": None, "attempts": 0,
+           "reason": "no result came back"}
+    post = d / "post-vm.json"
+    if post.is_file():
+        history = json.loads(post.read_text())
+        out["attempts"] = len(history)
+        last = history[-1]
+        if last["verdict"] != "done":
+            out.update(status="infra", reason=last["reason"])
+    rj = d / "output" / "result.json"
+    if rj.is_file():
+        try:
+            guest = json.loads(rj.read_text())
+            out.update(status=guest.get("status", "missing"), exit_code=guest.get("exit_code"),
+                       reason="from the guest's result.json")
+        except ValueError:
+            out.update(status="infra", reason="result.json is not valid JSON")
+    return out
+
+
+def matrix_summary(run_dir: Path) -> dict:
+    """The FINAL node's work: every cell's status, so the outer workflow has one document."""
+    run_dir = Path(run_dir)
+    serials = sorted((p.name for p in (run_dir / "cells").iterdir() if (p / "cell.json").is_file()),
+                     key=lambda s: (len(s), s))
+    cells = [cell_summary(run_dir, s) for s in serials]
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    summary = {"schema": "osgtest-dag/matrix-summary", "version": 1, "cells": cells, "counts": counts}
+    _write_json(run_dir / "matrix-summary.json", summary)
+    return summary
+
+
+def text_summary(summary: dict) -> str:
+    lines = [f"{'SERIAL':<7} {'STATUS':<8} {'EXIT':<5} {'PLATFORM':<24} {'PACKAGE SET':<28} SOURCE"]
+    for c in summary["cells"]:
+        code = "-" if c["exit_code"] is None else str(c["exit_code"])
+        lines.append(f"{c['serial']:<7} {c['status']:<8} {code:<5} {c['platform']:<24} "
+                     f"{c['label'][:28]:<28} {c['source']}")
+    lines.append("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items())))
+    return "\n".join(lines) + "\n"
