@@ -182,8 +182,10 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
             for name in src.repos + src.update_repos:
                 problem = catalog.check_repo(plat.family, name)
                 if problem:
+                    m = re.search(rf"(?<![\w.+-]){re.escape(name)}(?![\w.+-])", raw)
+                    col = (where.column or 1) + (m.start() if m else 0)
                     raise UserError(f"unknown repository {name!r} for {plat.family} platform {plat.id}",
-                                    where=where, hint=problem)
+                                    where=Location(path, where.line, col), hint=problem)
         sources.append((src, where))
 
     package_sets = [_package_set(doc, i, ps) for i, ps in enumerate(data["package_sets"])]

@@ -249,12 +249,22 @@ def render_submit_files(opts: WorkflowOptions, run_name: str, generated: str) ->
                                       output=f"{stem}.out", error=f"{stem}.err",
                                       environment=environment)
     except jinja2.TemplateError as e:
-        where = getattr(e, "filename", None) or "submit template"
-        line = getattr(e, "lineno", None)
-        raise UserError(f"submit template error: {e.message}",
-                        where=f"{where}:{line}" if line else where,
-                        hint="fix the template in your --template-dir") from None
+        raise UserError(f"submit template error: {e.message}", where=_template_location(e),
+                        hint="fix the template (or remove the override from --template-dir)") from None
     return files
+
+
+def _template_location(e: jinja2.TemplateError) -> str:
+    """file:line of a template error; syntax errors carry it, render errors only in the
+    traceback, where Jinja puts the template's own file and line."""
+    if getattr(e, "filename", None) and getattr(e, "lineno", None):
+        return f"{e.filename}:{e.lineno}"
+    tb, where = e.__traceback__, "submit template"
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(".j2"):
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
 
 
 def _check_submit(name: str, text: str) -> None:
@@ -343,3 +353,36 @@ def load_manifest(run_dir: Path) -> dict:
     if data.get("schema") != RUN_SCHEMA or data.get("version") != RUN_VERSION:
         raise UserError("run directory from an incompatible osgtest-dag version", where=path)
     return data
+
+
+def check_run(run_dir: Path) -> dict:
+    """Validate a run directory: every DAG acyclic with its files present, every submit
+    description accepted by HTCondor's parser. Returns counts."""
+    import htcondor2
+
+    from . import dagfile
+    run_dir = Path(run_dir)
+    load_manifest(run_dir)
+    todo, seen, counts = [run_dir / "workflow.dag"], set(), {"dags": 0, "nodes": 0, "submit_files": 0}
+    parsed: dict[str, str] = {}
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        dag = dagfile.parse(path)
+        dagfile.check(dag, run_dir)
+        counts["dags"] += 1
+        counts["nodes"] += len(dag.nodes)
+        for node in dag.nodes.values():
+            if node.kind == "subdag":
+                todo.append(run_dir / node.dag_file)
+                continue
+            if node.submit_file not in parsed:
+                text = (run_dir / node.submit_file).read_text()
+                _check_submit(node.submit_file, text)
+                parsed[node.submit_file] = text
+    for name, text in parsed.items():
+        htcondor2.Submit(text)
+    counts["submit_files"] = len(parsed)
+    return counts

@@ -1,0 +1,179 @@
+"""The run directory: exact DAG lines, HTCondor's parser on every submit file, DAG checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import htcondor2
+import networkx as nx
+import pytest
+
+from osgtest_dag import dagfile, matrix, workflow
+from osgtest_dag.catalog import Catalog
+
+SMALL = """\
+platforms: [debian_12.x86_64, debian_13.aarch64]
+sources: ['stable; main']
+package_sets:
+  - label: Hello
+    packages: [hello]
+"""
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "small.yaml").write_text(SMALL.replace("'stable; main'", "'stable; main > updates'"))
+    cat = Catalog.load(image_dir="/images")
+    m = matrix.build([tmp_path / "p"], cat)
+    opts = workflow.WorkflowOptions(tool="/opt/osgtest/bin/osgtest-dag", excluded_hosts=("bad1.example.org",),
+                                    extra_requirements="TARGET.HasVirshDefaultNetwork == True")
+    return workflow.write_run(tmp_path / "run", list(m.cells), cat, opts, param_files=list(m.files))
+
+
+def test_matrix_dag_exact_lines(small_run):
+    text = (small_run / "matrix.dag").read_text()
+    assert text == """\
+# BEGIN META
+CONFIG matrix.config
+NODE_STATUS_FILE matrix.status 30
+MAXJOBS LocalIO 10
+# END META
+# BEGIN NODES AND EDGES
+JOB CreateDisk000 submit/create-io-disk.sub
+VARS CreateDisk000 serial="000"
+RETRY CreateDisk000 3
+CATEGORY CreateDisk000 LocalIO
+JOB CreateDisk001 submit/create-io-disk.sub
+VARS CreateDisk001 serial="001"
+RETRY CreateDisk001 3
+CATEGORY CreateDisk001 LocalIO
+PARENT CreateDisk000 CHILD TestRun000
+PARENT CreateDisk001 CHILD TestRun001
+JOB TestRun000 submit/test-run.sub
+VARS TestRun000 serial="000" platform="debian_12.x86_64" image="/images/debian_12.x86_64.qcow2" image_name="debian_12.x86_64.qcow2" image_format="qcow2" condor_arch="X86_64" vm_memory="2048" vm_vcpus="2" request_disk="8192MB"
+RETRY TestRun000 2 UNLESS-EXIT 2
+SCRIPT POST TestRun000 /opt/osgtest/bin/osgtest-dag node post-vm $JOB $RETURN $RETRY $MAX_RETRIES
+JOB TestRun001 submit/test-run.sub
+VARS TestRun001 serial="001" platform="debian_13.aarch64" image="/images/debian_13.aarch64.qcow2" image_name="debian_13.aarch64.qcow2" image_format="qcow2" condor_arch="aarch64" vm_memory="2048" vm_vcpus="2" request_disk="8192MB"
+RETRY TestRun001 2 UNLESS-EXIT 2
+SCRIPT POST TestRun001 /opt/osgtest/bin/osgtest-dag node post-vm $JOB $RETURN $RETRY $MAX_RETRIES
+PARENT TestRun000 CHILD ProcessResult000
+PARENT TestRun001 CHILD ProcessResult001
+JOB ProcessResult000 submit/process-result.sub
+VARS ProcessResult000 serial="000"
+CATEGORY ProcessResult000 LocalIO
+JOB ProcessResult001 submit/process-result.sub
+VARS ProcessResult001 serial="001"
+CATEGORY ProcessResult001 LocalIO
+PARENT ProcessResult000 CHILD CleanOutput000
+PARENT ProcessResult001 CHILD CleanOutput001
+JOB CleanOutput000 submit/clean-output.sub
+VARS CleanOutput000 serial="000"
+JOB CleanOutput001 submit/clean-output.sub
+VARS CleanOutput001 serial="001"
+# END NODES AND EDGES
+# FINAL NODE
+FINAL MatrixFinal submit/matrix-final.sub
+# END FINAL NODE
+"""
+    assert (small_run / "matrix.config").read_text() == \
+        "DAGMAN_MAX_JOBS_IDLE = 1000\nDAGMAN_USER_LOG_SCAN_INTERVAL = 5\n"
+
+
+def test_outer_dag_exact_lines(small_run):
+    assert (small_run / "workflow.dag").read_text() == """\
+# BEGIN META
+NODE_STATUS_FILE workflow.status 30
+# END META
+# BEGIN NODES AND EDGES
+SUBDAG EXTERNAL Matrix matrix.dag
+PARENT Matrix CHILD Analyze
+JOB Analyze submit/analyze.sub
+PARENT Analyze CHILD Report
+JOB Report submit/report.sub
+PARENT Report CHILD Publish
+JOB Publish submit/publish.sub
+# END NODES AND EDGES
+"""
+
+
+def test_vm_submit_with_node_vars_parses_and_expands(small_run):
+    dag = dagfile.parse(small_run / "matrix.dag")
+    text = (small_run / "submit" / "test-run.sub").read_text()
+    node = dag.nodes["TestRun000"]
+    sub = htcondor2.Submit(text)
+    for k, v in node.vars.items():
+        sub[k] = v
+    assert sub["universe"] == "vm"
+    assert sub.expand("vm_disk") == "debian_12.x86_64.qcow2:vda:w:qcow2,io-000.qcow2:vdb:w:qcow2"
+    assert sub.expand("transfer_input_files") == "/images/debian_12.x86_64.qcow2,io-000.qcow2"
+    assert sub.expand("transfer_output_remaps") == '"io-000.qcow2 = result-000.qcow2"'
+    assert sub.expand("vm_memory") == "2048" and sub.expand("request_memory") == "2048"
+    assert sub.expand("vm_vcpus") == "2" and sub.expand("request_cpus") == "2"
+    assert sub.expand("initialdir") == "cells/000"
+    assert sub.expand("requirements") == (
+        '(TARGET.Arch == "X86_64") && (TARGET.HasVM =?= True) && '
+        '(TARGET.HasVirshDefaultNetwork == True) && !member(TARGET.Machine, {"bad1.example.org"})')
+    assert sub["vm_networking"] == "true"
+    assert "14400" in sub["periodic_hold"]
+    assert "NumJobStarts < 3" in sub["periodic_release"]
+
+
+def test_every_submit_file_parses_fixture_run(params_d, tmp_path, cli):
+    r = cli("generate", params_d, "-o", tmp_path / "nightly")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "nightly"
+    subs = sorted((run / "submit").glob("*.sub"))
+    assert len(subs) == 8
+    for f in subs:
+        s = htcondor2.Submit(f.read_text())
+        assert s.keys(), f
+        assert s["universe"] in ("vm", "local")
+    counts = workflow.check_run(run)
+    assert counts == {"dags": 2, "nodes": 4 * 1564 + 1 + 4, "submit_files": 8}
+    dag = dagfile.parse(run / "matrix.dag")
+    g = dag.graph()
+    assert nx.is_directed_acyclic_graph(g)
+    assert g.number_of_edges() == 3 * 1564
+    assert dag.maxjobs == {"LocalIO": 10}
+    assert dag.final == "MatrixFinal"
+    assert all(n.retry_unless_exit == 2 for k, n in dag.nodes.items() if k.startswith("TestRun"))
+    assert len(list((run / "cells").iterdir())) == 1564
+
+
+def test_cell_config_is_complete(small_run):
+    cfg = json.loads((small_run / "cells" / "000" / "cell.json").read_text())
+    assert cfg["schema"] == "osgtest-dag/cell" and cfg["version"] == 1
+    assert cfg["platform"]["codename"] == "bookworm"
+    assert cfg["repositories"]["initial"]["apt_sources"] == ["deb http://deb.debian.org/debian bookworm main"]
+    assert cfg["repositories"]["update"]["apt_sources"] == [
+        "deb http://deb.debian.org/debian bookworm main", "deb http://deb.debian.org/debian bookworm-updates main"]
+    cfg1 = json.loads((small_run / "cells" / "001" / "cell.json").read_text())
+    assert cfg1["repositories"]["initial"]["apt_sources"] == ["deb http://deb.debian.org/debian trixie main"]
+
+
+def test_dag_cycle_and_missing_file_are_caught(tmp_path):
+    (tmp_path / "a.sub").write_text("executable=/bin/true\nqueue\n")
+    (tmp_path / "c.dag").write_text("JOB A a.sub\nJOB B a.sub\nPARENT A CHILD B\nPARENT B CHILD A\n")
+    with pytest.raises(Exception, match="cycle"):
+        dagfile.check(dagfile.parse(tmp_path / "c.dag"))
+    (tmp_path / "m.dag").write_text("JOB A a.sub\nJOB B missing.sub\n")
+    with pytest.raises(Exception, match="missing file missing.sub"):
+        dagfile.check(dagfile.parse(tmp_path / "m.dag"))
+
+
+def test_generate_is_atomic_when_a_late_step_fails(tmp_path, monkeypatch):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "s.yaml").write_text(SMALL)
+    cat = Catalog.load(image_dir="/images")
+    m = matrix.build([tmp_path / "p"], cat)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(workflow, "outer_dag", boom)
+    with pytest.raises(OSError):
+        workflow.write_run(tmp_path / "run", list(m.cells), cat, workflow.WorkflowOptions(tool="/x"),
+                           param_files=list(m.files))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
