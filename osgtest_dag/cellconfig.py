@@ -1,7 +1,10 @@
 """The per-cell configuration: what the payload in the VM needs to know (docs/contracts.md §1).
 
-`generate` writes `cell.json` per cell; the disk-creation node derives `cell.env` (for the
-shell payload) and `osg-test.conf` from it when it builds the IO disk.
+`generate` writes every cell's configuration as one line of the run's `cells.jsonl` (one file,
+not one per cell: at 100k cells, creating 100k directories and files costs more than all the
+rest of generation). The DAG gives each CreateDisk node its line's byte offset, so the node
+reads its cell in O(1); it then writes `cells/<serial>/cell.json` and derives `cell.env` (for
+the shell payload) and `osg-test.conf` for the IO disk.
 """
 
 from __future__ import annotations
@@ -47,8 +50,65 @@ def cell_json(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> dict:
         "network": {"check_host": catalog.network_check_host(p.family), "retries": 5},
         "retries": {"count": 3, "backoff": 10},
         "nightly": nightly,
-        "param_file": str(cell.origin),
+        "param_file": cell.origin.name,
     }
+
+
+STORE = "cells.jsonl"
+
+
+def write_store(path: Path, configs) -> list[int]:
+    """Write configurations one per line; return each line's byte offset."""
+    offsets = []
+    pos = 0
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    with open(path, "wb") as f:
+        for cfg in configs:
+            line = (dumps(cfg) + "\n").encode()
+            offsets.append(pos)
+            f.write(line)
+            pos += len(line)
+    return offsets
+
+
+def read_cell(run_dir: Path, serial: str, offset: int | None = None) -> dict:
+    """One cell's configuration from the run's store: at `offset` if given, else by scanning."""
+    path = Path(run_dir) / STORE
+    try:
+        with open(path, "rb") as f:
+            if offset is not None:
+                f.seek(offset)
+                cfg = _check(json.loads(f.readline()), path)
+                if cfg["serial"] == serial:
+                    return cfg
+                f.seek(0)
+            key = f'"serial":"{serial}"'.encode()
+            for line in f:
+                if key in line:
+                    cfg = _check(json.loads(line), path)
+                    if cfg["serial"] == serial:
+                        return cfg
+    except FileNotFoundError:
+        raise UserError("not a run directory (no cells.jsonl)", where=run_dir,
+                        hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`") from None
+    except ValueError as e:
+        raise UserError(f"corrupt cell store: {e}", where=path) from None
+    raise UserError(f"no cell {serial!r} in this run", where=run_dir,
+                    hint="`osgtest-dag plan` or cells.jsonl list the serials")
+
+
+def iter_cells(run_dir: Path):
+    path = Path(run_dir) / STORE
+    with open(path, "rb") as f:
+        for line in f:
+            yield _check(json.loads(line), path)
+
+
+def _check(data: dict, path: Path) -> dict:
+    if data.get("schema") != SCHEMA or data.get("version") != VERSION:
+        raise UserError(f"not a version-{VERSION} cell configuration", where=path,
+                        hint="regenerate the run with this version of osgtest-dag")
+    return data
 
 
 def load(path: Path) -> dict:
@@ -59,10 +119,7 @@ def load(path: Path) -> dict:
                         hint="is this a run directory written by `osgtest-dag generate`?") from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read cell configuration: {e}", where=path) from None
-    if data.get("schema") != SCHEMA or data.get("version") != VERSION:
-        raise UserError(f"not a version-{VERSION} cell configuration", where=path,
-                        hint="regenerate the run with this version of osgtest-dag")
-    return data
+    return _check(data, path)
 
 
 def cell_env(cfg: dict) -> str:

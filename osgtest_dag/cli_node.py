@@ -21,10 +21,11 @@ def node():
 
 @node.command("create-io-disk")
 @click.argument("serial")
+@click.option("--offset", type=int, default=None, help="Byte offset of the cell in cells.jsonl.")
 @RUN_DIR
-def create_io_disk(serial, run_dir):
+def create_io_disk(serial, offset, run_dir):
     from . import node as n
-    click.echo(n.create_io_disk(run_dir, serial))
+    click.echo(n.create_io_disk(run_dir, serial, offset))
 
 
 @node.command("post-vm")

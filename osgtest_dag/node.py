@@ -27,10 +27,12 @@ INFRA_FATAL_STATUSES = {"payload"}
 
 
 def cell_dir(run_dir: Path, serial: str) -> Path:
+    """The cell's working directory; made by its CreateDisk node (which writes cell.json)."""
     d = Path(run_dir) / "cells" / serial
     if not (d / "cell.json").is_file():
-        raise UserError(f"no cell {serial!r} in this run", where=run_dir,
-                        hint="serials are listed in cells.json")
+        cellconfig.read_cell(run_dir, serial)  # a clear error for a serial not in the run
+        raise UserError(f"cell {serial} has no working directory yet", where=d,
+                        hint="its CreateDisk node makes it: run the workflow, or `osgtest-dag node create-io-disk`")
     return d
 
 
@@ -51,12 +53,14 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def create_io_disk(run_dir: Path, serial: str) -> Path:
-    """Build the cell's IO disk from its cell.json (the DAG's CreateDisk node)."""
+def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Path:
+    """Make the cell's directory and IO disk from its configuration (the CreateDisk node)."""
     from .iodisk import make_iodisk
     manifest = load_manifest(run_dir)
-    d = cell_dir(run_dir, serial)
-    cfg = cellconfig.load(d / "cell.json")
+    cfg = cellconfig.read_cell(run_dir, serial, offset)
+    d = Path(run_dir) / "cells" / serial
+    d.mkdir(parents=True, exist_ok=True)
+    _write_json(d / "cell.json", cfg)
     opts = manifest["options"]
     with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
         cellconfig.write_input_dir(cfg, Path(tmp) / "input")
@@ -162,7 +166,13 @@ def clean_output(run_dir: Path, serial: str) -> list[Path]:
 def cell_summary(run_dir: Path, serial: str) -> dict:
     """What we know of one cell now: the guest's status and exit code, else why not."""
     d = Path(run_dir) / "cells" / serial
-    cfg = json.loads((d / "cell.json").read_text())
+    cfg = cellconfig.load(d / "cell.json") if (d / "cell.json").is_file() else cellconfig.read_cell(run_dir, serial)
+    return _summary_from(Path(run_dir), cfg)
+
+
+def _summary_from(run_dir: Path, cfg: dict) -> dict:
+    serial = cfg["serial"]
+    d = run_dir / "cells" / serial
     out = {"serial": serial, "platform": cfg["platform"]["id"], "source": cfg["source"]["raw"],
            "label": cfg["label"], "status": "missing", "exit_code": None, "attempts": 0,
            "reason": "no result came back"}
@@ -187,9 +197,7 @@ def cell_summary(run_dir: Path, serial: str) -> dict:
 def matrix_summary(run_dir: Path) -> dict:
     """The FINAL node's work: every cell's status, so the outer workflow has one document."""
     run_dir = Path(run_dir)
-    serials = sorted((p.name for p in (run_dir / "cells").iterdir() if (p / "cell.json").is_file()),
-                     key=lambda s: (len(s), s))
-    cells = [cell_summary(run_dir, s) for s in serials]
+    cells = [_summary_from(run_dir, cfg) for cfg in cellconfig.iter_cells(run_dir)]
     counts: dict[str, int] = {}
     for c in cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1

@@ -3,13 +3,13 @@
 Layout of a run directory (docs/run-directory.md):
 
     run.json            manifest: schema, tool version, options, cell count
-    cells.json          the plan (one object per cell)
+    cells.jsonl         every cell's configuration, one JSON object per line
     params/             copies of the parameter files used (the run is reproducible)
     workflow.dag        outer DAG: Matrix (SUBDAG) -> Analyze -> Report -> Publish
     matrix.dag          per cell: CreateDisk -> TestRun (POST classifies) -> ProcessResult -> CleanOutput; FINAL
     matrix.config       DAGMan configuration of the matrix DAG
     submit/*.sub        submit descriptions rendered from submit_templates/
-    cells/<serial>/cell.json
+    cells/<serial>/     made by the cell's CreateDisk node: cell.json, disks, output, logs
     logs/
 
 The DAG model and writer are htcondor2.dags'. Its writer has bugs we work around in
@@ -32,7 +32,7 @@ import jinja2
 
 from . import __version__
 from .catalog import Catalog
-from .cellconfig import cell_json
+from .cellconfig import STORE, cell_json, write_store
 from .errors import UserError
 from .matrix import Cell
 
@@ -165,7 +165,7 @@ def cell_vars(cell: Cell) -> dict:
             "vm_vcpus": str(cell.vm.vcpus), "request_disk": f"{cell.vm.disk}MB"}
 
 
-def matrix_dag(cells: list[Cell], opts: WorkflowOptions) -> dags.DAG:
+def matrix_dag(cells: list[Cell], opts: WorkflowOptions, offsets: list[int]) -> dags.DAG:
     dag = dags.DAG(
         dagman_config={"DAGMAN_MAX_JOBS_IDLE": 1000, "DAGMAN_USER_LOG_SCAN_INTERVAL": 5},
         max_jobs_by_category={"LocalIO": opts.local_io_maxjobs},
@@ -173,7 +173,7 @@ def matrix_dag(cells: list[Cell], opts: WorkflowOptions) -> dags.DAG:
     )
     serial_vars = [{"serial": c.serial} for c in cells]
     create = dag.layer(name="CreateDisk", submit_description=Path("submit/create-io-disk.sub"),
-                       vars=serial_vars, retries=opts.disk_retries, category="LocalIO")
+                       vars=[{"serial": c.serial, "offset": str(o)} for c, o in zip(cells, offsets)], retries=opts.disk_retries, category="LocalIO")
     test = create.child_layer(
         name="TestRun", submit_description=Path("submit/test-run.sub"),
         vars=[cell_vars(c) for c in cells], edge=dags.OneToOne(),
@@ -209,7 +209,8 @@ class _OuterFormatter(dags.NodeNameFormatter):
 
 LOCAL_NODES = {
     # file: (action, args, purpose, per-cell)
-    "create-io-disk.sub": ("create-io-disk", ["$(serial)"], "build the cell's IO disk", True),
+    "create-io-disk.sub": ("create-io-disk", ["$(serial)", "--offset", "$(offset)"],
+                           "build the cell's IO disk", True),
     "process-result.sub": ("process-result", ["$(serial)"], "extract the returned disk", True),
     "clean-output.sub": ("clean-output", ["$(serial)"], "remove disks no longer needed", True),
     "matrix-final.sub": ("matrix-final", [], "summarize the matrix (FINAL node)", False),
@@ -309,19 +310,10 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
             (tmp / "submit" / name).write_text(text)
         for i, pf in enumerate(param_files):
             shutil.copy2(pf, tmp / "params" / f"{i:02d}-{Path(pf).name}")
-        cells_dir = tmp / "cells"
-        for c in cells:
-            d = cells_dir / c.serial
-            d.mkdir()
-            with open(d / "cell.json", "w") as f:
-                json.dump(cell_json(c, catalog, nightly=opts.nightly), f, indent=1)
-                f.write("\n")
+        offsets = write_store(tmp / STORE, (cell_json(c, catalog, nightly=opts.nightly) for c in cells))
         formatter = _SerialFormatter([c.serial for c in cells])
-        _Writer(matrix_dag(cells, opts), formatter, "matrix.config").write(tmp, "matrix.dag")
+        _Writer(matrix_dag(cells, opts, offsets), formatter, "matrix.config").write(tmp, "matrix.dag")
         _Writer(outer_dag(opts), _OuterFormatter()).write(tmp, "workflow.dag")
-        with open(tmp / "cells.json", "w") as f:
-            json.dump([c.to_json() for c in cells], f, indent=1)
-            f.write("\n")
         manifest = {"schema": RUN_SCHEMA, "version": RUN_VERSION, "generated": generated,
                     "tool_version": __version__, "run_name": run_name, "cells": len(cells),
                     "options": {**asdict(opts), "environment": dict(opts.environment)},

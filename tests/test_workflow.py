@@ -42,11 +42,11 @@ MAXJOBS LocalIO 10
 # END META
 # BEGIN NODES AND EDGES
 JOB CreateDisk000 submit/create-io-disk.sub
-VARS CreateDisk000 serial="000"
+VARS CreateDisk000 serial="000" offset="0"
 RETRY CreateDisk000 3
 CATEGORY CreateDisk000 LocalIO
 JOB CreateDisk001 submit/create-io-disk.sub
-VARS CreateDisk001 serial="001"
+VARS CreateDisk001 serial="001" offset="1005"
 RETRY CreateDisk001 3
 CATEGORY CreateDisk001 LocalIO
 PARENT CreateDisk000 CHILD TestRun000
@@ -140,17 +140,22 @@ def test_every_submit_file_parses_fixture_run(params_d, tmp_path, cli):
     assert dag.maxjobs == {"LocalIO": 10}
     assert dag.final == "MatrixFinal"
     assert all(n.retry_unless_exit == 2 for k, n in dag.nodes.items() if k.startswith("TestRun"))
-    assert len(list((run / "cells").iterdir())) == 1564
+    assert sum(1 for _ in open(run / "cells.jsonl")) == 1564
 
 
 def test_cell_config_is_complete(small_run):
-    cfg = json.loads((small_run / "cells" / "000" / "cell.json").read_text())
+    from osgtest_dag.cellconfig import read_cell
+    dag = dagfile.parse(small_run / "matrix.dag")
+    off = int(dag.nodes["CreateDisk001"].vars["offset"])
+    assert read_cell(small_run, "001", off)["serial"] == "001"
+    assert read_cell(small_run, "001", 0)["serial"] == "001"  # a wrong offset falls back to a scan
+    cfg = read_cell(small_run, "000")
     assert cfg["schema"] == "osgtest-dag/cell" and cfg["version"] == 1
     assert cfg["platform"]["codename"] == "bookworm"
     assert cfg["repositories"]["initial"]["apt_sources"] == ["deb http://deb.debian.org/debian bookworm main"]
     assert cfg["repositories"]["update"]["apt_sources"] == [
         "deb http://deb.debian.org/debian bookworm main", "deb http://deb.debian.org/debian bookworm-updates main"]
-    cfg1 = json.loads((small_run / "cells" / "001" / "cell.json").read_text())
+    cfg1 = read_cell(small_run, "001", off)
     assert cfg1["repositories"]["initial"]["apt_sources"] == ["deb http://deb.debian.org/debian trixie main"]
 
 
