@@ -145,6 +145,18 @@ def generate(params, run_dir, only, catalogs, image_dir, force, template_dir, ma
                f"`condor_submit_dag {run_dir}/workflow.dag` or run here with `osgtest-dag run {run_dir}`")
 
 
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def check(run_dir):
+    """Check a run directory: DAGs acyclic with their files present, submit files parse."""
+    from .workflow import check_run
+    c = check_run(run_dir)
+    click.echo(f"ok: {c['dags']} DAG(s), {c['nodes']} nodes, {c['submit_files']} submit files "
+               "accepted by HTCondor's parser")
+
+
 def _register_optional():
     """Commands of other modules register themselves here (one place to see them all)."""
     from . import cli_node

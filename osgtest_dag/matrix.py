@@ -90,7 +90,7 @@ def expand(files: list[ParamFile]) -> list[Cell]:
     out = []
     for n, (pf, plat, src, ps) in enumerate(cells):
         out.append(Cell(serial=f"{n:03d}", platform=plat, source=src, package_set=ps,
-                        vm=pf.vm_for(plat.id), test_command=pf.test_command,
+                        vm=pf.vm_for(plat.id), test_command=ps.test_command or pf.test_command,
                         test_timeout=pf.test_timeout, origin=pf.path))
     return out
 

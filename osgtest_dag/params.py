@@ -19,7 +19,7 @@ from .sources import Source, SourceSyntaxError, parse_source
 
 REQUIRED_KEYS = ("platforms", "sources", "package_sets")
 OPTIONAL_KEYS = ("vm", "vm_per_platform", "exclude", "include", "test_command", "test_timeout")
-PACKAGE_SET_KEYS = ("label", "packages", "selinux")
+PACKAGE_SET_KEYS = ("label", "packages", "selinux", "test_command")
 VM_KEYS = ("memory", "vcpus", "disk")
 RULE_KEYS = ("platform", "os", "arch", "family", "source", "series", "label", "package")
 
@@ -30,6 +30,7 @@ class PackageSet:
     packages: tuple[str, ...]
     selinux: bool = True
     where: Location | None = None
+    test_command: str | None = None  # overrides the file's test_command for this set
 
     def key(self) -> tuple:
         return (self.label, self.packages, self.selinux)
@@ -243,8 +244,12 @@ def _package_set(doc: yamlsrc.Document, i: int, ps) -> PackageSet:
     if not isinstance(selinux, bool):
         raise UserError(f"package set {label!r}: 'selinux' must be true or false",
                         where=doc.where("package_sets", i, "selinux"))
+    test_command = ps.get("test_command")
+    if test_command is not None and (not isinstance(test_command, str) or not test_command.strip()):
+        raise UserError(f"package set {label!r}: 'test_command' must be a non-empty string",
+                        where=doc.where("package_sets", i, "test_command"))
     return PackageSet(label=label.strip(), packages=tuple(p.strip() for p in pkgs),
-                      selinux=selinux, where=where)
+                      selinux=selinux, where=where, test_command=test_command)
 
 
 def _vm_overrides(doc: yamlsrc.Document, key: tuple, value) -> dict:
