@@ -1,0 +1,175 @@
+"""The local executor's DAGMan semantics, on local-universe jobs (no VMs here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from osgtest_dag import executor
+
+
+def sub(path: Path, script: str) -> None:
+    """A local-universe submit file running `sh -c script` (HTCondor's new argument syntax)."""
+    path.write_text("universe = local\nexecutable = /bin/sh\n"
+                    f"arguments = \"-c '{script}'\"\noutput = $(node).out\nerror = $(node).err\nqueue\n")
+
+
+def make_failure_dag(d: Path) -> Path:
+    """Injected failures: infrastructure retried, product not retried, a node failing for good."""
+    d.mkdir(parents=True, exist_ok=True)
+    sub(d / "ok.sub", "echo ok")
+    # fails on its first try only (an infrastructure hiccup): a counter file per node
+    sub(d / "flaky.sub", "n=$(cat $(node).count 2>/dev/null || echo 0); echo $((n+1)) > $(node).count; [ $n -ge 1 ]")
+    sub(d / "fail.sub", "exit 1")
+    (d / "post.sh").write_text("#!/bin/sh\n# $1 node, $2 job return: 0 ok, product failure -> 2 (not retried)\n"
+                               "case $1 in Product) exit 2;; esac\nexit $2\n")
+    (d / "post.sh").chmod(0o755)
+    (d / "final.sh").write_text("#!/bin/sh\necho \"final: DAG_STATUS=$1 FAILED_COUNT=$2\" > final.txt\n")
+    (d / "final.sh").chmod(0o755)
+    sub(d / "final.sub", "sh final.sh $(dag_status) 0")
+    dag = d / "f.dag"
+    dag.write_text("""\
+JOB Ok ok.sub
+VARS Ok node="Ok"
+JOB Infra flaky.sub
+VARS Infra node="Infra"
+RETRY Infra 2 UNLESS-EXIT 2
+SCRIPT POST Infra post.sh $JOB $RETURN
+JOB Product ok.sub
+VARS Product node="Product"
+RETRY Product 2 UNLESS-EXIT 2
+SCRIPT POST Product post.sh $JOB $RETURN
+JOB Broken fail.sub
+VARS Broken node="Broken"
+RETRY Broken 2 UNLESS-EXIT 2
+SCRIPT POST Broken post.sh $JOB $RETURN
+JOB AfterBroken ok.sub
+VARS AfterBroken node="AfterBroken"
+PARENT Broken CHILD AfterBroken
+PARENT Ok CHILD Infra Product
+FINAL Final final.sub
+SCRIPT POST Final final.sh $DAG_STATUS $FAILED_COUNT
+""")
+    return dag
+
+
+def node_outcomes(dag: Path) -> dict:
+    state = json.loads(dag.with_name(dag.name + ".local-state.json").read_text())["nodes"]
+    return {n: {"status": s["status"], "retries": s["retries"]} for n, s in state.items()}
+
+
+def test_failure_semantics(tmp_path):
+    dag = make_failure_dag(tmp_path)
+    ok = executor.run_dag(dag, executor.Options(jobs=2))
+    got = node_outcomes(dag)
+    assert got == {
+        "Ok": {"status": "done", "retries": 0},
+        "Infra": {"status": "done", "retries": 1},          # retried once, then fine
+        "Product": {"status": "failed", "retries": 0},      # UNLESS-EXIT 2: not retried
+        "Broken": {"status": "failed", "retries": 2},       # all retries used
+        "AfterBroken": {"status": "futile", "retries": 0},  # parent failed: never runs
+        "Final": {"status": "done", "retries": 0},
+    }
+    assert not (tmp_path / "AfterBroken.out").exists()
+    # the FINAL node ran after everything and saw the failure; its success is the DAG's
+    assert (tmp_path / "final.txt").read_text() == "final: DAG_STATUS=1 FAILED_COUNT=2\n"
+    assert ok is True
+    assert (tmp_path / "Ok.out").read_text() == "ok\n"
+
+
+def test_without_final_a_failed_node_fails_the_dag(tmp_path):
+    sub(tmp_path / "fail.sub", "exit 3")
+    (tmp_path / "d.dag").write_text("JOB A fail.sub\nVARS A node=\"A\"\n")
+    assert executor.run_dag(tmp_path / "d.dag") is False
+
+
+def test_maxjobs_category_and_priority(tmp_path):
+    # each job records how many of its category run at once
+    script = ("echo x >> running; c=$(wc -l < running); echo $c >> peak; sleep 0.3; "
+              "sed -i 1d running; echo $(node) >> order")
+    sub(tmp_path / "j.sub", script)
+    lines = []
+    for i in range(4):
+        lines += [f"JOB N{i} j.sub", f'VARS N{i} node="N{i}"', f"CATEGORY N{i} Slow", f"PRIORITY N{i} {i}"]
+    lines.append("MAXJOBS Slow 1")
+    (tmp_path / "c.dag").write_text("\n".join(lines) + "\n")
+    assert executor.run_dag(tmp_path / "c.dag", executor.Options(local_jobs=4)) is True
+    assert max(int(x) for x in (tmp_path / "peak").read_text().split()) == 1
+    assert (tmp_path / "order").read_text().split() == ["N3", "N2", "N1", "N0"]
+
+
+def test_pre_script_skip_and_subdag(tmp_path):
+    sub(tmp_path / "ok.sub", "echo $(node) >> ran")
+    (tmp_path / "inner.dag").write_text('JOB I1 ok.sub\nVARS I1 node="I1"\n')
+    (tmp_path / "outer.dag").write_text(
+        'JOB Skipped ok.sub\nVARS Skipped node="Skipped"\nSCRIPT PRE Skipped /bin/sh -c "exit 7"\n'
+        "PRE_SKIP Skipped 7\nSUBDAG EXTERNAL Inner inner.dag\n"
+        'JOB After ok.sub\nVARS After node="After"\nPARENT Skipped Inner CHILD After\n')
+    assert executor.run_dag(tmp_path / "outer.dag") is True
+    assert (tmp_path / "ran").read_text().split() == ["I1", "After"]
+
+
+def test_arguments_new_syntax():
+    assert executor.split_arguments("\"node post-vm 'a b' 'it''s'\"") == ["node", "post-vm", "a b", "it's"]
+    assert executor.split_arguments("old style args") == ["old", "style", "args"]
+    assert executor.split_arguments('"one ""quoted"" two"') == ['one', '"quoted"', "two"]
+
+
+def test_resume_after_kill_does_not_redo_finished_nodes(tmp_path):
+    # 6 independent nodes, one at a time; each appends its name when it runs
+    sub(tmp_path / "j.sub", "echo $(node) >> ran; sleep 0.6")
+    lines = []
+    for i in range(6):
+        lines += [f"JOB N{i} j.sub", f'VARS N{i} node="N{i}"', f"CATEGORY N{i} One"]
+    lines.append("MAXJOBS One 1")
+    dag = tmp_path / "r.dag"
+    dag.write_text("\n".join(lines) + "\n")
+    code = (f"import sys; from osgtest_dag import executor; "
+            f"sys.exit(0 if executor.run_dag({str(dag)!r}) else 1)")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, start_new_session=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        ran = (tmp_path / "ran").read_text().split() if (tmp_path / "ran").exists() else []
+        if len(ran) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)   # the executor dies; its running child may finish or not
+    p.wait()
+    done_before = [n for n, s in node_outcomes(dag).items() if s["status"] == "done"]
+    assert 2 <= len(done_before) < 6
+    time.sleep(1.0)
+    ran_before = (tmp_path / "ran").read_text().split()
+    assert executor.run_dag(dag) is True
+    ran = (tmp_path / "ran").read_text().split()
+    rerun = ran[len(ran_before):]
+    assert not set(rerun) & set(done_before)          # no finished node ran twice
+    assert sorted(set(ran)) == [f"N{i}" for i in range(6)]
+    assert all(s["status"] == "done" for s in node_outcomes(dag).values())
+
+
+def test_ctrl_c_stops_and_resume_finishes(tmp_path):
+    sub(tmp_path / "j.sub", "echo $(node) >> ran; sleep 2")
+    lines = []
+    for i in range(3):
+        lines += [f"JOB N{i} j.sub", f'VARS N{i} node="N{i}"', f"CATEGORY N{i} One"]
+    lines.append("MAXJOBS One 1")
+    dag = tmp_path / "i.dag"
+    dag.write_text("\n".join(lines) + "\n")
+    code = (f"import sys; from osgtest_dag import executor\n"
+            f"try:\n  executor.run_dag({str(dag)!r})\nexcept executor.Interrupted:\n  sys.exit(130)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
+    while not (tmp_path / "ran").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=20) == 130
+    st = node_outcomes(dag)
+    assert all(s["status"] in ("pending", "done") for s in st.values())
+    assert executor.run_dag(dag) is True
