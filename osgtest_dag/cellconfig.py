@@ -111,6 +111,14 @@ def _check(data: dict, path: Path) -> dict:
     return data
 
 
+def fields(cfg: dict) -> dict:
+    """The values `--only` globs match, as matrix.Cell.fields() gives them."""
+    return {"serial": cfg["serial"], "platform": cfg["platform"]["id"], "os": cfg["platform"]["os"],
+            "arch": cfg["platform"]["arch"], "family": cfg["platform"]["family"],
+            "source": cfg["source"]["raw"], "series": cfg["source"]["series"],
+            "label": cfg["label"], "package": cfg["packages"]}
+
+
 def load(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())

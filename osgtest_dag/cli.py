@@ -157,6 +157,35 @@ def check(run_dir):
                "accepted by HTCondor's parser")
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--local", "local", is_flag=True, default=True,
+              help="Run on this machine with the embedded executor (the default; use "
+                   "`osgtest-dag submit` for an HTCondor pool).")
+@click.option("-j", "--jobs", type=click.IntRange(0), default=0,
+              help="VMs at once (default: what this machine's cores and memory hold).")
+@ONLY
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
+              help="qemu acceleration; auto probes KVM and falls back to TCG.")
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+def run(run_dir, local, jobs, only, accel, no_progress):
+    """Run a generated run directory on this machine (VMs under qemu), then report.
+
+    Interrupted (Ctrl-C, or a killed process), the same command resumes: finished nodes
+    are not run again.
+    """
+    from . import matrix
+    from .localrun import run_local
+    r = run_local(run_dir, jobs=jobs, only=matrix.parse_only(only), accel=accel,
+                  progress=not no_progress)
+    if r.report:
+        click.echo(r.report.read_text(), nl=False)
+    click.echo(f"{'finished' if r.ok else 'FAILED'} in {r.wall_s:.0f} s; run directory: {run_dir}"
+               + (f"; report: {r.report}" if r.report else ""))
+    if not r.ok:
+        raise SystemExit(1)
+
+
 def _register_optional():
     """Commands of other modules register themselves here (one place to see them all)."""
     from . import cli_node

@@ -136,25 +136,20 @@ def parse_only(specs) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def select(cells, only: tuple[tuple[str, str], ...]) -> list[Cell]:
-    """Cells matching every key of `only` (OR among globs given for the same key).
-
-    Serials are not renumbered: a cell keeps its serial in any selection.
-    """
-    if not only:
-        return list(cells)
+def matches(fields: dict, only: tuple[tuple[str, str], ...]) -> bool:
+    """Every key of `only` matches (OR among globs given for the same key)."""
     by_key: dict[str, list[str]] = {}
     for k, g in only:
         by_key.setdefault(k, []).append(g)
-    out = []
-    for c in cells:
-        f = c.fields()
-        ok = True
-        for k, globs in by_key.items():
-            vals = f[k] if isinstance(f[k], (list, tuple)) else (f[k],)
-            if not any(fnmatch.fnmatchcase(str(v), g) for v in vals for g in globs):
-                ok = False
-                break
-        if ok:
-            out.append(c)
-    return out
+    for k, globs in by_key.items():
+        vals = fields[k] if isinstance(fields[k], (list, tuple)) else (fields[k],)
+        if not any(fnmatch.fnmatchcase(str(v), g) for v in vals for g in globs):
+            return False
+    return True
+
+
+def select(cells, only: tuple[tuple[str, str], ...]) -> list[Cell]:
+    """Cells matching `only`. Serials are not renumbered: a cell keeps its serial."""
+    if not only:
+        return list(cells)
+    return [c for c in cells if matches(c.fields(), only)]

@@ -47,6 +47,7 @@ def result_disk(run_dir: Path, serial: str) -> Path:
 def _write_json(path: Path, data) -> None:
     """Atomic: readers (status, the executor, a resumed run) never see half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, 0o644)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1)
         f.write("\n")
