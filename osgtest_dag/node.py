@@ -83,6 +83,18 @@ def read_guest_result(disk: Path, dest: Path) -> dict | None:
         return {"status": "running", "exit_code": None, "corrupt": True}
 
 
+def last_local_vm(d: Path) -> dict | None:
+    """The local executor's record of the cell's last VM start (local-vm.json), if any."""
+    path = d / "local-vm.json"
+    if not path.is_file():
+        return None
+    lines = path.read_text().splitlines()
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+
+
 def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retries: int) -> int:
     """The VM node's POST script: classify from the returned disk. Returns the exit code
     DAGMan acts on: 0 done, 1 infrastructure (RETRY), 2 infrastructure not worth a retry
@@ -93,13 +105,23 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
     decision: dict = {"attempt": retry, "max_retries": max_retries, "job_exit": returncode,
                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if not disk.is_file():
-        decision.update(verdict="infra", reason="no result disk came back", exit=POST_INFRA_RETRY)
+        vm = last_local_vm(d)
+        if vm and vm.get("timed_out"):
+            decision.update(verdict="timeout", exit=POST_INFRA_RETRY,
+                            reason=f"VM killed at its wall-clock limit after {vm['wall_s']:.0f} s "
+                                   f"(console: {vm['console']})")
+        else:
+            decision.update(verdict="infra", reason="no result disk came back", exit=POST_INFRA_RETRY)
     else:
+        # Reading the disk costs a libguestfs launch, so the POST script extracts the whole
+        # output once: into output/ for a finished run (ProcessResult then analyzes it), into
+        # attempts/<retry>/ for a failed one (kept for diagnosis, superseded by the retry).
+        tmp = Path(tempfile.mkdtemp(prefix=".post-output.", dir=d))
         try:
-            with tempfile.TemporaryDirectory(prefix="osgtest-post-") as tmp:
-                result = read_guest_result(disk, Path(tmp))
+            result = read_guest_result(disk, tmp)
         except (CommandError, RuntimeError, OSError) as e:
             result = None
+            shutil.rmtree(tmp, ignore_errors=True)
             decision.update(verdict="infra", reason=f"result disk unreadable: {str(e)[:300]}",
                             exit=POST_INFRA_RETRY)
         else:
@@ -116,6 +138,11 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
                                 exit=POST_INFRA_RETRY)
             decision["guest_status"] = status
             decision["guest_exit_code"] = (result or {}).get("exit_code")
+            _stamp_source(tmp, disk)
+            dest = d / "output" if decision["verdict"] == "done" else d / "attempts" / str(retry)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.rename(tmp, dest)
     history_path = d / "post-vm.json"
     history = []
     if history_path.is_file():
@@ -129,21 +156,38 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
     return decision["exit"]
 
 
+SOURCE_STAMP = ".extracted-from.json"
+
+
+def _disk_stamp(disk: Path) -> dict:
+    st = disk.stat()
+    return {"disk": disk.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _stamp_source(out: Path, disk: Path) -> None:
+    (out / SOURCE_STAMP).write_text(json.dumps(_disk_stamp(disk)) + "\n")
+
+
 def process_result(run_dir: Path, serial: str) -> dict:
-    """Extract the returned disk's `output/` into the cell directory (ProcessResult node)."""
+    """The ProcessResult node: make sure output/ holds what the returned disk holds (the POST
+    script normally extracted it already), then summarize the cell."""
     d = cell_dir(run_dir, serial)
     disk = result_disk(run_dir, serial)
-    if not disk.is_file():
-        raise UserError("no result disk to process", where=disk)
     out = d / "output"
-    tmp = Path(tempfile.mkdtemp(prefix=".output.", dir=d))
-    try:
-        result = read_guest_result(disk, tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    stamp = out / SOURCE_STAMP
+    fresh = disk.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == _disk_stamp(disk)
+    if not fresh:
+        if not disk.is_file():
+            raise UserError("no result disk to process", where=disk)
+        tmp = Path(tempfile.mkdtemp(prefix=".output.", dir=d))
+        try:
+            read_guest_result(disk, tmp)
+            _stamp_source(tmp, disk)
+            shutil.rmtree(out, ignore_errors=True)
+            os.rename(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     summary = cell_summary(run_dir, serial)
     _write_json(d / "cell-result.json", summary)
     return summary
@@ -182,7 +226,9 @@ def _summary_from(run_dir: Path, cfg: dict) -> dict:
         history = json.loads(post.read_text())
         out["attempts"] = len(history)
         last = history[-1]
-        if last["verdict"] != "done":
+        if last["verdict"] == "timeout":
+            out.update(status="timeout", reason=last["reason"])
+        elif last["verdict"] != "done":
             out.update(status="infra", reason=last["reason"])
     rj = d / "output" / "result.json"
     if rj.is_file():
