@@ -60,7 +60,8 @@ class Matrix:
 
 
 def _check_package_sets(files: list[ParamFile]) -> None:
-    """A label means one package list, and a package list has one label — across all files."""
+    """A label means one package list, and a package list has one label — across all files.
+    (With a per-set test_command, the same packages under another test are another set.)"""
     by_label: dict[str, PackageSet] = {}
     by_packages: dict[tuple, PackageSet] = {}
     for pf in files:
@@ -70,7 +71,7 @@ def _check_package_sets(files: list[ParamFile]) -> None:
                 raise UserError(f"package set label {ps.label!r} names different packages here and at {first.where}",
                                 where=ps.where,
                                 hint="labels identify package sets in reports: use one package list per label, or rename one")
-            first = by_packages.setdefault(ps.packages, ps)
+            first = by_packages.setdefault((ps.packages, ps.test_command), ps)
             if first.label != ps.label:
                 raise UserError(f"the same packages are labelled {ps.label!r} here and {first.label!r} at {first.where}",
                                 where=ps.where, hint="use one label for one package list")
@@ -82,7 +83,7 @@ def expand(files: list[ParamFile]) -> list[Cell]:
     cells: list[tuple] = []
     for pf in files:
         for (plat, _), (src, _), ps in itertools.product(pf.platforms, pf.sources, pf.package_sets):
-            key = (plat.id, src.raw, ps.label, ps.packages, ps.selinux)
+            key = (plat.id, src.raw, ps.label, ps.packages, ps.selinux, ps.test_command)
             if key in seen:
                 continue
             seen.add(key)

@@ -208,15 +208,16 @@ class _OuterFormatter(dags.NodeNameFormatter):
 
 
 LOCAL_NODES = {
-    # file: (action, args, purpose, per-cell)
+    # file: (action, args, purpose, where its stdout/stderr go). CreateDisk runs before the
+    # cell's directory exists (it makes it), so its output goes to logs/.
     "create-io-disk.sub": ("create-io-disk", ["$(serial)", "--offset", "$(offset)"],
-                           "build the cell's IO disk", True),
-    "process-result.sub": ("process-result", ["$(serial)"], "extract the returned disk", True),
-    "clean-output.sub": ("clean-output", ["$(serial)"], "remove disks no longer needed", True),
-    "matrix-final.sub": ("matrix-final", [], "summarize the matrix (FINAL node)", False),
-    "analyze.sub": ("analyze", [], "analyze every cell's results", False),
-    "report.sub": ("report", [], "write the reports", False),
-    "publish.sub": ("publish", [], "send or publish the report", False),
+                           "build the cell's IO disk", "logs/create-io-disk.$(serial)"),
+    "process-result.sub": ("process-result", ["$(serial)"], "extract the returned disk", "cells/$(serial)/process-result"),
+    "clean-output.sub": ("clean-output", ["$(serial)"], "remove disks no longer needed", "cells/$(serial)/clean-output"),
+    "matrix-final.sub": ("matrix-final", [], "summarize the matrix (FINAL node)", "logs/matrix-final"),
+    "analyze.sub": ("analyze", [], "analyze every cell's results", "logs/analyze"),
+    "report.sub": ("report", [], "write the reports", "logs/report"),
+    "publish.sub": ("publish", [], "send or publish the report", "logs/publish"),
 }
 
 
@@ -244,8 +245,7 @@ def render_submit_files(opts: WorkflowOptions, run_name: str, generated: str) ->
             **common, vm_type=opts.vm_type, max_wall=opts.max_wall, max_starts=opts.max_starts,
             max_queue_time=opts.max_queue_time, requirements=opts.requirements())
         tmpl = env.get_template("local-node.sub.j2")
-        for name, (action, args, purpose, per_cell) in LOCAL_NODES.items():
-            stem = f"cells/$(serial)/{action}" if per_cell else f"logs/{action}"
+        for name, (action, args, purpose, stem) in LOCAL_NODES.items():
             files[name] = tmpl.render(**common, action=action, args=args, purpose=purpose,
                                       output=f"{stem}.out", error=f"{stem}.err",
                                       environment=environment)

@@ -1,0 +1,127 @@
+"""Real local runs: VMs boot under qemu (TCG here) through the generated workflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+MATRIX = """\
+platforms: [debian_12.x86_64]
+sources: ['stable; main']
+package_sets:
+  - label: Hello
+    packages: [hello]
+    selinux: false
+    test_command: hello | grep -q 'Hello, world!'
+  - label: Failing test
+    packages: [hello]
+    selinux: false
+    test_command: hello --version | grep -q 'no such version'
+  - label: Missing package
+    packages: [osgtest-no-such-package]
+    selinux: false
+    test_command: 'true'
+vm: {memory: 1024, vcpus: 2}
+test_timeout: 300
+"""
+
+HUNG = """\
+platforms: [debian_12.x86_64]
+sources: ['stable; main']
+package_sets:
+  - label: Hangs
+    packages: [base-files]
+    selinux: false
+    test_command: sleep 100000
+vm: {memory: 1024, vcpus: 2}
+"""
+
+
+def _generate(cli, tmp_path, text, name, image, *extra):
+    p = tmp_path / f"{name}-params"
+    p.mkdir()
+    (p / "m.yaml").write_text(text)
+    run = tmp_path / name
+    r = cli("generate", p, "-o", run, "--image-dir", image.parent, *extra)
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def _vm_starts(run: Path, serial: str) -> int:
+    f = run / "cells" / serial / "local-vm.json"
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+def test_matrix_runs_resumes_and_reports(tmp_path, cli, debian12_image):
+    run = _generate(cli, tmp_path, MATRIX, "run", debian12_image)
+    exe = Path(sys.executable).parent / "osgtest-dag"
+    # start, kill -9 once the first cell's VM node has finished, then resume
+    p = subprocess.Popen([str(exe), "run", str(run), "-j", "2", "--no-progress"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    state = run / "matrix.dag.local-state.json"
+    deadline = time.time() + 600
+    killed_after = None
+    while time.time() < deadline and p.poll() is None:
+        if state.exists():
+            try:
+                nodes = json.loads(state.read_text())["nodes"]
+            except ValueError:
+                nodes = {}
+            done = [n for n, s in nodes.items() if n.startswith("TestRun") and s["status"] == "done"]
+            if done:
+                killed_after = done
+                os.killpg(p.pid, signal.SIGKILL)   # the executor and what it started
+                break
+        time.sleep(0.5)
+    p.wait()
+    assert killed_after, "no VM node finished before the deadline"
+    finished_serials = [n[len("TestRun"):] for n in killed_after]
+    starts_before = {s: _vm_starts(run, s) for s in ("000", "001", "002")}
+
+    r = cli("run", run, "-j", "2", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for s in finished_serials:                   # a finished cell never boots again
+        assert _vm_starts(run, s) == starts_before[s] == 1
+    summary = json.loads((run / "matrix-summary.json").read_text())
+    got = {c["serial"]: (c["status"], c["exit_code"]) for c in summary["cells"]}
+    assert got == {"000": ("pass", 0), "001": ("test", 1), "002": ("install", 2)}
+    # POST semantics: product failures are done nodes, never retried
+    for s in ("000", "001", "002"):
+        post = json.loads((run / "cells" / s / "post-vm.json").read_text())
+        assert post[-1]["verdict"] == "done" and post[-1]["exit"] == 0
+    st = json.loads((run / "matrix.dag.local-state.json").read_text())["nodes"]
+    assert st["MatrixFinal"]["status"] == "done"
+    assert all(st[f"TestRun{s}"]["retries"] == 0 for s in ("000", "001", "002"))
+    # the outer workflow ran: report written, extraction done, disks cleaned
+    assert "pass" in (run / "report.txt").read_text()
+    assert (run / "cells" / "000" / "output" / "result.json").is_file()
+    assert not (run / "cells" / "000" / "io-000.qcow2").exists()
+    assert (run / "cells" / "000" / "console.0.1.log").stat().st_size > 0
+
+
+def test_hung_vm_is_killed_at_its_limit(tmp_path, cli, debian12_image):
+    run = _generate(cli, tmp_path, HUNG, "hung", debian12_image, "--max-wall", "90", "--max-starts", "1",
+                    "--vm-retries", "0")
+    t0 = time.time()
+    r = cli("run", run, "--no-progress")
+    wall = time.time() - t0
+    assert r.returncode == 0, r.stdout + r.stderr   # the FINAL node completes the run
+    assert wall < 300
+    vm = [json.loads(x) for x in (run / "cells" / "000" / "local-vm.json").read_text().splitlines()]
+    assert len(vm) == 1 and vm[0]["timed_out"] and vm[0]["returncode"] is None
+    console = run / "cells" / "000" / vm[0]["console"]
+    assert console.stat().st_size > 0               # the serial console is kept
+    summary = json.loads((run / "matrix-summary.json").read_text())
+    (cell,) = summary["cells"]
+    assert cell["status"] == "timeout" and "wall-clock limit" in cell["reason"]
+    st = json.loads((run / "matrix.dag.local-state.json").read_text())["nodes"]
+    assert st["TestRun000"]["status"] == "failed" and st["ProcessResult000"]["status"] == "futile"
