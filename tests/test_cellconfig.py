@@ -1,0 +1,79 @@
+"""Per-cell configuration: osg-test.conf as the reference composes it, cell.env as the payload reads it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from osgtest_dag import cellconfig, matrix
+
+BASE = "[Config]\nadduser = True\n"
+
+
+def reference_osg_test_conf(sources: str, packages: list[str], selinux: bool, nightly: bool) -> str:
+    """vm-test-runs' write_osg_test_configuration, restated (including its regular expressions)."""
+    contents = BASE
+    parts = re.split(r"\s*;\s*", sources)
+    if len(parts) == 3:
+        contents += "testsource = %s\n" % parts[0]
+        _, series, repositories = parts
+    else:
+        series, repositories = parts
+    repo_parts = re.split(r"\s*>\s*", repositories)
+    extrarepos = re.sub(r"osg\s*,\s*", "", repo_parts[0])
+    extrarepos = re.sub(r"[,\s]*osg(?!-)", "", extrarepos)
+    if extrarepos:
+        contents += "extrarepos = %s\n" % extrarepos
+    if len(repo_parts) > 1:
+        update_parts = re.split(r"\s*/\s*", repo_parts[1])
+        if len(update_parts) == 1:
+            contents += "updaterepos = %s\n" % update_parts[0]
+        else:
+            contents += "updaterelease = %s\n" % update_parts[0]
+            if update_parts[1] != "osg":
+                contents += "updaterepos = %s\n" % update_parts[1]
+    contents += "packages = %s\n" % ", ".join(packages)
+    contents += "series = %s\n" % series
+    contents += "sources = %s\n" % sources
+    contents += "selinux = %s\n" % selinux
+    contents += "nightly = %s\n" % nightly
+    return contents
+
+
+def test_osg_test_conf_matches_reference_for_every_fixture_cell(params_d, catalog):
+    m = matrix.build([params_d], catalog)
+    seen = set()
+    for c in m.cells:
+        key = (c.source.raw, c.package_set.packages, c.package_set.selinux)
+        if key in seen:
+            continue
+        seen.add(key)
+        cfg = cellconfig.cell_json(c, catalog, nightly=True)
+        ours = cellconfig.osg_test_conf(cfg, base=BASE)
+        ref = reference_osg_test_conf(c.source.raw, list(c.package_set.packages), c.package_set.selinux, True)
+        assert ours == ref, c.serial
+    assert len(seen) > 50
+
+
+def test_el_cell_resolves_release_packages_and_repos(params_d, catalog):
+    m = matrix.build([params_d], catalog)
+    c = matrix.select(m.cells, matrix.parse_only(["serial=1104"]))[0]   # 23; osg-upcoming > 24/osg on rocky_9
+    cfg = cellconfig.cell_json(c, catalog)
+    init, upd = cfg["repositories"]["initial"], cfg["repositories"]["update"]
+    assert init["setup_packages"] == [
+        "https://dl.fedoraproject.org/pub/epel/epel-release-latest-9.noarch.rpm",
+        "https://repo.osg-htc.org/osg/23-main/osg-23-main-el9-release-latest.rpm"]
+    assert init["enable"] == ["osg-upcoming"]
+    assert upd["setup_packages"][1] == "https://repo.osg-htc.org/osg/24-main/osg-24-main-el9-release-latest.rpm"
+    assert upd["enable"] == ["osg"]
+    assert cfg["test"] == {"command": None, "timeout": 14400, "osg_test": True}
+
+
+def test_cell_env_round_trips_through_sh(params_d, catalog):
+    m = matrix.build([params_d], catalog)
+    cfg = cellconfig.cell_json(m.cells[0], catalog)
+    cfg["label"] = "it's \"quoted\" $HOME `x`"
+    env = cellconfig.cell_env(cfg)
+    out = subprocess.run(["sh", "-c", env + '\nprintf "%s|%s|%s" "$CELL_LABEL" "$CELL_PACKAGES" "$HAS_UPDATE"'],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == f"{cfg['label']}|{' '.join(cfg['packages'])}|false"
