@@ -56,7 +56,7 @@ def plain_qemu(run: Path, jobs: int, base: Path) -> float:
             res = qemu.boot(base, [qemu.Disk(disk, "qcow2")], memory_mb=1024, vcpus=2, networking=True,
                             timeout_s=900, console_log=d / "console.log", workdir=d / "scratch")
             assert res.ok, res
-            node.read_guest_result(disk, d / "output")
+            node.read_guest_result(disk, d / "staging")
     threads = [threading.Thread(target=one, args=(s,)) for s in serials]
     for t in threads:
         t.start()

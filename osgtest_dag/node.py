@@ -70,17 +70,18 @@ def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Pat
     return io_disk(run_dir, serial)
 
 
-def read_guest_result(disk: Path, dest: Path) -> dict | None:
-    """Pull `output/` off a returned disk into `dest`; the guest's result.json, or None."""
+def read_guest_result(disk: Path, staging: Path) -> tuple[Path, dict | None]:
+    """Pull `output/` off a returned disk into `staging/output`; that directory and the
+    guest's result.json (None when the payload left none)."""
     from .iodisk import read_output
-    read_output(disk, dest)
-    rj = dest / "result.json"
+    out = read_output(disk, staging)
+    rj = out / "result.json"
     if not rj.is_file():
-        return None
+        return out, None
     try:
-        return json.loads(rj.read_text())
+        return out, json.loads(rj.read_text())
     except ValueError:
-        return {"status": "running", "exit_code": None, "corrupt": True}
+        return out, {"status": "running", "exit_code": None, "corrupt": True}
 
 
 def last_local_vm(d: Path) -> dict | None:
@@ -118,7 +119,7 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
         # attempts/<retry>/ for a failed one (kept for diagnosis, superseded by the retry).
         tmp = Path(tempfile.mkdtemp(prefix=".post-output.", dir=d))
         try:
-            result = read_guest_result(disk, tmp)
+            extracted, result = read_guest_result(disk, tmp)
         except (CommandError, RuntimeError, OSError) as e:
             result = None
             shutil.rmtree(tmp, ignore_errors=True)
@@ -138,11 +139,12 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
                                 exit=POST_INFRA_RETRY)
             decision["guest_status"] = status
             decision["guest_exit_code"] = (result or {}).get("exit_code")
-            _stamp_source(tmp, disk)
+            _stamp_source(extracted, disk)
             dest = d / "output" if decision["verdict"] == "done" else d / "attempts" / str(retry)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(dest, ignore_errors=True)
-            os.rename(tmp, dest)
+            os.rename(extracted, dest)
+            shutil.rmtree(tmp, ignore_errors=True)
     history_path = d / "post-vm.json"
     history = []
     if history_path.is_file():
@@ -181,13 +183,12 @@ def process_result(run_dir: Path, serial: str) -> dict:
             raise UserError("no result disk to process", where=disk)
         tmp = Path(tempfile.mkdtemp(prefix=".output.", dir=d))
         try:
-            read_guest_result(disk, tmp)
-            _stamp_source(tmp, disk)
+            extracted, _ = read_guest_result(disk, tmp)
+            _stamp_source(extracted, disk)
             shutil.rmtree(out, ignore_errors=True)
-            os.rename(tmp, out)
-        except BaseException:
+            os.rename(extracted, out)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
     summary = cell_summary(run_dir, serial)
     _write_json(d / "cell-result.json", summary)
     return summary
