@@ -28,7 +28,8 @@ def create_io_disk(serial, offset, run_dir):
     click.echo(n.create_io_disk(run_dir, serial, offset))
 
 
-@node.command("post-vm")
+# $RETURN is negative for a job killed by a signal or removed (-1004): not an option.
+@node.command("post-vm", context_settings={"ignore_unknown_options": True})
 @click.argument("node_name")
 @click.argument("returncode", type=int)
 @click.argument("retry", type=int, default=0)
