@@ -186,15 +186,11 @@ def run(run_dir, local, jobs, only, accel, no_progress):
         raise SystemExit(1)
 
 
-def _register_optional():
-    """Commands of other modules register themselves here (one place to see them all)."""
-    from . import cli_node
-    cli_node.register(main)
-    try:
-        from . import cli_guest
-    except ImportError:  # guest side not present in this checkout
-        return
-    cli_guest.register(main)
+def _register() -> None:
+    """Commands of the other stages, each in its own module (one place to see them all)."""
+    from . import cli_guest, cli_node
+    for module in (cli_guest, cli_node):
+        module.register(main)
 
 
-_register_optional()
+_register()

@@ -1,0 +1,182 @@
+"""Real boots: the debian_12 base image under qemu (TCG here) with a cell's IO disk.
+
+Each boot runs the real payload against the real Debian mirror and is judged by the
+result.json and exit-status it leaves on the IO disk. One VM at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from osgtest_dag import iodisk, qemu
+from osgtest_dag.errors import UserError
+
+BOOT_LIMIT_S = 600   # a boot takes ~40-80 s under TCG on an idle 2-core host; much more when loaded
+
+
+@dataclass(frozen=True)
+class Outcome:
+    boot: qemu.BootResult
+    result: dict
+    exit_status: int
+    output: Path
+
+    def phases(self) -> dict[str, str]:
+        return {p["name"]: p["status"] for p in self.result["phases"]}
+
+
+@pytest.fixture
+def run_cell(tmp_path, debian12_image, make_cell_input):
+    def run(*, networking: bool = True, **cell) -> Outcome:
+        inp = make_cell_input(**cell)
+        disk = iodisk.make_iodisk(inp, tmp_path / "io.qcow2")
+        res = qemu.boot(debian12_image, [qemu.Disk(disk, "qcow2")], memory_mb=1024, vcpus=2,
+                        networking=networking, timeout_s=BOOT_LIMIT_S,
+                        console_log=tmp_path / "console.log", workdir=tmp_path / "vm")
+        print(f"boot: {res.wall_s:.1f} s rc={res.returncode} timed_out={res.timed_out} "
+              f"accel={res.accel}")
+        out = iodisk.read_output(disk, tmp_path / "extracted")
+        result = json.loads((out / "result.json").read_text())
+        return Outcome(res, result, int((out / "exit-status").read_text()), out)
+    return run
+
+
+def _explain(o: Outcome) -> str:
+    logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
+                   for p in sorted(o.output.glob("*.log")))
+    return json.dumps(o.result, indent=1) + logs
+
+
+@pytest.mark.vm
+def test_success_installs_and_tests_hello(run_cell, debian12_image):
+    before = (debian12_image.stat().st_mtime_ns, debian12_image.stat().st_size)
+    o = run_cell(packages=["hello"], test_command='hello | grep -q "Hello, world"',
+                 update_apt_sources=["deb http://deb.debian.org/debian bookworm main",
+                                     "deb http://deb.debian.org/debian bookworm-updates main"])
+    assert o.boot.ok and not o.boot.timed_out, o.boot
+    assert o.boot.wall_s < BOOT_LIMIT_S
+    assert (o.result["status"], o.result["exit_code"], o.exit_status) == ("pass", 0, 0), _explain(o)
+    assert set(o.phases().values()) == {"ok"}
+    assert list(o.phases()) == ["environment", "network", "hostname", "repositories", "install",
+                                "test", "update", "collect"]
+    assert o.result["serial"] == "001" and o.result["current_phase"] is None
+    # What collect gathered.
+    assert "hello\t" in (o.output / "packages-end.txt").read_text()
+    assert "hello\t" not in (o.output / "packages-start.txt").read_text()
+    assert 'VERSION_CODENAME=bookworm' in (o.output / "os-release").read_text()
+    for f in ("journal.txt", "dmesg.txt", "var-log.tar.gz", "etc.tar.gz", "console-hook.log"):
+        assert (o.output / f).stat().st_size > 0, f
+    assert "osgtest-001.osgtest.test" in (o.output / "hostname.log").read_text()
+    assert "deb http://deb.debian.org/debian bookworm-updates main" in (o.output / "update.log").read_text()
+    assert "powering off" in o.boot.console_log.read_text(errors="replace")
+    # The base image was only read (the writes went to the overlay, which is gone).
+    assert (debian12_image.stat().st_mtime_ns, debian12_image.stat().st_size) == before
+    assert not list((o.boot.console_log.parent / "vm").glob("overlay-*.qcow2"))
+
+
+@pytest.mark.vm
+def test_failing_test_command(run_cell):
+    o = run_cell(packages=["hello"], test_command='hello | grep -q "Goodbye"')
+    assert o.boot.ok, o.boot
+    assert (o.result["status"], o.exit_status) == ("test", 1), _explain(o)
+    ph = o.phases()
+    assert ph["install"] == "ok" and ph["test"] == "failed"
+    assert ph["update"] == "skipped" and ph["collect"] == "ok"
+    assert "test exit code: 1" in (o.output / "test.log").read_text()
+
+
+@pytest.mark.vm
+def test_missing_package_is_install_failure(run_cell):
+    o = run_cell(packages=["osgtest-dag-no-such-package"], test_command="true")
+    assert o.boot.ok, o.boot
+    assert (o.result["status"], o.exit_status) == ("install", 2), _explain(o)
+    ph = o.phases()
+    assert ph["repositories"] == "ok" and ph["install"] == "failed" and ph["test"] == "skipped"
+    assert "Unable to locate package osgtest-dag-no-such-package" in (o.output / "install.log").read_text()
+
+
+@pytest.mark.vm
+def test_no_network(run_cell):
+    o = run_cell(networking=False, network_retries=2, test_command="true")
+    assert o.boot.ok, o.boot
+    assert (o.result["status"], o.exit_status) == ("network", 5), _explain(o)
+    ph = o.phases()
+    assert ph["environment"] == "ok" and ph["network"] == "failed"
+    assert ph["repositories"] == "skipped" and ph["collect"] == "ok"
+    assert "no global address" in (o.output / "network.log").read_text()
+
+
+@pytest.mark.vm
+def test_wall_clock_limit_kills_the_vm(tmp_path, debian12_image):
+    res = qemu.boot(debian12_image, [], timeout_s=4, workdir=tmp_path, networking=False)
+    assert res.timed_out and res.returncode is None
+    assert 3.5 < res.wall_s < 20
+
+
+@pytest.mark.vm
+def test_handle_kill_and_poll(tmp_path, debian12_image):
+    vm = qemu.start(debian12_image, [], timeout_s=120, workdir=tmp_path, networking=False)
+    assert vm.poll() is None
+    assert vm.wait(timeout=1) is None
+    res = vm.kill()
+    assert res.returncode is not None and not res.timed_out
+    assert vm.poll() is res
+    assert not vm.overlay.exists()
+
+
+def test_accel_detection_and_override(monkeypatch):
+    accel = qemu.detect_accel()
+    assert accel in qemu.ACCELS
+    assert qemu.detect_accel() == accel  # cached
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert accel == "tcg"
+    monkeypatch.setenv("OSGTEST_DAG_ACCEL", "tcg")
+    assert qemu.detect_accel() == "tcg"
+    monkeypatch.setenv("OSGTEST_DAG_ACCEL", "xen")
+    with pytest.raises(UserError, match="OSGTEST_DAG_ACCEL"):
+        qemu.detect_accel()
+
+
+def test_qemu_argv(tmp_path):
+    argv = qemu.qemu_argv(tmp_path / "ov,1.qcow2", [qemu.Disk(tmp_path / "io.qcow2", "qcow2")],
+                          accel="tcg", memory_mb=2048, vcpus=2, networking=True,
+                          console_log=tmp_path / "c.log")
+    s = " ".join(argv)
+    assert "-machine q35,accel=tcg -cpu max" in s
+    assert "-smp 2 -m 2048" in s and "-no-reboot" in s and "-display none -monitor none" in s
+    assert f"-serial file:{tmp_path}/c.log" in s
+    assert f"file={tmp_path}/ov,,1.qcow2,format=qcow2,if=none,id=vda" in s
+    assert f"file={tmp_path}/io.qcow2,format=qcow2,if=none,id=vdb" in s
+    assert "-nic user,model=virtio-net-pci" in s
+    off = qemu.qemu_argv(tmp_path / "o.qcow2", [], accel="kvm", memory_mb=512, vcpus=1,
+                         networking=False, console_log=tmp_path / "c.log")
+    assert "-nic none" in " ".join(off) and "accel=kvm" in " ".join(off)
+
+
+def test_boot_refuses_missing_files(tmp_path):
+    with pytest.raises(UserError, match="base image"):
+        qemu.start(tmp_path / "nope.qcow2", [], workdir=tmp_path, accel="tcg")
+
+
+@pytest.mark.vm
+def test_debian13_success(tmp_path, guest_image_store, make_cell_input):
+    """The local builder's trixie image runs the same cell (built once, then cached)."""
+    from osgtest_dag import image
+    base = image.build_image("debian_13.x86_64", guest_image_store, builder="local").image.path
+    inp = make_cell_input(platform_id="debian_13.x86_64", packages=["hello"],
+                          apt_sources=["deb http://deb.debian.org/debian trixie main"],
+                          test_command='hello | grep -q "Hello, world"')
+    disk = iodisk.make_iodisk(inp, tmp_path / "io.qcow2")
+    res = qemu.boot(base, [qemu.Disk(disk, "qcow2")], timeout_s=BOOT_LIMIT_S, workdir=tmp_path / "vm",
+                    console_log=tmp_path / "console.log")
+    print(f"boot: {res.wall_s:.1f} s")
+    assert res.ok, res
+    out = iodisk.read_output(disk, tmp_path / "x")
+    result = json.loads((out / "result.json").read_text())
+    assert (result["status"], (out / "exit-status").read_text()) == ("pass", "0\n"), result
+    assert "VERSION_CODENAME=trixie" in (out / "os-release").read_text()

@@ -1,0 +1,262 @@
+"""Base images: Oz templates, Oz-path customization on a real image, the image store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from osgtest_dag import command, debian_builder, gfs, image, iodisk, oz_builder, payload, qemu
+from osgtest_dag.catalog import Catalog
+from osgtest_dag.errors import UserError
+
+PLATFORMS = ["alma_8", "alma_9", "alma_10", "rocky_8", "rocky_9", "rocky_10", "centos_stream_9",
+             "centos_stream_10", "debian_11", "debian_12", "debian_13"]
+
+
+@pytest.fixture(scope="module")
+def cat():
+    return Catalog.load()
+
+
+# --- Oz templates -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("os_id", PLATFORMS)
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_template_parses_with_oz(cat, os_id, arch):
+    import oz.TDL
+    plat = cat.platform(f"{os_id}.{arch}")
+    text = oz_builder.render_template(plat)
+    tdl = oz.TDL.TDL(text)  # Oz's own parser
+    assert tdl.arch == arch
+    assert tdl.name == f"osgtest-{os_id}-{arch}"
+    assert tdl.installtype == "url" and tdl.url.startswith("http")
+    assert arch in tdl.url or {"x86_64": "amd64", "aarch64": "arm64"}[arch] in tdl.url
+    assert tdl.rootpw == "${rootpw}"  # filled in only at build time
+    names = [p.name for p in tdl.packages]
+    assert names and oz_builder.template_packages(text) == tuple(names)
+    if plat.family == "debian":
+        assert tdl.distro == "Debian" and tdl.update == str(plat.major)
+        assert plat.codename in tdl.url
+    else:
+        assert tdl.distro.endswith(f"-{plat.major}")
+
+
+def test_every_platform_has_a_template(cat):
+    templates = {t.stem for t in oz_builder.template_dir().glob("*.tdl")}
+    assert {p.rsplit(".", 1)[0] for p in cat.platform_ids()} <= templates
+
+
+@pytest.mark.parametrize("os_id", PLATFORMS)
+def test_oz_support_is_checked_against_installed_oz(cat, os_id, tmp_path):
+    plat = cat.platform(f"{os_id}.x86_64")
+    tdl = oz_builder.parse_template(oz_builder.render_template(plat))
+    ok, why = oz_builder.oz_supports(tdl)
+    if plat.major >= 10 or os_id == "debian_13":
+        assert not ok  # no released Oz knows these
+    if ok:
+        return
+    with pytest.raises(UserError) as ei:
+        image.build_image(plat.id, tmp_path, builder="oz")
+    msg = str(ei.value)
+    assert "the installed Oz cannot build" in msg and plat.name in msg and why in msg
+    if plat.family == "debian":
+        assert "--builder local" in msg
+    assert not list(tmp_path.glob("*.qcow2"))
+
+
+def test_oz_install_invocation(tmp_path):
+    cfg = oz_builder.write_oz_config(tmp_path, data_dir=tmp_path / "oz-data")
+    argv = oz_builder.oz_install_argv(tmp_path / "t.tdl", tmp_path / "out.qcow2", cfg,
+                                      tmp_path / "l.xml", timeout_s=1234)
+    assert argv[0] == "oz-install" and argv[-1] == str(tmp_path / "t.tdl")
+    assert argv[argv.index("-s") + 1] == str(tmp_path / "out.qcow2")
+    assert argv[argv.index("-c") + 1] == str(cfg)
+    assert argv[argv.index("-t") + 1] == "1234"
+    assert "-u" not in argv  # our customization, not Oz's
+    text = cfg.read_text()
+    assert f"output_dir = {tmp_path}" in text and "image_type = qcow2" in text
+    assert f"data_dir = {tmp_path / 'oz-data'}" in text
+
+
+def test_choose_builder(cat):
+    assert image.choose_builder(cat.platform("debian_12.x86_64"), "auto") == "local"
+    assert image.choose_builder(cat.platform("rocky_9.x86_64"), "auto") == "oz"
+    with pytest.raises(UserError, match="Debian images only"):
+        image.choose_builder(cat.platform("rocky_9.x86_64"), "local")
+    with pytest.raises(UserError, match="unknown image builder"):
+        image.choose_builder(cat.platform("rocky_9.x86_64"), "docker")
+    with pytest.raises(UserError, match="x86_64 images only"):
+        image.build_image("debian_12.aarch64", "/nonexistent-store", builder="local")
+
+
+# --- Oz-path customization on a real image ----------------------------------------------------
+
+def _strip_customization(disk: Path) -> dict:
+    """Make the image look like a fresh install: no hook, no stamp, installer-style network.
+
+    Returns what the local builder had put there (checked by test_local_image_content).
+    """
+    with gfs.open_disks([(disk, "qcow2")], readonly=False) as g:
+        g.mount("/dev/sda1", "/")
+        seen = {"stamp": g.cat("/etc/osgtest-image-release"),
+                "hook_enabled": g.is_symlink("/etc/systemd/system/multi-user.target.wants/osgtest-boot.service"),
+                "fstab": g.cat("/etc/fstab"), "ldlinux": g.exists("/boot/extlinux/ldlinux.sys"),
+                "extlinux": g.cat("/boot/extlinux/extlinux.conf"),
+                "apt_conf": g.cat("/etc/apt/apt.conf.d/90osgtest")}
+        for f in ("/usr/local/sbin/osgtest-boot", "/etc/systemd/system/osgtest-boot.service",
+                  "/etc/systemd/system/multi-user.target.wants/osgtest-boot.service",
+                  "/etc/osgtest-image-release", "/etc/systemd/network/80-osgtest-dhcp.network"):
+            g.rm_f(f)
+        conf = g.cat("/boot/extlinux/extlinux.conf")
+        g.write("/boot/extlinux/extlinux.conf",
+                conf.replace("console=ttyS0,115200 panic=-1", "quiet").encode())
+        g.mkdir_p("/etc/network")
+        g.write("/etc/network/interfaces",
+                b"auto lo\niface lo inet loopback\nallow-hotplug ens3\niface ens3 inet dhcp\n")
+        g.write("/etc/udev/rules.d/70-persistent-net.rules", b'SUBSYSTEM=="net", NAME="eth0"\n')
+        g.write("/etc/machine-id", b"0123456789abcdef0123456789abcdef\n")
+        g.umount_all()
+    return seen
+
+
+@pytest.fixture(scope="module")
+def customized(debian12_image, tmp_path_factory):
+    """An overlay of the debian_12 image, stripped, then customized by the Oz path's code."""
+    work = tmp_path_factory.mktemp("oz-custom")
+    disk = work / "installed.qcow2"
+    command.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", debian12_image, "-F", "qcow2", disk])
+    seen = _strip_customization(disk)
+    stamp = {"platform": "debian_12.x86_64", "builder": "oz", "created": "2026-11-21T00:00:00Z"}
+    packages = oz_builder.customize_image(disk, "qcow2", stamp=stamp)
+    return disk, packages, stamp, seen
+
+
+def test_local_image_content(customized):
+    """What the local builder put into the debian_12 image (read before stripping it)."""
+    seen = customized[3]
+    assert "platform=debian_12.x86_64" in seen["stamp"] and "created=" in seen["stamp"]
+    assert "builder=local" in seen["stamp"] and "inputs_hash=" in seen["stamp"]
+    assert seen["hook_enabled"] and seen["ldlinux"]
+    assert "LABEL=rootfs" in seen["fstab"]
+    assert "SERIAL 0 115200" in seen["extlinux"] and "root=LABEL=rootfs" in seen["extlinux"]
+    assert seen["apt_conf"] == debian_builder.APT_CONF
+
+
+def test_oz_customization_result(customized):
+    disk, packages, stamp, _ = customized
+    assert any(p.startswith("systemd\t") for p in packages)
+    assert any(p.startswith("linux-image-cloud-amd64\t") for p in packages)
+    with gfs.open_disks([(disk, "qcow2")], readonly=True) as g:
+        g.mount_ro("/dev/sda1", "/")
+        hook = "/usr/local/sbin/osgtest-boot"
+        assert g.read_file(hook) == payload.payload_file(payload.BOOT_HOOK).read_bytes()
+        assert g.statns(hook)["st_mode"] & 0o777 == 0o755
+        assert g.read_file("/etc/systemd/system/osgtest-boot.service") == \
+            payload.payload_file(payload.BOOT_UNIT).read_bytes()
+        assert g.readlink("/etc/systemd/system/multi-user.target.wants/osgtest-boot.service") == \
+            "/etc/systemd/system/osgtest-boot.service"
+        assert g.cat("/etc/systemd/network/80-osgtest-dhcp.network") == debian_builder.NETWORK_FILE
+        assert "allow-hotplug" not in g.cat("/etc/network/interfaces")
+        assert g.is_symlink("/etc/systemd/system/multi-user.target.wants/systemd-networkd.service")
+        assert not g.exists("/etc/udev/rules.d/70-persistent-net.rules")
+        assert g.cat("/etc/machine-id") == ""
+        assert g.readlink("/etc/systemd/system/apt-daily.timer") == "/dev/null"
+        conf = g.cat("/boot/extlinux/extlinux.conf")
+        append = [ln for ln in conf.splitlines() if ln.strip().startswith("APPEND")]
+        assert len(append) == 1 and "root=LABEL=rootfs" in append[0]
+        assert append[0].count("console=ttyS0,115200n8") == 1 and "panic=-1" in append[0]
+        assert g.cat("/etc/osgtest-image-release") == "".join(f"{k}={v}\n" for k, v in stamp.items())
+
+
+@pytest.mark.vm
+def test_customized_image_runs_the_hook(customized, make_cell_input, tmp_path):
+    """The customized image boots, runs run-job from the IO disk and powers off by itself."""
+    disk = customized[0]
+    inp = make_cell_input(network_retries=1, test_command="true")
+    io = iodisk.make_iodisk(inp, tmp_path / "io.qcow2")
+    res = qemu.boot(disk, [qemu.Disk(io, "qcow2")], networking=False, timeout_s=600,
+                    workdir=tmp_path / "vm", console_log=tmp_path / "console.log")
+    assert res.ok, res
+    out = iodisk.read_output(io, tmp_path / "x")
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "network" and (out / "exit-status").read_text() == "5\n"
+    assert "osgtest-boot: powering off" in res.console_log.read_text(errors="replace")
+
+
+# --- the image store --------------------------------------------------------------------------
+
+def test_stored_image_is_reused(debian12_image, guest_image_store):
+    out = image.build_image("debian_12", guest_image_store)
+    assert not out.built and out.reasons == () and out.image.path == debian12_image
+    info = out.image
+    assert info.builder == "local" and len(info.sha256) == 64 and info.size == debian12_image.stat().st_size
+    assert any(p.startswith("systemd-sysv\t") for p in info.packages)
+    assert "debian_12.x86_64" in [i.platform for i in image.list_images(guest_image_store)]
+    meta = json.loads(info.meta_path.read_text())
+    assert meta["schema"] == "osgtest-dag/image" and meta["inputs_hash"] == info.inputs_hash
+    assert set(meta["inputs"]) == {"builder", "template", "packages", "payload", "code"}
+
+
+@pytest.fixture
+def fake_local_builder(monkeypatch):
+    """The store logic with a stand-in for the 40 s mmdebstrap build."""
+    calls = []
+
+    def fake_build(recipe, dest, *, stamp, workdir=None):
+        calls.append(stamp)
+        if getattr(fake_build, "fail", False):
+            Path(dest).write_bytes(b"partial")
+            raise UserError("simulated build failure")
+        command.run(["qemu-img", "create", "-q", "-f", "qcow2", dest, "16M"])
+        return ["pkg\t1.0\tamd64"]
+    monkeypatch.setattr(debian_builder, "build", fake_build)
+    fake_build.calls = calls
+    return fake_build
+
+
+def test_rebuild_reasons(tmp_path, fake_local_builder, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="osgtest_dag.image")
+    first = image.build_image("debian_12.x86_64", tmp_path)
+    assert first.built and first.reasons == ("no image yet",)
+    assert not image.build_image("debian_12.x86_64", tmp_path).built
+    assert image.build_image("debian_12.x86_64", tmp_path, force=True).reasons == ("forced",)
+
+    monkeypatch.setattr(payload, "files_hash", lambda *a, **k: "0" * 64)
+    assert image.build_image("debian_12.x86_64", tmp_path).reasons == ("payload changed",)
+    monkeypatch.setattr(debian_builder, "NETWORK_FILE", debian_builder.NETWORK_FILE + "# x\n")
+    assert image.build_image("debian_12.x86_64", tmp_path).reasons == ("template changed",)
+    monkeypatch.setattr(debian_builder, "BASE_PACKAGES", debian_builder.BASE_PACKAGES + ("vim",))
+    assert image.build_image("debian_12.x86_64", tmp_path).reasons == ("package list changed",)
+    monkeypatch.setattr(debian_builder, "CODE_VERSION", "next")
+    assert image.build_image("debian_12.x86_64", tmp_path).reasons == ("builder code changed",)
+    assert "payload changed" in caplog.text and "no image yet" in caplog.text
+    assert len(fake_local_builder.calls) == 6
+    # The stamp carries the creation date and the inputs hash.
+    assert {"created", "inputs_hash", "platform", "builder"} <= set(fake_local_builder.calls[0])
+    (tmp_path / "debian_12.x86_64.qcow2").unlink()
+    assert image.build_image("debian_12.x86_64", tmp_path).reasons == ("image file missing",)
+
+
+def test_failed_build_leaves_nothing(tmp_path, fake_local_builder):
+    fake_local_builder.fail = True
+    with pytest.raises(UserError, match="simulated"):
+        image.build_image("debian_12.x86_64", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".debian_12.x86_64.lock"]
+    assert image.list_images(tmp_path) == []
+
+
+def test_failed_rebuild_keeps_old_image(tmp_path, fake_local_builder):
+    image.build_image("debian_12.x86_64", tmp_path)
+    old = (tmp_path / "debian_12.x86_64.json").read_text()
+    fake_local_builder.fail = True
+    with pytest.raises(UserError):
+        image.build_image("debian_12.x86_64", tmp_path, force=True)
+    assert (tmp_path / "debian_12.x86_64.json").read_text() == old
+    assert [i.platform for i in image.list_images(tmp_path)] == ["debian_12.x86_64"]
+
+
+def test_unknown_platform(tmp_path):
+    with pytest.raises(UserError, match="unknown platform"):
+        image.build_image("debian_99", tmp_path)
