@@ -69,8 +69,8 @@ class Progress:
             cell = "failed"
         elif all(s == "done" for s in mine if s is not None) and mine[-1] == "done":
             cell = "done"
-        elif any(s in ("running", "done") for s in mine):
-            cell = "running"
+        elif any(s == "running" for s in mine):
+            cell = "running"          # waiting for a VM slot between nodes counts as pending
         else:
             cell = "pending"
         self.cells[serial] = cell

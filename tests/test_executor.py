@@ -173,3 +173,29 @@ def test_ctrl_c_stops_and_resume_finishes(tmp_path):
     st = node_outcomes(dag)
     assert all(s["status"] in ("pending", "done") for s in st.values())
     assert executor.run_dag(dag) is True
+
+
+def test_progress_plain_lines_count_cells():
+    import io
+
+    from osgtest_dag.progress import Progress
+    out = io.StringIO()
+    p = Progress(stream=out, tty=False)
+
+    class St:
+        def get(self, n):
+            return {"status": "pending"}
+    nodes = [f"{k}{s}" for s in ("000", "001") for k in ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")]
+    p.add_dag("m.dag", nodes, St())
+    p.update("m.dag", "CreateDisk000", "running")
+    p.update("m.dag", "CreateDisk000", "done")       # waiting for a VM: pending again
+    for k in ("TestRun", "ProcessResult", "CleanOutput"):
+        p.update("m.dag", f"{k}000", "running")
+        p.update("m.dag", f"{k}000", "done")
+    p.update("m.dag", "CreateDisk001", "failed")
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("cell 000: running | cells 0/2 finished (0 done, 0 failed), 1 running")
+    assert lines[1].startswith("cell 000: pending | cells 0/2 finished")
+    assert lines[-2].startswith("cell 000: done | cells 1/2 finished (1 done, 0 failed), 0 running")
+    assert lines[-1].startswith("cell 001: failed | cells 2/2 finished (1 done, 1 failed), 0 running")
+    assert lines[-1].endswith("ETA 0:00")
