@@ -180,16 +180,18 @@ def run(run_dir, local, jobs, only, accel, no_progress):
                   progress=not no_progress)
     if r.report:
         click.echo(r.report.read_text(), nl=False)
+    html = Path(run_dir) / "report.html"
     click.echo(f"{'finished' if r.ok else 'FAILED'} in {r.wall_s:.0f} s; run directory: {run_dir}"
-               + (f"; report: {r.report}" if r.report else ""))
+               + (f"; reports: {r.report}" if r.report else "")
+               + (f", {html}" if html.is_file() else ""))
     if not r.ok:
         raise SystemExit(1)
 
 
 def _register() -> None:
     """Commands of the other stages, each in its own module (one place to see them all)."""
-    from . import cli_guest, cli_node
-    for module in (cli_guest, cli_node):
+    from . import cli_guest, cli_node, cli_results
+    for module in (cli_guest, cli_node, cli_results):
         module.register(main)
 
 

@@ -71,36 +71,24 @@ def matrix_final(run_dir):
 @RUN_DIR
 def analyze(run_dir):
     from . import node as n
-    n.matrix_summary(run_dir)
+    doc = n.analyze(run_dir)
+    click.echo(f"results.json: {len(doc.get('cells', []))} cells")
 
 
 @node.command("report")
 @RUN_DIR
 def report(run_dir):
     from . import node as n
-    s = n.matrix_summary(run_dir)
-    text = n.text_summary(s)
-    (Path(run_dir) / "report.txt").write_text(text)
-    click.echo(text, nl=False)
+    written = n.report(run_dir)
+    click.echo(written["text"].read_text(), nl=False)
+    click.echo("wrote " + ", ".join(str(p) for p in written.values()))
 
 
 @node.command("publish")
 @RUN_DIR
 def publish(run_dir):
-    """Nothing is published unless the run was generated with a publish target."""
-    from .workflow import load_manifest
-    target = load_manifest(run_dir)["options"].get("publish_dir")
-    if not target:
-        click.echo("publish: no publish target configured for this run; report stays in the run directory")
-        return
-    import shutil
-    dest = Path(target) / Path(run_dir).resolve().name
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("report.txt", "matrix-summary.json", "results.json", "report.html"):
-        src = Path(run_dir) / name
-        if src.is_file():
-            shutil.copy2(src, dest / name)
-    click.echo(f"published to {dest}")
+    from . import node as n
+    click.echo("publish: " + n.publish(run_dir))
 
 
 def register(group: click.Group) -> None:

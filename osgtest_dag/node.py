@@ -70,18 +70,23 @@ def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Pat
     return io_disk(run_dir, serial)
 
 
-def read_guest_result(disk: Path, staging: Path) -> tuple[Path, dict | None]:
-    """Pull `output/` off a returned disk into `staging/output`; that directory and the
-    guest's result.json (None when the payload left none)."""
-    from .iodisk import read_output
-    out = read_output(disk, staging)
+def read_guest_result(disk: Path, staging: Path) -> tuple[Path, dict | None, dict]:
+    """Pull `output/` off a returned disk into `staging/output` with the hardened extractor
+    (the guest wrote the disk: read-only, no backing files, no links, capped). Returns that
+    directory, the guest's result.json (None when the payload left none) and the extraction
+    report; RuntimeError when the disk was refused or unreadable."""
+    from .extract import ExtractJob, extract_disks
+    out = staging / "output"
+    (report,) = extract_disks([ExtractJob(Path(disk), out)])
+    if not report["ok"]:
+        raise RuntimeError(report["error"] or "extraction failed")
     rj = out / "result.json"
-    if not rj.is_file():
-        return out, None
+    if rj.is_symlink() or not rj.is_file():
+        return out, None, report
     try:
-        return out, json.loads(rj.read_text())
+        return out, json.loads(rj.read_text()), report
     except ValueError:
-        return out, {"status": "running", "exit_code": None, "corrupt": True}
+        return out, {"status": "running", "exit_code": None, "corrupt": True}, report
 
 
 def last_local_vm(d: Path) -> dict | None:
@@ -119,7 +124,7 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
         # attempts/<retry>/ for a failed one (kept for diagnosis, superseded by the retry).
         tmp = Path(tempfile.mkdtemp(prefix=".post-output.", dir=d))
         try:
-            extracted, result = read_guest_result(disk, tmp)
+            extracted, result, report = read_guest_result(disk, tmp)
         except (CommandError, RuntimeError, OSError) as e:
             result = None
             shutil.rmtree(tmp, ignore_errors=True)
@@ -144,6 +149,8 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(dest, ignore_errors=True)
             os.rename(extracted, dest)
+            _write_json(dest.parent / ("extraction.json" if dest.name == "output"
+                                       else f"{dest.name}.extraction.json"), report)
             shutil.rmtree(tmp, ignore_errors=True)
     history_path = d / "post-vm.json"
     history = []
@@ -183,8 +190,9 @@ def process_result(run_dir: Path, serial: str) -> dict:
             raise UserError("no result disk to process", where=disk)
         tmp = Path(tempfile.mkdtemp(prefix=".output.", dir=d))
         try:
-            extracted, _ = read_guest_result(disk, tmp)
+            extracted, _, report = read_guest_result(disk, tmp)
             _stamp_source(extracted, disk)
+            _write_json(d / "extraction.json", report)
             shutil.rmtree(out, ignore_errors=True)
             os.rename(extracted, out)
         finally:
@@ -262,3 +270,51 @@ def text_summary(summary: dict) -> str:
                      f"{c['label'][:28]:<28} {c['source']}")
     lines.append("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items())))
     return "\n".join(lines) + "\n"
+
+
+def analyze(run_dir: Path) -> dict:
+    """The Analyze node: every cell's outcome into results.json (results.py)."""
+    from .results import analyze_run
+    return analyze_run(Path(run_dir))
+
+
+REPORT_FILES = {"text": "report.txt", "html": "report.html", "junit": "junit.xml"}
+
+
+def report(run_dir: Path) -> dict[str, Path]:
+    """The Report node: text, HTML and JUnit renderings of results.json."""
+    from .cli_results import render
+    from .results import load_results
+    run_dir = Path(run_dir)
+    doc = load_results(run_dir)
+    written = {}
+    for fmt, name in REPORT_FILES.items():
+        path = run_dir / name
+        text = render(doc, fmt, out_path=path)
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        written[fmt] = path
+    return written
+
+
+def publish(run_dir: Path) -> str:
+    """The Publish node: mail the summary when SMTP is configured (OSGTEST_DAG_SMTP_* in the
+    environment), copy the reports to publish_dir when the run names one; else say so."""
+    from .report_email import SmtpSettings, build_message, send
+    from .results import load_results
+    run_dir = Path(run_dir)
+    said = []
+    opts = load_manifest(run_dir)["options"]
+    if opts.get("publish_dir"):
+        dest = Path(opts["publish_dir"]) / run_dir.resolve().name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("results.json", *REPORT_FILES.values()):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, dest / name)
+        said.append(f"reports copied to {dest}")
+    if os.environ.get("OSGTEST_DAG_SMTP_HOST"):
+        settings = SmtpSettings.from_env()
+        send(build_message(load_results(run_dir), settings), settings)
+        said.append(f"summary mailed to {', '.join(settings.recipients)}")
+    return "; ".join(said) or "nothing to publish to (no publish_dir, no OSGTEST_DAG_SMTP_HOST)"

@@ -1,0 +1,213 @@
+"""A cell's outcome: one enum, one severity order, used for every aggregate and every sort.
+
+Severity, least to most severe (worst-of aggregation picks the last one present):
+
+    pass < cleanup < waived < fail < update < install < timeout < infra < missing
+
+- pass     every test passed.
+- cleanup  every test of the product passed; only osg-test's own clean-up (special_cleanup:
+           removing packages, restoring files) failed. Mostly test-framework trouble, so the
+           least severe failure (the reference tool reports runs with only ignored and cleanup
+           failures as ignored, which this order gives by itself: worst(waived, cleanup) = waived).
+- waived   tests failed, and every one of those failures is a known failure in force
+           (known_failures.py); someone already owns it.
+- fail     tests failed (or badly skipped) with no known failure covering them.
+- update   the packages installed but updating them to the update repositories failed (or the
+           tests after the update did): an upgrade path for users is broken.
+- install  the package set did not install: nothing of it could be tested at all.
+- timeout  the run did not finish in its time (osg-test's alarm, the test command's timeout,
+           or the VM killed at its wall-clock limit): no verdict on the product.
+- infra    the infrastructure failed (network, repositories, VM, payload, unreadable disk):
+           no verdict on the product, and worth another run.
+- missing  no result came back at all (the cell never ran, or the run is unfinished): we know
+           nothing, which is the worst place to be for a report that must not look green.
+
+Product outcomes (pass .. install) say something about the packages; the last three say the
+test did not produce a verdict.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+class Outcome(enum.Enum):
+    PASS = "pass"
+    CLEANUP = "cleanup"
+    WAIVED = "waived"
+    FAIL = "fail"
+    UPDATE = "update"
+    INSTALL = "install"
+    TIMEOUT = "timeout"
+    INFRA = "infra"
+    MISSING = "missing"
+
+    # Enum members are ordered by definition, which is the severity order above.
+    @property
+    def severity(self) -> int:
+        return _ORDER[self]
+
+    def __lt__(self, other: Outcome) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return self.severity < other.severity
+
+    def __le__(self, other: Outcome) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return self.severity <= other.severity
+
+    def __gt__(self, other: Outcome) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return self.severity > other.severity
+
+    def __ge__(self, other: Outcome) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return self.severity >= other.severity
+
+    @property
+    def acceptable(self) -> bool:
+        """Counts as passing for regressions and fixes: pass, or failures all waived."""
+        return self in (Outcome.PASS, Outcome.WAIVED)
+
+    @property
+    def product(self) -> bool:
+        """The cell said something about the packages (as opposed to timeout/infra/missing)."""
+        return self.severity <= Outcome.INSTALL.severity
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS[self]
+
+    @classmethod
+    def parse(cls, value: str) -> Outcome:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown outcome {value!r} (one of {', '.join(o.value for o in cls)})") from None
+
+    @classmethod
+    def worst(cls, outcomes: Iterable[Outcome], default: Outcome | None = None) -> Outcome | None:
+        """The most severe of `outcomes`; `default` when there are none."""
+        found = default
+        for o in outcomes:
+            if found is None or o > found:
+                found = o
+        return found
+
+
+_ORDER = {o: i for i, o in enumerate(Outcome)}
+
+DESCRIPTIONS = {
+    Outcome.PASS: "all tests passed",
+    Outcome.CLEANUP: "tests passed; only osg-test's clean-up failed",
+    Outcome.WAIVED: "failures, all of them known failures in force",
+    Outcome.FAIL: "tests failed",
+    Outcome.UPDATE: "updating the packages (or testing after the update) failed",
+    Outcome.INSTALL: "installing the package set failed",
+    Outcome.TIMEOUT: "did not finish in time",
+    Outcome.INFRA: "infrastructure failure (no verdict on the packages)",
+    Outcome.MISSING: "no result came back",
+}
+
+ORDERED = tuple(Outcome)
+
+
+def sort_key(outcome: Outcome | str) -> int:
+    """For sorted(): worst last; use `reverse=True` (or negate) for worst first."""
+    return (outcome if isinstance(outcome, Outcome) else Outcome.parse(outcome)).severity
+
+
+# ------------------------------------------------------------------------------ derivation
+@dataclass(frozen=True)
+class Evidence:
+    """What we know of one cell, strongest source first: the guest's own result.json, then
+    the osg-test log, then the job and node events (post-vm.json, the job log)."""
+
+    guest: dict | None = None            # output/result.json (docs/contracts.md §2), parsed
+    guest_error: str | None = None       # result.json exists but cannot be read
+    log_outcome: Outcome | None = None   # from the osg-test log (osgtest_log.classify)
+    log_reason: str | None = None
+    post_vm: tuple = ()                  # post-vm.json decisions, oldest first
+    vm_timed_out: bool = False           # the VM was killed or held at its wall-clock limit
+    job_reason: str | None = None        # the last hold/abort reason of the VM job
+    extraction_error: str | None = None  # the result disk could not be read (extract.py)
+
+
+# A test phase killed by `timeout` exits 124 (TERM) or 137 (KILL after -k).
+TIMEOUT_EXIT_CODES = (124, 137)
+
+_GUEST_INFRA = {
+    "repos": "setting up the repositories failed",
+    "network": "the guest had no usable network",
+    "payload": "the payload broke (bad cell configuration)",
+}
+
+
+def _phase(guest: dict, name: str) -> dict:
+    for p in guest.get("phases") or ():
+        if isinstance(p, dict) and p.get("name") == name:
+            return p
+    return {}
+
+
+def derive(e: Evidence) -> tuple[Outcome, str]:
+    """The cell's outcome and a one-line reason, from the strongest evidence there is."""
+    g = e.guest
+    if e.guest_error and g is None:
+        return Outcome.INFRA, f"result.json unreadable: {e.guest_error}"
+    if g is not None:
+        status = g.get("status")
+        if status == "pass":
+            if e.log_outcome is not None and e.log_outcome is not Outcome.PASS:
+                return e.log_outcome, e.log_reason or "the osg-test log disagrees with the guest"
+            return Outcome.PASS, e.log_reason or "all phases passed"
+        if status == "test":
+            code = _phase(g, "test").get("exit_code")
+            if code in TIMEOUT_EXIT_CODES:
+                return Outcome.TIMEOUT, f"the test command timed out (exit {code})"
+            if e.log_outcome is not None and e.log_outcome is not Outcome.PASS:
+                return e.log_outcome, e.log_reason or "tests failed"
+            if e.log_outcome is Outcome.PASS:
+                return Outcome.FAIL, (f"the test command failed (exit {code}) although the "
+                                      "osg-test log shows no failure")
+            return Outcome.FAIL, f"the test command failed (exit {code})"
+        if status == "install":
+            code = _phase(g, "install").get("exit_code")
+            return Outcome.INSTALL, f"installing the package set failed (exit {code})"
+        if status == "update":
+            code = _phase(g, "update").get("exit_code")
+            if code in TIMEOUT_EXIT_CODES:
+                return Outcome.TIMEOUT, f"the tests after the update timed out (exit {code})"
+            return Outcome.UPDATE, f"the update phase failed (exit {code})"
+        if status in _GUEST_INFRA:
+            msg = g.get("message")
+            return Outcome.INFRA, _GUEST_INFRA[status] + (f" ({msg})" if msg else "")
+        if status == "running":
+            where = g.get("current_phase") or "an unknown phase"
+            if e.vm_timed_out:
+                return Outcome.TIMEOUT, f"the VM was stopped at its time limit during {where}"
+            if e.log_outcome is Outcome.TIMEOUT:
+                return Outcome.TIMEOUT, e.log_reason or "osg-test timed out"
+            return Outcome.INFRA, f"the guest stopped during {where} (crash or power-off)"
+        return Outcome.INFRA, f"the guest reported an unknown status {status!r}"
+    if e.log_outcome is not None:      # an output with an osg-test log but no result.json
+        return e.log_outcome, e.log_reason or e.log_outcome.description
+    if e.extraction_error:
+        return Outcome.INFRA, f"result disk unreadable: {e.extraction_error}"
+    if e.vm_timed_out:
+        return Outcome.TIMEOUT, e.job_reason or "the VM was stopped at its time limit"
+    if e.post_vm:
+        last = e.post_vm[-1] if isinstance(e.post_vm[-1], dict) else {}
+        n = len(e.post_vm)
+        why = last.get("reason") or e.job_reason or "no result"
+        if last.get("verdict") == "infra-fatal":
+            return Outcome.INFRA, f"{why} (not retried)"
+        return Outcome.INFRA, f"{why} (after {n} attempt{'s' if n != 1 else ''})"
+    if e.job_reason:
+        return Outcome.INFRA, e.job_reason
+    return Outcome.MISSING, "no result came back (the cell has not run, or its run was lost)"
