@@ -124,16 +124,24 @@ def plan(params, only, catalogs, image_dir, fmt):
               help="Extra ClassAd requirements for the VM jobs.")
 @click.option("--exclude-host", "excluded_hosts", multiple=True, metavar="MACHINE",
               help="Execute host the VM jobs must avoid (repeatable).")
+@click.option("--excluded-hosts", "excluded_hosts_file", type=click.Path(path_type=Path), default=None,
+              help="Excluded-hosts list with expiries (default: ~/.config/osgtest-dag/excluded-hosts.yaml, "
+                   "maintained by `osgtest-dag hosts`).")
 @click.option("--vm-type", type=click.Choice(["kvm", "xen"]), default="kvm", show_default=True)
 @click.option("--tool", default="", help="Path of osgtest-dag for the DAG's nodes (default: this one).")
 @click.option("--batch-name", default="", help="HTCondor batch name (default: the run directory's name).")
 @click.option("--nightly", is_flag=True, help="Mark the run as the nightly run.")
 def generate(params, run_dir, only, catalogs, image_dir, force, template_dir, max_wall, max_starts,
              max_queue_time, vm_retries, local_io_maxjobs, extra_requirements, excluded_hosts,
-             vm_type, tool, batch_name, nightly):
+             excluded_hosts_file, vm_type, tool, batch_name, nightly):
     """Write a self-contained run directory (DAGs, submit files, per-cell configuration)."""
+    from .hosts import active_excluded_hosts
     from .workflow import WorkflowOptions, write_run
     catalog, m, cells = _matrix(params, catalogs, image_dir, only)
+    if excluded_hosts_file and not excluded_hosts_file.is_file():
+        raise UserError("excluded-hosts file not found", where=excluded_hosts_file,
+                        hint="`osgtest-dag hosts RUNS_ROOT --exclude-above ...` writes one")
+    excluded_hosts = tuple(dict.fromkeys([*excluded_hosts, *active_excluded_hosts(excluded_hosts_file)]))
     opts = WorkflowOptions(tool=tool, vm_type=vm_type, max_wall=max_wall, max_starts=max_starts,
                            max_queue_time=max_queue_time, vm_retries=vm_retries,
                            local_io_maxjobs=local_io_maxjobs, extra_requirements=extra_requirements,
@@ -190,8 +198,8 @@ def run(run_dir, local, jobs, only, accel, no_progress):
 
 def _register() -> None:
     """Commands of the other stages, each in its own module (one place to see them all)."""
-    from . import cli_guest, cli_node, cli_results
-    for module in (cli_guest, cli_node, cli_results):
+    from . import cli_condor, cli_guest, cli_node, cli_pool, cli_results
+    for module in (cli_guest, cli_node, cli_results, cli_condor, cli_pool):
         module.register(main)
 
 

@@ -293,6 +293,7 @@ class Executor:
         for name, st in state.nodes.items():        # a resumed run: redo what did not finish
             if st["status"] in ("running", "failed", "futile"):
                 st["status"], st["retries"] = "pending", 0
+                st.pop("unless_exit", None)
         graph = dag.graph()
         excluded = set()
         for n in self.opts.exclude_nodes:
@@ -340,8 +341,13 @@ class Executor:
                 if n in running:
                     continue
                 ps = parents[n]
-                if any(p in failed or state.get(p)["status"] == "failed" for p in ps):
+                failed_ps = [p for p in ps if p in failed or state.get(p)["status"] in ("failed", "futile")]
+                # DAGMan (measured on 23.9): descendants of a node that ran out of retries
+                # become futile; those of a node stopped by UNLESS-EXIT stay "not ready".
+                if any(not state.get(p).get("unless_exit") for p in failed_ps):
                     futile.append(n)
+                elif failed_ps:
+                    continue
                 elif all(p in excluded or state.get(p)["status"] == "done" for p in ps):
                     ready.append(n)
             for n in futile:
@@ -472,13 +478,14 @@ class Executor:
             if result == 0:
                 st["status"] = "done"
                 return True, None
-            if (st["retries"] < node.retries and not (node.retry_unless_exit is not None
-                                                      and result == node.retry_unless_exit)):
+            stopped = node.retry_unless_exit is not None and result == node.retry_unless_exit
+            if st["retries"] < node.retries and not stopped:
                 st["retries"] += 1
                 state.save()
                 log.info("node %s failed (%s): retry %d of %d", name, result, st["retries"], node.retries)
                 continue
             st["status"] = "failed"
+            st["unless_exit"] = stopped
             return False, None
 
     def _script(self, script: dagfile.Script, dag_dir: Path, macros: dict, label: str) -> int:

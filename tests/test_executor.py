@@ -53,6 +53,9 @@ SCRIPT POST Broken post.sh $JOB $RETURN
 JOB AfterBroken ok.sub
 VARS AfterBroken node="AfterBroken"
 PARENT Broken CHILD AfterBroken
+JOB AfterProduct ok.sub
+VARS AfterProduct node="AfterProduct"
+PARENT Product CHILD AfterProduct
 PARENT Ok CHILD Infra Product
 FINAL Final final.sub
 SCRIPT POST Final final.sh $DAG_STATUS $FAILED_COUNT
@@ -75,9 +78,10 @@ def test_failure_semantics(tmp_path):
         "Product": {"status": "failed", "retries": 0},      # UNLESS-EXIT 2: not retried
         "Broken": {"status": "failed", "retries": 2},       # all retries used
         "AfterBroken": {"status": "futile", "retries": 0},  # parent failed: never runs
+        "AfterProduct": {"status": "pending", "retries": 0},  # as DAGMan: after UNLESS-EXIT, not ready
         "Final": {"status": "done", "retries": 0},
     }
-    assert not (tmp_path / "AfterBroken.out").exists()
+    assert not (tmp_path / "AfterBroken.out").exists() and not (tmp_path / "AfterProduct.out").exists()
     # the FINAL node ran after everything and saw the failure; its success is the DAG's
     assert (tmp_path / "final.txt").read_text() == "final: DAG_STATUS=1 FAILED_COUNT=2\n"
     assert ok is True
@@ -199,3 +203,15 @@ def test_progress_plain_lines_count_cells():
     assert lines[-2].startswith("cell 000: done | cells 1/2 finished (1 done, 0 failed), 0 running")
     assert lines[-1].startswith("cell 001: failed | cells 2/2 finished (1 done, 1 failed), 0 running")
     assert lines[-1].endswith("ETA 0:00")
+
+
+def test_same_final_states_as_real_dagman(tmp_path):
+    """The injected-failures DAG (pooltest.py) on our executor ends exactly as it did on
+    HTCondor 23.9's DAGMan (recorded by tests/test_pool.py in tests/data/condor/injected)."""
+    from osgtest_dag import pooltest
+    recorded = json.loads((Path(__file__).parent / "data" / "condor" / "injected" / "final-states.json")
+                          .read_text())
+    assert recorded["engine"] == "dagman"
+    dag = pooltest.write_injected_dag(tmp_path)
+    assert executor.run_dag(dag, executor.Options(local_jobs=4)) is True
+    assert node_outcomes(dag) == recorded["nodes"] == pooltest.EXPECTED

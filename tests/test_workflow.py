@@ -182,3 +182,19 @@ def test_generate_is_atomic_when_a_late_step_fails(tmp_path, monkeypatch):
         workflow.write_run(tmp_path / "run", list(m.cells), cat, workflow.WorkflowOptions(tool="/x"),
                            param_files=list(m.files))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+
+
+def test_generate_feeds_excluded_hosts_file_into_requirements(tmp_path, cli):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "s.yaml").write_text(SMALL)
+    hosts = tmp_path / "excluded.yaml"
+    hosts.write_text("hosts:\n  - host: bad2.example.org\n    until: 2999-01-01\n    reason: VMGAHP errors\n"
+                     "  - host: old.example.org\n    until: 2001-01-01\n    reason: fixed long ago\n")
+    r = cli("generate", tmp_path / "p", "-o", tmp_path / "run", "--exclude-host", "bad1.example.org",
+            "--excluded-hosts", hosts)
+    assert r.returncode == 0, r.stderr
+    sub = htcondor2.Submit((tmp_path / "run" / "submit" / "test-run.sub").read_text())
+    assert sub["requirements"].endswith('!member(TARGET.Machine, {"bad1.example.org", "bad2.example.org"})')
+    r = cli("generate", tmp_path / "p", "-o", tmp_path / "run2", "--excluded-hosts", tmp_path / "nope.yaml")
+    assert r.returncode == 2 and "excluded-hosts file not found" in r.stderr
+    assert not (tmp_path / "run2").exists()
