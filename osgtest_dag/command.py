@@ -19,6 +19,11 @@ from .errors import CommandError
 log = logging.getLogger("osgtest_dag.command")
 
 
+def _merged_env(env: Mapping[str, str] | None) -> dict | None:
+    """`env` added to the current environment (None: inherit it unchanged)."""
+    return {**os.environ, **env} if env else None
+
+
 def run(argv: Sequence[str | os.PathLike], *, check: bool = True, timeout: float | None = None,
         env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
         input: str | bytes | None = None, capture: bool = True,
@@ -30,10 +35,7 @@ def run(argv: Sequence[str | os.PathLike], *, check: bool = True, timeout: float
     """
     args = [os.fspath(a) for a in argv]
     log.debug("run: %s", shlex.join(args))
-    full_env = None
-    if env:
-        full_env = dict(os.environ)
-        full_env.update(env)
+    full_env = _merged_env(env)
     text = not isinstance(input, bytes)
     try:
         proc = subprocess.run(args, check=False, timeout=timeout, env=full_env, cwd=cwd,
@@ -71,10 +73,7 @@ def spawn(argv: Sequence[str | os.PathLike], *, stdout=None, stderr=None,
     """
     args = [os.fspath(a) for a in argv]
     log.debug("spawn: %s", shlex.join(args))
-    full_env = None
-    if env:
-        full_env = dict(os.environ)
-        full_env.update(env)
+    full_env = _merged_env(env)
     try:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                                 cwd=cwd, env=full_env, start_new_session=True)

@@ -297,7 +297,7 @@ class _Unpacker:
         return True
 
     def run(self, fileobj) -> None:
-        lim, rep = self.limits, self.report
+        rep = self.report
         tf = tarfile.open(fileobj=_Budget(fileobj, self.budget), mode="r|", errorlevel=1)
         for m in tf:
             parts = _components(m.name)

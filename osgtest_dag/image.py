@@ -23,6 +23,7 @@ from pathlib import Path
 from . import debian_builder, oz_builder, payload, paths
 from .catalog import Catalog, Platform
 from .errors import UserError
+from .atomic import write_json_atomic
 
 log = logging.getLogger("osgtest_dag.image")
 
@@ -185,12 +186,6 @@ def _lock(store: Path, platform_id: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write_json_atomic(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def build_image(platform_id: str, store: Path | str | None = None, builder: str = "auto",
                 force: bool = False, catalog: Catalog | None = None) -> BuildOutcome:
     """Build the base image of `platform_id` into `store` unless it is up to date."""
@@ -229,7 +224,7 @@ def build_image(platform_id: str, store: Path | str | None = None, builder: str 
                    "built": built, "build_seconds": seconds, "packages": list(packages)}
             meta.unlink(missing_ok=True)   # never a new image with old metadata
             os.replace(tmp, dest)
-            _write_json_atomic(meta, doc)
+            write_json_atomic(meta, doc, sort_keys=True)
         finally:
             tmp.unlink(missing_ok=True)
         log.info("%s: built in %.1f s (%d packages) -> %s", platform.id, seconds, len(packages), dest)

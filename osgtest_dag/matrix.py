@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .catalog import Catalog, Platform
-from .errors import Location, UserError
+from .errors import UserError
 from .params import PackageSet, ParamFile, VMProfile, find_param_files, load_param_file
 from .sources import Source
 

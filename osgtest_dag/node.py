@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from . import cellconfig
+from .atomic import write_json_atomic
 from .errors import CommandError, UserError
 from .workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK, load_manifest
 
@@ -44,16 +45,6 @@ def result_disk(run_dir: Path, serial: str) -> Path:
     return Path(run_dir) / "cells" / serial / f"result-{serial}.qcow2"
 
 
-def _write_json(path: Path, data) -> None:
-    """Atomic: readers (status, the executor, a resumed run) never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.fchmod(fd, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Path:
     """Make the cell's directory and IO disk from its configuration (the CreateDisk node)."""
     from .iodisk import make_iodisk
@@ -61,7 +52,7 @@ def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Pat
     cfg = cellconfig.read_cell(run_dir, serial, offset)
     d = Path(run_dir) / "cells" / serial
     d.mkdir(parents=True, exist_ok=True)
-    _write_json(d / "cell.json", cfg)
+    write_json_atomic(d / "cell.json", cfg)
     opts = manifest["options"]
     with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
         cellconfig.write_input_dir(cfg, Path(tmp) / "input")
@@ -149,7 +140,7 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(dest, ignore_errors=True)
             os.rename(extracted, dest)
-            _write_json(dest.parent / ("extraction.json" if dest.name == "output"
+            write_json_atomic(dest.parent / ("extraction.json" if dest.name == "output"
                                        else f"{dest.name}.extraction.json"), report)
             shutil.rmtree(tmp, ignore_errors=True)
     history_path = d / "post-vm.json"
@@ -160,7 +151,7 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
         except ValueError:
             history = []
     history.append(decision)
-    _write_json(history_path, history)
+    write_json_atomic(history_path, history)
     log.info("cell %s attempt %s: %s (%s)", serial, retry, decision["verdict"], decision["reason"])
     return decision["exit"]
 
@@ -192,13 +183,13 @@ def process_result(run_dir: Path, serial: str) -> dict:
         try:
             extracted, _, report = read_guest_result(disk, tmp)
             _stamp_source(extracted, disk)
-            _write_json(d / "extraction.json", report)
+            write_json_atomic(d / "extraction.json", report)
             shutil.rmtree(out, ignore_errors=True)
             os.rename(extracted, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     summary = cell_summary(run_dir, serial)
-    _write_json(d / "cell-result.json", summary)
+    write_json_atomic(d / "cell-result.json", summary)
     return summary
 
 
@@ -258,7 +249,7 @@ def matrix_summary(run_dir: Path) -> dict:
     for c in cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
     summary = {"schema": "osgtest-dag/matrix-summary", "version": 1, "cells": cells, "counts": counts}
-    _write_json(run_dir / "matrix-summary.json", summary)
+    write_json_atomic(run_dir / "matrix-summary.json", summary)
     return summary
 
 

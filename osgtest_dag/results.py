@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from .errors import UserError
 from .known_failures import (ComponentTags, FailureContext, KnownFailures, load_component_tags,
                              load_known_failures, review)
 from .outcome import ORDERED, Evidence, Outcome, derive
+from .atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +42,6 @@ ARCHES = ("x86_64", "aarch64", "i686", "noarch", "amd64", "arm64", "i386", "all"
 
 
 # ------------------------------------------------------------------------------ small readers
-def write_json_atomic(path: Path, data) -> None:
-    """Readers never see half a file: write a temporary file beside it, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_bytes(path: Path, cap: int) -> bytes:
     """A regular file's first `cap` bytes, never through a symlink: a cell's output came
     from a guest, and an output extracted by other means may hold links to host files."""
