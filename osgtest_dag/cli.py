@@ -39,7 +39,7 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"osgtest-dag: {e}", err=True)
-            if isinstance(e, CommandError) and not isinstance(e, UserError):
+            if isinstance(e, CommandError):
                 click.echo("  (run with --debug for details)", err=True)
             ctx.exit(e.exit_code)
 

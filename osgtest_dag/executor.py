@@ -609,7 +609,7 @@ class Executor:
                              "returncode": res.returncode, "timed_out": res.timed_out,
                              "console": str(console.relative_to(init))}
                 attempt.setdefault("vm", []).append(vm_record)
-                _append_json(init / "local-vm.json", {"node": node.name, **vm_record})
+                _append_json(init / VM_RECORDS, {"node": node.name, **vm_record})
                 if self.stop.is_set():
                     return RETURN_REMOVED
                 if res.timed_out:
@@ -657,6 +657,26 @@ class Executor:
                     except OSError:
                         pass
             self._children_file.unlink()
+
+
+VM_RECORDS = "local-vm.json"
+
+
+def read_vm_records(path: Path) -> list[dict]:
+    """The executor's per-start VM records (one JSON object a line) in a cell's
+    local-vm.json; unreadable lines are skipped, a missing file is no records."""
+    out = []
+    try:
+        for line in Path(path).read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    except OSError:
+        pass
+    return out
 
 
 def _append_json(path: Path, record: dict) -> None:

@@ -82,14 +82,9 @@ def read_guest_result(disk: Path, staging: Path) -> tuple[Path, dict | None, dic
 
 def last_local_vm(d: Path) -> dict | None:
     """The local executor's record of the cell's last VM start (local-vm.json), if any."""
-    path = d / "local-vm.json"
-    if not path.is_file():
-        return None
-    lines = path.read_text().splitlines()
-    try:
-        return json.loads(lines[-1]) if lines else None
-    except ValueError:
-        return None
+    from .executor import VM_RECORDS, read_vm_records
+    records = read_vm_records(d / VM_RECORDS)
+    return records[-1] if records else None
 
 
 def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retries: int) -> int:

@@ -27,6 +27,7 @@ from .known_failures import (ComponentTags, FailureContext, KnownFailures, load_
                              load_known_failures, review)
 from .outcome import ORDERED, Evidence, Outcome, derive
 from .atomic import write_json_atomic
+from .executor import VM_RECORDS, read_vm_records
 
 log = logging.getLogger(__name__)
 
@@ -208,22 +209,6 @@ def read_job_log(path: Path) -> dict[str, JobEvents]:
     return out
 
 
-def _local_vm(path: Path) -> list[dict]:
-    """The local executor's per-start records (local-vm.json, one JSON object a line)."""
-    out = []
-    try:
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    except OSError:
-        pass
-    return out
-
-
 # ------------------------------------------------------------------------------ one cell
 @dataclass(frozen=True)
 class AnalysisOptions:
@@ -294,7 +279,7 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
     post = tuple(x for x in post if isinstance(x, dict)) if isinstance(post, list) else ()
     cell["attempt_history"] = [{k: p.get(k) for k in ("attempt", "verdict", "reason", "job_exit", "time")}
                                for p in post]
-    local = _local_vm(d / "local-vm.json")
+    local = read_vm_records(d / VM_RECORDS)
     je = (job_events or {}).get(f"TestRun{serial}")
     vm_timed_out = any(r.get("timed_out") for r in local) or bool(je and je.timed_out)
     job_reason = None
