@@ -367,6 +367,8 @@ class Executor:
                                      name=f"node-{n}")
                 running[n] = t
                 t.start()
+            if futile:
+                continue   # descendants of what just became futile are futile too: look again
             if not running and not ready:
                 break   # every node is done, failed or futile (or left out)
             with self.slots.cond:

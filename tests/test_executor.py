@@ -87,6 +87,19 @@ def test_failure_semantics(tmp_path):
     assert (tmp_path / "Ok.out").read_text() == "ok\n"
 
 
+def test_futility_reaches_every_descendant_when_the_failure_ends_the_run(tmp_path):
+    """A failure that is the last thing to finish still makes the whole chain below it futile
+    (CI caught CleanOutput004 left "pending" when TestRun004 finished last)."""
+    sub(tmp_path / "fail.sub", "exit 3")
+    sub(tmp_path / "ok.sub", "true")
+    (tmp_path / "d.dag").write_text("JOB A fail.sub\nVARS A node=\"A\"\n"
+                                    + "".join(f"JOB {n} ok.sub\nVARS {n} node=\"{n}\"\n" for n in "BCD")
+                                    + "PARENT A CHILD B\nPARENT B CHILD C\nPARENT C CHILD D\n")
+    assert executor.run_dag(tmp_path / "d.dag") is False
+    assert {n: s["status"] for n, s in node_outcomes(tmp_path / "d.dag").items()} == {
+        "A": "failed", "B": "futile", "C": "futile", "D": "futile"}
+
+
 def test_without_final_a_failed_node_fails_the_dag(tmp_path):
     sub(tmp_path / "fail.sub", "exit 3")
     (tmp_path / "d.dag").write_text("JOB A fail.sub\nVARS A node=\"A\"\n")
