@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -242,9 +243,34 @@ class ComponentTags:
     file: str | None = None
 
     def for_module(self, module: str | None) -> tuple[str, ...]:
+        """The tags of an osg-test module. osg-test renumbered its modules by ten
+        (test_45_xrootd became test_450_xrootd) and component-tags.yaml has the new names
+        while older logs have the old ones: try the exact name, then the renumbered one, then
+        every module of the same name (test_48_myproxy -> test_220/403/770_myproxy's tags)."""
         if not module:
             return ()
-        return self.tags.get(module, ())
+        if module in self.tags:
+            return self.tags[module]
+        m = _NUMBERED_MODULE.match(module)
+        if not m:
+            return ()
+        number, name = m.groups()
+        if len(number) == 2 and f"test_{number}0_{name}" in self.tags:
+            return self.tags[f"test_{number}0_{name}"]
+        return self._by_name.get(name, ())
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, tuple[str, ...]]:
+        index: dict[str, tuple[str, ...]] = {}
+        for module, tags in self.tags.items():
+            m = _NUMBERED_MODULE.match(module)
+            if m:
+                known = index.get(m.group(2), ())
+                index[m.group(2)] = known + tuple(t for t in tags if t not in known)
+        return index
+
+
+_NUMBERED_MODULE = re.compile(r"test_(\d+)_(\w+)\Z")
 
 
 def load_component_tags(path: Path | str | None) -> ComponentTags:

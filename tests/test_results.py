@@ -159,6 +159,21 @@ def test_component_tags_group_ok_skips(tags):
     assert c.ok_skips_by_tag == {"htcondor": 2, "globus": 1, "pbs": 1, "htcondor-ce": 1}
 
 
+def test_component_tags_reach_the_fixture_logs_old_module_names(tags):
+    """The fixture logs name modules the old way (test_45_xrootd); the tags file the new way."""
+    assert tags.for_module("test_100_condor") == ("htcondor",)          # exact
+    assert tags.for_module("test_45_xrootd") == ("xrootd",)             # renumbered: 450
+    assert tags.for_module("test_41_jobs") == ("globus", "htcondor", "pbs", "htcondor-ce")
+    assert tags.for_module("test_48_myproxy") == ("globus",)            # by name: 220/403/770
+    assert tags.for_module("test_54_gratia") == ()                      # gone from osg-test
+    failed = osgtest_log.classify(osgtest_log.parse((RESULTS_LOGS / "fail.log").read_text(errors="replace")),
+                                  tags=tags)
+    assert any(f.tags for f in failed.failures), "the fixture's failures carry their components"
+    passed = osgtest_log.classify(osgtest_log.parse((RESULTS_LOGS / "pass.log").read_text(errors="replace")),
+                                  tags=tags)
+    assert passed.ok_skips_by_tag, "the fixture's ok-skips are grouped by component"
+
+
 # ------------------------------------------------------------------------------ known failures
 def test_known_failures_errors_point_at_the_line(tmp_path):
     kf = tmp_path / "kf.yaml"
@@ -223,7 +238,7 @@ def test_analyze_run_every_situation(results_run):
     assert len(failing["failures"]) == 12 and len(failing["bad_skips"]) == 2
     # the condorce failures are waived even in this failing cell; the rest are not
     assert sum(1 for f in failing["failures"] if f["waived_by"]) == 2
-    assert failing["failures"][0]["tags"] == [] and failing["failures"][0]["line"] == 296
+    assert failing["failures"][0]["tags"] == ["authentication"] and failing["failures"][0]["line"] == 296
     timeout = by[r.serial("rocky_9.aarch64", "XRootD", update=True)]
     assert timeout["timeout"] == {"test": "test_55_condorce.test_04_trace", "at": "2014-12-15 08:35:28"}
     alma = by[r.serial("alma_10.x86_64", "XRootD")]
