@@ -47,7 +47,7 @@ MASK_UNITS = ("dnf-makecache.timer", "apt-daily.timer", "apt-daily-upgrade.timer
 
 
 def template_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "image_templates"
+    return paths.shipped_dir("image_templates")
 
 
 def template_path(platform: Platform) -> Path:

@@ -19,3 +19,16 @@ def default_image_dir() -> Path:
     if os.environ.get("OSGTEST_DAG_IMAGES"):
         return Path(os.environ["OSGTEST_DAG_IMAGES"])
     return cache_dir() / "images"
+
+
+# The directories shipped beside the package: in a source tree (or an editable install) they
+# are at its top level; a wheel carries them inside the package as `_<name>` (pyproject.toml).
+SHIPPED = ("payload", "image_templates", "submit_templates")
+
+
+def shipped_dir(name: str) -> Path:
+    """The shipped directory `name` (one of SHIPPED), wherever this installation keeps it."""
+    assert name in SHIPPED, name
+    package = Path(__file__).resolve().parent
+    inside = package / f"_{name}"
+    return inside if inside.is_dir() else package.parent / name

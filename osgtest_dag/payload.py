@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from . import paths
 from .errors import UserError
 
 RUN_JOB = "run-job"
@@ -17,8 +18,8 @@ ALL_FILES = (RUN_JOB, BOOT_HOOK, BOOT_UNIT)
 
 
 def payload_dir() -> Path:
-    """`payload/` of the source tree (the package is installed editable from it)."""
-    return Path(__file__).resolve().parent.parent / "payload"
+    """The shipped `payload/` directory."""
+    return paths.shipped_dir("payload")
 
 
 def payload_file(name: str, directory: Path | None = None) -> Path:

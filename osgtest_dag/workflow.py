@@ -30,7 +30,7 @@ from pathlib import Path
 import htcondor2.dags as dags
 import jinja2
 
-from . import __version__
+from . import __version__, paths
 from .catalog import Catalog
 from .cellconfig import STORE, cell_json, write_store
 from .errors import UserError
@@ -38,7 +38,7 @@ from .matrix import Cell
 
 RUN_SCHEMA = "osgtest-dag/run"
 RUN_VERSION = 1
-SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "submit_templates"
+SHIPPED_TEMPLATES = paths.shipped_dir("submit_templates")
 
 # Exit codes of the VM node's POST script (`osgtest-dag node post-vm`): a guest that finished
 # its payload (pass or a product failure) is a done node; infrastructure failures are retried;

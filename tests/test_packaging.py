@@ -1,0 +1,49 @@
+"""A wheel, installed without the source tree, carries and finds payload/, image_templates/
+and submit_templates/ (an editable install finds them in the tree)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_an_installed_wheel_finds_its_shipped_files(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", tmp_path / "dist", ROOT], check=True, capture_output=True, cwd=tmp_path)
+    wheel, = (tmp_path / "dist").glob("osgtest_dag-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for shipped in ("payload/run-job", "payload/osgtest-boot", "payload/osgtest-boot.service",
+                    "image_templates/debian_12.tdl", "submit_templates/test-run.sub.j2",
+                    "submit_templates/local-node.sub.j2"):
+        assert f"osgtest_dag/_{shipped}" in names, shipped
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, wheel],
+                   check=True, capture_output=True)
+    # Run from elsewhere, with only the installed copy importable as osgtest_dag.
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import osgtest_dag, sys; from osgtest_dag import payload, workflow, oz_builder; "
+         "print(osgtest_dag.__file__); print(payload.payload_dir()); print(workflow.SHIPPED_TEMPLATES); "
+         "print(oz_builder.template_dir())"],
+        check=True, capture_output=True, text=True, env=env, cwd=tmp_path)
+    module, *dirs = probe.stdout.split()
+    assert module.startswith(str(site))
+    assert dirs == [str(site / "osgtest_dag" / f"_{d}")
+                    for d in ("payload", "submit_templates", "image_templates")]
+    # The installed tool generates a run and makes an IO disk holding the shipped run-job.
+    cli = [sys.executable, "-c", "from osgtest_dag.cli import main; main()"]
+    run = tmp_path / "run"
+    subprocess.run([*cli, "generate", ROOT / "examples" / "demo", "-o", run],
+                   check=True, capture_output=True, env=env, cwd=tmp_path)
+    assert "osgtest-dag" in (run / "submit" / "test-run.sub").read_text()
+    disk = subprocess.run([*cli, "node", "create-io-disk", "000", "--offset", "0", "--run-dir", run],
+                          check=True, capture_output=True, text=True, env=env, cwd=tmp_path).stdout.strip()
+    subprocess.run(["qemu-img", "convert", "-O", "raw", disk, tmp_path / "io.raw"], check=True)
+    run_job = subprocess.run(["debugfs", "-R", "cat /run-job", tmp_path / "io.raw"], check=True,
+                             capture_output=True).stdout
+    assert run_job == (ROOT / "payload" / "run-job").read_bytes()
