@@ -4,6 +4,7 @@ and submit_templates/ (an editable install finds them in the tree)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_an_installed_wheel_finds_its_shipped_files(tmp_path):
+    # Build from a copy: setuptools leaves build/ and egg-info in the tree it builds.
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info",
+                                                              "__pycache__", "demo-run", "cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", tmp_path / "dist", ROOT], check=True, capture_output=True, cwd=tmp_path)
+                    "-w", tmp_path / "dist", tree], check=True, capture_output=True, cwd=tmp_path)
     wheel, = (tmp_path / "dist").glob("osgtest_dag-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("payload/run-job", "payload/osgtest-boot", "payload/osgtest-boot.service",
