@@ -101,6 +101,13 @@ def debian12_image(guest_image_store) -> Path:
     """The debian_12 base image, built with the local builder if missing or stale."""
     from osgtest_dag import image
     return image.build_image(GUEST_PLATFORM, guest_image_store, builder="local").image.path
+
+
+@pytest.fixture(scope="session")
+def debian13_image(guest_image_store) -> Path:
+    """The debian_13 (trixie) base image, as debian12_image."""
+    from osgtest_dag import image
+    return image.build_image("debian_13.x86_64", guest_image_store, builder="local").image.path
 # --- end guest fixtures ---
 
 

@@ -335,34 +335,6 @@ def vm_image():
 
 
 @pytest.mark.vm
-def test_vm_job_runs_on_the_pool(test_pool, pool_workdir, vm_image, make_cell_input):
-    """A real VM-universe job: the base image plus an IO disk whose payload installs `hello`
-    from the mirror (networking: the XML script's user-mode NIC); the result disk comes back
-    through transfer_output_remaps with the guest's result.json on it."""
-    from osgtest_dag import iodisk, pool
-    from osgtest_dag.condor import job_records, read_events
-    p, _ = test_pool
-    d = _vm_job_dir(pool_workdir, "vmok", Path(vm_image), make_cell_input)
-    pool.prepare_run_dir(d, p)
-    with vm_lock():
-        pool.wait_ready(p, need_vm=True)
-        t0 = time.monotonic()
-        cluster = _submit_inside(p, d)
-        _wait_job_gone(p, cluster, 900)
-        seconds = time.monotonic() - t0
-    assert (d / "result.qcow2").is_file(), (d / "logs" / "jobs.log").read_text()[-3000:]
-    out = iodisk.read_output(d / "result.qcow2", d / "returned")
-    result = json.loads((out / "result.json").read_text())
-    assert result["status"] == "pass", result
-    jobs = job_records(read_events(d / "logs" / "jobs.log"))
-    [job] = jobs.values()
-    assert job.state == "done" and job.host
-    (d / "timing.json").write_text(json.dumps({"vm_job_seconds": round(seconds, 1)}))
-    print(f"VM job: {seconds:.0f} s from submit to leaving the queue")
-    shutil.copy(d / "logs" / "jobs.log", p.work / "last-vm-ok-jobs.log")   # for recording host-health data
-
-
-@pytest.mark.vm
 def test_vm_job_failures_for_host_health(test_pool, pool_workdir, vm_image, make_cell_input):
     """A VMGAHP failure (a domain libvirt refuses: an IO disk that is not a disk) and a job
     that never starts (more memory than any slot: removed while idle) — recorded for the
@@ -397,7 +369,7 @@ def test_vm_job_failures_for_host_health(test_pool, pool_workdir, vm_image, make
     results = [e["result"] for e in events]
     assert "vmgahp_error" in results, events
     assert [e["result"] for e in hosts.run_host_events(never)] == ["never_started"]
-    ok_log = p.work / "last-vm-ok-jobs.log"
+    ok_log = p.work / "last-vm-ok-jobs.log"   # left by the end-to-end test of an earlier session
     if RECORD and ok_log.is_file():
         parts = [ok_log, bad / "logs" / "jobs.log", never / "logs" / "jobs.log"]
         dst = DATA / "vm"
@@ -409,30 +381,55 @@ def test_vm_job_failures_for_host_health(test_pool, pool_workdir, vm_image, make
 
 # --- (2) the 2-cell Debian VM matrix, end to end on the pool ---------------------------------
 
+E2E_PARAMS = """\
+platforms: [debian_12.x86_64]
+sources: ['stable; main']
+package_sets:
+  - label: Hello
+    packages: [hello]
+    selinux: false
+    test_command: hello | grep -q 'Hello, world!'
+  - label: Missing package
+    packages: [osgtest-dag-no-such-package]
+    selinux: false
+    test_command: 'true'
+# one vCPU each: the pool's two cores run both VM jobs at once
+vm: {memory: 1024, vcpus: 1}
+"""
+
+
 @pytest.mark.vm
 def test_two_cell_debian_matrix_end_to_end(test_pool, pool_workdir, vm_image):
-    """generate (2 debian_12 cells of the demo) -> `submit --test-pool` -> `watch`: real
-    CreateDisk, VM jobs with IO disks, POST scripts, extraction, FINAL, Analyze/Report/Publish
-    on HTCondor 23.9; both cells pass."""
+    """generate (a passing cell and one whose package does not exist) -> `submit --test-pool`
+    -> `watch`: real CreateDisk, VM jobs with IO disks, POST scripts, extraction, FINAL,
+    Analyze/Report/Publish on HTCondor 23.9; the results say pass and install."""
     from osgtest_dag import matrix
     from osgtest_dag.catalog import Catalog
-    from osgtest_dag.condor import progress
+    from osgtest_dag.condor import job_records, progress, read_events
     from osgtest_dag.workflow import WorkflowOptions, write_run
     catalog = Catalog.load()
-    m = matrix.build([ROOT / "examples" / "demo"], catalog)
-    cells = matrix.select(m.cells, matrix.parse_only(["platform=debian_12*", "label=Hello"]))[:1] + \
-        matrix.select(m.cells, matrix.parse_only(["platform=debian_12*", "label=JSON*"]))[:1]
-    assert len(cells) == 2
-    # HTCondor gives local-universe jobs no PATH (so /bin:/usr/bin): the nodes need sbin
-    # (mkfs.ext4). Until the generated local-node submit files set it, pass it here.
-    opts = WorkflowOptions(environment=(("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),))
-    run = write_run(pool_workdir / "e2e", cells, catalog, opts, param_files=list(m.files))
+    params = pool_workdir / "params"
+    params.mkdir()
+    (params / "e2e.yaml").write_text(E2E_PARAMS)
+    m = matrix.build([params], catalog)
+    assert len(m.cells) == 2
+    run = write_run(pool_workdir / "e2e", m.cells, catalog, WorkflowOptions(), param_files=list(m.files))
     with vm_lock():
         r = condor_cli("submit", run, "--test-pool")
         assert r.exit_code == 0, r.output
         r = condor_cli("watch", run, "--interval", "5", "--timeout", "1800")
     assert r.exit_code == 0, r.output
     p = progress(run)
-    assert p.cells_finished == 2 and p.cell_counts == {"done": 2}, p
-    assert p.outcomes == {"pass": 2}, p
+    assert p.cells_finished == 2 and p.cell_counts == {"done": 2}, p   # product failures are done nodes
+    assert p.outcomes == {"pass": 1, "install": 1}, p
+    results = json.loads((run / "results.json").read_text())
+    assert {c["label"]: c["outcome"] for c in results["cells"]} == {"Hello": "pass", "Missing package": "install"}
     assert (run / "report.txt").read_text().strip()      # the Report node ran (its text is the report module's)
+    # The VM jobs: real VM-universe jobs whose result disks came back (transfer_output_remaps).
+    vm_jobs = [j for j in job_records(read_events(run / "logs" / "jobs.log")).values()
+               if (j.node or "").startswith("TestRun")]
+    assert len(vm_jobs) == 2 and all(j.state == "done" and j.host for j in vm_jobs), vm_jobs
+    for serial in ("000", "001"):
+        assert json.loads((run / "cells" / serial / "output" / "result.json").read_text())["serial"] == serial
+    print("VM jobs (submit -> terminate):", ", ".join(f"{j.node} {j.ended - j.submitted:.0f} s" for j in vm_jobs))
+    shutil.copy(run / "logs" / "jobs.log", test_pool[0].work / "last-vm-ok-jobs.log")   # for RECORD
