@@ -234,6 +234,31 @@ def default_jobs(vm_memory_mb: int = 2048) -> int:
     return max(1, min(cores, by_mem))
 
 
+class _JobSlot:
+    """A node's hold on its job slots (VM or local, category): the scheduler takes them when
+    it starts the node, the node gives them back when its job ends and takes them again for
+    a retry."""
+
+    def __init__(self, slots: Slots, keys: list[str]):
+        self.slots, self.keys, self.held = slots, keys, True
+
+    def take(self, stop: threading.Event) -> bool:
+        while not self.held:
+            if stop.is_set():
+                return False
+            if self.slots.try_take(self.keys):
+                self.held = True
+            else:
+                with self.slots.cond:
+                    self.slots.cond.wait(timeout=1.0)
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.give(self.keys)
+
+
 # ---------------------------------------------------------------------------- the executor
 @dataclass
 class Options:
@@ -421,8 +446,9 @@ class Executor:
     def _node_thread(self, dag, dag_dir, name, state, keys, node_done, dag_status=0, failed_count=0):
         abort = None
         ok = False
+        slot = _JobSlot(self.slots, keys)   # taken by the scheduler; the job gives it back
         try:
-            ok, abort = self._run_node(dag, dag_dir, name, state, dag_status, failed_count)
+            ok, abort = self._run_node(dag, dag_dir, name, state, dag_status, failed_count, slot)
         except Interrupted:
             pass  # a sub-DAG stopped by Ctrl-C: the node stays to be run again
         except Exception as e:  # a bug or an environment problem: the node fails, the run goes on
@@ -431,7 +457,7 @@ class Executor:
             st["status"] = "failed"
             st["attempts"].append({"error": str(e)[:500]})
         finally:
-            self.slots.give(keys)
+            slot.release()
             if self.stop.is_set() and state.get(name)["status"] == "running":
                 state.get(name)["status"] = "pending"
             state.save()
@@ -439,7 +465,7 @@ class Executor:
                 self.opts.progress.update(dag.path, name, state.get(name)["status"])
             node_done(name, ok, abort)
 
-    def _run_node(self, dag, dag_dir, name, state, dag_status, failed_count):
+    def _run_node(self, dag, dag_dir, name, state, dag_status, failed_count, slot: _JobSlot):
         node = dag.nodes[name]
         st = state.get(name)
         if self.opts.progress:
@@ -463,7 +489,14 @@ class Executor:
                 return False, None
             job_rc = None
             if result is None and not skip_job:
-                job_rc = self._job(dag, dag_dir, node, macros, attempt)
+                if not slot.take(self.stop):      # a retry waits for a slot again
+                    return False, None
+                try:
+                    job_rc = self._job(dag, dag_dir, node, macros, attempt)
+                finally:
+                    # As in DAGMan, MAXJOBS and -j count jobs, not POST scripts: the next VM
+                    # boots while this one's POST script reads its disk.
+                    slot.release()
                 attempt["job"] = job_rc
                 result = job_rc
             if self.stop.is_set():

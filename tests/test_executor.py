@@ -121,6 +121,29 @@ def test_maxjobs_category_and_priority(tmp_path):
     assert (tmp_path / "order").read_text().split() == ["N3", "N2", "N1", "N0"]
 
 
+def test_post_scripts_do_not_hold_job_slots(tmp_path):
+    """As in DAGMan, MAXJOBS counts jobs, not POST scripts: with room for one job, B's job
+    runs while A's (slow) POST script does — the next VM boots while a POST reads a disk.
+    A's retry waits for the slot again."""
+    sub(tmp_path / "j.sub", "echo $(node) job >> events; sleep 0.2; echo $(node) job-end >> events")
+    (tmp_path / "post.sh").write_text("#!/bin/sh\necho $1 post >> events\n"
+                                      "[ $1 = A ] && sleep 1.5\necho $1 post-end >> events\n"
+                                      "[ $1 = A ] && [ $2 = 0 ] && exit 1\nexit 0\n")
+    (tmp_path / "post.sh").chmod(0o755)
+    lines = []
+    for n in "AB":
+        lines += [f"JOB {n} j.sub", f'VARS {n} node="{n}"', f"CATEGORY {n} One",
+                  f"SCRIPT POST {n} post.sh $JOB $RETRY", f"PRIORITY {n} {1 if n == 'A' else 0}"]
+    lines += ["RETRY A 1", "MAXJOBS One 1"]
+    (tmp_path / "p.dag").write_text("\n".join(lines) + "\n")
+    assert executor.run_dag(tmp_path / "p.dag", executor.Options(local_jobs=4)) is True
+    events = (tmp_path / "events").read_text().splitlines()
+    assert events.index("B job") < events.index("A post-end"), events    # B ran during A's POST
+    jobs = [e for e in events if e.endswith(("job", "job-end"))]
+    assert jobs == ["A job", "A job-end", "B job", "B job-end", "A job", "A job-end"], events  # one at a time
+    assert node_outcomes(tmp_path / "p.dag")["A"] == {"status": "done", "retries": 1}
+
+
 def test_pre_script_skip_and_subdag(tmp_path):
     sub(tmp_path / "ok.sub", "echo $(node) >> ran")
     (tmp_path / "inner.dag").write_text('JOB I1 ok.sub\nVARS I1 node="I1"\n')
