@@ -24,8 +24,8 @@ def test_an_installed_wheel_finds_its_shipped_files(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("payload/run-job", "payload/osgtest-boot", "payload/osgtest-boot.service",
                     "image_templates/debian_12.tdl", "submit_templates/test-run.sub.j2",
-                    "submit_templates/local-node.sub.j2"):
-        assert f"osgtest_dag/_{shipped}" in names, shipped
+                    "submit_templates/local-node.sub.j2", "data/platforms.yaml", "data/repositories.yaml"):
+        assert f"osgtest_dag/{'' if shipped.startswith('data/') else '_'}{shipped}" in names, shipped
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, wheel],
                    check=True, capture_output=True)
