@@ -16,13 +16,13 @@ import string
 import tempfile
 from pathlib import Path
 
-from . import command, gfs, paths, payload
+from . import command, debian_builder, gfs, paths, payload
 from .catalog import Platform
 from .errors import CommandError, UserError
 
 log = logging.getLogger("osgtest_dag.oz_builder")
 
-CODE_VERSION = "oz-1"
+CODE_VERSION = "oz-2"
 INSTALL_TIMEOUT_S = 3600
 DEBARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
@@ -316,6 +316,7 @@ def customize_image(disk: Path, disk_format: str, *, stamp: dict[str, str],
         how = _set_kernel_args(g)
         log.info("serial console set via %s", how)
         _gwrite(g, "/etc/osgtest-image-release", "".join(f"{k}={v}\n" for k, v in stamp.items()))
+        _mark_updated(g)
         apps = g.inspect_list_applications2(root)
         packages = sorted(
             f"{a['app2_name']}\t{(a['app2_epoch'] and str(a['app2_epoch']) + ':' or '')}"
@@ -328,6 +329,17 @@ def customize_image(disk: Path, disk_format: str, *, stamp: dict[str, str],
                 g.selinux_relabel(ctx, "/")
         g.umount_all()
     return packages
+
+
+def _mark_updated(g) -> None:
+    """/etc and /var up to date with /usr, as systemd-update-done leaves them: every VM boots
+    the image fresh, and ConditionNeedsUpdate units (ldconfig, journal catalog) would run on
+    every boot otherwise."""
+    usr = g.statns("/usr")
+    for d in ("/etc", "/var"):
+        _gwrite(g, f"{d}/.updated", debian_builder.UPDATED_STAMP)
+        g.utimens(f"{d}/.updated", usr["st_mtime_sec"], usr["st_mtime_nsec"],
+                  usr["st_mtime_sec"], usr["st_mtime_nsec"])
 
 
 def build(platform: Platform, dest_qcow2: Path, *, stamp: dict[str, str],

@@ -93,6 +93,15 @@ def test_choose_builder(cat):
 
 # --- Oz-path customization on a real image ----------------------------------------------------
 
+def _updated_with_usr(g) -> bool:
+    """/etc/.updated and /var/.updated are there and no older than /usr (no
+    ConditionNeedsUpdate work on boot)."""
+    def mtime(p):
+        st = g.statns(p)
+        return (st["st_mtime_sec"], st["st_mtime_nsec"])
+    return all(g.is_file(f"{d}/.updated") and mtime(f"{d}/.updated") >= mtime("/usr") for d in ("/etc", "/var"))
+
+
 def _strip_customization(disk: Path) -> dict:
     """Make the image look like a fresh install: no hook, no stamp, installer-style network.
 
@@ -104,10 +113,12 @@ def _strip_customization(disk: Path) -> dict:
                 "hook_enabled": g.is_symlink("/etc/systemd/system/multi-user.target.wants/osgtest-boot.service"),
                 "fstab": g.cat("/etc/fstab"), "ldlinux": g.exists("/boot/extlinux/ldlinux.sys"),
                 "extlinux": g.cat("/boot/extlinux/extlinux.conf"),
-                "apt_conf": g.cat("/etc/apt/apt.conf.d/90osgtest")}
+                "apt_conf": g.cat("/etc/apt/apt.conf.d/90osgtest"),
+                "updated": _updated_with_usr(g)}
         for f in ("/usr/local/sbin/osgtest-boot", "/etc/systemd/system/osgtest-boot.service",
                   "/etc/systemd/system/multi-user.target.wants/osgtest-boot.service",
-                  "/etc/osgtest-image-release", "/etc/systemd/network/80-osgtest-dhcp.network"):
+                  "/etc/osgtest-image-release", "/etc/systemd/network/80-osgtest-dhcp.network",
+                  "/etc/.updated", "/var/.updated"):
             g.rm_f(f)
         conf = g.cat("/boot/extlinux/extlinux.conf")
         g.write("/boot/extlinux/extlinux.conf",
@@ -142,6 +153,7 @@ def test_local_image_content(customized):
     assert "LABEL=rootfs" in seen["fstab"]
     assert "SERIAL 0 115200" in seen["extlinux"] and "root=LABEL=rootfs" in seen["extlinux"]
     assert seen["apt_conf"] == debian_builder.APT_CONF
+    assert seen["updated"]
 
 
 def test_oz_customization_result(customized):
@@ -168,6 +180,7 @@ def test_oz_customization_result(customized):
         assert len(append) == 1 and "root=LABEL=rootfs" in append[0]
         assert append[0].count("console=ttyS0,115200n8") == 1 and "panic=-1" in append[0]
         assert g.cat("/etc/osgtest-image-release") == "".join(f"{k}={v}\n" for k, v in stamp.items())
+        assert _updated_with_usr(g)
 
 
 @pytest.mark.vm
