@@ -30,7 +30,7 @@ package_sets:
     packages: [osgtest-no-such-package]
     selinux: false
     test_command: 'true'
-vm: {memory: 1024, vcpus: 2}
+vm: {memory: 1024, vcpus: 1}   # -j 2 on two cores: a vCPU per core
 test_timeout: 300
 """
 
