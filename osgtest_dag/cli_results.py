@@ -7,10 +7,11 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import click
+
+from .atomic import write_text_atomic
 
 FORMATS = ("text", "html", "junit", "json")
 RUN_DIR = click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
@@ -38,11 +39,7 @@ def _write_or_echo(text: str, output: Path | None) -> None:
         return
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, output)
+    write_text_atomic(output, text)
     click.echo(f"wrote {output}", err=True)
 
 

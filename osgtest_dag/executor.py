@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import command, dagfile
+from .atomic import write_json_atomic
 from .errors import CommandError, OsgtestDagError, UserError
 
 log = logging.getLogger(__name__)
@@ -193,10 +194,7 @@ class State:
 
     def save(self) -> None:
         with self._lock:
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"schema": STATE_SCHEMA, "version": 1, "nodes": self.nodes},
-                                      indent=1) + "\n")
-            os.replace(tmp, self.path)
+            write_json_atomic(self.path, {"schema": STATE_SCHEMA, "version": 1, "nodes": self.nodes})
 
 
 # ---------------------------------------------------------------------------- resources

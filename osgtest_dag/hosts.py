@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from .atomic import write_text_atomic
 from .errors import Location, UserError
 
 log = logging.getLogger("osgtest_dag.hosts")
@@ -293,10 +294,8 @@ def save_exclusions(path: Path, entries: Sequence[Exclusion]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"hosts": [e.to_yaml() for e in entries]}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("# osgtest-dag excluded execute hosts (see `osgtest-dag hosts --help`)\n"
-                   + yaml.safe_dump(doc, sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, "# osgtest-dag excluded execute hosts (see `osgtest-dag hosts --help`)\n"
+                      + yaml.safe_dump(doc, sort_keys=False))
 
 
 def exclude_hosts(path: Path | None, hosts: Sequence[str], *, days: float, reason: str = "",

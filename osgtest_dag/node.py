@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import cellconfig
-from .atomic import write_json_atomic
+from .atomic import write_json_atomic, write_text_atomic
 from .errors import CommandError, UserError
 from .workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK, load_manifest
 
@@ -276,10 +276,7 @@ def report(run_dir: Path) -> dict[str, Path]:
     written = {}
     for fmt, name in REPORT_FILES.items():
         path = run_dir / name
-        text = render(doc, fmt, out_path=path)
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, render(doc, fmt, out_path=path))
         written[fmt] = path
     return written
 

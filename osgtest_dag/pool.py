@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import command, paths
+from .atomic import write_json_atomic, write_text_atomic
 from .errors import CommandError, UserError
 
 log = logging.getLogger("osgtest_dag.pool")
@@ -107,9 +108,7 @@ class Pool:
             return {}
 
     def save_state(self, state: dict) -> None:
-        tmp = self.state_file.with_name(f".state.json.{os.getpid()}")
-        tmp.write_text(json.dumps(state, indent=1) + "\n")
-        os.replace(tmp, self.state_file)
+        write_json_atomic(self.state_file, state)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -606,10 +605,7 @@ END {
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(mode)
-    os.replace(tmp, path)
+    write_text_atomic(path, text, mode)
 
 
 def configure(pool: Pool, accel: str, *, tool: str | None = None, claimtobe: bool = True) -> None:

@@ -9,6 +9,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import write_text_atomic
 from .errors import UserError
 
 UNIT = "osgtest-dag-nightly"
@@ -116,9 +117,7 @@ def install(s: Schedule) -> dict:
     service = s.unit_dir / f"{UNIT}.service"
     timer = s.unit_dir / f"{UNIT}.timer"
     for path, text in ((service, service_text(s)), (timer, timer_text(s))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     user = "" if s.unit_dir == Path("/etc/systemd/system") else " --user"
     return {"service": str(service), "timer": str(timer), "cron": cron_line(s),
             "enable": [f"systemctl{user} daemon-reload", f"systemctl{user} enable --now {UNIT}.timer"]}
