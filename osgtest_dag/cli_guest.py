@@ -39,10 +39,10 @@ def image_build(platform: str, builder: str, store: Path | None, force: bool):
 @STORE
 def image_list(store: Path | None):
     """List the images in the store."""
-    from . import image
+    from . import image, paths
     infos = image.list_images(store)
     if not infos:
-        click.echo(f"no images in {store or image.default_image_dir()}")
+        click.echo(f"no images in {store or paths.default_image_dir()}")
         return
     for i in infos:
         click.echo(f"{i.platform:<28} {i.builder:<6} {i.built:<21} {i.size / 2**20:8.0f} MiB  "

@@ -617,22 +617,18 @@ def watch(run_dir: Path, *, interval: float = 5.0, timeout: float | None = None,
 
 OUTCOMES = ("pass", "fail", "install", "update", "timeout", "infra", "missing")
 PRODUCT_FAILURES = ("fail", "install", "update", "timeout")
-_GUEST_TO_OUTCOME = {"pass": "pass", "test": "fail", "install": "install", "update": "update",
-                     "timeout": "timeout", "repos": "infra", "network": "infra", "payload": "infra",
-                     "running": "infra"}
+def _guest_outcome(guest: dict) -> str:
+    """The outcome the guest's own result says (outcome.derive, the one model)."""
+    from .outcome import Evidence, derive
+    return derive(Evidence(guest=guest))[0].value
 
 
 def load_results(run_dir: Path) -> dict[str, str] | None:
-    """serial -> outcome from RUN_DIR/results.json (schema osgtest-dag/results v1), if any."""
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
+    """serial -> outcome from RUN_DIR/results.json, if the run has been analyzed."""
+    from . import results
+    if not (Path(run_dir) / results.RESULTS_FILE).is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except ValueError as e:
-        raise UserError(f"results.json is not valid JSON: {e}", where=path) from None
-    if doc.get("schema") != "osgtest-dag/results" or int(doc.get("version", 0)) != 1:
-        raise UserError("results.json is not an osgtest-dag/results v1 document", where=path)
+    doc = results.load_results(run_dir)
     return {str(c["serial"]): str(c["outcome"]) for c in doc.get("cells", [])}
 
 
@@ -645,10 +641,10 @@ def cell_outcome(run_dir: Path, serial: str, results: dict[str, str] | None = No
     rj = d / "output" / "result.json"
     if rj.is_file():
         try:
-            status = json.loads(rj.read_text()).get("status")
+            guest = json.loads(rj.read_text())
         except ValueError:
             return "infra"
-        return _GUEST_TO_OUTCOME.get(status, "infra")
+        return _guest_outcome(guest) if isinstance(guest, dict) else "infra"
     post = d / "post-vm.json"
     if post.is_file():
         try:
@@ -658,7 +654,7 @@ def cell_outcome(run_dir: Path, serial: str, results: dict[str, str] | None = No
         if history:
             last = history[-1]
             if last.get("verdict") == "done":
-                return _GUEST_TO_OUTCOME.get(last.get("guest_status"), "infra")
+                return _guest_outcome({"status": last.get("guest_status")})
             if "timed out" in str(last.get("reason", "")) or "longer than" in str(last.get("reason", "")):
                 return "timeout"
             return "infra"

@@ -36,11 +36,6 @@ INPUT_NAMES = {"builder": "builder changed", "template": "template changed",
                "code": "builder code changed"}
 
 
-def default_image_dir() -> Path:
-    """`$OSGTEST_DAG_IMAGES`, else `~/.cache/osgtest-dag/images` (see paths.py)."""
-    return paths.default_image_dir()
-
-
 @dataclass(frozen=True)
 class BuildInputs:
     """What decides an image's content; `digest` is the inputs hash stored in the metadata."""
@@ -97,7 +92,7 @@ def resolve_platform(platform_id: str, catalog: Catalog | None = None) -> Platfo
 
 
 def image_path(platform_id: str, store: Path | str | None = None) -> Path:
-    return Path(store or default_image_dir()) / f"{platform_id}.qcow2"
+    return Path(store or paths.default_image_dir()) / f"{platform_id}.qcow2"
 
 
 def choose_builder(platform: Platform, builder: str) -> str:
@@ -195,7 +190,7 @@ def build_image(platform_id: str, store: Path | str | None = None, builder: str 
     if which == "oz":
         oz_builder.check_supported(platform)  # a clear UserError before any work
     inputs = build_inputs(platform, which, catalog)
-    store = Path(store or default_image_dir())
+    store = Path(store or paths.default_image_dir())
     store.mkdir(parents=True, exist_ok=True)
     dest = image_path(platform.id, store)
     meta = dest.with_suffix(".json")
@@ -235,7 +230,7 @@ def build_image(platform_id: str, store: Path | str | None = None, builder: str 
 
 def list_images(store: Path | str | None = None) -> list[ImageInfo]:
     """Every image in the store that has readable metadata, by platform id."""
-    store = Path(store or default_image_dir())
+    store = Path(store or paths.default_image_dir())
     if not store.is_dir():
         return []
     infos = (read_info(p) for p in sorted(store.glob("*.json")))

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import cellconfig
 from .atomic import write_json_atomic, write_text_atomic
 from .errors import CommandError, UserError
+from .extract import result_disk
 from .workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK, load_manifest
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,6 @@ def cell_dir(run_dir: Path, serial: str) -> Path:
 
 def io_disk(run_dir: Path, serial: str) -> Path:
     return Path(run_dir) / "cells" / serial / f"io-{serial}.qcow2"
-
-
-def result_disk(run_dir: Path, serial: str) -> Path:
-    return Path(run_dir) / "cells" / serial / f"result-{serial}.qcow2"
 
 
 def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Path:
