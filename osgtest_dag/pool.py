@@ -623,6 +623,9 @@ def configure(pool: Pool, accel: str, *, tool: str | None = None, claimtobe: boo
     _write(pool.inside(XML_SCRIPT + ".awk"), libvirt_xml_script())
     _write(pool.inside(XML_SCRIPT),
            f'#!/bin/sh\nexec awk -f {XML_SCRIPT}.awk "${{1:-{accel}}}" {CONSOLE_DIR}\n', 0o755)
+    # HTCondor's log directory belongs to condor; the Debian package leaves it to the
+    # daemons to make it, so make it here before the VM console directory inside it.
+    pool.run(["install", "-d", "-o", "condor", "-g", "condor", "-m", "755", "/var/log/condor"])
     pool.inside(CONSOLE_DIR).mkdir(parents=True, exist_ok=True)
     os.chmod(pool.inside(CONSOLE_DIR), 0o1777)
     _write(pool.inside("/etc/libvirt/qemu.conf"), qemu_conf())
