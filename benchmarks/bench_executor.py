@@ -17,10 +17,15 @@ import threading
 import time
 from pathlib import Path
 
-from osgtest_dag import cellconfig, image, matrix, node, qemu, workflow
-from osgtest_dag.catalog import Catalog
-from osgtest_dag.localrun import run_local
-from osgtest_dag.paths import default_image_dir
+from osgtest_dag.generate import cellconfig
+from osgtest_dag.guest import image
+from osgtest_dag.plan import matrix
+from osgtest_dag.nodes import node
+from osgtest_dag.guest import qemu
+from osgtest_dag.generate import workflow
+from osgtest_dag.plan.catalog import Catalog
+from osgtest_dag.engine.local.localrun import run_local
+from osgtest_dag.base.paths import default_image_dir
 
 PARAMS = """\
 platforms: [debian_12.x86_64]

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from osgtest_dag import command, extract  # noqa: E402
+from osgtest_dag.base import command
+from osgtest_dag.analyze import extract  # noqa: E402
 
 PHASES = ("environment", "network", "hostname", "repositories", "install", "test", "update", "collect")
 

@@ -62,8 +62,9 @@ def ours_in_subprocess(param_dir: Path, out: Path) -> dict:
     code = f"""
 import json, resource, time, sys
 t0 = time.perf_counter()
-from osgtest_dag import matrix, workflow
-from osgtest_dag.catalog import Catalog
+from osgtest_dag.plan import matrix
+from osgtest_dag.generate import workflow
+from osgtest_dag.plan.catalog import Catalog
 cat = Catalog.load(image_dir="/images")
 m = matrix.build([{str(param_dir)!r}], cat)
 t1 = time.perf_counter()
@@ -100,8 +101,8 @@ def main() -> None:
             n = reference_expand(pdir)
             ref_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            from osgtest_dag import matrix
-            from osgtest_dag.catalog import Catalog
+            from osgtest_dag.plan import matrix
+            from osgtest_dag.plan.catalog import Catalog
             ours_n = len(matrix.build([pdir], Catalog.load(image_dir="/images")).cells)
             ours_s = time.perf_counter() - t0
             assert n == ours_n, (n, ours_n)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from osgtest_dag import iodisk  # noqa: E402
+from osgtest_dag.guest import iodisk  # noqa: E402
 
 
 def make_input(root: Path) -> Path:

@@ -21,7 +21,7 @@ def params_d() -> Path:
 
 @pytest.fixture(scope="session")
 def catalog():
-    from osgtest_dag.catalog import Catalog
+    from osgtest_dag.plan.catalog import Catalog
     return Catalog.load(image_dir="/images")
 
 
@@ -55,7 +55,7 @@ def guest_cell_config(serial: str = "001", *, packages=("hello",), test_command=
                       update_apt_sources=None, timeout: int = 600, network_retries: int = 3,
                       platform_id: str = GUEST_PLATFORM) -> dict:
     """A cell.json document (docs/contracts.md §1) for a Debian cell."""
-    from osgtest_dag.catalog import Catalog
+    from osgtest_dag.plan.catalog import Catalog
     plat = Catalog.load().platform(platform_id)
     pj = {"id": plat.id, "os": plat.os, "family": plat.family, "distro": plat.distro,
           "major": plat.major, "arch": plat.arch, "name": plat.name, "codename": plat.codename}
@@ -80,7 +80,7 @@ def guest_cell_config(serial: str = "001", *, packages=("hello",), test_command=
 @pytest.fixture
 def make_cell_input(tmp_path):
     """Factory: write a cell input directory (cell.json + cell.env via cellconfig)."""
-    from osgtest_dag import cellconfig
+    from osgtest_dag.generate import cellconfig
 
     def make(name: str = "cell", **kwargs) -> Path:
         cfg = guest_cell_config(**kwargs)
@@ -90,7 +90,7 @@ def make_cell_input(tmp_path):
 
 @pytest.fixture(scope="session")
 def guest_image_store() -> Path:
-    from osgtest_dag.paths import default_image_dir
+    from osgtest_dag.base.paths import default_image_dir
     store = default_image_dir()
     store.mkdir(parents=True, exist_ok=True)
     return store
@@ -99,14 +99,14 @@ def guest_image_store() -> Path:
 @pytest.fixture(scope="session")
 def debian12_image(guest_image_store) -> Path:
     """The debian_12 base image, built with the local builder if missing or stale."""
-    from osgtest_dag import image
+    from osgtest_dag.guest import image
     return image.build_image(GUEST_PLATFORM, guest_image_store, builder="local").image.path
 
 
 @pytest.fixture(scope="session")
 def debian13_image(guest_image_store) -> Path:
     """The debian_13 (trixie) base image, as debian12_image."""
-    from osgtest_dag import image
+    from osgtest_dag.guest import image
     return image.build_image("debian_13.x86_64", guest_image_store, builder="local").image.path
 # --- end guest fixtures ---
 
@@ -123,8 +123,9 @@ def pytest_configure(config):
 def _condor_group():
     import click
 
-    from osgtest_dag import cli_condor, cli_pool
-    from osgtest_dag.cli import _Group
+    from osgtest_dag.cli import condor as cli_condor
+    from osgtest_dag.cli import pool as cli_pool
+    from osgtest_dag.cli.main import _Group
 
     @click.group(cls=_Group)
     @click.pass_context
@@ -147,7 +148,7 @@ def test_pool():
     """The osgtest-dag test pool, up. Skips (with the reason) only when not root."""
     if os.geteuid() != 0:
         pytest.skip("the test pool needs root (chroot, mounts, daemons); run the suite as root")
-    from osgtest_dag import pool
+    from osgtest_dag.devpool import pool
     p = pool.Pool()
     was_up = pool.status(p).up
     info = pool.up(p)
@@ -278,8 +279,9 @@ class ResultsRun:
 
 
 def make_results_run(root: Path, name: str = "run", params: dict | None = None) -> ResultsRun:
-    from osgtest_dag import matrix, workflow
-    from osgtest_dag.catalog import Catalog
+    from osgtest_dag.plan import matrix
+    from osgtest_dag.generate import workflow
+    from osgtest_dag.plan.catalog import Catalog
     pdir = root / f"{name}-params"
     pdir.mkdir(parents=True, exist_ok=True)
     for fname, text in (RESULTS_PARAMS if params is None else params).items():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 
-from osgtest_dag import cellconfig, matrix
+from osgtest_dag.generate import cellconfig
+from osgtest_dag.plan import matrix
 
 BASE = "[Config]\nadduser = True\n"
 

@@ -21,9 +21,9 @@ DATA = Path(__file__).resolve().parent / "data" / "condor"
 
 @pytest.fixture
 def demo_run(tmp_path):
-    from osgtest_dag import matrix
-    from osgtest_dag.catalog import Catalog
-    from osgtest_dag.workflow import WorkflowOptions, write_run
+    from osgtest_dag.plan import matrix
+    from osgtest_dag.plan.catalog import Catalog
+    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
     catalog = Catalog.load(image_dir="/images")
     m = matrix.build([DEMO], catalog)
     return write_run(tmp_path / "run1", list(m.cells), catalog, WorkflowOptions(), param_files=list(m.files))
@@ -116,7 +116,7 @@ DOC_STATUS = """\
 
 
 def test_node_status_file_as_documented():
-    from osgtest_dag.condor import parse_node_status
+    from osgtest_dag.engine.condor.condor import parse_node_status
     nsf = parse_node_status(DOC_STATUS)
     assert nsf.state == "submitted"
     assert nsf.dag["NodesTotal"] == 12 and nsf.dag["DagFiles"] == ["diamond.dag"]
@@ -125,7 +125,7 @@ def test_node_status_file_as_documented():
 
 
 def test_half_written_node_status_file(tmp_path):
-    from osgtest_dag.condor import read_node_status
+    from osgtest_dag.engine.condor.condor import read_node_status
     p = tmp_path / "x.status"
     p.write_text(DOC_STATUS[:200])
     assert read_node_status(p, tries=1) is None
@@ -141,12 +141,12 @@ def _real(name: str) -> Path:
 
 def test_real_node_status_file_of_the_injected_dag():
     """Recorded from HTCondor 23.9's DAGMan (tests/test_pool.py::test_differential...)."""
-    from osgtest_dag.pooltest import EXPECTED, final_node_states
+    from osgtest_dag.devpool.pooltest import EXPECTED, final_node_states
     assert final_node_states(_real("injected/injected.dag.status")) == EXPECTED
 
 
 def test_real_event_log_records():
-    from osgtest_dag.condor import job_records, read_events
+    from osgtest_dag.engine.condor.condor import job_records, read_events
     jobs = job_records(read_events(_real("injected/jobs.log")))
     by_node: dict[str, list] = {}
     for j in jobs.values():
@@ -169,7 +169,7 @@ def test_status_of_a_finished_real_run(tmp_path):
     """A run directory shaped like ours (workflow.dag -> SUBDAG matrix.dag, logs/jobs.log,
     *.status, *.nodes.log, *.dagman.log) that the test pool ran: cells by state, held jobs
     with their codes, retries, elapsed time."""
-    from osgtest_dag.condor import format_progress, progress
+    from osgtest_dag.engine.condor.condor import format_progress, progress
     run = _copy_run(tmp_path, "shaped/finished")
     p = progress(run)
     assert p.finished and p.dag_state == "done" and p.dagman_exit == 0
@@ -183,7 +183,7 @@ def test_status_of_a_finished_real_run(tmp_path):
 
 
 def test_status_of_a_running_real_run_with_a_held_job(tmp_path):
-    from osgtest_dag.condor import progress
+    from osgtest_dag.engine.condor.condor import progress
     run = _copy_run(tmp_path, "shaped/held")
     p = progress(run)
     assert not p.finished and p.dag_state == "running"
@@ -193,7 +193,7 @@ def test_status_of_a_running_real_run_with_a_held_job(tmp_path):
 
 
 def test_watch_plain_lines_until_the_end(tmp_path):
-    from osgtest_dag.condor import watch
+    from osgtest_dag.engine.condor.condor import watch
     run = _copy_run(tmp_path, "shaped/finished")
     out = io.StringIO()
     p = watch(run, interval=0.01, tty=False, out=out, sleep=lambda s: None)
@@ -203,7 +203,7 @@ def test_watch_plain_lines_until_the_end(tmp_path):
 
 
 def test_watch_tty_redraws(tmp_path):
-    from osgtest_dag.condor import watch
+    from osgtest_dag.engine.condor.condor import watch
     run = _copy_run(tmp_path, "shaped/finished")
     out = io.StringIO()
     watch(run, interval=0.01, tty=True, out=out, sleep=lambda s: None)
@@ -239,7 +239,7 @@ def _post(run: Path, serial: str, verdict: str, reason: str = "x") -> None:
 
 
 def test_rerun_everything_not_passed_keeps_serials_and_inputs(demo_run, tmp_path):
-    from osgtest_dag.cellconfig import iter_cells
+    from osgtest_dag.generate.cellconfig import iter_cells
     _result(demo_run, "000", "pass")
     _result(demo_run, "001", "test")
     _result(demo_run, "002", "install")
@@ -266,7 +266,7 @@ def test_rerun_everything_not_passed_keeps_serials_and_inputs(demo_run, tmp_path
 
 
 def test_rerun_failed_only_and_only(demo_run, tmp_path):
-    from osgtest_dag.cellconfig import iter_cells
+    from osgtest_dag.generate.cellconfig import iter_cells
     _result(demo_run, "001", "test")
     _result(demo_run, "005", "update")
     _post(demo_run, "003", "infra")
@@ -277,7 +277,7 @@ def test_rerun_failed_only_and_only(demo_run, tmp_path):
 
 
 def test_rerun_reads_results_json(demo_run, tmp_path):
-    from osgtest_dag.cellconfig import iter_cells
+    from osgtest_dag.generate.cellconfig import iter_cells
     cells = [{"serial": f"{i:03d}", "outcome": "pass"} for i in range(8)]
     cells[6]["outcome"] = "timeout"
     (demo_run / "results.json").write_text(json.dumps({"schema": "osgtest-dag/results", "version": 1,
@@ -315,7 +315,7 @@ class FakeDisk:
         self.root, self.base, self.total = root, base, 1_000_000
 
     def __call__(self, path):
-        from osgtest_dag.runs import _tree_size
+        from osgtest_dag.ops.runs import _tree_size
         used = self.base + sum(_tree_size(p) for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
         return self.total, used
 
@@ -340,7 +340,7 @@ def runs_root(tmp_path):
 
 
 def test_cleanup_dry_run_deletes_nothing(runs_root):
-    from osgtest_dag.runs import cleanup
+    from osgtest_dag.ops.runs import cleanup
     disk = FakeDisk(runs_root, base=300_000)      # ~73 % used
     before = sorted(p.name for p in runs_root.iterdir())
     plan = cleanup(runs_root, keep_at_least=1, max_usage=70, usage=disk)
@@ -350,7 +350,7 @@ def test_cleanup_dry_run_deletes_nothing(runs_root):
 
 
 def test_cleanup_yes_deletes_oldest_until_under_limit(runs_root):
-    from osgtest_dag.runs import cleanup
+    from osgtest_dag.ops.runs import cleanup
     disk = FakeDisk(runs_root, base=300_000)
     plan = cleanup(runs_root, keep_at_least=1, max_usage=55, yes=True, usage=disk)
     assert [r.path.name for r in plan.delete] == ["b-oldest", "a-middle"]
@@ -360,7 +360,7 @@ def test_cleanup_yes_deletes_oldest_until_under_limit(runs_root):
 
 
 def test_cleanup_never_below_keep_at_least(runs_root):
-    from osgtest_dag.runs import cleanup
+    from osgtest_dag.ops.runs import cleanup
     disk = FakeDisk(runs_root, base=900_000)      # never under 10 %
     plan = cleanup(runs_root, keep_at_least=2, max_usage=10, yes=True, usage=disk)
     assert [r.path.name for r in plan.delete] == ["b-oldest"]
@@ -369,7 +369,7 @@ def test_cleanup_never_below_keep_at_least(runs_root):
 
 
 def test_cleanup_skips_a_running_dag(runs_root):
-    from osgtest_dag.runs import cleanup
+    from osgtest_dag.ops.runs import cleanup
     (runs_root / "b-oldest" / "workflow.dag.lock").write_text("")
     plan = cleanup(runs_root, keep_at_least=0, max_usage=60, yes=True, usage=FakeDisk(runs_root, 300_000))
     assert [r.path.name for r in plan.skipped_active] == ["b-oldest"]
@@ -439,7 +439,7 @@ def test_nightly_generates_a_dated_run(tmp_path, monkeypatch):
 # --- hosts ----------------------------------------------------------------------------------
 
 def test_excluded_hosts_file(tmp_path):
-    from osgtest_dag import hosts
+    from osgtest_dag.ops import hosts
     f = tmp_path / "ex.yaml"
     now = dt.datetime(2026, 11, 21, tzinfo=dt.timezone.utc)
     f.write_text("hosts:\n  - host: a.example\n    until: 2026-11-30\n    reason: VMGAHP\n"
@@ -450,7 +450,7 @@ def test_excluded_hosts_file(tmp_path):
     assert got["b.example"].until == dt.datetime(2026, 11, 24, tzinfo=dt.timezone.utc)
     assert got["a.example"].until.day == 30      # a longer exclusion is not shortened
     f.write_text("hosts:\n  - host: a\n    until: someday\n")
-    from osgtest_dag.errors import UserError
+    from osgtest_dag.base.errors import UserError
     with pytest.raises(UserError) as e:
         hosts.load_exclusions(f)
     assert ":2" in str(e.value.where)
@@ -487,14 +487,14 @@ def test_host_report_from_real_vm_job_logs(tmp_path):
     excl = tmp_path / "excl.yaml"
     r = condor_cli("hosts", str(root), "--exclude-above", "0.3", "--days", "2", "--excluded-hosts", str(excl))
     assert r.exit_code == 0, r.output
-    from osgtest_dag import hosts
+    from osgtest_dag.ops import hosts
     assert hosts.active_excluded_hosts(excl) == (h["host"],)
 
 
 def test_recorded_final_states_json_is_the_expected_contract():
     """final-states.json (recorded from DAGMan 23.9 by tests/test_pool.py) is what the local
-    executor's run of osgtest_dag.pooltest's DAG must reproduce."""
-    from osgtest_dag.pooltest import EXPECTED
+    executor's run of osgtest_dag.devpool.pooltest's DAG must reproduce."""
+    from osgtest_dag.devpool.pooltest import EXPECTED
     doc = json.loads(_real("injected/final-states.json").read_text())
     assert doc["engine"] == "dagman" and doc["version"].startswith("23.")
     assert doc["nodes"] == EXPECTED

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 
-from osgtest_dag import executor
+from osgtest_dag.engine.local import executor
 
 
 def sub(path: Path, script: str) -> None:
@@ -170,7 +170,7 @@ def test_resume_after_kill_does_not_redo_finished_nodes(tmp_path):
     lines.append("MAXJOBS One 1")
     dag = tmp_path / "r.dag"
     dag.write_text("\n".join(lines) + "\n")
-    code = (f"import sys; from osgtest_dag import executor; "
+    code = (f"import sys; from osgtest_dag.engine.local import executor; "
             f"sys.exit(0 if executor.run_dag({str(dag)!r}) else 1)")
     p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, start_new_session=True)
     deadline = time.time() + 30
@@ -201,7 +201,7 @@ def test_ctrl_c_stops_and_resume_finishes(tmp_path):
     lines.append("MAXJOBS One 1")
     dag = tmp_path / "i.dag"
     dag.write_text("\n".join(lines) + "\n")
-    code = (f"import sys; from osgtest_dag import executor\n"
+    code = (f"import sys; from osgtest_dag.engine.local import executor\n"
             f"try:\n  executor.run_dag({str(dag)!r})\nexcept executor.Interrupted:\n  sys.exit(130)\n")
     p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
     while not (tmp_path / "ran").exists():
@@ -217,7 +217,7 @@ def test_ctrl_c_stops_and_resume_finishes(tmp_path):
 def test_progress_plain_lines_count_cells():
     import io
 
-    from osgtest_dag.progress import Progress
+    from osgtest_dag.engine.local.progress import Progress
     out = io.StringIO()
     p = Progress(stream=out, tty=False)
 
@@ -243,7 +243,7 @@ def test_progress_plain_lines_count_cells():
 def test_same_final_states_as_real_dagman(tmp_path):
     """The injected-failures DAG (pooltest.py) on our executor ends exactly as it did on
     HTCondor 23.9's DAGMan (recorded by tests/test_pool.py in tests/data/condor/injected)."""
-    from osgtest_dag import pooltest
+    from osgtest_dag.devpool import pooltest
     recorded = json.loads((Path(__file__).parent / "data" / "condor" / "injected" / "final-states.json")
                           .read_text())
     assert recorded["engine"] == "dagman"

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from osgtest_dag import cli_results, command, extract, results
+from osgtest_dag.cli import results as cli_results
+from osgtest_dag.base import command
+from osgtest_dag.analyze import extract
+from osgtest_dag.analyze import results
 
 pytestmark = pytest.mark.vm
 

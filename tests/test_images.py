@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from osgtest_dag import command, debian_builder, gfs, image, iodisk, oz_builder, payload, qemu
-from osgtest_dag.catalog import Catalog
-from osgtest_dag.errors import UserError
+from osgtest_dag.base import command
+from osgtest_dag.guest import debian_builder
+from osgtest_dag.guest import gfs
+from osgtest_dag.guest import image
+from osgtest_dag.guest import iodisk
+from osgtest_dag.guest import oz_builder
+from osgtest_dag.guest import payload
+from osgtest_dag.guest import qemu
+from osgtest_dag.plan.catalog import Catalog
+from osgtest_dag.base.errors import UserError
 
 PLATFORMS = ["alma_8", "alma_9", "alma_10", "rocky_8", "rocky_9", "rocky_10", "centos_stream_9",
              "centos_stream_10", "debian_11", "debian_12", "debian_13"]
@@ -230,7 +237,7 @@ def fake_local_builder(monkeypatch):
 
 
 def test_rebuild_reasons(tmp_path, fake_local_builder, monkeypatch, caplog):
-    caplog.set_level("INFO", logger="osgtest_dag.image")
+    caplog.set_level("INFO", logger="osgtest_dag.guest.image")
     first = image.build_image("debian_12.x86_64", tmp_path)
     assert first.built and first.reasons == ("no image yet",)
     assert not image.build_image("debian_12.x86_64", tmp_path).built

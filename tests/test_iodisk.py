@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from osgtest_dag import command, gfs, iodisk, payload
-from osgtest_dag.errors import UserError
+from osgtest_dag.base import command
+from osgtest_dag.guest import gfs
+from osgtest_dag.guest import iodisk
+from osgtest_dag.guest import payload
+from osgtest_dag.base.errors import UserError
 
 
 def _read_tree(disk: Path) -> dict:

@@ -8,7 +8,7 @@ import json
 
 import yaml
 
-from osgtest_dag import matrix
+from osgtest_dag.plan import matrix
 
 
 def reference_cells(param_dir):

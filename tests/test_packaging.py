@@ -32,7 +32,7 @@ def test_an_installed_wheel_finds_its_shipped_files(tmp_path):
     # Run from elsewhere, with only the installed copy importable as osgtest_dag.
     env = {**os.environ, "PYTHONPATH": str(site)}
     probe = subprocess.run(
-        [sys.executable, "-c", "import osgtest_dag, sys; from osgtest_dag import payload, workflow, oz_builder; "
+        [sys.executable, "-c", "import osgtest_dag, sys; from osgtest_dag.guest import payload, oz_builder; from osgtest_dag.generate import workflow; "
          "print(osgtest_dag.__file__); print(payload.payload_dir()); print(workflow.SHIPPED_TEMPLATES); "
          "print(oz_builder.template_dir())"],
         check=True, capture_output=True, text=True, env=env, cwd=tmp_path)
@@ -41,7 +41,7 @@ def test_an_installed_wheel_finds_its_shipped_files(tmp_path):
     assert dirs == [str(site / "osgtest_dag" / f"_{d}")
                     for d in ("payload", "submit_templates", "image_templates")]
     # The installed tool generates a run and makes an IO disk holding the shipped run-job.
-    cli = [sys.executable, "-c", "from osgtest_dag.cli import main; main()"]
+    cli = [sys.executable, "-c", "from osgtest_dag.cli.main import main; main()"]
     run = tmp_path / "run"
     subprocess.run([*cli, "generate", ROOT / "examples" / "demo", "-o", run],
                    check=True, capture_output=True, env=env, cwd=tmp_path)

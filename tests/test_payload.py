@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from osgtest_dag import payload
+from osgtest_dag.guest import payload
 
 RUN_JOB = payload.payload_file(payload.RUN_JOB)
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]

@@ -41,7 +41,7 @@ def vm_lock():
 
 
 def test_pool_is_up_with_a_vm_slot(test_pool):
-    from osgtest_dag import pool
+    from osgtest_dag.devpool import pool
     p, info = test_pool
     st = pool.status(p)
     assert st.up and st.daemons["condor_master"] and st.daemons["libvirtd"]
@@ -56,7 +56,7 @@ def test_pool_is_up_with_a_vm_slot(test_pool):
 # --- (1) generated files against the real condor_submit / condor_submit_dag / condor_dagman --
 
 def _first_vars_per_submit_file(run_dir: Path) -> dict[str, dict]:
-    from osgtest_dag import dagfile
+    from osgtest_dag.model import dagfile
     out: dict[str, dict] = {}
     for name in ("workflow.dag", "matrix.dag"):
         for node in dagfile.parse(run_dir / name).nodes.values():
@@ -69,12 +69,12 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
     """Every submit file generated from the real nightly fixture passes `condor_submit
     -dry-run` (with a node's VARS as macros); both DAGs are accepted by `condor_submit_dag
     -no_submit` and parsed by condor_dagman itself."""
-    from osgtest_dag import pool
+    from osgtest_dag.devpool import pool
     p, _ = test_pool
     run = pool_workdir / "nightly"
-    from osgtest_dag import matrix
-    from osgtest_dag.catalog import Catalog
-    from osgtest_dag.workflow import WorkflowOptions, write_run
+    from osgtest_dag.plan import matrix
+    from osgtest_dag.plan.catalog import Catalog
+    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
     catalog = Catalog.load()
     m = matrix.build([PARAMS_D], catalog)
     write_run(run, list(m.cells), catalog, WorkflowOptions(), param_files=list(m.files))
@@ -110,8 +110,8 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
 
 
 def test_dagman_parse_check_catches_errors(test_pool, pool_workdir):
-    from osgtest_dag import pool
-    from osgtest_dag.errors import UserError
+    from osgtest_dag.devpool import pool
+    from osgtest_dag.base.errors import UserError
     p, _ = test_pool
     (pool_workdir / "bad.dag").write_text("JOB A a.sub\nRETRY A x\n")
     (pool_workdir / "a.sub").write_text("universe = local\nexecutable = /bin/true\nqueue\n")
@@ -123,7 +123,7 @@ def test_dagman_parse_check_catches_errors(test_pool, pool_workdir):
 # --- (3) differential: the injected-failures DAG on the real DAGMan ---------------------------
 
 def test_differential_injected_dag_on_real_dagman(test_pool, pool_workdir):
-    from osgtest_dag import pooltest
+    from osgtest_dag.devpool import pooltest
     d = pool_workdir / "injected"
     pooltest.write_injected_dag(d)
     t0 = time.monotonic()
@@ -140,7 +140,7 @@ def test_differential_injected_dag_on_real_dagman(test_pool, pool_workdir):
             shutil.copy(d / name, dst / name)
     assert states == pooltest.EXPECTED
     # the same DAG on the local executor: the same final node states and retry counts
-    from osgtest_dag import executor
+    from osgtest_dag.engine.local import executor
     local = pool_workdir / "injected-local"
     dag = pooltest.write_injected_dag(local)
     assert executor.run_dag(dag, executor.Options(local_jobs=4)) is True   # FINAL succeeded
@@ -156,7 +156,7 @@ def test_differential_injected_dag_on_real_dagman(test_pool, pool_workdir):
 
 def test_differential_via_condor_submit_dag_inside(test_pool, pool_workdir):
     """The fallback path (condor_submit_dag inside the pool, as its user) gives the same."""
-    from osgtest_dag import pooltest
+    from osgtest_dag.devpool import pooltest
     d = pool_workdir / "injected-inside"
     pooltest.write_injected_dag(d)
     assert pooltest.run_on_pool(d, timeout=300, via="inside") == pooltest.EXPECTED
@@ -199,9 +199,9 @@ queue
 
 
 def _shaped_run(workdir: Path, name: str, *, max_wall: int) -> Path:
-    from osgtest_dag import matrix
-    from osgtest_dag.catalog import Catalog
-    from osgtest_dag.workflow import WorkflowOptions, write_run
+    from osgtest_dag.plan import matrix
+    from osgtest_dag.plan.catalog import Catalog
+    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
     tool = workdir / "fake-osgtest-dag"
     tool.write_text(FAKE_TOOL)
     tool.chmod(0o755)
@@ -228,7 +228,7 @@ def _record_run(run: Path, dest: Path) -> None:
 
 
 def test_shaped_run_submit_watch_status(test_pool, pool_workdir):
-    from osgtest_dag.condor import progress
+    from osgtest_dag.engine.condor.condor import progress
     run = _shaped_run(pool_workdir, "finished", max_wall=14400)
     r = condor_cli("submit", run, "--test-pool")
     assert r.exit_code == 0, r.output
@@ -245,7 +245,7 @@ def test_shaped_run_submit_watch_status(test_pool, pool_workdir):
 
 
 def test_shaped_run_held_job(test_pool, pool_workdir):
-    from osgtest_dag.condor import progress
+    from osgtest_dag.engine.condor.condor import progress
     p_, _ = test_pool
     run = _shaped_run(pool_workdir, "held", max_wall=3)
     r = condor_cli("submit", run, "--test-pool")
@@ -295,7 +295,7 @@ queue
 
 def _vm_job_dir(workdir: Path, name: str, image: Path, make_cell_input, *, memory=1024, idle_limit=3600,
                 serial="000"):
-    from osgtest_dag import iodisk
+    from osgtest_dag.guest import iodisk
     d = workdir / name
     (d / "logs").mkdir(parents=True)
     cell_input = make_cell_input(name, packages=("hello",), test_command="hello")
@@ -327,9 +327,9 @@ def _wait_job_gone(p, cluster: int, timeout: float, fail_on_hold: bool = True) -
 
 @pytest.fixture
 def vm_image():
-    """The debian_12 base image (osgtest_dag.image.build_image, cached in the image store)."""
-    from osgtest_dag import image
-    from osgtest_dag.paths import default_image_dir
+    """The debian_12 base image (osgtest_dag.guest.image.build_image, cached in the image store)."""
+    from osgtest_dag.guest import image
+    from osgtest_dag.base.paths import default_image_dir
     with vm_lock():
         return image.build_image("debian_12.x86_64", default_image_dir(), builder="local").image.path
 
@@ -339,7 +339,8 @@ def test_vm_job_failures_for_host_health(test_pool, pool_workdir, vm_image, make
     """A VMGAHP failure (a domain libvirt refuses: an IO disk that is not a disk) and a job
     that never starts (more memory than any slot: removed while idle) — recorded for the
     host-health tests together with a good run."""
-    from osgtest_dag import hosts, pool
+    from osgtest_dag.ops import hosts
+    from osgtest_dag.devpool import pool
     p, _ = test_pool
     bad = _vm_job_dir(pool_workdir, "vmbad", Path(vm_image), make_cell_input, serial="001")
     (bad / "io.qcow2").write_bytes(b"this is not a qcow2 image\n" * 100)
@@ -403,10 +404,10 @@ def test_two_cell_debian_matrix_end_to_end(test_pool, pool_workdir, vm_image):
     """generate (a passing cell and one whose package does not exist) -> `submit --test-pool`
     -> `watch`: real CreateDisk, VM jobs with IO disks, POST scripts, extraction, FINAL,
     Analyze/Report/Publish on HTCondor 23.9; the results say pass and install."""
-    from osgtest_dag import matrix
-    from osgtest_dag.catalog import Catalog
-    from osgtest_dag.condor import job_records, progress, read_events
-    from osgtest_dag.workflow import WorkflowOptions, write_run
+    from osgtest_dag.plan import matrix
+    from osgtest_dag.plan.catalog import Catalog
+    from osgtest_dag.engine.condor.condor import job_records, progress, read_events
+    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
     catalog = Catalog.load()
     params = pool_workdir / "params"
     params.mkdir()

@@ -23,7 +23,7 @@ VM_WORKING_DIR = "/var/lib/condor/execute/dir_77"
 
 
 def _xml(tmp_path, accel: str, ad: str = VM_AD) -> ET.Element:
-    from osgtest_dag import pool
+    from osgtest_dag.devpool import pool
     if not shutil.which("awk"):
         pytest.skip("awk is not installed")
     script = tmp_path / "x.awk"
@@ -57,7 +57,7 @@ def test_xml_script_kvm_without_network(tmp_path):
 
 
 def test_pool_config_text():
-    from osgtest_dag import pool
+    from osgtest_dag.devpool import pool
     text = pool.pool_config(accel="tcg")
     for line in ("MOUNT_UNDER_SCRATCH =", "USE_PID_NAMESPACES = false", "BASE_CGROUP =",
                  "VM_TYPE = kvm", f"LIBVIRT_XML_SCRIPT = {pool.XML_SCRIPT}", "LIBVIRT_XML_SCRIPT_ARGS = tcg",
@@ -68,8 +68,8 @@ def test_pool_config_text():
 
 
 def test_test_pool_submit_options():
-    from osgtest_dag import pool
-    from osgtest_dag.condor import SubmitOptions
+    from osgtest_dag.devpool import pool
+    from osgtest_dag.engine.condor.condor import SubmitOptions
     o = pool.submit_options(SubmitOptions(maxjobs=3))
     assert o.maxjobs == 3 and o.pool == "127.0.0.1:9618" and o.dagman == "/usr/bin/condor_dagman"
     assert ("SEC_CLAIMTOBE_USER", pool.POOL_USER) in o.client_config
@@ -77,7 +77,7 @@ def test_test_pool_submit_options():
 
 
 def test_not_root_is_a_clear_error(monkeypatch):
-    from osgtest_dag import pool
+    from osgtest_dag.devpool import pool
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     r = condor_cli("pool", "up")
     assert r.exit_code == 2 and "needs root" in r.output and "Traceback" not in r.output
@@ -87,9 +87,9 @@ def test_not_root_is_a_clear_error(monkeypatch):
 
 
 def test_submit_to_the_test_pool_when_it_is_down(tmp_path, monkeypatch):
-    from osgtest_dag import pool
+    from osgtest_dag.devpool import pool
     monkeypatch.setenv("OSGTEST_DAG_CACHE", str(tmp_path / "cache"))
-    from osgtest_dag.errors import UserError
+    from osgtest_dag.base.errors import UserError
     with pytest.raises(UserError, match="not up"):
         pool.prepare_run_dir(tmp_path, pool.Pool())
 
@@ -98,9 +98,9 @@ def test_dry_run_for_the_test_pool(tmp_path):
     """What `submit --test-pool` would send: the pool's condor_dagman, and no CONDOR_CONFIG
     from this host in DAGMan's environment (the bindings set it to /dev/null in-process when
     the host has no HTCondor configuration)."""
-    from osgtest_dag import matrix
-    from osgtest_dag.catalog import Catalog
-    from osgtest_dag.workflow import WorkflowOptions, write_run
+    from osgtest_dag.plan import matrix
+    from osgtest_dag.plan.catalog import Catalog
+    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
     from conftest import ROOT
     catalog = Catalog.load(image_dir="/images")
     m = matrix.build([ROOT / "examples" / "demo"], catalog)

@@ -20,9 +20,15 @@ import pytest
 from click.testing import CliRunner
 from conftest import RESULTS_PARAMS, make_results_run, populate_results_run
 
-from osgtest_dag import (cli_results, command, compare, report_email, report_html, report_junit,
-                         report_text, results)
-from osgtest_dag.errors import UserError
+from osgtest_dag.cli import results as cli_results
+from osgtest_dag.base import command
+from osgtest_dag.report import compare
+from osgtest_dag.report import email as report_email
+from osgtest_dag.report import html as report_html
+from osgtest_dag.report import junit as report_junit
+from osgtest_dag.report import text as report_text
+from osgtest_dag.analyze import results
+from osgtest_dag.base.errors import UserError
 
 XSD = Path(__file__).parent / "data" / "junit-10.xsd"
 

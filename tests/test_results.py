@@ -9,11 +9,12 @@ import json
 import pytest
 from conftest import FIXTURES, KNOWN_FAILURES_2014, RESULTS_LOGS, alarm_log, py312_log
 
-from osgtest_dag import osgtest_log, results
-from osgtest_dag.errors import UserError
-from osgtest_dag.known_failures import (FailureContext, load_component_tags, load_known_failures,
+from osgtest_dag.analyze import osgtest_log
+from osgtest_dag.analyze import results
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.analyze.known_failures import (FailureContext, load_component_tags, load_known_failures,
                                         review)
-from osgtest_dag.outcome import Evidence, Outcome, derive
+from osgtest_dag.model.outcome import Evidence, Outcome, derive
 
 LOGS = ("pass", "fail", "install", "update", "cleanup", "ignore")
 

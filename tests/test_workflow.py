@@ -7,8 +7,10 @@ import htcondor2
 import networkx as nx
 import pytest
 
-from osgtest_dag import dagfile, matrix, workflow
-from osgtest_dag.catalog import Catalog
+from osgtest_dag.model import dagfile
+from osgtest_dag.plan import matrix
+from osgtest_dag.generate import workflow
+from osgtest_dag.plan.catalog import Catalog
 
 SMALL = """\
 platforms: [debian_12.x86_64, debian_13.aarch64]
@@ -142,7 +144,7 @@ def test_every_submit_file_parses_fixture_run(params_d, tmp_path, cli):
 
 
 def test_cell_config_is_complete(small_run):
-    from osgtest_dag.cellconfig import read_cell
+    from osgtest_dag.generate.cellconfig import read_cell
     dag = dagfile.parse(small_run / "matrix.dag")
     off = int(dag.nodes["CreateDisk001"].vars["offset"])
     assert read_cell(small_run, "001", off)["serial"] == "001"

@@ -1,0 +1,574 @@
+"""A run directory -> `results.json` (schema `osgtest-dag/results`, version 1; docs/results.md).
+
+Per cell we read, strongest evidence first: the guest's `output/result.json`, the osg-test log
+(`output/test.log` when the test command was osg-test, or `output/osg-test*.log`), then the
+node and job events (`post-vm.json`, `local-vm.json`, the run's HTCondor job log), and the
+extraction report of its result disk. Every cell of `cells.jsonl` gets an entry: a cell with
+no result is `missing`, never blank. The renderers read only this document.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import json
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from osgtest_dag import __version__
+from osgtest_dag.generate import cellconfig
+from osgtest_dag.analyze import osgtest_log
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.analyze.known_failures import (ComponentTags, FailureContext, KnownFailures, load_component_tags,
+                             load_known_failures, review)
+from osgtest_dag.model.outcome import ORDERED, Evidence, Outcome, derive
+from osgtest_dag.base.atomic import write_json_atomic
+from osgtest_dag.engine.local.executor import VM_RECORDS, read_vm_records
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "osgtest-dag/results"
+VERSION = 1
+RESULTS_FILE = "results.json"
+LOG_READ_CAP = 64 << 20            # bytes of one log we parse (extraction caps them anyway)
+PACKAGE_LIST_CAP = 16 << 20
+# Files a run directory may carry to be picked up without options.
+DEFAULT_KNOWN_FAILURES = ("known-failures.yaml", "test-exceptions.yaml")
+DEFAULT_COMPONENT_TAGS = ("component-tags.yaml",)
+ARCHES = ("x86_64", "aarch64", "i686", "noarch", "amd64", "arm64", "i386", "all")
+
+
+# ------------------------------------------------------------------------------ small readers
+def _read_bytes(path: Path, cap: int) -> bytes:
+    """A regular file's first `cap` bytes, never through a symlink: a cell's output came
+    from a guest, and an output extracted by other means may hold links to host files."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(cap)
+    finally:
+        os.close(fd)
+
+
+def _read_json(path: Path) -> tuple[object | None, str | None]:
+    """(data, None), (None, None) when absent, (None, error) when unreadable."""
+    try:
+        return json.loads(_read_bytes(path, 16 << 20).decode("utf-8", errors="replace")), None
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as e:
+        return None, str(e)[:200]
+
+
+def _read_text(path: Path, cap: int) -> str:
+    return _read_bytes(path, cap).decode("utf-8", errors="replace")
+
+
+def _parse_time(value) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def durations(guest: dict) -> dict:
+    """Seconds per phase (and `total`) from result.json's timestamps."""
+    out: dict[str, float] = {}
+    for p in guest.get("phases") or ():
+        if not isinstance(p, dict):
+            continue
+        a, b = _parse_time(p.get("start")), _parse_time(p.get("end"))
+        if a and b and isinstance(p.get("name"), str):
+            out[p["name"]] = round((b - a).total_seconds(), 1)
+    a, b = _parse_time(guest.get("started")), _parse_time(guest.get("finished"))
+    if a and b:
+        out["total"] = round((b - a).total_seconds(), 1)
+    return out
+
+
+_NVRA = re.compile(r"^(?P<name>.+)-(?P<ver>[^-]+)-(?P<rel>[^-]+)\.(?P<arch>[^.]+)$")
+
+
+def parse_package_list(text: str) -> dict[str, str]:
+    """Installed packages -> version. Reads what the payload writes (`name<TAB>version<TAB>arch`
+    from dpkg-query or rpm, `(none):` epochs dropped), two-column `dpkg-query -W` output, and
+    plain `rpm -qa` NEVRA lines. A name seen with two architectures is kept as `name.arch`."""
+    seen: dict[str, list[tuple[str, str]]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) >= 2:
+            name, version = parts[0].strip(), parts[1].strip()
+            arch = parts[2].strip() if len(parts) > 2 else ""
+        else:
+            m = _NVRA.match(line)
+            if not m:
+                continue
+            name, version, arch = m["name"], f"{m['ver']}-{m['rel']}", m["arch"]
+        for prefix in ("(none):", "0:"):
+            if version.startswith(prefix):
+                version = version[len(prefix):]
+        name = name.split(":")[0] if ":" in name and arch else name   # dpkg's name:arch
+        seen.setdefault(name, []).append((arch, version))
+    out: dict[str, str] = {}
+    for name, variants in seen.items():
+        if len({a for a, _ in variants}) > 1:
+            for arch, version in variants:
+                out[f"{name}.{arch}"] = version
+        else:
+            out[name] = variants[-1][1]
+    return out
+
+
+def package_changes(start: dict[str, str], end: dict[str, str]) -> dict[str, str]:
+    """What the cell installed or changed: packages at the end that are new or differ."""
+    return {n: v for n, v in sorted(end.items()) if start.get(n) != v}
+
+
+def image_stamp(environment_log: str) -> dict:
+    """The `== image` section of environment.log: the base image's /etc/osgtest-image-release."""
+    m = re.search(r"^== image\n(.*?)(?:\n== |\Z)", environment_log, re.S | re.M)
+    if not m:
+        return {}
+    out = {}
+    for line in m[1].splitlines():
+        k, sep, v = line.partition("=")
+        if sep and re.fullmatch(r"[a-z_]+", k):
+            out[k] = v.strip()
+    return out
+
+
+# ------------------------------------------------------------------------------ job events
+@dataclass
+class JobEvents:
+    hosts: list[str] = field(default_factory=list)
+    holds: list[str] = field(default_factory=list)
+    aborted: bool = False
+    timed_out: bool = False
+    starts: int = 0
+
+
+def _host_of(event) -> str | None:
+    slot = event.get("SlotName") if hasattr(event, "get") else None
+    if slot and "@" in str(slot):
+        return str(slot).split("@", 1)[1]
+    addr = str(event.get("ExecuteHost") or "")
+    m = re.search(r"alias=([^&>]+)", addr)
+    if m:
+        return m[1]
+    m = re.match(r"<([^:>?]+)", addr)
+    return m[1] if m else None
+
+
+def read_job_log(path: Path) -> dict[str, JobEvents]:
+    """The run's HTCondor job log -> events per DAG node (TestRun007 ...)."""
+    out: dict[str, JobEvents] = {}
+    if not path.is_file():
+        return out
+    try:
+        import htcondor2
+        jel = htcondor2.JobEventLog(str(path))
+        node_of: dict[tuple[int, int], str] = {}
+        for ev in jel.events(stop_after=0):
+            key = (ev.cluster, ev.proc)
+            t = int(ev.type)
+            if t == 0:           # submit: DAGMan notes the node name
+                notes = str(ev.get("LogNotes") or "")
+                m = re.search(r"DAG Node: (\S+)", notes)
+                if m:
+                    node_of[key] = m[1]
+                continue
+            node = node_of.get(key)
+            if node is None:
+                continue
+            je = out.setdefault(node, JobEvents())
+            if t == 1:           # execute
+                je.starts += 1
+                h = _host_of(ev)
+                if h:
+                    je.hosts.append(h)
+            elif t == 12:        # held
+                reason = str(ev.get("HoldReason") or "held")
+                je.holds.append(reason)
+                if "ran longer than" in reason:
+                    je.timed_out = True
+            elif t == 9:         # aborted
+                je.aborted = True
+    except Exception as e:  # a damaged log must not stop the analysis
+        log.warning("cannot read the job log %s: %s", path, e)
+    return out
+
+
+# ------------------------------------------------------------------------------ one cell
+@dataclass(frozen=True)
+class AnalysisOptions:
+    known: KnownFailures = field(default_factory=KnownFailures)
+    tags: ComponentTags = field(default_factory=ComponentTags)
+    run_date: dt.date | None = None
+
+
+def _osgtest_logs(out_dir: Path) -> list[tuple[str, Path]]:
+    """(phase, path) of the osg-test logs of a cell's output, test phase first."""
+    found = []
+    for name in sorted(p.name for p in out_dir.glob("osg-test*.log")):
+        found.append(("test", out_dir / name))
+    for phase in ("test", "update"):
+        p = out_dir / f"{phase}.log"
+        if p.is_file() and not p.is_symlink():
+            try:
+                head = _read_text(p, LOG_READ_CAP)
+            except OSError:
+                continue
+            if osgtest_log.looks_like_osgtest(head):
+                found.append((phase, p))
+    return found
+
+
+def platform_json(p: dict) -> dict:
+    return {"id": p.get("id"), "name": p.get("name") or p.get("id"), "os": p.get("os"),
+            "family": p.get("family"), "distro": p.get("distro"), "major": p.get("major"),
+            "arch": p.get("arch")}
+
+
+def source_display(s: dict) -> str:
+    """The readable source, as sources.Source.display() writes it."""
+    from osgtest_dag.plan.sources import Source, TestSource
+    ts = s.get("test_source")
+    test_source = TestSource(*ts.split(":", 1)) if isinstance(ts, str) and ":" in ts else None
+    try:
+        return Source(raw=s.get("raw", ""), test_source=test_source, series=s.get("series") or "?",
+                      repos=tuple(s.get("repos") or ()), update_series=s.get("update_series"),
+                      update_repos=tuple(s.get("update_repos") or ())).display()
+    except (TypeError, ValueError):
+        return str(s.get("raw", "?"))
+
+
+def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
+                 job_events: dict[str, JobEvents] | None = None,
+                 passing: dict | None = None) -> dict:
+    """One cell's entry of results.json."""
+    serial = cfg["serial"]
+    d = run_dir / "cells" / serial
+    out_dir = d / "output"
+    plat = platform_json(cfg.get("platform") or {})
+    src = cfg.get("source") or {}
+    cell: dict = {
+        "serial": serial, "platform": plat,
+        "source": {"raw": src.get("raw", ""), "display": source_display(src)},
+        "label": cfg.get("label", ""), "packages": list(cfg.get("packages") or ()),
+        "outcome": Outcome.MISSING.value, "reason": "", "guest_status": None, "exit_code": None,
+        "counts": None, "failures": [], "bad_skips": [], "ok_skips_by_tag": {},
+        "durations": {}, "started": None, "finished": None, "host": None, "image": None,
+        "image_digest": None, "package_versions": {}, "packages_installed": {},
+        "attempts": 0, "attempt_history": [], "timeout": None, "yum_timeout": False,
+        "extraction": None, "logs": {"dir": None, "main": None, "files": []},
+        "tests": [], "phases": [],
+    }
+
+    post, _ = _read_json(d / "post-vm.json")
+    post = tuple(x for x in post if isinstance(x, dict)) if isinstance(post, list) else ()
+    cell["attempt_history"] = [{k: p.get(k) for k in ("attempt", "verdict", "reason", "job_exit", "time")}
+                               for p in post]
+    local = read_vm_records(d / VM_RECORDS)
+    je = (job_events or {}).get(f"TestRun{serial}")
+    vm_timed_out = any(r.get("timed_out") for r in local) or bool(je and je.timed_out)
+    job_reason = None
+    if je and je.holds:
+        job_reason = f"VM job held: {je.holds[-1]}"
+    elif je and je.aborted:
+        job_reason = "VM job removed"
+    elif local and local[-1].get("timed_out"):
+        job_reason = f"the VM was killed at its time limit (start {local[-1].get('starts')})"
+    cell["attempts"] = max(len(post), len(local), je.starts if je else 0)
+    if je and je.hosts:
+        cell["host"] = je.hosts[-1]
+
+    extraction, _ = _read_json(d / "extraction.json")
+    extraction_error = None
+    if isinstance(extraction, dict):
+        cell["extraction"] = _extraction_summary(extraction)
+        if not extraction.get("ok", True):
+            extraction_error = extraction.get("error") or "extraction failed"
+
+    guest, guest_error = (None, None)
+    if out_dir.is_dir():
+        cell["logs"]["dir"] = f"cells/{serial}/output"
+        files = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.is_symlink())
+        cell["logs"]["files"] = files[:200]
+        guest, guest_error = _read_json(out_dir / "result.json")
+        if guest is not None and not isinstance(guest, dict):
+            guest, guest_error = None, "not a JSON object"
+    if isinstance(guest, dict):
+        cell["guest_status"] = guest.get("status")
+        cell["exit_code"] = guest.get("exit_code")
+        cell["durations"] = durations(guest)
+        cell["phases"] = [{"name": str(ph.get("name")), "status": ph.get("status"),
+                           "exit_code": ph.get("exit_code")}
+                          for ph in guest.get("phases") or () if isinstance(ph, dict)]
+        cell["started"], cell["finished"] = guest.get("started"), guest.get("finished")
+
+    # The osg-test log(s).
+    log_outcome = log_reason = None
+    run_date = opts.run_date
+    if isinstance(guest, dict):
+        started = _parse_time(guest.get("started"))
+        run_date = started.date() if started else run_date
+    ctx = FailureContext(test="", module=None, platform=plat["id"] or "", os=plat["os"] or "",
+                         source=cell["source"]["raw"], label=cell["label"], date=run_date)
+    if out_dir.is_dir():
+        logs = _osgtest_logs(out_dir)
+        for phase, path in logs:
+            try:
+                parsed = osgtest_log.parse(_read_text(path, LOG_READ_CAP), str(path))
+            except OSError as e:
+                log.warning("cell %s: cannot read %s: %s", serial, path, e)
+                continue
+            cls = osgtest_log.classify(parsed, known=opts.known, tags=opts.tags, context=ctx)
+            rel = f"cells/{serial}/output/{path.name}"
+            for f in cls.failures:
+                entry = f.to_json()
+                entry.update(phase=phase, log=rel)
+                (cell["bad_skips"] if f.kind == "BADSKIP" else cell["failures"]).append(entry)
+            if log_outcome is None:     # the test phase's run decides; the update run adds
+                log_outcome, log_reason = cls.outcome, cls.reason
+                cell["counts"] = parsed.counts()
+                cell["tests"] = _tests(parsed)
+                cell["ok_skips_by_tag"] = cls.ok_skips_by_tag
+                cell["logs"]["main"] = rel
+                cell["yum_timeout"] = parsed.yum_timeout
+                if parsed.alarm is not None:
+                    cell["timeout"] = {"test": str(parsed.alarm.test) if parsed.alarm.test else None,
+                                       "at": parsed.alarm.time}
+            elif cls.outcome > Outcome.PASS and phase == "update":
+                log_reason = f"{log_reason}; after the update: {cls.reason}"
+            if passing is not None:
+                _collect_passing(parsed, ctx, passing)
+        if cell["logs"]["main"] is None:
+            for name in ("test.log", "update.log", "install.log", "console-hook.log"):
+                if (out_dir / name).is_file():
+                    cell["logs"]["main"] = f"cells/{serial}/output/{name}"
+                    break
+        cell.update(_packages(out_dir, cell["packages"]))
+        try:
+            stamp = image_stamp(_read_text(out_dir / "environment.log", 1 << 20))
+        except OSError:
+            stamp = {}
+        if stamp:
+            cell["image"] = stamp
+            cell["image_digest"] = stamp.get("inputs_hash")
+
+    outcome, reason = derive(Evidence(
+        guest=guest if isinstance(guest, dict) else None, guest_error=guest_error,
+        log_outcome=log_outcome, log_reason=log_reason, post_vm=post,
+        vm_timed_out=vm_timed_out, job_reason=job_reason, extraction_error=extraction_error))
+    cell["outcome"], cell["reason"] = outcome.value, reason
+    if cell["counts"] is None:
+        cell["counts"] = {"run": 0, "ok": 0, "failed": 0, "error": 0, "bad_skips": 0,
+                          "ok_skips": 0, "timeouts": 0}
+    if cell["logs"]["main"] is None and d.is_dir():
+        cell["logs"]["dir"] = cell["logs"]["dir"] or f"cells/{serial}"
+    return cell
+
+
+def _tests(parsed) -> list[list]:
+    """Every test of the run, compact: [module, class, name, status] (+ the reason of a skip)."""
+    reasons = {str(s.test): s.reason for s in (*parsed.ok_skips, *parsed.bad_skips)}
+    out = []
+    for t in parsed.tests:
+        row = [t.test.module, t.test.cls, t.test.name, t.status]
+        if t.status in ("okskip", "BADSKIP") and str(t.test) in reasons:
+            row.append(reasons[str(t.test)])
+        out.append(row)
+    return out
+
+
+def _collect_passing(parsed, ctx: FailureContext, passing: dict) -> None:
+    pattern = passing.get("__pattern__")
+    if pattern is None:
+        return
+    for t in parsed.tests:
+        if t.status == "ok" and pattern.match(t.test.name):
+            passing.setdefault((t.test.name, t.test.module), []).append(
+                FailureContext(test=t.test.name, module=t.test.module, platform=ctx.platform,
+                               os=ctx.os, source=ctx.source, label=ctx.label,
+                               date=parsed.date or ctx.date))
+
+
+def _packages(out_dir: Path, package_set: list[str]) -> dict:
+    lists = {}
+    for which in ("start", "end"):
+        p = out_dir / f"packages-{which}.txt"
+        if p.is_file() and not p.is_symlink():
+            try:
+                lists[which] = parse_package_list(_read_text(p, PACKAGE_LIST_CAP))
+            except OSError:
+                pass
+    end = lists.get("end") or {}
+    start = lists.get("start") or {}
+    wanted = {}
+    for name in package_set:
+        for key in (name, *(f"{name}.{arch}" for arch in ARCHES)):
+            if key in end:
+                wanted[key] = end[key]
+    return {"package_versions": wanted,
+            "packages_installed": package_changes(start, end) if "end" in lists else {}}
+
+
+def _extraction_summary(rep: dict) -> dict:
+    keep = ("ok", "error", "files", "bytes", "dirs", "skipped_count", "skipped_by_kind",
+            "renamed_count", "seconds")
+    out = {k: rep.get(k) for k in keep if k in rep}
+    out["skipped"] = (rep.get("skipped") or [])[:20]
+    return out
+
+
+# ------------------------------------------------------------------------------ the run
+def _group_key(cell: dict, by: str) -> str:
+    if by == "os":
+        return cell["platform"]["os"] or "?"
+    if by == "platform":
+        return cell["platform"]["id"] or "?"
+    if by == "package_set":
+        return cell["label"] or "?"
+    if by == "source":
+        return cell["source"]["raw"] or "?"
+    raise ValueError(by)
+
+
+def platform_sort_key(p: dict) -> list:
+    """Family, then version numerically (EL 8 before EL 10), then distro and arch."""
+    major = p.get("major")
+    try:
+        major_n = int(major)
+    except (TypeError, ValueError):
+        major_n = 1 << 30
+    return [p.get("family") or "", major_n, p.get("distro") or "", p.get("arch") or "", p.get("id") or ""]
+
+
+def _os_name(p: dict) -> str:
+    name = p.get("name") or p.get("os") or "?"
+    return re.sub(r"\s*\([^)]*\)$", "", name)      # "Rocky 9 (x86_64)" -> "Rocky 9"
+
+
+def summarize(cells: list[dict]) -> dict:
+    """Counts by outcome, and per OS / package set / source / platform, each by outcome."""
+    zero = {o.value: 0 for o in ORDERED}
+    counts = {"by_outcome": dict(zero)}
+    for c in cells:
+        counts["by_outcome"][c["outcome"]] += 1
+    for by in ("os", "package_set", "source", "platform"):
+        groups: dict[str, dict] = {}
+        for c in cells:
+            key = _group_key(c, by)
+            g = groups.setdefault(key, {"key": key, "counts": dict(zero), "cells": 0})
+            g["counts"][c["outcome"]] += 1
+            g["cells"] += 1
+            if by in ("os", "platform"):
+                g["name"] = _os_name(c["platform"]) if by == "os" else c["platform"]["name"]
+                g["sort"] = platform_sort_key(c["platform"])
+            elif by == "source":
+                g["name"] = c["source"]["display"]
+            else:
+                g["name"] = key
+        for g in groups.values():
+            g["worst"] = Outcome.worst((Outcome(o) for o, n in g["counts"].items() if n),
+                                       Outcome.PASS).value
+        ordered = sorted(groups.values(), key=lambda g: g.get("sort") or [g["key"]])
+        counts[f"by_{by}"] = ordered
+    return counts
+
+
+def default_inputs(run_dir: Path) -> tuple[list[Path], Path | None]:
+    kf = [run_dir / n for n in DEFAULT_KNOWN_FAILURES if (run_dir / n).is_file()]
+    tags = next((run_dir / n for n in DEFAULT_COMPONENT_TAGS if (run_dir / n).is_file()), None)
+    return kf, tags
+
+
+def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | None = None,
+                component_tags: Path | str | None = None, write: bool = True,
+                today: dt.date | None = None) -> dict:
+    """Build (and by default write, atomically) RUN_DIR/results.json; return the document.
+
+    `known_failures`: files in the reference or extended format (default: known-failures.yaml
+    or test-exceptions.yaml in the run directory, if there). `component_tags`: the tags file
+    (default: component-tags.yaml in the run directory, if there).
+    """
+    from osgtest_dag.generate.workflow import load_manifest
+    t0 = time.monotonic()
+    run_dir = Path(run_dir)
+    manifest = load_manifest(run_dir)
+    d_kf, d_tags = default_inputs(run_dir)
+    kf_files = list(known_failures) if known_failures is not None else d_kf
+    known = load_known_failures(kf_files)
+    tags = load_component_tags(component_tags if component_tags is not None else d_tags)
+    generated = _parse_time(manifest.get("generated"))
+    opts = AnalysisOptions(known=known, tags=tags, run_date=generated.date() if generated else None)
+    job_events = read_job_log(run_dir / "logs" / "jobs.log")
+    passing: dict = {}
+    if known.entries:
+        passing["__pattern__"] = re.compile("|".join(f"(?:{fnmatch.translate(e.test)})"
+                                                     for e in known.entries))
+    try:
+        configs = list(cellconfig.iter_cells(run_dir))
+    except FileNotFoundError:
+        raise UserError("not a run directory (no cells.jsonl)", where=run_dir) from None
+    cells = [analyze_cell(run_dir, cfg, opts, job_events, passing) for cfg in configs]
+    cells.sort(key=lambda c: c["serial"])
+    passing.pop("__pattern__", None)
+    today = today or dt.date.today()
+    warnings = review(known, today, passing) if known.entries else []
+    counts = summarize(cells)
+    worst = Outcome.worst((Outcome(c["outcome"]) for c in cells), Outcome.PASS)
+    doc = {
+        "schema": SCHEMA, "version": VERSION,
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "tool_version": __version__,
+        "run": {"name": manifest.get("run_name") or run_dir.resolve().name,
+                "dir": str(run_dir.resolve()), "generated": manifest.get("generated"),
+                "cells": len(cells), "param_files": manifest.get("param_files", [])},
+        "outcomes": [{"name": o.value, "severity": o.severity, "description": o.description,
+                      "acceptable": o.acceptable} for o in ORDERED],
+        "worst": worst.value,
+        "counts": counts,
+        "known_failures": {"files": list(known.files), "entries": len(known.entries),
+                           "warnings": warnings},
+        "component_tags": tags.file,
+        "cells": cells,
+    }
+    if write:
+        write_json_atomic(run_dir / RESULTS_FILE, doc)
+    log.info("analyzed %d cells of %s in %.2f s: %s", len(cells), run_dir, time.monotonic() - t0,
+             ", ".join(f"{k} {v}" for k, v in counts["by_outcome"].items() if v))
+    return doc
+
+
+def load_results(path: Path | str) -> dict:
+    """Read a results.json (or the one of a run directory), checking its schema and version."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError("no results.json", where=path,
+                        hint="run `osgtest-dag analyze RUN_DIR` first") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read results: {e}", where=path) from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise UserError(f"not an {SCHEMA} document", where=path)
+    if doc.get("version") != VERSION:
+        raise UserError(f"results.json version {doc.get('version')!r}; this tool reads version {VERSION}",
+                        where=path, hint="re-run `osgtest-dag analyze` with this version")
+    return doc

@@ -1,0 +1,81 @@
+"""The one wrapper through which every external command runs.
+
+It logs the command line, captures output, enforces an optional time-out and turns every
+failure into `CommandError`, so callers never see a bare `subprocess` exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from osgtest_dag.base.errors import CommandError
+
+log = logging.getLogger("osgtest_dag.base.command")
+
+
+def _merged_env(env: Mapping[str, str] | None) -> dict | None:
+    """`env` added to the current environment (None: inherit it unchanged)."""
+    return {**os.environ, **env} if env else None
+
+
+def run(argv: Sequence[str | os.PathLike], *, check: bool = True, timeout: float | None = None,
+        env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
+        input: str | bytes | None = None, capture: bool = True,
+        ) -> subprocess.CompletedProcess:
+    """Run `argv`; raise CommandError on failure when `check` (the default).
+
+    `env` is added to the current environment, not a replacement for it.
+    Output is captured as text (stdout and stderr separately) unless `capture` is false.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("run: %s", shlex.join(args))
+    full_env = _merged_env(env)
+    text = not isinstance(input, bytes)
+    try:
+        proc = subprocess.run(args, check=False, timeout=timeout, env=full_env, cwd=cwd,
+                              input=input, text=text,
+                              stdout=subprocess.PIPE if capture else None,
+                              stderr=subprocess.PIPE if capture else None)
+    except FileNotFoundError as e:
+        raise CommandError(args, None, reason=f"not found ({e.strerror}); run `make setup`") from None
+    except subprocess.TimeoutExpired as e:
+        out = e.output or b""
+        out = out.decode(errors="replace") if isinstance(out, bytes) else out
+        raise CommandError(args, None, out, reason=f"timed out after {timeout:g} s") from None
+    if check and proc.returncode != 0:
+        out = (proc.stderr or "") + (proc.stdout or "") if capture else ""
+        if isinstance(out, bytes):
+            out = out.decode(errors="replace")
+        raise CommandError(args, proc.returncode, out)
+    return proc
+
+
+def which(name: str) -> Path | None:
+    """Find a program on PATH (also /usr/sbin and /sbin, where Debian puts mkfs and friends)."""
+    path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin"
+    found = shutil.which(name, path=path)
+    return Path(found) if found else None
+
+
+def spawn(argv: Sequence[str | os.PathLike], *, stdout=None, stderr=None,
+          cwd: str | os.PathLike | None = None,
+          env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start `argv` in the background in its own session (process group), for long-lived
+    children such as a VM that the caller waits on and may have to kill as a group.
+
+    `env` is added to the current environment. A missing program is a CommandError.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("spawn: %s", shlex.join(args))
+    full_env = _merged_env(env)
+    try:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                cwd=cwd, env=full_env, start_new_session=True)
+    except FileNotFoundError as e:
+        raise CommandError(args, None, reason=f"not found ({e.strerror}); run `make setup`") from None

@@ -1,0 +1,232 @@
+"""`osgtest-dag submit|status|watch|rerun|schedule|nightly|cleanup|hosts`: HTCondor
+operations on run directories (core: condor.py, runs.py, hosts.py, schedule.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+RUN_DIR = click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+SCHEDD = click.option("--schedd", default=None, metavar="NAME", help="Submit to this schedd (by name).")
+POOL = click.option("--pool", default=None, metavar="HOST[:PORT]", help="The pool's collector (default: this host's configuration).")
+TEST_POOL = click.option("--test-pool", is_flag=True,
+                         help="Submit to the osgtest-dag test pool on this machine (`osgtest-dag pool up`).")
+
+
+def _submit_options(batch_name="", maxjobs=None, maxidle=None, append=(), schedd=None, pool=None,
+                    dagman=None, test_pool=False):
+    from osgtest_dag.engine.condor.condor import SubmitOptions
+    opts = SubmitOptions(batch_name=batch_name or "", maxjobs=maxjobs, maxidle=maxidle,
+                         append=tuple(append), schedd=schedd, pool=pool, dagman=dagman)
+    if test_pool:
+        from osgtest_dag.devpool import pool as poolmod
+        opts = poolmod.submit_options(opts)
+    return opts
+
+
+def register(group: click.Group) -> None:
+    for cmd in (submit, status, watch, rerun, schedule, nightly, cleanup, hosts):
+        group.add_command(cmd)
+
+
+@click.command()
+@RUN_DIR
+@click.option("--batch-name", default="", help="HTCondor batch name (default: the run's).")
+@click.option("--maxjobs", type=click.IntRange(0), default=None, help="DAGMan -maxjobs.")
+@click.option("--maxidle", type=click.IntRange(0), default=None, help="DAGMan -maxidle.")
+@click.option("--append", "append", multiple=True, metavar="CMD",
+              help="Submit command for the DAGMan job, e.g. 'accounting_group = ops' (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Write the DAGMan submit file and show it; submit nothing.")
+@SCHEDD
+@POOL
+@click.option("--dagman", default=None, metavar="PATH",
+              help="condor_dagman on the schedd's host (default: PATH's, else /usr/bin/condor_dagman).")
+@TEST_POOL
+def submit(run_dir, batch_name, maxjobs, maxidle, append, dry_run, schedd, pool, dagman, test_pool):
+    """Submit a run directory's workflow DAG (the same as `condor_submit_dag workflow.dag`)."""
+    from osgtest_dag.engine.condor.condor import submit_run
+    opts = _submit_options(batch_name, maxjobs, maxidle, append, schedd, pool, dagman, test_pool)
+    if test_pool and not dry_run:
+        from osgtest_dag.devpool import pool as poolmod
+        poolmod.prepare_run_dir(run_dir)
+    rep = submit_run(run_dir, opts, dry_run=dry_run)
+    if dry_run:
+        click.echo(f"# would submit {rep.submit_file}:")
+        click.echo(rep.description, nl=False)
+        return
+    click.echo(f"submitted {run_dir}: DAGMan job {rep.cluster} ({rep.schedd}); "
+               f"follow it with `osgtest-dag watch {run_dir}`")
+
+
+@click.command()
+@RUN_DIR
+@JSON
+def status(run_dir, as_json):
+    """Progress of a run: cells by state, held jobs, retries, elapsed time."""
+    from osgtest_dag.engine.condor.condor import format_progress, progress
+    p = progress(run_dir)
+    if as_json:
+        click.echo(json.dumps(p.to_json(), indent=1))
+    else:
+        click.echo(format_progress(p), nl=False)
+
+
+@click.command()
+@RUN_DIR
+@click.option("--interval", type=click.FloatRange(0.1), default=5.0, show_default=True, help="Seconds between looks.")
+@click.option("--timeout", type=click.FloatRange(0), default=None, help="Give up after this many seconds.")
+@click.pass_context
+def watch(ctx, run_dir, interval, timeout):
+    """Follow a run until its DAG ends (a progress bar; plain lines when not a terminal).
+    Exits 0 when the DAG succeeded, 1 when it failed, 3 on --timeout."""
+    from osgtest_dag.engine.condor.condor import watch as do_watch
+    p = do_watch(run_dir, interval=interval, timeout=timeout, out=sys.stdout)
+    if not p.finished:
+        ctx.exit(3)
+    ctx.exit(0 if p.dag_state == "done" else 1)
+
+
+@click.command()
+@RUN_DIR
+@click.option("-o", "--output", "new_run", required=True, type=click.Path(path_type=Path),
+              help="The new run directory.")
+@click.option("--failed", "failed_only", is_flag=True,
+              help="Only product failures (fail, install, update, timeout); default: every cell not passed.")
+@click.option("--outcome", "outcomes", multiple=True,
+              type=click.Choice(["pass", "fail", "install", "update", "timeout", "infra", "missing"]),
+              help="Exactly these outcomes (repeatable).")
+@click.option("--only", "only", multiple=True, metavar="KEY=GLOB", help="Further select cells (as generate).")
+@click.option("--catalog", "catalogs", multiple=True, type=click.Path(path_type=Path),
+              help="The catalog files the original run was generated with.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+def rerun(run_dir, new_run, failed_only, outcomes, only, catalogs, force):
+    """A new run of some cells of RUN_DIR, from the same pinned inputs (serials kept)."""
+    from osgtest_dag.ops.runs import rerun as do_rerun
+    plan = do_rerun(run_dir, new_run, failed_only=failed_only, only=only, outcomes=outcomes or None,
+                    catalogs=catalogs, force=force)
+    click.echo(f"wrote {new_run}: {len(plan.selected)} cell(s) of {run_dir} "
+               f"({', '.join(f'{s}:{plan.outcomes.get(s)}' for s in plan.selected)})")
+
+
+@click.group()
+def schedule():
+    """The daily schedule (systemd timer, or cron)."""
+
+
+@schedule.command("install")
+@click.option("--at", "at", default="04:23", show_default=True, help="Time of day (HH:MM).")
+@click.option("--params", type=click.Path(path_type=Path), required=True, help="Parameter files (directory).")
+@click.option("--runs-root", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Where dated run directories go.")
+@click.option("--unit-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where to write the units (default: /etc/systemd/system as root, else ~/.config/systemd/user).")
+@click.option("--tool", default=None, help="osgtest-dag executable (default: this one).")
+@click.option("--nightly-arg", "extra", multiple=True, metavar="ARG", help="Extra argument for `nightly` (repeatable).")
+def schedule_install(at, params, runs_root, unit_dir, tool, extra):
+    """Write a systemd service + timer running `osgtest-dag nightly`; print the cron line."""
+    from osgtest_dag.ops import schedule as sch
+    from osgtest_dag.generate.workflow import default_tool
+    s = sch.Schedule(at=sch.parse_time(at), params=params.resolve(), runs_root=runs_root.resolve(),
+                     tool=tool or default_tool(), unit_dir=(unit_dir or sch.default_unit_dir()).resolve(),
+                     extra_args=tuple(extra))
+    r = sch.install(s)
+    click.echo(f"wrote {r['service']}\nwrote {r['timer']}\nenable with:\n  " + "\n  ".join(r["enable"]))
+    click.echo(f"or, with cron (crontab -e):\n  {r['cron']}")
+
+
+@click.command()
+@click.option("--params", "params", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Parameter files or directories.")
+@click.option("--runs-root", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--catalog", "catalogs", multiple=True, type=click.Path(path_type=Path))
+@click.option("--image-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--excluded-hosts", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Excluded-hosts file (default: ~/.config/osgtest-dag/excluded-hosts.yaml).")
+@click.option("--no-submit", is_flag=True, help="Generate only.")
+@SCHEDD
+@POOL
+@TEST_POOL
+def nightly(params, runs_root, catalogs, image_dir, excluded_hosts, no_submit, schedd, pool, test_pool):
+    """Create a dated run directory under RUNS_ROOT, generate the matrix into it, submit it."""
+    from osgtest_dag.ops.runs import nightly as do_nightly
+    opts = _submit_options(schedd=schedd, pool=pool, test_pool=test_pool)
+    if test_pool and not no_submit:
+        from osgtest_dag.devpool import pool as poolmod
+        res = do_nightly(params, runs_root, catalogs=catalogs, image_dir=image_dir,
+                         excluded_hosts_file=excluded_hosts, submit=False)
+        poolmod.prepare_run_dir(Path(res["run_dir"]))
+        from osgtest_dag.engine.condor.condor import submit_run
+        res["cluster"] = submit_run(Path(res["run_dir"]), opts).cluster
+    else:
+        res = do_nightly(params, runs_root, catalogs=catalogs, image_dir=image_dir,
+                         excluded_hosts_file=excluded_hosts, submit_opts=opts, submit=not no_submit)
+    msg = f"nightly: {res['run_dir']}: {res['cells']} cells"
+    if res.get("excluded_hosts"):
+        msg += f", excluding {', '.join(res['excluded_hosts'])}"
+    if res.get("cluster") is not None:
+        msg += f"; DAGMan job {res['cluster']}"
+    click.echo(msg)
+
+
+@click.command()
+@click.argument("runs_root", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--keep-at-least", type=click.IntRange(0), required=True, help="Never fewer runs than this.")
+@click.option("--max-usage", type=click.FloatRange(0, 100, min_open=True), required=True,
+              help="Delete the oldest runs until the filesystem is under this usage (percent).")
+@click.option("--yes", is_flag=True, help="Really delete (default: only show what would go).")
+@JSON
+def cleanup(runs_root, keep_at_least, max_usage, yes, as_json):
+    """Delete the oldest run directories (by run.json time) to keep the disk under a limit."""
+    from osgtest_dag.ops.runs import cleanup as do_cleanup
+    plan = do_cleanup(runs_root, keep_at_least=keep_at_least, max_usage=max_usage, yes=yes)
+    if as_json:
+        click.echo(json.dumps({"usage_before": plan.usage_before, "usage_after": plan.usage_after,
+                               "limit": plan.limit, "done": plan.done,
+                               "delete": [str(r.path) for r in plan.delete],
+                               "keep": [str(r.path) for r in plan.keep],
+                               "skipped_active": [str(r.path) for r in plan.skipped_active]}, indent=1))
+        return
+    verb = "deleted" if yes else "would delete"
+    for r in plan.delete:
+        click.echo(f"{verb} {r.path} (generated {r.generated}, {r.size / 1e6:.1f} MB)")
+    for r in plan.skipped_active:
+        click.echo(f"kept {r.path}: its DAG is running")
+    click.echo(f"usage {plan.usage_before:.1f}% -> {plan.usage_after:.1f}% "
+               f"({'measured' if yes else 'predicted'}; limit {plan.limit:g}%), {len(plan.keep)} run(s) kept"
+               + ("" if yes or not plan.delete else "; pass --yes to delete"))
+
+
+@click.command()
+@click.argument("runs_root", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--last", type=click.IntRange(0), default=10, show_default=True, help="Runs to look at (0: all).")
+@JSON
+@click.option("--exclude-above", type=click.FloatRange(0, 1), default=None, metavar="RATE",
+              help="Add hosts whose failure rate exceeds RATE (0-1) to the excluded-hosts file.")
+@click.option("--min-jobs", type=click.IntRange(1), default=2, show_default=True,
+              help="With --exclude-above: only hosts with at least this many VM jobs.")
+@click.option("--days", type=click.FloatRange(0, min_open=True), default=7, show_default=True,
+              help="With --exclude-above: the exclusion expires after this many days.")
+@click.option("--excluded-hosts", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Excluded-hosts file (default: ~/.config/osgtest-dag/excluded-hosts.yaml).")
+def hosts(runs_root, last, as_json, exclude_above, min_jobs, days, excluded_hosts):
+    """Per-host VM-job failures over the last runs; optionally exclude the failing hosts."""
+    from osgtest_dag.ops import hosts as h
+    rep = h.host_report(runs_root, last=last)
+    if exclude_above is not None:
+        bad = [x["host"] for x in rep["hosts"] if x["jobs"] >= min_jobs and x["failure_rate"] > exclude_above
+               and x["host"] not in ("unknown", h.NO_HOST)]
+        if bad:
+            h.exclude_hosts(excluded_hosts, bad, days=days,
+                            reason=f"failure rate above {exclude_above:.0%} over {len(rep['runs'])} run(s)")
+        rep["excluded"] = bad
+    if as_json:
+        click.echo(json.dumps(rep, indent=1))
+        return
+    click.echo(h.format_report(rep), nl=False)
+    if rep.get("excluded"):
+        click.echo(f"excluded for {days:g} days: {', '.join(rep['excluded'])} "
+                   f"({excluded_hosts or h.default_excluded_hosts_file()})")

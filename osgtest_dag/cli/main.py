@@ -1,0 +1,210 @@
+"""The `osgtest-dag` command line: a thin layer of click commands over the core modules.
+
+Every command's work is a function you can call from Python; here we only parse options,
+call it and print. User errors exit 2 with `file:line: error: ...` and a hint, no traceback
+unless --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from osgtest_dag import __version__
+from osgtest_dag.base.errors import CommandError, OsgtestDagError, UserError
+
+log = logging.getLogger("osgtest_dag")
+
+PARAMS = click.argument("params", nargs=-1, required=True, type=click.Path(path_type=Path))
+ONLY = click.option("--only", "only", multiple=True, metavar="KEY=GLOB",
+                    help="Select cells: serial, platform, os, arch, family, source, series, label, "
+                         "package. Repeat for more (same key: any; different keys: all).")
+CATALOG = click.option("--catalog", "catalogs", multiple=True, type=click.Path(path_type=Path),
+                       help="Extra platform/repository catalog (YAML) overriding the shipped one.")
+IMAGE_DIR = click.option("--image-dir", type=click.Path(path_type=Path), default=None,
+                         help="Where base images live (default: $OSGTEST_DAG_IMAGES or ~/.cache/osgtest-dag/images).")
+
+
+class _Group(click.Group):
+    """Turns our errors into messages and exit codes."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OsgtestDagError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"osgtest-dag: {e}", err=True)
+            if isinstance(e, CommandError):
+                click.echo("  (run with --debug for details)", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="osgtest-dag")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress.")
+@click.pass_context
+def main(ctx, debug: bool, verbose: bool):
+    """Test packages across Linux platforms in HTCondor's VM universe.
+
+    Parameter files (platforms x sources x package sets) become a test matrix, the matrix an
+    HTCondor workflow, which runs on a pool (DAGMan) or on this machine (local executor).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _matrix(params, catalogs, image_dir, only=()):
+    from osgtest_dag.plan import matrix
+    from osgtest_dag.plan.catalog import Catalog
+    catalog = Catalog.load(catalogs, image_dir=image_dir)
+    m = matrix.build(params, catalog)
+    cells = matrix.select(m.cells, matrix.parse_only(only))
+    return catalog, m, cells
+
+
+@main.command()
+@PARAMS
+@CATALOG
+def lint(params, catalogs):
+    """Validate parameter files; exit 0 when they are good, 2 otherwise."""
+    _, m, cells = _matrix(params, catalogs, None)
+    click.echo(f"ok: {len(m.files)} parameter file(s), {len(cells)} cells")
+
+
+@main.command()
+@PARAMS
+@ONLY
+@CATALOG
+@IMAGE_DIR
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def plan(params, only, catalogs, image_dir, fmt):
+    """List the cells the parameter files make, and how many."""
+    _, m, cells = _matrix(params, catalogs, image_dir, only)
+    if fmt == "json":
+        click.echo(json.dumps([c.to_json() for c in cells], indent=1))
+        return
+    rows = [(c.serial, c.platform.id, c.source.raw, c.package_set.label) for c in cells]
+    head = ("SERIAL", "PLATFORM", "SOURCE", "PACKAGE SET")
+    widths = [max([len(head[i])] + [len(r[i]) for r in rows]) for i in range(3)]
+    out = [f"{head[0]:<{widths[0]}}  {head[1]:<{widths[1]}}  {head[2]:<{widths[2]}}  {head[3]}"]
+    out += [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
+    out.append(f"{len(cells)} cells from {len(m.files)} parameter file(s)")
+    click.echo("\n".join(out))
+
+
+@main.command()
+@PARAMS
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="The run directory to create.")
+@ONLY
+@CATALOG
+@IMAGE_DIR
+@click.option("--force", is_flag=True, help="Replace an existing run directory.")
+@click.option("--template-dir", type=click.Path(path_type=Path),
+              help="Directory whose *.sub.j2 templates override the shipped ones.")
+@click.option("--max-wall", type=click.IntRange(60), default=14400, show_default=True,
+              help="Seconds a VM may run before it is held (and, locally, killed).")
+@click.option("--max-starts", type=click.IntRange(1), default=3, show_default=True,
+              help="Job starts before a held VM job is removed.")
+@click.option("--max-queue-time", type=click.IntRange(60), default=43200, show_default=True,
+              help="Seconds a VM job may stay in the queue.")
+@click.option("--vm-retries", type=click.IntRange(0), default=2, show_default=True,
+              help="DAG retries of a VM node after an infrastructure failure.")
+@click.option("--local-io-maxjobs", type=click.IntRange(1), default=10, show_default=True,
+              help="Disk creation / extraction nodes at once (MAXJOBS LocalIO).")
+@click.option("--requirements", "extra_requirements", default=None,
+              help="Extra ClassAd requirements for the VM jobs.")
+@click.option("--exclude-host", "excluded_hosts", multiple=True, metavar="MACHINE",
+              help="Execute host the VM jobs must avoid (repeatable).")
+@click.option("--excluded-hosts", "excluded_hosts_file", type=click.Path(path_type=Path), default=None,
+              help="Excluded-hosts list with expiries (default: ~/.config/osgtest-dag/excluded-hosts.yaml, "
+                   "maintained by `osgtest-dag hosts`).")
+@click.option("--vm-type", type=click.Choice(["kvm", "xen"]), default="kvm", show_default=True)
+@click.option("--tool", default="", help="Path of osgtest-dag for the DAG's nodes (default: this one).")
+@click.option("--batch-name", default="", help="HTCondor batch name (default: the run directory's name).")
+@click.option("--nightly", is_flag=True, help="Mark the run as the nightly run.")
+def generate(params, run_dir, only, catalogs, image_dir, force, template_dir, max_wall, max_starts,
+             max_queue_time, vm_retries, local_io_maxjobs, extra_requirements, excluded_hosts,
+             excluded_hosts_file, vm_type, tool, batch_name, nightly):
+    """Write a self-contained run directory (DAGs, submit files, per-cell configuration)."""
+    from osgtest_dag.ops.hosts import active_excluded_hosts
+    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+    catalog, m, cells = _matrix(params, catalogs, image_dir, only)
+    if excluded_hosts_file and not excluded_hosts_file.is_file():
+        raise UserError("excluded-hosts file not found", where=excluded_hosts_file,
+                        hint="`osgtest-dag hosts RUNS_ROOT --exclude-above ...` writes one")
+    excluded_hosts = tuple(dict.fromkeys([*excluded_hosts, *active_excluded_hosts(excluded_hosts_file)]))
+    opts = WorkflowOptions(tool=tool, vm_type=vm_type, max_wall=max_wall, max_starts=max_starts,
+                           max_queue_time=max_queue_time, vm_retries=vm_retries,
+                           local_io_maxjobs=local_io_maxjobs, extra_requirements=extra_requirements,
+                           excluded_hosts=tuple(excluded_hosts),
+                           template_dir=str(template_dir) if template_dir else None,
+                           batch_name=batch_name, nightly=nightly)
+    write_run(run_dir, cells, catalog, opts, param_files=list(m.files), force=force)
+    click.echo(f"wrote {run_dir}: {len(cells)} cells; submit with "
+               f"`condor_submit_dag {run_dir}/workflow.dag` or run here with `osgtest-dag run {run_dir}`")
+
+
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def check(run_dir):
+    """Check a run directory: DAGs acyclic with their files present, submit files parse."""
+    from osgtest_dag.generate.workflow import check_run
+    c = check_run(run_dir)
+    click.echo(f"ok: {c['dags']} DAG(s), {c['nodes']} nodes, {c['submit_files']} submit files "
+               "accepted by HTCondor's parser")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--local", "local", is_flag=True, default=True,
+              help="Run on this machine with the embedded executor (the default; use "
+                   "`osgtest-dag submit` for an HTCondor pool).")
+@click.option("-j", "--jobs", type=click.IntRange(0), default=0,
+              help="VMs at once (default: what this machine's cores and memory hold).")
+@ONLY
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
+              help="qemu acceleration; auto probes KVM and falls back to TCG.")
+@click.option("--no-progress", is_flag=True, help="No live progress display.")
+def run(run_dir, local, jobs, only, accel, no_progress):
+    """Run a generated run directory on this machine (VMs under qemu), then report.
+
+    Interrupted (Ctrl-C, or a killed process), the same command resumes: finished nodes
+    are not run again.
+    """
+    from osgtest_dag.plan import matrix
+    from osgtest_dag.engine.local.localrun import run_local
+    r = run_local(run_dir, jobs=jobs, only=matrix.parse_only(only), accel=accel,
+                  progress=not no_progress)
+    if r.report:
+        click.echo(r.report.read_text(), nl=False)
+    html = Path(run_dir) / "report.html"
+    click.echo(f"{'finished' if r.ok else 'FAILED'} in {r.wall_s:.0f} s; run directory: {run_dir}"
+               + (f"; reports: {r.report}" if r.report else "")
+               + (f", {html}" if html.is_file() else ""))
+    if not r.ok:
+        raise SystemExit(1)
+
+
+def _register() -> None:
+    """Commands of the other stages, each in its own module (one place to see them all)."""
+    from osgtest_dag.cli import condor as cli_condor
+    from osgtest_dag.cli import guest as cli_guest
+    from osgtest_dag.cli import node as cli_node
+    from osgtest_dag.cli import pool as cli_pool
+    from osgtest_dag.cli import results as cli_results
+    for module in (cli_guest, cli_node, cli_results, cli_condor, cli_pool):
+        module.register(main)
+
+
+_register()

@@ -1,0 +1,95 @@
+"""`osgtest-dag node ACTION`: the commands the generated DAG's nodes run.
+
+Hidden from the main help: users don't call them, DAGMan and the local executor do. They work
+in the current directory, which is the run directory for every node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+RUN_DIR = click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=".",
+                       show_default=True, help="The run directory.")
+
+
+@click.group(hidden=True)
+def node():
+    """Work of the workflow's nodes (called by DAGMan and the local executor)."""
+
+
+@node.command("create-io-disk")
+@click.argument("serial")
+@click.option("--offset", type=int, default=None, help="Byte offset of the cell in cells.jsonl.")
+@RUN_DIR
+def create_io_disk(serial, offset, run_dir):
+    from osgtest_dag.nodes import node as n
+    click.echo(n.create_io_disk(run_dir, serial, offset))
+
+
+# $RETURN is negative for a job killed by a signal or removed (-1004): not an option.
+@node.command("post-vm", context_settings={"ignore_unknown_options": True})
+@click.argument("node_name")
+@click.argument("returncode", type=int)
+@click.argument("retry", type=int, default=0)
+@click.argument("max_retries", type=int, default=0)
+@RUN_DIR
+@click.pass_context
+def post_vm(ctx, node_name, returncode, retry, max_retries, run_dir):
+    from osgtest_dag.nodes import node as n
+    ctx.exit(n.post_vm(run_dir, node_name, returncode, retry, max_retries))
+
+
+@node.command("process-result")
+@click.argument("serial")
+@RUN_DIR
+def process_result(serial, run_dir):
+    from osgtest_dag.nodes import node as n
+    s = n.process_result(run_dir, serial)
+    click.echo(f"cell {serial}: {s['status']} (exit {s['exit_code']})")
+
+
+@node.command("clean-output")
+@click.argument("serial")
+@RUN_DIR
+def clean_output(serial, run_dir):
+    from osgtest_dag.nodes import node as n
+    for p in n.clean_output(run_dir, serial):
+        click.echo(f"removed {p}")
+
+
+@node.command("matrix-final")
+@RUN_DIR
+def matrix_final(run_dir):
+    from osgtest_dag.nodes import node as n
+    s = n.matrix_summary(run_dir)
+    click.echo(n.text_summary(s), nl=False)
+
+
+@node.command("analyze")
+@RUN_DIR
+def analyze(run_dir):
+    from osgtest_dag.nodes import node as n
+    doc = n.analyze(run_dir)
+    click.echo(f"results.json: {len(doc.get('cells', []))} cells")
+
+
+@node.command("report")
+@RUN_DIR
+def report(run_dir):
+    from osgtest_dag.nodes import node as n
+    written = n.report(run_dir)
+    click.echo(written["text"].read_text(), nl=False)
+    click.echo("wrote " + ", ".join(str(p) for p in written.values()))
+
+
+@node.command("publish")
+@RUN_DIR
+def publish(run_dir):
+    from osgtest_dag.nodes import node as n
+    click.echo("publish: " + n.publish(run_dir))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(node)

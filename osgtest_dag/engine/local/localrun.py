@@ -1,0 +1,71 @@
+"""`osgtest-dag run RUN_DIR`: a generated run directory, end to end on this machine.
+
+The same workflow.dag that DAGMan runs goes through the local executor: the matrix (disks,
+VMs, POST classification, extraction, clean-up, FINAL), then Analyze, Report and Publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from osgtest_dag.generate import cellconfig
+from osgtest_dag.engine.local import executor
+from osgtest_dag.plan import matrix
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.engine.local.progress import Progress
+from osgtest_dag.generate.workflow import LAYERS, load_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    ok: bool
+    wall_s: float
+    report: Path | None
+    summary: Path | None
+
+
+def excluded_nodes(run_dir: Path, only) -> frozenset:
+    """The matrix nodes of the cells `--only` leaves out."""
+    if not only:
+        return frozenset()
+    out = set()
+    selected = 0
+    for cfg in cellconfig.iter_cells(run_dir):
+        if matrix.matches(cellconfig.fields(cfg), only):
+            selected += 1
+        else:
+            out.update(f"{layer}{cfg['serial']}" for layer in LAYERS)
+    if not selected:
+        raise UserError("--only matched no cell of this run", where=run_dir,
+                        hint="`osgtest-dag plan` with the same --only shows what it selects")
+    return frozenset(out)
+
+
+def run_local(run_dir: Path, *, jobs: int = 0, only=(), accel: str | None = None,
+              progress: bool = True, stream=None) -> LocalRun:
+    run_dir = Path(run_dir).resolve()
+    manifest = load_manifest(run_dir)
+    if accel in (None, "auto"):
+        accel = None
+    vm_memory = max((c["vm"]["memory"] for c in cellconfig.iter_cells(run_dir)), default=2048)
+    jobs = jobs or executor.default_jobs(vm_memory)
+    prog = Progress(stream=stream or sys.stderr, jobs=jobs) if progress else None
+    opts = executor.Options(jobs=jobs, accel=accel, exclude_nodes=excluded_nodes(run_dir, only),
+                            progress=prog)
+    log.info("running %s locally: %d cells, %d VM(s) at once", run_dir, manifest["cells"], jobs)
+    t0 = time.monotonic()
+    try:
+        ok = executor.run_dag(run_dir / "workflow.dag", opts)
+    finally:
+        if prog:
+            prog.close()
+    report = run_dir / "report.txt"
+    summary = run_dir / "matrix-summary.json"
+    return LocalRun(ok=ok, wall_s=time.monotonic() - t0, report=report if report.is_file() else None,
+                    summary=summary if summary.is_file() else None)

@@ -1,0 +1,195 @@
+"""The per-cell configuration: what the payload in the VM needs to know (docs/contracts.md §1).
+
+`generate` writes every cell's configuration as one line of the run's `cells.jsonl` (one file,
+not one per cell: at 100k cells, creating 100k directories and files costs more than all the
+rest of generation). The DAG gives each CreateDisk node its line's byte offset, so the node
+reads its cell in O(1); it then writes `cells/<serial>/cell.json` and derives `cell.env` (for
+the shell payload) and `osg-test.conf` for the IO disk.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from osgtest_dag.plan.catalog import Catalog
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.plan.matrix import Cell
+
+SCHEMA = "osgtest-dag/cell"
+VERSION = 1
+
+# osg-test's base configuration; each cell's keys are appended as the reference tool does.
+OSG_TEST_BASE = """[Config]
+adduser = True
+dumpout = True
+verbose = True
+timeout = 14400
+hostcert = True
+"""
+
+
+def cell_json(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> dict:
+    p, s = cell.platform, cell.source
+    initial = catalog.resolve(p, s.series, s.repos)
+    update = catalog.resolve(p, s.effective_update_series, s.update_repos) if s.has_update else None
+    osg_test = cell.test_command is None
+    return {
+        "schema": SCHEMA, "version": VERSION,
+        "serial": cell.serial,
+        "platform": p.to_json(),
+        "source": s.to_json(),
+        "label": cell.package_set.label,
+        "packages": list(cell.package_set.packages),
+        "selinux": cell.package_set.selinux,
+        "repositories": {"initial": initial.to_json(),
+                         "update": update.to_json() if update else None},
+        "test": {"command": cell.test_command, "timeout": cell.test_timeout, "osg_test": osg_test},
+        "vm": {"memory": cell.vm.memory, "vcpus": cell.vm.vcpus, "disk": cell.vm.disk},
+        "network": {"check_host": catalog.network_check_host(p.family), "retries": 5},
+        "retries": {"count": 3, "backoff": 10},
+        "nightly": nightly,
+        "param_file": cell.origin.name,
+    }
+
+
+STORE = "cells.jsonl"
+
+
+def write_store(path: Path, configs) -> list[int]:
+    """Write configurations one per line; return each line's byte offset."""
+    offsets = []
+    pos = 0
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    with open(path, "wb") as f:
+        for cfg in configs:
+            line = (dumps(cfg) + "\n").encode()
+            offsets.append(pos)
+            f.write(line)
+            pos += len(line)
+    return offsets
+
+
+def read_cell(run_dir: Path, serial: str, offset: int | None = None) -> dict:
+    """One cell's configuration from the run's store: at `offset` if given, else by scanning."""
+    path = Path(run_dir) / STORE
+    try:
+        with open(path, "rb") as f:
+            if offset is not None:
+                f.seek(offset)
+                cfg = _check(json.loads(f.readline()), path)
+                if cfg["serial"] == serial:
+                    return cfg
+                f.seek(0)
+            key = f'"serial":"{serial}"'.encode()
+            for line in f:
+                if key in line:
+                    cfg = _check(json.loads(line), path)
+                    if cfg["serial"] == serial:
+                        return cfg
+    except FileNotFoundError:
+        raise UserError("not a run directory (no cells.jsonl)", where=run_dir,
+                        hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`") from None
+    except ValueError as e:
+        raise UserError(f"corrupt cell store: {e}", where=path) from None
+    raise UserError(f"no cell {serial!r} in this run", where=run_dir,
+                    hint="`osgtest-dag plan` or cells.jsonl list the serials")
+
+
+def iter_cells(run_dir: Path):
+    path = Path(run_dir) / STORE
+    with open(path, "rb") as f:
+        for line in f:
+            yield _check(json.loads(line), path)
+
+
+def _check(data: dict, path: Path) -> dict:
+    if data.get("schema") != SCHEMA or data.get("version") != VERSION:
+        raise UserError(f"not a version-{VERSION} cell configuration", where=path,
+                        hint="regenerate the run with this version of osgtest-dag")
+    return data
+
+
+def fields(cfg: dict) -> dict:
+    """The values `--only` globs match, as matrix.Cell.fields() gives them."""
+    return {"serial": cfg["serial"], "platform": cfg["platform"]["id"], "os": cfg["platform"]["os"],
+            "arch": cfg["platform"]["arch"], "family": cfg["platform"]["family"],
+            "source": cfg["source"]["raw"], "series": cfg["source"]["series"],
+            "label": cfg["label"], "package": cfg["packages"]}
+
+
+def load(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError("cell configuration not found", where=path,
+                        hint="is this a run directory written by `osgtest-dag generate`?") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read cell configuration: {e}", where=path) from None
+    return _check(data, path)
+
+
+def cell_env(cfg: dict) -> str:
+    """The shell view of cell.json: `KEY='value'` lines, every value quoted."""
+    p, s = cfg["platform"], cfg["source"]
+    init = cfg["repositories"]["initial"]
+    upd = cfg["repositories"]["update"] or {"setup_packages": [], "enable": [], "apt_sources": []}
+    test = cfg["test"]
+    values = {
+        "CELL_SERIAL": cfg["serial"], "CELL_PLATFORM": p["id"], "CELL_FAMILY": p["family"],
+        "CELL_MAJOR": str(p["major"]), "CELL_ARCH": p["arch"], "CELL_CODENAME": p["codename"] or "",
+        "CELL_LABEL": cfg["label"], "CELL_PACKAGES": " ".join(cfg["packages"]),
+        "CELL_SELINUX": "true" if cfg["selinux"] else "false",
+        "CELL_SERIES": s["series"], "CELL_TEST_SOURCE": s["test_source"] or "",
+        "INITIAL_SETUP_PACKAGES": " ".join(init["setup_packages"]),
+        "INITIAL_ENABLE": " ".join(init["enable"]),
+        "INITIAL_APT_SOURCES": "\n".join(init["apt_sources"]),
+        "HAS_UPDATE": "true" if cfg["repositories"]["update"] else "false",
+        "UPDATE_SERIES": s["update_series"] or s["series"],
+        "UPDATE_SETUP_PACKAGES": " ".join(upd["setup_packages"]),
+        "UPDATE_ENABLE": " ".join(upd["enable"]),
+        "UPDATE_APT_SOURCES": "\n".join(upd["apt_sources"]),
+        "TEST_COMMAND": test["command"] or "", "TEST_TIMEOUT": str(test["timeout"]),
+        "OSG_TEST": "true" if test["osg_test"] else "false",
+        "NETWORK_CHECK_HOST": cfg["network"]["check_host"],
+        "NETWORK_RETRIES": str(cfg["network"]["retries"]),
+        "REPO_RETRIES": str(cfg["retries"]["count"]), "REPO_BACKOFF": str(cfg["retries"]["backoff"]),
+    }
+    lines = [f"# osgtest-dag cell {cfg['serial']}: generated from cell.json, do not edit"]
+    lines += [f"{k}={shlex.quote(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def osg_test_conf(cfg: dict, base: str = OSG_TEST_BASE) -> str:
+    """osg-test's configuration for the cell, composed as vm-test-runs' generate-dag does."""
+    s = cfg["source"]
+    out = base.rstrip("\n") + "\n"
+    if s["test_source"]:
+        out += f"testsource = {s['test_source']}\n"
+    extra = [r for r in s["repos"] if r != "osg"]  # the release repository is on by default
+    if extra:
+        out += f"extrarepos = {', '.join(extra)}\n"
+    if s["update_repos"]:
+        if s["update_series"]:
+            out += f"updaterelease = {s['update_series']}\n"
+            if s["update_repos"] != ["osg"]:
+                out += f"updaterepos = {', '.join(s['update_repos'])}\n"
+        else:
+            out += f"updaterepos = {', '.join(s['update_repos'])}\n"
+    out += f"packages = {', '.join(cfg['packages'])}\n"
+    out += f"series = {s['series']}\n"
+    out += f"sources = {s['raw']}\n"
+    out += f"selinux = {cfg['selinux']}\n"
+    out += f"nightly = {cfg.get('nightly', False)}\n"
+    return out
+
+
+def write_input_dir(cfg: dict, dest: Path) -> Path:
+    """Write the IO disk's `input/` tree for one cell: cell.json, cell.env, osg-test.conf."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "cell.json").write_text(json.dumps(cfg, indent=1) + "\n")
+    (dest / "cell.env").write_text(cell_env(cfg))
+    if cfg["test"]["osg_test"]:
+        (dest / "osg-test.conf").write_text(osg_test_conf(cfg))
+    return dest

@@ -1,0 +1,381 @@
+"""Matrix -> a self-contained run directory: DAGs, submit files, per-cell configuration.
+
+Layout of a run directory (docs/run-directory.md):
+
+    run.json            manifest: schema, tool version, options, cell count
+    cells.jsonl         every cell's configuration, one JSON object per line
+    params/             copies of the parameter files used (the run is reproducible)
+    workflow.dag        outer DAG: Matrix (SUBDAG) -> Analyze -> Report -> Publish
+    matrix.dag          per cell: CreateDisk -> TestRun (POST classifies) -> ProcessResult -> CleanOutput; FINAL
+    matrix.config       DAGMan configuration of the matrix DAG
+    submit/*.sub        submit descriptions rendered from submit_templates/
+    cells/<serial>/     made by the cell's CreateDisk node: cell.json, disks, output, logs
+    logs/
+
+The DAG model and writer are htcondor2.dags'. Its writer has bugs we work around in
+`_Writer` (see there); tests assert the exact lines written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import htcondor2.dags as dags
+import jinja2
+
+from osgtest_dag import __version__
+from osgtest_dag.base import paths
+from osgtest_dag.plan.catalog import Catalog
+from osgtest_dag.generate.cellconfig import STORE, cell_json, write_store
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.plan.matrix import Cell
+
+RUN_SCHEMA = "osgtest-dag/run"
+RUN_VERSION = 1
+SHIPPED_TEMPLATES = paths.shipped_dir("submit_templates")
+
+# Exit codes of the VM node's POST script (`osgtest-dag node post-vm`): a guest that finished
+# its payload (pass or a product failure) is a done node; infrastructure failures are retried;
+# failures that a retry cannot fix stop at once.
+POST_OK = 0
+POST_INFRA_RETRY = 1
+POST_INFRA_FATAL = 2
+
+LAYERS = ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")
+
+
+@dataclass(frozen=True)
+class WorkflowOptions:
+    tool: str = ""                       # absolute path of the osgtest-dag executable for nodes
+    vm_type: str = "kvm"
+    max_wall: int = 14400                # s a VM may run before it is held (and, locally, killed)
+    max_starts: int = 3                  # job starts before a held VM job is removed
+    max_queue_time: int = 43200          # s in the queue before a VM job is removed
+    vm_retries: int = 2                  # DAG retries of a VM node after an infrastructure failure
+    disk_retries: int = 3
+    local_io_maxjobs: int = 10
+    extra_requirements: str | None = None
+    excluded_hosts: tuple[str, ...] = ()
+    template_dir: str | None = None
+    node_status_interval: int = 30
+    iodisk_size_mb: int = 64
+    iodisk_backend: str = "mke2fs"
+    batch_name: str = ""
+    nightly: bool = False
+    keep_disks: bool = False
+    environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    def requirements(self, arch_macro: str = "$(condor_arch)") -> str:
+        parts = [f'(TARGET.Arch == "{arch_macro}")', "(TARGET.HasVM =?= True)"]
+        if self.extra_requirements:
+            parts.append(f"({self.extra_requirements})")
+        if self.excluded_hosts:
+            hosts = ", ".join(f'"{h}"' for h in self.excluded_hosts)
+            parts.append(f"!member(TARGET.Machine, {{{hosts}}})")
+        return " && ".join(parts)
+
+
+def default_tool() -> str:
+    """The osgtest-dag executable nodes should run: the one beside this Python, else PATH's."""
+    beside = Path(sys.executable).parent / "osgtest-dag"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("osgtest-dag")
+    return str(Path(found).resolve()) if found else str(beside)
+
+
+class _SerialFormatter(dags.NodeNameFormatter):
+    """Node names carry the cell's serial (CreateDisk007), not the layer index, so a name
+    means the same cell in every run of the same parameters, whatever --only selected."""
+
+    def __init__(self, serials: list[str]):
+        self.serials = serials
+        self.index = {s: i for i, s in enumerate(serials)}
+
+    def generate(self, layer_name: str, node_index: int) -> str:
+        return f"{layer_name}{self.serials[node_index]}"
+
+    def parse(self, node_name: str):
+        for layer in LAYERS:
+            if node_name.startswith(layer):
+                return layer, self.index[node_name[len(layer):]]
+        raise ValueError(f"not a matrix node name: {node_name}")
+
+
+class _Writer(dags.writer.DAGWriter):
+    """htcondor2.dags' writer with its known bugs worked around:
+
+    - it writes `CATEGORY name N` for max_jobs_by_category; DAGMan wants `MAXJOBS name N`;
+    - it writes submit files as absolute paths (our run directory is built in a temporary
+      directory and moved, and must stay relocatable): we write them relative;
+    - it never writes the FINAL node's submit file, and `Submit.__str__` doubles `queue`:
+      we render every submit file ourselves and pass paths;
+    - its dagman config file has no trailing newline, and is always called dagman.config
+      (two DAGs in one directory need two names).
+    """
+
+    def __init__(self, dag, node_name_formatter, config_name: str = dags.CONFIG_FILE_NAME):
+        super().__init__(dag, node_name_formatter=node_name_formatter)
+        self.config_name = config_name
+
+    def yield_dag_meta_lines(self):
+        for line in super().yield_dag_meta_lines():
+            if line.startswith("CATEGORY "):
+                line = "MAXJOBS " + line[len("CATEGORY "):]
+            elif line == f"CONFIG {dags.CONFIG_FILE_NAME}":
+                line = f"CONFIG {self.config_name}"
+            yield line
+
+    def yield_layer_lines(self, layer):
+        sub = Path(layer.submit_description).as_posix()
+        for idx, vars_ in enumerate(layer.vars):
+            name = self.get_node_name(layer, idx)
+            yield " ".join([f"JOB {name} {sub}"] + self.get_node_meta_parts(layer, idx))
+            if vars_:
+                parts = [f"VARS {name}"]
+                for key, value in vars_.items():
+                    text = str(value).replace("\\", "\\\\").replace('"', r"\"")
+                    parts.append(f'{key}="{text}"')
+                yield " ".join(parts)
+            yield from self.yield_node_meta_lines(layer, name)
+
+    def yield_final_node_lines(self, n):
+        yield f"FINAL {n.name} {Path(n.submit_description).as_posix()}"
+        yield from self.yield_node_meta_lines(n, n.name)
+
+    def write_submit_files_for_layers(self, path):
+        pass  # rendered by render_submit_files()
+
+    def write_dagman_config_file(self, dag_dir: Path):
+        text = "".join(f"{k} = {v}\n" for k, v in self.dag.dagman_config.items())
+        (dag_dir / self.config_name).write_text(text)
+
+
+def cell_vars(cell: Cell) -> dict:
+    p = cell.platform
+    return {"serial": cell.serial, "platform": p.id, "image": p.image,
+            "image_name": os.path.basename(p.image.rstrip("/")), "image_format": p.image_format,
+            "condor_arch": p.condor_arch, "vm_memory": str(cell.vm.memory),
+            "vm_vcpus": str(cell.vm.vcpus), "request_disk": f"{cell.vm.disk}MB"}
+
+
+def matrix_dag(cells: list[Cell], opts: WorkflowOptions, offsets: list[int]) -> dags.DAG:
+    dag = dags.DAG(
+        dagman_config={"DAGMAN_MAX_JOBS_IDLE": 1000, "DAGMAN_USER_LOG_SCAN_INTERVAL": 5},
+        max_jobs_by_category={"LocalIO": opts.local_io_maxjobs},
+        node_status_file=dags.NodeStatusFile(Path("matrix.status"), opts.node_status_interval),
+    )
+    serial_vars = [{"serial": c.serial} for c in cells]
+    create = dag.layer(name="CreateDisk", submit_description=Path("submit/create-io-disk.sub"),
+                       vars=[{"serial": c.serial, "offset": str(o)} for c, o in zip(cells, offsets)], retries=opts.disk_retries, category="LocalIO")
+    test = create.child_layer(
+        name="TestRun", submit_description=Path("submit/test-run.sub"),
+        vars=[cell_vars(c) for c in cells], edge=dags.OneToOne(),
+        retries=opts.vm_retries, retry_unless_exit=POST_INFRA_FATAL,
+        post=dags.Script(executable=opts.tool,
+                         arguments=["node", "post-vm", "$JOB", "$RETURN", "$RETRY", "$MAX_RETRIES"]))
+    process = test.child_layer(name="ProcessResult", submit_description=Path("submit/process-result.sub"),
+                               vars=serial_vars, edge=dags.OneToOne(), category="LocalIO")
+    process.child_layer(name="CleanOutput", submit_description=Path("submit/clean-output.sub"),
+                        vars=serial_vars, edge=dags.OneToOne())
+    # FINAL makes the matrix succeed whatever the cells did: their outcomes are results, and
+    # the outer workflow must go on to analyze and report them.
+    dag.final(name="MatrixFinal", submit_description=Path("submit/matrix-final.sub"))
+    return dag
+
+
+def outer_dag(opts: WorkflowOptions) -> dags.DAG:
+    dag = dags.DAG(node_status_file=dags.NodeStatusFile(Path("workflow.status"), opts.node_status_interval))
+    matrix = dag.subdag(name="Matrix", dag_file=Path("matrix.dag"))
+    analyze = matrix.child_layer(name="Analyze", submit_description=Path("submit/analyze.sub"), vars=[{}])
+    report = analyze.child_layer(name="Report", submit_description=Path("submit/report.sub"), vars=[{}])
+    report.child_layer(name="Publish", submit_description=Path("submit/publish.sub"), vars=[{}])
+    return dag
+
+
+class _OuterFormatter(dags.NodeNameFormatter):
+    def generate(self, layer_name, node_index):
+        return layer_name
+
+    def parse(self, node_name):
+        return node_name, 0
+
+
+LOCAL_NODES = {
+    # file: (action, args, purpose, where its stdout/stderr go). CreateDisk runs before the
+    # cell's directory exists (it makes it), so its output goes to logs/.
+    "create-io-disk.sub": ("create-io-disk", ["$(serial)", "--offset", "$(offset)"],
+                           "build the cell's IO disk", "logs/create-io-disk.$(serial)"),
+    "process-result.sub": ("process-result", ["$(serial)"], "extract the returned disk", "cells/$(serial)/process-result"),
+    "clean-output.sub": ("clean-output", ["$(serial)"], "remove disks no longer needed", "cells/$(serial)/clean-output"),
+    "matrix-final.sub": ("matrix-final", [], "summarize the matrix (FINAL node)", "logs/matrix-final"),
+    "analyze.sub": ("analyze", [], "analyze every cell's results", "logs/analyze"),
+    "report.sub": ("report", [], "write the reports", "logs/report"),
+    "publish.sub": ("publish", [], "send or publish the report", "logs/publish"),
+}
+
+
+def _jinja(opts: WorkflowOptions) -> jinja2.Environment:
+    loaders = []
+    if opts.template_dir:
+        tdir = Path(opts.template_dir)
+        if not tdir.is_dir():
+            raise UserError("template directory not found", where=tdir)
+        loaders.append(jinja2.FileSystemLoader(str(tdir)))
+    loaders.append(jinja2.FileSystemLoader(str(SHIPPED_TEMPLATES)))
+    return jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True, autoescape=False)
+
+
+def render_submit_files(opts: WorkflowOptions, run_name: str, generated: str) -> dict[str, str]:
+    env = _jinja(opts)
+    common = {"generated": generated, "version": __version__, "tool": opts.tool,
+              "batch_name": opts.batch_name or run_name, "run_name": run_name,
+              "matrix_dag": "matrix.dag"}
+    environment = " ".join(f"{k}={v}" for k, v in opts.environment)
+    files = {}
+    try:
+        files["test-run.sub"] = env.get_template("test-run.sub.j2").render(
+            **common, vm_type=opts.vm_type, max_wall=opts.max_wall, max_starts=opts.max_starts,
+            max_queue_time=opts.max_queue_time, requirements=opts.requirements())
+        tmpl = env.get_template("local-node.sub.j2")
+        for name, (action, args, purpose, stem) in LOCAL_NODES.items():
+            files[name] = tmpl.render(**common, action=action, args=args, purpose=purpose,
+                                      output=f"{stem}.out", error=f"{stem}.err",
+                                      environment=environment)
+    except jinja2.TemplateError as e:
+        raise UserError(f"submit template error: {e.message}", where=_template_location(e),
+                        hint="fix the template (or remove the override from --template-dir)") from None
+    return files
+
+
+def _template_location(e: jinja2.TemplateError) -> str:
+    """file:line of a template error; syntax errors carry it, render errors only in the
+    traceback, where Jinja puts the template's own file and line."""
+    if getattr(e, "filename", None) and getattr(e, "lineno", None):
+        return f"{e.filename}:{e.lineno}"
+    tb, where = e.__traceback__, "submit template"
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(".j2"):
+            where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
+
+
+def _check_submit(name: str, text: str) -> None:
+    """Every description must parse with HTCondor's own parser before we write the run."""
+    import htcondor2
+    try:
+        sub = htcondor2.Submit(text)
+    except Exception as e:  # the bindings raise plain exceptions with HTCondor's message
+        raise UserError(f"generated submit file {name} does not parse: {e}",
+                        hint="check your submit template overrides") from None
+    if not sub.keys():
+        raise UserError(f"generated submit file {name} is empty")
+
+
+def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: WorkflowOptions, *,
+              param_files: list[Path], force: bool = False) -> Path:
+    """Write a complete run directory atomically: all of it, or nothing."""
+    run_dir = Path(run_dir)
+    if not cells:
+        raise UserError("no cells to generate (the selection matched nothing)",
+                        hint="check --only and the include/exclude rules; `osgtest-dag plan` lists the cells")
+    if run_dir.exists() and not force:
+        raise UserError("run directory already exists", where=run_dir,
+                        hint="choose another -o, or pass --force to replace it")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError("exists and is not a directory", where=run_dir)
+    if not opts.tool:
+        opts = WorkflowOptions(**{**asdict(opts), "tool": default_tool()})
+    run_name = run_dir.resolve().name
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    submit_files = render_submit_files(opts, run_name, generated)
+    for name, text in submit_files.items():
+        _check_submit(name, text)
+
+    parent = run_dir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_name}.tmp-", dir=parent))
+    try:
+        for sub in ("submit", "logs", "params", "cells"):
+            (tmp / sub).mkdir()
+        for name, text in submit_files.items():
+            (tmp / "submit" / name).write_text(text)
+        for i, pf in enumerate(param_files):
+            shutil.copy2(pf, tmp / "params" / f"{i:02d}-{Path(pf).name}")
+        offsets = write_store(tmp / STORE, (cell_json(c, catalog, nightly=opts.nightly) for c in cells))
+        formatter = _SerialFormatter([c.serial for c in cells])
+        _Writer(matrix_dag(cells, opts, offsets), formatter, "matrix.config").write(tmp, "matrix.dag")
+        _Writer(outer_dag(opts), _OuterFormatter()).write(tmp, "workflow.dag")
+        manifest = {"schema": RUN_SCHEMA, "version": RUN_VERSION, "generated": generated,
+                    "tool_version": __version__, "run_name": run_name, "cells": len(cells),
+                    "options": {**asdict(opts), "environment": dict(opts.environment)},
+                    "param_files": [str(Path(p).resolve()) for p in param_files],
+                    "image_dir": catalog.image_dir}
+        (tmp / "run.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        if run_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{run_name}.old-", dir=parent))
+            os.rename(run_dir, old / "run")
+            os.rename(tmp, run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def load_manifest(run_dir: Path) -> dict:
+    path = Path(run_dir) / "run.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError("not a run directory (no run.json)", where=run_dir,
+                        hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read run manifest: {e}", where=path) from None
+    if data.get("schema") != RUN_SCHEMA or data.get("version") != RUN_VERSION:
+        raise UserError("run directory from an incompatible osgtest-dag version", where=path)
+    return data
+
+
+def check_run(run_dir: Path) -> dict:
+    """Validate a run directory: every DAG acyclic with its files present, every submit
+    description accepted by HTCondor's parser. Returns counts."""
+    import htcondor2
+
+    from osgtest_dag.model import dagfile
+    run_dir = Path(run_dir)
+    load_manifest(run_dir)
+    todo, seen, counts = [run_dir / "workflow.dag"], set(), {"dags": 0, "nodes": 0, "submit_files": 0}
+    parsed: dict[str, str] = {}
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        dag = dagfile.parse(path)
+        dagfile.check(dag, run_dir)
+        counts["dags"] += 1
+        counts["nodes"] += len(dag.nodes)
+        for node in dag.nodes.values():
+            if node.kind == "subdag":
+                todo.append(run_dir / node.dag_file)
+                continue
+            if node.submit_file not in parsed:
+                text = (run_dir / node.submit_file).read_text()
+                _check_submit(node.submit_file, text)
+                parsed[node.submit_file] = text
+    for name, text in parsed.items():
+        htcondor2.Submit(text)
+    counts["submit_files"] = len(parsed)
+    return counts

@@ -1,0 +1,240 @@
+"""The base-image store: `<platform>.qcow2` plus `<platform>.json` metadata per platform.
+
+A build is skipped when the hash of its inputs (builder, template/recipe text, package list,
+payload files baked into the image, builder code version) matches the stored metadata; when
+it does not, the log says which input changed. Image and metadata are written atomically,
+and a per-platform lock keeps two processes from building the same image at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from osgtest_dag.guest import debian_builder
+from osgtest_dag.guest import oz_builder
+from osgtest_dag.guest import payload
+from osgtest_dag.base import paths
+from osgtest_dag.plan.catalog import Catalog, Platform
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.base.atomic import write_json_atomic
+
+log = logging.getLogger("osgtest_dag.guest.image")
+
+META_SCHEMA = "osgtest-dag/image"
+META_VERSION = 1
+BUILDERS = ("auto", "local", "oz")
+# What each input is called when it changed (the order is the order of the log message).
+INPUT_NAMES = {"builder": "builder changed", "template": "template changed",
+               "packages": "package list changed", "payload": "payload changed",
+               "code": "builder code changed"}
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What decides an image's content; `digest` is the inputs hash stored in the metadata."""
+
+    builder: str
+    template: str
+    packages: tuple[str, ...]
+    payload: str
+    code: str
+
+    def parts(self) -> dict[str, str]:
+        """One sha256 per input, so a rebuild can say which one changed."""
+        def h(s: str) -> str:
+            return hashlib.sha256(s.encode()).hexdigest()
+        return {"builder": h(self.builder), "template": h(self.template),
+                "packages": h("\n".join(self.packages)), "payload": self.payload,
+                "code": h(self.code)}
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.parts(), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One stored image, as its metadata describes it."""
+
+    platform: str
+    path: Path
+    meta_path: Path
+    builder: str
+    sha256: str
+    size: int
+    inputs_hash: str
+    inputs: dict = field(repr=False)
+    built: str
+    build_seconds: float
+    packages: tuple[str, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    """What `build_image` did: `built` false means the stored image was up to date."""
+
+    image: ImageInfo
+    built: bool
+    reasons: tuple[str, ...]
+
+
+def resolve_platform(platform_id: str, catalog: Catalog | None = None) -> Platform:
+    """`debian_12.x86_64`, or `debian_12` meaning x86_64."""
+    pid = platform_id if "." in platform_id else f"{platform_id}.x86_64"
+    return (catalog or Catalog.load()).platform(pid)
+
+
+def image_path(platform_id: str, store: Path | str | None = None) -> Path:
+    return Path(store or paths.default_image_dir()) / f"{platform_id}.qcow2"
+
+
+def choose_builder(platform: Platform, builder: str) -> str:
+    """`auto`: the local builder for Debian (needs no install media), Oz otherwise."""
+    if builder not in BUILDERS:
+        raise UserError(f"unknown image builder {builder!r}", hint=f"use one of {', '.join(BUILDERS)}")
+    if builder == "auto":
+        return "local" if platform.family == "debian" else "oz"
+    if builder == "local" and platform.family != "debian":
+        raise UserError(f"the local builder makes Debian images only, not {platform.name}",
+                        hint="use --builder oz for EL platforms")
+    return builder
+
+
+def _local_recipe(platform: Platform, catalog: Catalog) -> debian_builder.Recipe:
+    if platform.arch != "x86_64":
+        raise UserError(f"the local builder makes x86_64 images only, not {platform.id}")
+    return debian_builder.recipe_for(
+        platform.codename,
+        mirror=catalog.settings.get("debian_mirror", "http://deb.debian.org/debian"),
+        security_mirror=catalog.settings.get("debian_security_mirror",
+                                             "http://deb.debian.org/debian-security"))
+
+
+def build_inputs(platform: Platform, builder: str, catalog: Catalog | None = None) -> BuildInputs:
+    """The inputs of building `platform` with `builder` ("local" or "oz")."""
+    catalog = catalog or Catalog.load()
+    if builder == "local":
+        recipe = _local_recipe(platform, catalog)
+        return BuildInputs(builder="local", template=recipe.text(), packages=recipe.packages,
+                           payload=payload.files_hash(), code=debian_builder.CODE_VERSION)
+    tdl = oz_builder.render_template(platform)
+    return BuildInputs(builder="oz", template=tdl, packages=oz_builder.template_packages(tdl),
+                       payload=payload.files_hash(), code=oz_builder.CODE_VERSION)
+
+
+def read_info(meta_path: Path) -> ImageInfo | None:
+    """The metadata at `meta_path`, or None when missing or unreadable (then: rebuild)."""
+    try:
+        doc = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if doc.get("schema") != META_SCHEMA or doc.get("version") != META_VERSION:
+        return None
+    try:
+        return ImageInfo(platform=doc["platform"], path=meta_path.with_suffix(".qcow2"),
+                         meta_path=meta_path, builder=doc["builder"], sha256=doc["sha256"],
+                         size=int(doc["size"]), inputs_hash=doc["inputs_hash"],
+                         inputs=dict(doc["inputs"]), built=doc["built"],
+                         build_seconds=float(doc.get("build_seconds", 0)),
+                         packages=tuple(doc.get("packages", ())))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def rebuild_reasons(info: ImageInfo | None, inputs: BuildInputs) -> list[str]:
+    """Why the stored image is stale: [] when it is up to date."""
+    if info is None:
+        return ["no image yet"]
+    if not info.path.is_file():
+        return ["image file missing"]
+    if info.path.stat().st_size != info.size:
+        return ["image file changed since it was built"]
+    if info.inputs_hash == inputs.digest:
+        return []
+    new = inputs.parts()
+    reasons = [text for key, text in INPUT_NAMES.items() if info.inputs.get(key) != new[key]]
+    return reasons or ["inputs changed"]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _lock(store: Path, platform_id: str) -> Iterator[None]:
+    with open(store / f".{platform_id}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_image(platform_id: str, store: Path | str | None = None, builder: str = "auto",
+                force: bool = False, catalog: Catalog | None = None) -> BuildOutcome:
+    """Build the base image of `platform_id` into `store` unless it is up to date."""
+    catalog = catalog or Catalog.load()
+    platform = resolve_platform(platform_id, catalog)
+    which = choose_builder(platform, builder)
+    if which == "oz":
+        oz_builder.check_supported(platform)  # a clear UserError before any work
+    inputs = build_inputs(platform, which, catalog)
+    store = Path(store or paths.default_image_dir())
+    store.mkdir(parents=True, exist_ok=True)
+    dest = image_path(platform.id, store)
+    meta = dest.with_suffix(".json")
+    with _lock(store, platform.id):
+        info = read_info(meta)
+        reasons = ["forced"] if force else rebuild_reasons(info, inputs)
+        if not reasons:
+            log.info("%s: image up to date (%s, built %s)", platform.id, info.builder, info.built)
+            return BuildOutcome(image=info, built=False, reasons=())
+        log.info("%s: building with the %s builder: %s", platform.id, which, ", ".join(reasons))
+        built = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        stamp = {"platform": platform.id, "name": platform.name, "builder": which,
+                 "created": built, "inputs_hash": inputs.digest}
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        t0 = time.monotonic()
+        try:
+            if which == "local":
+                packages = debian_builder.build(_local_recipe(platform, catalog), tmp,
+                                                stamp=stamp, workdir=store)
+            else:
+                packages = oz_builder.build(platform, tmp, stamp=stamp, workdir=store)
+            seconds = round(time.monotonic() - t0, 1)
+            doc = {"schema": META_SCHEMA, "version": META_VERSION, "platform": platform.id,
+                   "builder": which, "sha256": sha256_file(tmp), "size": tmp.stat().st_size,
+                   "format": "qcow2", "inputs_hash": inputs.digest, "inputs": inputs.parts(),
+                   "built": built, "build_seconds": seconds, "packages": list(packages)}
+            meta.unlink(missing_ok=True)   # never a new image with old metadata
+            os.replace(tmp, dest)
+            write_json_atomic(meta, doc, sort_keys=True)
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("%s: built in %.1f s (%d packages) -> %s", platform.id, seconds, len(packages), dest)
+        info = read_info(meta)
+        assert info is not None
+        return BuildOutcome(image=info, built=True, reasons=tuple(reasons))
+
+
+def list_images(store: Path | str | None = None) -> list[ImageInfo]:
+    """Every image in the store that has readable metadata, by platform id."""
+    store = Path(store or paths.default_image_dir())
+    if not store.is_dir():
+        return []
+    infos = (read_info(p) for p in sorted(store.glob("*.json")))
+    return [i for i in infos if i is not None]

@@ -1,0 +1,320 @@
+"""Boot one VM under qemu: the base image behind a throw-away overlay, the IO disk writable.
+
+Used by the tests and by the local executor (which runs several at once: use `start()` and
+the returned `VM` handle; `boot()` is the blocking form). Every VM has a wall-clock limit;
+on expiry the whole process group is killed and the result says `timed_out`.
+
+Acceleration: KVM when it really works, else TCG. `/dev/kvm` answering is not enough (on
+some hosts `-cpu host` aborts on an MSR, or a guest hangs), so `detect_accel()` boots a tiny
+boot sector with the exact KVM machine/CPU options and trusts KVM only if the guest code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from osgtest_dag.base import command
+from osgtest_dag.base.errors import CommandError, UserError
+
+log = logging.getLogger("osgtest_dag.guest.qemu")
+
+QEMU = "qemu-system-x86_64"
+ACCELS = ("kvm", "tcg")
+# `-machine` / `-cpu` per accelerator. TCG: `-cpu max` gives every feature TCG emulates
+# (x86-64-v2 and up, needed by EL9+ userlands).
+_ACCEL_ARGS = {
+    "kvm": ["-machine", "q35,accel=kvm", "-cpu", "host"],
+    "tcg": ["-machine", "q35,accel=tcg", "-cpu", "max"],
+}
+
+# Boot sector for the KVM probe (real mode, loaded at 0x7c00):
+#   mov dx,0x3f8; mov al,'O'; out dx,al; mov al,'K'; out dx,al; mov al,10; out dx,al
+#   mov dx,0xf4; mov al,0x10; out dx,al      ; isa-debug-exit -> qemu exits (0x10<<1)|1 = 33
+#   hlt; jmp $-1
+_PROBE_CODE = bytes.fromhex("BAF803B04FEEB04BEEB00AEEBAF400B010EEF4EBFD")
+_PROBE_EXIT = 33
+
+_accel_cache: str | None = None
+_accel_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A disk to attach writable after the (overlaid) base image, in order: vdb, vdc, ..."""
+
+    path: Path
+    format: str = "qcow2"
+
+
+@dataclass(frozen=True)
+class BootResult:
+    """How a VM ended. `returncode` is qemu's (None if it had to be killed)."""
+
+    returncode: int | None
+    timed_out: bool
+    wall_s: float
+    console_log: Path
+    accel: str
+    argv: tuple[str, ...] = field(repr=False, default=())
+
+    @property
+    def ok(self) -> bool:
+        """qemu exited by itself with status 0 (the guest powered off)."""
+        return not self.timed_out and self.returncode == 0
+
+
+def image_format(path: Path) -> str:
+    """The format qemu-img sees in `path` (used for the overlay's backing format)."""
+    out = command.run(["qemu-img", "info", "--output=json", "-U", path], timeout=60).stdout
+    return json.loads(out)["format"]
+
+
+def _probe(accel: str, timeout: float) -> tuple[bool, str]:
+    """Boot the probe sector with `accel`'s options; True when the guest code ran."""
+    if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is missing or not accessible"
+    with tempfile.TemporaryDirectory(prefix="osgtest-accel-") as tmp:
+        img = Path(tmp) / "probe.img"
+        # SeaBIOS will not boot a disk of one sector: pad to 1 MiB.
+        img.write_bytes(_PROBE_CODE + b"\0" * (510 - len(_PROBE_CODE)) + b"\x55\xaa"
+                        + b"\0" * (1024 * 1024 - 512))
+        argv = [QEMU, *_ACCEL_ARGS[accel], "-m", "64", "-nodefaults", "-no-reboot",
+                "-display", "none", "-monitor", "none", "-serial", "stdio",
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "-drive", f"file={img},format=raw,if=virtio"]
+        try:
+            proc = command.run(argv, check=False, timeout=timeout)
+        except CommandError as e:
+            return False, e.reason or str(e)
+    if proc.returncode == _PROBE_EXIT and "OK" in proc.stdout:
+        return True, "probe guest ran"
+    err = (proc.stderr or "").strip().splitlines()
+    return False, f"qemu exited {proc.returncode}" + (f": {err[0]}" if err else "")
+
+
+def detect_accel(timeout: float = 15.0) -> str:
+    """"kvm" if a KVM guest really runs here, else "tcg". Cached per process.
+
+    The probe runs a boot sector with `-machine q35,accel=kvm -cpu host`, the options KVM
+    boots use; here `-cpu host` aborts on an MSR, so TCG is chosen. It cannot catch a host
+    where that sector runs but a Linux guest still hangs (seen here with other `-cpu` models,
+    even in long mode): there, set `OSGTEST_DAG_ACCEL=tcg`; the wall-clock limit bounds a hang.
+    `OSGTEST_DAG_ACCEL=kvm|tcg` overrides the probe.
+    """
+    global _accel_cache
+    forced = os.environ.get("OSGTEST_DAG_ACCEL", "").strip().lower()
+    if forced:
+        if forced not in ACCELS:
+            raise UserError(f"OSGTEST_DAG_ACCEL={forced!r} is not one of {', '.join(ACCELS)}",
+                            hint="unset it to detect the accelerator automatically")
+        return forced
+    with _accel_lock:
+        if _accel_cache is None:
+            ok, why = _probe("kvm", timeout)
+            _accel_cache = "kvm" if ok else "tcg"
+            log.info("accelerator: %s (KVM probe: %s)", _accel_cache, why)
+        return _accel_cache
+
+
+def _q(path: Path) -> str:
+    """A path as a qemu option value (commas are doubled)."""
+    return str(path).replace(",", ",,")
+
+
+def qemu_argv(overlay: Path, disks: Sequence[Disk], *, accel: str, memory_mb: int, vcpus: int,
+              networking: bool, console_log: Path) -> list[str]:
+    """The qemu command line; separate so tests and `--dry-run`-style callers can see it."""
+    argv = [QEMU, *_ACCEL_ARGS[accel], "-smp", str(vcpus), "-m", str(memory_mb),
+            "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none",
+            "-serial", f"file:{console_log}", "-rtc", "base=utc",
+            "-object", "rng-random,filename=/dev/urandom,id=rng0",
+            "-device", "virtio-rng-pci,rng=rng0",
+            "-drive", f"file={_q(overlay)},format=qcow2,if=none,id=vda,cache=unsafe",
+            "-device", "virtio-blk-pci,drive=vda,bootindex=1"]
+    for i, d in enumerate(disks):
+        name = "vd" + chr(ord("b") + i)
+        # writeback, not unsafe: the guest's result must really reach the file.
+        argv += ["-drive", f"file={_q(d.path)},format={d.format},if=none,id={name},cache=writeback",
+                 "-device", f"virtio-blk-pci,drive={name}"]
+    argv += ["-nic", "user,model=virtio-net-pci"] if networking else ["-nic", "none"]
+    return argv
+
+
+class VM:
+    """A running VM. `wait()` enforces the wall-clock limit; `kill()` ends it early.
+
+    The overlay lives in `workdir` and is removed when the VM has ended (unless `keep_overlay`).
+    """
+
+    def __init__(self, proc: subprocess.Popen, *, argv: list[str], overlay: Path,
+                 console_log: Path, accel: str, timeout_s: float, started: float,
+                 keep_overlay: bool, stderr_path: Path) -> None:
+        self.proc = proc
+        self.argv = tuple(argv)
+        self.overlay = overlay
+        self.console_log = console_log
+        self.accel = accel
+        self.timeout_s = timeout_s
+        self.started = started
+        self.deadline = started + timeout_s
+        self.keep_overlay = keep_overlay
+        self.stderr_path = stderr_path
+        self._result: BootResult | None = None
+        self._killed_for_timeout = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> BootResult | None:
+        """The result if the VM has ended (killing it if past its deadline), else None."""
+        if self._result is not None:
+            return self._result
+        if self.proc.poll() is None:
+            if time.monotonic() < self.deadline:
+                return None
+            log.warning("VM pid %d exceeded %g s: killing it", self.pid, self.timeout_s)
+            self._killed_for_timeout = True
+            self._kill_group()
+        return self._finish()
+
+    def wait(self, timeout: float | None = None) -> BootResult | None:
+        """Block until the VM ends or its deadline passes; None only if `timeout` ran out first."""
+        stop = None if timeout is None else time.monotonic() + timeout
+        while True:
+            res = self.poll()
+            if res is not None:
+                return res
+            now = time.monotonic()
+            left = self.deadline - now
+            if stop is not None:
+                if now >= stop:
+                    return None
+                left = min(left, stop - now)
+            try:
+                self.proc.wait(timeout=max(0.05, min(left, 1.0)))
+            except subprocess.TimeoutExpired:
+                pass
+
+    def kill(self) -> BootResult:
+        """End the VM now (SIGTERM, then SIGKILL) and return its result."""
+        if self._result is None and self.proc.poll() is None:
+            self._kill_group()
+        return self._finish()
+
+    def _kill_group(self) -> None:
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def _finish(self) -> BootResult:
+        if self._result is None:
+            rc = self.proc.wait()
+            wall = time.monotonic() - self.started
+            if not self.keep_overlay:
+                self.overlay.unlink(missing_ok=True)
+            err = self.stderr_path.read_text(errors="replace").strip() if self.stderr_path.exists() else ""
+            if not err:
+                self.stderr_path.unlink(missing_ok=True)  # keep it only when qemu said something
+            if rc != 0 and err and not self._killed_for_timeout:
+                log.warning("qemu exited %s: %s", rc, err.splitlines()[-1])
+            self._result = BootResult(returncode=None if self._killed_for_timeout else rc,
+                                      timed_out=self._killed_for_timeout, wall_s=round(wall, 3),
+                                      console_log=self.console_log, accel=self.accel,
+                                      argv=self.argv)
+            log.info("VM pid %d ended: rc=%s timed_out=%s %.1f s", self.pid, self._result.returncode,
+                     self._result.timed_out, wall)
+        return self._result
+
+    def __enter__(self) -> "VM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+def _as_disk(d: Disk | Path | str) -> Disk:
+    if isinstance(d, Disk):
+        return d
+    p = Path(d)
+    return Disk(p, image_format(p))
+
+
+def start(base_image: Path | str, disks: Sequence[Disk | Path | str] = (), *, memory_mb: int = 1024,
+          vcpus: int = 2, networking: bool = True, timeout_s: float = 600.0,
+          console_log: Path | str | None = None, workdir: Path | str,
+          base_format: str | None = None, accel: str | None = None,
+          keep_overlay: bool = False) -> VM:
+    """Start a VM in the background and return its handle.
+
+    The base image is never written: it backs a qcow2 overlay created in `workdir`. `disks`
+    are attached writable with an explicit format (a bare path is probed with qemu-img).
+    """
+    base = Path(base_image).resolve()
+    if not base.is_file():
+        raise UserError(f"base image {base} does not exist",
+                        hint="build it with `osgtest-dag image build PLATFORM`")
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    attach = [_as_disk(d) for d in disks]
+    for d in attach:
+        if not d.path.is_file():
+            raise UserError(f"disk {d.path} does not exist")
+    accel = accel or detect_accel()
+    console = Path(console_log) if console_log else work / "console.log"
+    console.parent.mkdir(parents=True, exist_ok=True)
+    console.write_bytes(b"")
+    fd, name = tempfile.mkstemp(prefix="overlay-", suffix=".qcow2", dir=work)
+    os.close(fd)
+    overlay = Path(name)
+    command.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base,
+                 "-F", base_format or image_format(base), overlay], timeout=60)
+    argv = qemu_argv(overlay, attach, accel=accel, memory_mb=memory_mb, vcpus=vcpus,
+                     networking=networking, console_log=console.resolve())
+    stderr_path = work / f"{overlay.stem}.qemu-stderr.log"
+    with open(stderr_path, "wb") as err:
+        started = time.monotonic()
+        try:
+            proc = command.spawn(argv, stdout=subprocess.DEVNULL, stderr=err, cwd=work)
+        except BaseException:
+            overlay.unlink(missing_ok=True)
+            raise
+    log.info("VM pid %d started (%s, %d MiB, %d vCPU, net=%s, limit %g s): %s",
+             proc.pid, accel, memory_mb, vcpus, networking, timeout_s, base.name)
+    return VM(proc, argv=argv, overlay=overlay, console_log=console, accel=accel,
+              timeout_s=timeout_s, started=started, keep_overlay=keep_overlay,
+              stderr_path=stderr_path)
+
+
+def boot(base_image: Path | str, disks: Sequence[Disk | Path | str] = (), *, memory_mb: int = 1024,
+         vcpus: int = 2, networking: bool = True, timeout_s: float = 600.0,
+         console_log: Path | str | None = None, workdir: Path | str,
+         base_format: str | None = None, accel: str | None = None) -> BootResult:
+    """Boot, wait for power-off or the wall-clock limit, return how it ended."""
+    vm = start(base_image, disks, memory_mb=memory_mb, vcpus=vcpus, networking=networking,
+               timeout_s=timeout_s, console_log=console_log, workdir=workdir,
+               base_format=base_format, accel=accel)
+    try:
+        res = vm.wait()
+    except BaseException:
+        vm.kill()
+        raise
+    assert res is not None
+    return res

@@ -1,0 +1,186 @@
+"""Platform and repository catalogs: data files that say what ids and names mean.
+
+The shipped catalogs live in `osgtest_dag/data/`; a user catalog (`--catalog FILE`) with the
+same layout adds or replaces entries, so sites can add platforms or repositories without code.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from osgtest_dag.base import yamlsrc
+from osgtest_dag.base.errors import UserError
+
+ARCHES = ("x86_64", "aarch64")
+# HTCondor's `Arch` machine attribute for each architecture.
+CONDOR_ARCH = {"x86_64": "X86_64", "aarch64": "aarch64"}
+FAMILIES = ("el", "debian")
+
+
+@dataclass(frozen=True)
+class Platform:
+    id: str            # rocky_9.x86_64
+    os: str            # rocky_9
+    family: str        # el | debian
+    distro: str        # rocky
+    display: str       # Rocky
+    major: int
+    arch: str
+    codename: str | None
+    image: str         # path or URL of the base image
+    image_format: str  # qcow2 | raw
+
+    @property
+    def name(self) -> str:
+        return f"{self.display} {self.major} ({self.arch})"
+
+    @property
+    def condor_arch(self) -> str:
+        return CONDOR_ARCH[self.arch]
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "os": self.os, "family": self.family, "distro": self.distro,
+                "major": self.major, "arch": self.arch, "name": self.name,
+                "codename": self.codename, "image": self.image, "image_format": self.image_format}
+
+
+@dataclass(frozen=True)
+class RepoSetup:
+    """What the payload does to reach a set of repositories on one platform."""
+
+    setup_packages: tuple[str, ...] = ()
+    enable: tuple[str, ...] = ()
+    apt_sources: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"setup_packages": list(self.setup_packages), "enable": list(self.enable),
+                "apt_sources": list(self.apt_sources)}
+
+
+def did_you_mean(word: str, choices, n: int = 3) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    platforms: dict = field(default_factory=dict)      # os id -> dict
+    platform_defaults: dict = field(default_factory=dict)
+    repos: dict = field(default_factory=dict)          # family -> {"setup_packages", "repos"}
+    settings: dict = field(default_factory=dict)
+    image_dir: str = ""
+
+    @classmethod
+    def load(cls, extra: list[Path] | tuple = (), image_dir: str | Path | None = None) -> "Catalog":
+        from osgtest_dag.base.paths import default_image_dir
+        pdoc = _load_shipped("platforms.yaml")
+        rdoc = _load_shipped("repositories.yaml")
+        platforms = dict(pdoc["platforms"])
+        defaults = dict(pdoc.get("defaults", {}))
+        repos = {fam: {"setup_packages": list(rdoc[fam]["setup_packages"]),
+                       "repos": dict(rdoc[fam]["repos"])} for fam in FAMILIES}
+        settings = dict(rdoc["settings"])
+        for path in extra:
+            doc = yamlsrc.load(Path(path))
+            data = doc.data or {}
+            if not isinstance(data, dict):
+                raise UserError("a catalog file must be a mapping", where=doc.where())
+            known = {"defaults", "platforms", "settings", *FAMILIES}
+            for k in data:
+                if k not in known:
+                    raise UserError(f"unknown catalog section {k!r}", where=doc.key_where(k),
+                                    hint=did_you_mean(k, known) or f"known sections: {', '.join(sorted(known))}")
+            for os_id, entry in (data.get("platforms") or {}).items():
+                _check_platform_entry(doc, os_id, entry)
+                platforms[os_id] = entry
+            defaults.update(data.get("defaults") or {})
+            settings.update(data.get("settings") or {})
+            for fam in FAMILIES:
+                if fam in data:
+                    section = data[fam] or {}
+                    if "setup_packages" in section:
+                        repos[fam]["setup_packages"] = list(section["setup_packages"])
+                    repos[fam]["repos"].update(section.get("repos") or {})
+        return cls(platforms=platforms, platform_defaults=defaults, repos=repos,
+                   settings=settings, image_dir=str(image_dir or default_image_dir()))
+
+    # -- platforms -----------------------------------------------------------------
+    def platform_ids(self) -> list[str]:
+        return [f"{os_id}.{arch}" for os_id, e in self.platforms.items() for arch in e["arches"]]
+
+    def platform(self, platform_id: str) -> Platform:
+        """Resolve `rocky_9.x86_64`; KeyError-free: raises UserError naming the known ids."""
+        os_id, dot, arch = str(platform_id).rpartition(".")
+        entry = self.platforms.get(os_id) if dot else None
+        if entry is None or arch not in entry["arches"]:
+            known = self.platform_ids()
+            hint = did_you_mean(str(platform_id), known)
+            raise UserError(f"unknown platform {platform_id!r}",
+                            hint=(hint + " " if hint else "") + "known platforms: " + ", ".join(known))
+        image = entry.get("image", self.platform_defaults.get("image", "{image_dir}/{platform}.qcow2"))
+        fmt = entry.get("image_format", self.platform_defaults.get("image_format", "qcow2"))
+        return Platform(id=platform_id, os=os_id, family=entry["family"], distro=entry["distro"],
+                        display=entry["display"], major=int(entry["major"]), arch=arch,
+                        codename=entry.get("codename"),
+                        image=image.format(image_dir=self.image_dir, platform=platform_id,
+                                           os=os_id, arch=arch),
+                        image_format=fmt)
+
+    # -- repositories --------------------------------------------------------------
+    def repo_names(self, family: str) -> list[str]:
+        return sorted(self.repos[family]["repos"])
+
+    def check_repo(self, family: str, name: str) -> str | None:
+        """None when `name` is a known repository of `family`, else the error message + hint."""
+        if name in self.repos[family]["repos"]:
+            return None
+        return did_you_mean(name, self.repo_names(family)) or \
+            f"known {family} repositories: {', '.join(self.repo_names(family))}"
+
+    def resolve(self, platform: Platform, series: str, names: tuple[str, ...]) -> RepoSetup:
+        """What the payload must do on `platform` to use repositories `names` of `series`."""
+        fam = self.repos[platform.family]
+        subst = dict(series=series, major=platform.major, codename=platform.codename or "",
+                     debian_mirror=self.settings.get("debian_mirror", ""),
+                     debian_security_mirror=self.settings.get("debian_security_mirror", ""))
+        setup = tuple(p.format(**subst) for p in fam["setup_packages"])
+        enable: list[str] = []
+        apt: list[str] = []
+        for name in names:
+            entry = fam["repos"][name]
+            for rid in entry.get("enable", []):
+                if rid.format(**subst) not in enable:
+                    enable.append(rid.format(**subst))
+            for line in entry.get("apt_sources", []):
+                if line.format(**subst) not in apt:
+                    apt.append(line.format(**subst))
+        return RepoSetup(setup_packages=setup, enable=tuple(enable), apt_sources=tuple(apt))
+
+    def network_check_host(self, family: str) -> str:
+        hosts = self.settings.get("network_check_host", {})
+        return hosts.get(family, "") if isinstance(hosts, dict) else str(hosts)
+
+
+def _load_shipped(name: str) -> dict:
+    return yamlsrc.load(Path(str(resources.files("osgtest_dag") / "data" / name))).data
+
+
+def _check_platform_entry(doc: yamlsrc.Document, os_id: str, entry) -> None:
+    where = doc.where("platforms", os_id)
+    if not isinstance(entry, dict):
+        raise UserError(f"platform {os_id!r} must be a mapping", where=where)
+    for req in ("family", "distro", "display", "major", "arches"):
+        if req not in entry:
+            raise UserError(f"platform {os_id!r} lacks {req!r}", where=where,
+                            hint="give family, distro, display, major and arches")
+    if entry["family"] not in FAMILIES:
+        raise UserError(f"platform {os_id!r}: family must be one of {', '.join(FAMILIES)}",
+                        where=doc.where("platforms", os_id, "family"))
+    for arch in entry["arches"]:
+        if arch not in ARCHES:
+            raise UserError(f"platform {os_id!r}: unknown arch {arch!r}",
+                            where=doc.where("platforms", os_id, "arches"),
+                            hint=f"known: {', '.join(ARCHES)}")
