@@ -147,6 +147,33 @@ def test_accel_detection_and_override(monkeypatch):
         qemu.detect_accel()
 
 
+@pytest.mark.vm
+def test_accel_probe_boots_a_real_linux_kernel():
+    """The probe trusts an accelerator only when a Linux kernel runs to its end under it (a boot
+    sector is not enough: some hosts run one under KVM while Linux hangs). TCG always works."""
+    ok, why = qemu._probe("tcg", 90)
+    assert ok, why
+    assert "Linux kernel booted" in why
+    ok, why = qemu._probe("tcg", 0.5)          # a kernel that cannot finish: not trusted
+    assert not ok and "did not finish booting" in why
+
+
+def test_accel_probe_answer_is_kept_per_host_boot(monkeypatch, tmp_path):
+    monkeypatch.setenv("OSGTEST_DAG_CACHE", str(tmp_path))
+    monkeypatch.delenv("OSGTEST_DAG_ACCEL", raising=False)
+    monkeypatch.setattr(qemu, "_accel_cache", None)
+    calls = []
+    monkeypatch.setattr(qemu, "_probe", lambda accel, timeout: calls.append(accel) or (False, "hung"))
+    assert qemu.detect_accel() == "tcg"
+    monkeypatch.setattr(qemu, "_accel_cache", None)            # a new process, same boot
+    assert qemu.detect_accel() == "tcg" and calls == ["kvm"]
+    key, accel, why = (tmp_path / "accel-probe.txt").read_text().rstrip("\n").split("\t")
+    assert (accel, why) == ("tcg", "hung")
+    (tmp_path / "accel-probe.txt").write_text(f"another-boot\tkvm\tok\n")
+    monkeypatch.setattr(qemu, "_accel_cache", None)
+    assert qemu.detect_accel() == "tcg" and calls == ["kvm", "kvm"]
+
+
 def test_qemu_argv(tmp_path):
     argv = qemu.qemu_argv(tmp_path / "ov,1.qcow2", [qemu.Disk(tmp_path / "io.qcow2", "qcow2")],
                           accel="tcg", memory_mb=2048, vcpus=2, networking=True,

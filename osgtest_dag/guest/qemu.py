@@ -5,8 +5,9 @@ the returned `VM` handle; `boot()` is the blocking form). Every VM has a wall-cl
 on expiry the whole process group is killed and the result says `timed_out`.
 
 Acceleration: KVM when it really works, else TCG. `/dev/kvm` answering is not enough (on
-some hosts `-cpu host` aborts on an MSR, or a guest hangs), so `detect_accel()` boots a tiny
-boot sector with the exact KVM machine/CPU options and trusts KVM only if the guest code runs.
+some hosts `-cpu host` aborts on an MSR; on others a boot sector runs but a Linux guest hangs),
+so `detect_accel()` boots a real Linux kernel with the exact KVM machine/CPU options and trusts
+KVM only if that kernel runs to its end.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from osgtest_dag.base import command
+from osgtest_dag.base import command, paths
+from osgtest_dag.base.atomic import write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
 
 log = logging.getLogger("osgtest_dag.guest.qemu")
@@ -37,12 +39,13 @@ _ACCEL_ARGS = {
     "tcg": ["-machine", "q35,accel=tcg", "-cpu", "max"],
 }
 
-# Boot sector for the KVM probe (real mode, loaded at 0x7c00):
-#   mov dx,0x3f8; mov al,'O'; out dx,al; mov al,'K'; out dx,al; mov al,10; out dx,al
-#   mov dx,0xf4; mov al,0x10; out dx,al      ; isa-debug-exit -> qemu exits (0x10<<1)|1 = 33
-#   hlt; jmp $-1
-_PROBE_CODE = bytes.fromhex("BAF803B04FEEB04BEEB00AEEBAF400B010EEF4EBFD")
-_PROBE_EXIT = 33
+# The KVM probe boots a real Linux kernel (the host's, from /boot) with no root disk: it gets as
+# far as "Kernel panic ... unable to mount root fs" only when KVM really runs a Linux guest. A
+# boot sector is not enough: on some hosts it runs under KVM while a Linux kernel hangs silently
+# right after "Probing EDD". The answer is kept per host boot (the cache file), so each process
+# does not pay the probe again.
+_PROBE_MARK = "Kernel panic"
+_PROBE_APPEND = "console=ttyS0 panic=-1 root=/dev/osgtest-probe-no-root"
 
 _accel_cache: str | None = None
 _accel_lock = threading.Lock()
@@ -79,36 +82,63 @@ def image_format(path: Path) -> str:
     return json.loads(out)["format"]
 
 
+def _probe_kernel() -> Path | None:
+    """The newest kernel in /boot (Debian's linux-image-amd64, installed by the set-up)."""
+    kernels = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda k: k.stat().st_mtime)
+    return kernels[-1] if kernels else None
+
+
 def _probe(accel: str, timeout: float) -> tuple[bool, str]:
-    """Boot the probe sector with `accel`'s options; True when the guest code ran."""
+    """Boot the probe kernel with `accel`'s options; True when it ran to its root-mount panic."""
     if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
-    with tempfile.TemporaryDirectory(prefix="osgtest-accel-") as tmp:
-        img = Path(tmp) / "probe.img"
-        # SeaBIOS will not boot a disk of one sector: pad to 1 MiB.
-        img.write_bytes(_PROBE_CODE + b"\0" * (510 - len(_PROBE_CODE)) + b"\x55\xaa"
-                        + b"\0" * (1024 * 1024 - 512))
-        argv = [QEMU, *_ACCEL_ARGS[accel], "-m", "64", "-nodefaults", "-no-reboot",
-                "-display", "none", "-monitor", "none", "-serial", "stdio",
-                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                "-drive", f"file={img},format=raw,if=virtio"]
-        try:
-            proc = command.run(argv, check=False, timeout=timeout)
-        except CommandError as e:
-            return False, e.reason or str(e)
-    if proc.returncode == _PROBE_EXIT and "OK" in proc.stdout:
-        return True, "probe guest ran"
+    kernel = _probe_kernel()
+    if kernel is None:
+        return False, "no Linux kernel in /boot to probe with (run `make setup`)"
+    argv = [QEMU, *_ACCEL_ARGS[accel], "-m", "256", "-nodefaults", "-no-reboot",
+            "-display", "none", "-monitor", "none", "-serial", "stdio",
+            "-kernel", kernel, "-append", _PROBE_APPEND]
+    t0 = time.monotonic()
+    try:
+        proc = command.run(argv, check=False, timeout=timeout)
+    except CommandError as e:
+        return False, f"a Linux kernel did not finish booting ({e.reason or e})"
+    if _PROBE_MARK in (proc.stdout or ""):
+        return True, f"a Linux kernel booted in {time.monotonic() - t0:.1f} s"
     err = (proc.stderr or "").strip().splitlines()
     return False, f"qemu exited {proc.returncode}" + (f": {err[0]}" if err else "")
 
 
-def detect_accel(timeout: float = 15.0) -> str:
-    """"kvm" if a KVM guest really runs here, else "tcg". Cached per process.
+def _probe_key() -> str:
+    """What the probe's answer depends on: this host boot, the probe kernel and qemu."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = "unknown-boot"
+    parts = [boot_id]
+    for path in (_probe_kernel(), command.which(QEMU)):
+        parts.append(f"{path}:{path.stat().st_mtime_ns}" if path else "none")
+    return "|".join(parts)
 
-    The probe runs a boot sector with `-machine q35,accel=kvm -cpu host`, the options KVM
-    boots use; here `-cpu host` aborts on an MSR, so TCG is chosen. It cannot catch a host
-    where that sector runs but a Linux guest still hangs (seen here with other `-cpu` models,
-    even in long mode): there, set `OSGTEST_DAG_ACCEL=tcg`; the wall-clock limit bounds a hang.
+
+def _probe_cache() -> Path:
+    return paths.cache_dir() / "accel-probe.txt"
+
+
+def _cached_probe() -> tuple[str, str] | None:
+    """(accel, why) from an earlier probe in this host boot, if its inputs are unchanged."""
+    try:
+        key, accel, why = _probe_cache().read_text().rstrip("\n").split("\t")
+    except (OSError, ValueError):
+        return None
+    return (accel, why) if key == _probe_key() and accel in ACCELS else None
+
+
+def detect_accel(timeout: float = 20.0) -> str:
+    """"kvm" if a Linux guest really runs under KVM here, else "tcg".
+
+    Cached per process and per host boot (`<cache>/accel-probe.txt`): a host where KVM hangs a
+    Linux guest pays the probe's time-out once, not once per command.
     `OSGTEST_DAG_ACCEL=kvm|tcg` overrides the probe.
     """
     global _accel_cache
@@ -120,9 +150,17 @@ def detect_accel(timeout: float = 15.0) -> str:
         return forced
     with _accel_lock:
         if _accel_cache is None:
-            ok, why = _probe("kvm", timeout)
-            _accel_cache = "kvm" if ok else "tcg"
-            log.info("accelerator: %s (KVM probe: %s)", _accel_cache, why)
+            cached = _cached_probe()
+            if cached is None:
+                ok, why = _probe("kvm", timeout)
+                cached = ("kvm" if ok else "tcg", why)
+                try:
+                    _probe_cache().parent.mkdir(parents=True, exist_ok=True)
+                    write_text_atomic(_probe_cache(), f"{_probe_key()}\t{cached[0]}\t{why}\n")
+                except OSError as e:
+                    log.warning("cannot keep the accelerator probe's answer: %s", e)
+            _accel_cache = cached[0]
+            log.info("accelerator: %s (KVM probe: %s)", _accel_cache, cached[1])
         return _accel_cache
 
 
