@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 
-from osgtest_dag.engine.local import executor
+from osgtest_dag.engine.local import executor, submit
 
 
 def sub(path: Path, script: str) -> None:
@@ -156,9 +156,9 @@ def test_pre_script_skip_and_subdag(tmp_path):
 
 
 def test_arguments_new_syntax():
-    assert executor.split_arguments("\"node post-vm 'a b' 'it''s'\"") == ["node", "post-vm", "a b", "it's"]
-    assert executor.split_arguments("old style args") == ["old", "style", "args"]
-    assert executor.split_arguments('"one ""quoted"" two"') == ['one', '"quoted"', "two"]
+    assert submit.split_arguments("\"node post-vm 'a b' 'it''s'\"") == ["node", "post-vm", "a b", "it's"]
+    assert submit.split_arguments("old style args") == ["old", "style", "args"]
+    assert submit.split_arguments('"one ""quoted"" two"') == ['one', '"quoted"', "two"]
 
 
 def test_resume_after_kill_does_not_redo_finished_nodes(tmp_path):
@@ -220,12 +220,8 @@ def test_progress_plain_lines_count_cells():
     from osgtest_dag.engine.local.progress import Progress
     out = io.StringIO()
     p = Progress(stream=out, tty=False)
-
-    class St:
-        def get(self, n):
-            return {"status": "pending"}
     nodes = [f"{k}{s}" for s in ("000", "001") for k in ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")]
-    p.add_dag("m.dag", nodes, St())
+    p.add_dag("m.dag", dict.fromkeys(nodes, "pending"))
     p.update("m.dag", "CreateDisk000", "running")
     p.update("m.dag", "CreateDisk000", "done")       # waiting for a VM: pending again
     for k in ("TestRun", "ProcessResult", "CleanOutput"):
