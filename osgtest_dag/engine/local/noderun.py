@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
 from osgtest_dag.base.errors import UserError
@@ -55,7 +56,7 @@ class NodeRunner:
         except Interrupted:
             pass  # a sub-DAG stopped by Ctrl-C: the node stays to be run again
         except Exception as e:  # a bug or an environment problem: the node fails, the run goes on
-            log.exception("node %s: %s", name, e)
+            log.exception("node %s failed", name)
             st.status = NodeStatus.FAILED
             st.attempts.append(Attempt(retry=st.retries, started=time.time(), error=str(e)[:500]))
         finally:
@@ -78,7 +79,7 @@ class NodeRunner:
             st.attempts.append(attempt)
             macros = {"JOB": name, "RETRY": str(st.retries), "MAX_RETRIES": str(node.retries),
                       "DAG_STATUS": str(dag_status), "FAILED_COUNT": str(failed_count)}
-            result = None
+            result: int | None = None
             skip_job = False
             if node.pre:
                 pre_rc = self._script(node.pre, macros, f"{name}.pre")
@@ -108,6 +109,7 @@ class NodeRunner:
                 macros["RETURN"] = str(job_rc if job_rc is not None else result)
                 result = self._script(node.post, macros, f"{name}.post")
                 attempt.post = result
+            assert result is not None      # from the POST script, the job or the PRE script
             attempt.ended = time.time()
             attempt.result = result
             verdict = after_attempt(rule, st.retries, result)
@@ -157,14 +159,10 @@ class NodeRunner:
         if spec.universe not in ("local", "vanilla", "scheduler"):
             raise UserError(f"node {node.name}: universe {spec.universe!r} cannot run locally")
         spec.initialdir.mkdir(parents=True, exist_ok=True)
-        out = open(spec.output, "ab") if spec.output else subprocess.DEVNULL
-        err = open(spec.error, "ab") if spec.error else subprocess.DEVNULL
-        try:
+        with ExitStack() as files:
+            out = files.enter_context(open(spec.output, "ab")) if spec.output else subprocess.DEVNULL
+            err = files.enter_context(open(spec.error, "ab")) if spec.error else subprocess.DEVNULL
             exe = spec.executable
             if exe and not os.path.isabs(exe) and (spec.initialdir / exe).exists():
                 exe = str(spec.initialdir / exe)
             return self._process([exe, *spec.arguments], spec.initialdir, out, err, spec.environment)
-        finally:
-            for f in (out, err):
-                if f is not subprocess.DEVNULL:
-                    f.close()

@@ -51,7 +51,7 @@ class DagScheduler:
         outcome = dag_outcome((self.state.node(n).status for n in graph), self._aborted)
         if not self.dag.final:
             return outcome.ok
-        return self._run_final(outcome)
+        return self._run_final(self.dag.final, outcome)
 
     def _prepare(self, graph: nx.DiGraph, excluded: set[str]) -> list[str]:
         """The nodes to run, in the DAG's order."""
@@ -123,16 +123,16 @@ class DagScheduler:
                 if not self._finished and not self.ctx.stop.is_set():
                     slots.cond.wait(timeout=1.0)
 
-    def _run_final(self, outcome: DagOutcome) -> bool:
-        final = self.state.node(self.dag.final)
+    def _run_final(self, name: str, outcome: DagOutcome) -> bool:
+        final = self.state.node(name)
         if final.status is not NodeStatus.DONE:
             final.status, final.retries = NodeStatus.PENDING, 0
-            keys = self._slot_keys(self.dag.final)
+            keys = self._slot_keys(name)
             slots = self.ctx.slots
             while not slots.try_take(keys):
                 with slots.cond:
                     slots.cond.wait(timeout=1.0)
-            self.nodes.run(self.dag.final, keys, lambda name, abort: None,
+            self.nodes.run(name, keys, lambda name, abort: None,
                            dag_status=outcome.dag_status, failed_count=outcome.failed_count)
             if self.ctx.stop.is_set():
                 raise Interrupted()

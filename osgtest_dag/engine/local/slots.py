@@ -40,9 +40,10 @@ def default_jobs(vm_memory_mb: int = 2048) -> int:
     """VMs this machine can hold at once, by cores and by available memory."""
     cores = os.cpu_count() or 1
     try:
-        avail_kb = int(re.search(r"MemAvailable:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-    except (OSError, AttributeError):
-        avail_kb = 4 << 20
+        m = re.search(r"MemAvailable:\s+(\d+)", Path("/proc/meminfo").read_text())
+    except OSError:
+        m = None
+    avail_kb = int(m.group(1)) if m else 4 << 20
     by_mem = max(1, (avail_kb // 1024 - 1024) // (vm_memory_mb + 256))
     return max(1, min(cores, by_mem))
 

@@ -89,7 +89,7 @@ def read_job(submit_file: Path, node_vars: dict, dag_dir: Path, *, node_name: st
         sub = htcondor2.Submit(submit_file.read_text())
     except OSError as e:
         raise UserError(f"node {node_name}: cannot read submit file: {e.strerror}", where=submit_file) from None
-    except Exception as e:  # HTCondor's parser raises plain exceptions
+    except Exception as e:  # noqa: BLE001 - HTCondor's parser raises plain exceptions
         raise UserError(f"node {node_name}: submit file does not parse: {e}", where=submit_file) from None
     for k, v in node_vars.items():
         sub[k] = v

@@ -111,6 +111,7 @@ class VmJob:
                     workdir=scratch, base_format=base_fmt or None, accel=self.accel)
             self.children.add(vm.pid, vm.argv, scratch)
             res = vm.wait()
+            assert res is not None          # without a timeout, wait() returns once the VM ended
             with self._lock:
                 self._vm = None
             vm_record = {"starts": starts, "accel": res.accel, "wall_s": res.wall_s,
