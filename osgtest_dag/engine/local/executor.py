@@ -82,7 +82,9 @@ def run_dag(dag_path: Path, opts: Options | None = None) -> bool:
 
     def on_sigint(signum, frame):
         log.warning("interrupted: stopping running jobs")
-        ex.interrupt()
+        # Not in the handler itself: it runs in the main thread, which may be holding the
+        # locks interrupt() takes (the scheduler starting the FINAL node's job).
+        threading.Thread(target=ex.interrupt, name="interrupt").start()
     if is_main:
         signal.signal(signal.SIGINT, on_sigint)
         signal.signal(signal.SIGTERM, on_sigint)
