@@ -7,11 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
 
-from osgtest_dag.engine.local import executor
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.engine.local import executor, submit
+from osgtest_dag.engine.local.jobs import RETURN_REMOVED, RETURN_SUBMIT_FAILED, ProcessJob, RunningJobs
+from osgtest_dag.engine.local.reaper import ChildRecord
+from osgtest_dag.engine.local.state import Attempt, NodeStatus, StateFile
+from osgtest_dag.engine.local.vmjob import VmJob
+from osgtest_dag.model import dagfile
 
 
 def sub(path: Path, script: str) -> None:
@@ -156,9 +164,9 @@ def test_pre_script_skip_and_subdag(tmp_path):
 
 
 def test_arguments_new_syntax():
-    assert executor.split_arguments("\"node post-vm 'a b' 'it''s'\"") == ["node", "post-vm", "a b", "it's"]
-    assert executor.split_arguments("old style args") == ["old", "style", "args"]
-    assert executor.split_arguments('"one ""quoted"" two"') == ['one', '"quoted"', "two"]
+    assert submit.split_arguments("\"node post-vm 'a b' 'it''s'\"") == ["node", "post-vm", "a b", "it's"]
+    assert submit.split_arguments("old style args") == ["old", "style", "args"]
+    assert submit.split_arguments('"one ""quoted"" two"') == ['one', '"quoted"', "two"]
 
 
 def test_resume_after_kill_does_not_redo_finished_nodes(tmp_path):
@@ -220,12 +228,8 @@ def test_progress_plain_lines_count_cells():
     from osgtest_dag.engine.local.progress import Progress
     out = io.StringIO()
     p = Progress(stream=out, tty=False)
-
-    class St:
-        def get(self, n):
-            return {"status": "pending"}
     nodes = [f"{k}{s}" for s in ("000", "001") for k in ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")]
-    p.add_dag("m.dag", nodes, St())
+    p.add_dag("m.dag", dict.fromkeys(nodes, "pending"))
     p.update("m.dag", "CreateDisk000", "running")
     p.update("m.dag", "CreateDisk000", "done")       # waiting for a VM: pending again
     for k in ("TestRun", "ProcessResult", "CleanOutput"):
@@ -250,3 +254,102 @@ def test_same_final_states_as_real_dagman(tmp_path):
     dag = pooltest.write_injected_dag(tmp_path)
     assert executor.run_dag(dag, executor.Options(local_jobs=4)) is True
     assert node_outcomes(dag) == recorded["nodes"] == pooltest.EXPECTED
+
+
+# A state file as the executor wrote it before NodeState (version 1): it must still resume.
+OLD_STATE = {"schema": "osgtest-dag/local-state", "version": 1, "nodes": {
+    "A": {"status": "done", "retries": 1, "attempts": [
+        {"retry": 0, "started": 1.0, "pre": 0, "job": 1, "post": 1, "ended": 2.0, "result": 1},
+        {"retry": 1, "started": 3.0, "job": 0, "ended": 4.0, "result": 0,
+         "vm": [{"starts": 1, "accel": "tcg", "wall_s": 1.5, "returncode": 0, "timed_out": False,
+                 "console": "console.1.1.log"}]}]},
+    "B": {"status": "failed", "retries": 2, "attempts": [{"error": "boom"}], "unless_exit": True},
+    "C": {"status": "futile", "retries": 0, "attempts": []},
+    "D": {"status": "running", "retries": 0, "attempts": [{"retry": 0, "started": 5.0}]},
+    "E": {"status": "pending", "retries": 0, "attempts": []}}}
+
+
+def test_state_file_round_trip_and_resume(tmp_path):
+    path = tmp_path / "x.dag.local-state.json"
+    path.write_text(json.dumps(OLD_STATE))
+    state = StateFile(path)
+    assert state.nodes["A"].status is NodeStatus.DONE and state.nodes["A"].attempts[1].vm[0]["accel"] == "tcg"
+    assert state.nodes["B"].stopped_by_unless_exit is True
+    state.save()
+    saved = json.loads(path.read_text())
+    assert saved["nodes"]["A"] == OLD_STATE["nodes"]["A"]           # same format, key for key
+    assert saved["nodes"]["B"]["attempts"] == [{"retry": 0, "started": 0.0, "error": "boom"}]
+    for st in state.nodes.values():
+        st.reset_for_resume()
+    assert {n: (st.status.value, st.retries, st.stopped_by_unless_exit) for n, st in state.nodes.items()} == {
+        "A": ("done", 1, None), "B": ("pending", 0, None), "C": ("pending", 0, None),
+        "D": ("pending", 0, None), "E": ("pending", 0, None)}
+
+
+def test_state_file_of_another_version_is_refused(tmp_path):
+    path = tmp_path / "x.dag.local-state.json"
+    path.write_text(json.dumps({**OLD_STATE, "version": 2}))
+    with pytest.raises(UserError, match="version 2"):
+        StateFile(path)
+    path.write_text(json.dumps({**OLD_STATE, "nodes": {"A": {"status": "exploded", "retries": 0}}}))
+    with pytest.raises(UserError, match="malformed"):
+        StateFile(path)
+    path.write_text("{not json")                 # unreadable: ignored, every node runs
+    assert StateFile(path).nodes == {}
+
+
+def test_jobs_are_killed_running_or_before_they_start(tmp_path):
+    children = ChildRecord(tmp_path / "children.jsonl")
+    running = RunningJobs()
+
+    def job():
+        return ProcessJob(["sleep", "30"], cwd=tmp_path, stdout=None, stderr=None, env={},
+                          children=children)
+    results = []
+    t = threading.Thread(target=lambda: results.append(running.run(job())))
+    t0 = time.monotonic()
+    t.start()
+    while not (tmp_path / "children.jsonl").exists():
+        time.sleep(0.01)
+    running.kill_all()
+    t.join(timeout=10)
+    assert results == [-signal.SIGTERM] and time.monotonic() - t0 < 10
+    assert running.run(job()) == RETURN_SUBMIT_FAILED      # after Ctrl-C nothing starts
+    assert len(children.path.read_text().splitlines()) == 1
+
+
+def test_reaper_stops_what_a_killed_executor_left_running(tmp_path):
+    left = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    for p in (left, other):      # /proc shows the new program's command line a moment after exec
+        while not Path(f"/proc/{p.pid}/cmdline").read_bytes().startswith(b"sleep\0"):
+            time.sleep(0.01)
+    record = ChildRecord.for_dag(tmp_path / "x.dag")
+    record.add(left.pid, ["sleep", "30"], tmp_path)
+    record.add(other.pid, ["qemu-system-x86_64"], tmp_path)    # the pid now runs something else
+    try:
+        record.reap()
+        assert left.wait(timeout=10) == -signal.SIGKILL
+        assert other.poll() is None
+        assert not record.path.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_vm_job_without_its_base_image_or_killed_first_boots_nothing(tmp_path):
+    spec = submit.JobSpec(universe="vm", executable="", arguments=(), initialdir=tmp_path, output=None,
+                          error=None, environment={}, vm_disks=(("base.qcow2", "vda", "r", "qcow2"),))
+    node = dagfile.Node(name="TestRun000", submit_file="vm.sub")
+    children = ChildRecord(tmp_path / "children.jsonl")
+    attempt = Attempt(retry=0, started=0.0)
+    assert VmJob(spec, node, attempt, accel="tcg", children=children).run() == RETURN_SUBMIT_FAILED
+    assert attempt.error == f"base image {tmp_path / 'base.qcow2'} missing"
+    (tmp_path / "base.qcow2").write_bytes(b"")
+    job = VmJob(spec, node, Attempt(retry=0, started=0.0), accel="tcg", children=children)
+    job.kill()                                   # Ctrl-C came first: no VM starts
+    assert job.run() == RETURN_REMOVED
+    assert not children.path.exists() and not (tmp_path / ".scratch-TestRun000").exists()
+    with pytest.raises(UserError, match="needs vm_disk"):
+        VmJob(submit.JobSpec(universe="vm", executable="", arguments=(), initialdir=tmp_path, output=None,
+                             error=None, environment={}), node, attempt, accel=None, children=children)

@@ -34,10 +34,10 @@ class Progress:
         self._last_line = ""
 
     # called by the executor ------------------------------------------------------------
-    def add_dag(self, dag_path, nodes, state) -> None:
+    def add_dag(self, dag_path, statuses: dict[str, str]) -> None:
+        """A DAG's nodes (those this run runs) and their status words before it starts."""
         with self.lock:
-            for n in nodes:
-                st = state.get(n)["status"]
+            for n, st in statuses.items():
                 st = "pending" if st in ("running", "failed", "futile") else st
                 self._set(n, st)
         self._render(changed=None)

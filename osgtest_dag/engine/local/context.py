@@ -1,0 +1,49 @@
+"""What one executor's DAG, its sub-DAGs and all their node threads share."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from osgtest_dag.base.errors import OsgtestDagError
+from osgtest_dag.engine.local.jobs import RunningJobs
+from osgtest_dag.engine.local.progress import Progress
+from osgtest_dag.engine.local.reaper import ChildRecord
+from osgtest_dag.engine.local.slots import Slots, default_jobs
+
+
+class Interrupted(OsgtestDagError):
+    exit_code = 130
+
+    def __init__(self):
+        super().__init__("interrupted: running jobs were stopped; run again to finish the rest")
+
+
+@dataclass
+class Options:
+    jobs: int = 0                      # VMs at once; 0 = default_jobs()
+    local_jobs: int = 0                # local processes at once; 0 = 2 x cores
+    accel: str | None = None
+    exclude_nodes: frozenset = frozenset()   # nodes (and their descendants) left out (--only)
+    progress: Progress | None = None
+
+
+class Context:
+    def __init__(self, opts: Options, children: ChildRecord):
+        self.opts = opts
+        self.slots = Slots(opts.jobs or default_jobs(), opts.local_jobs or 2 * (os.cpu_count() or 1))
+        self.stop = threading.Event()       # Ctrl-C: start nothing more
+        self.jobs = RunningJobs()           # ... and kill what runs
+        self.children = children            # ... and what a `kill -9` would leave running
+        self._job_ids = itertools.count(1)
+
+    def next_job_id(self) -> str:
+        """$JOBID of the next job, as HTCondor numbers them (cluster.proc.subproc)."""
+        return f"{next(self._job_ids)}.0.0"
+
+    def progress_update(self, dag_path: Path, node: str, status: str) -> None:
+        if self.opts.progress:
+            self.opts.progress.update(dag_path, node, status)
