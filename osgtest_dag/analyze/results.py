@@ -473,22 +473,24 @@ def analysis_options(run_dir: Path, manifest: dict, known_failures: Iterable[Pat
     return AnalysisOptions(known=known, tags=tags, run_date=generated.date() if generated else None)
 
 
-def cell_outcomes(run_dir: Path | str, serials: Iterable[str] | None = None) -> dict[str, tuple[Outcome, str]]:
-    """serial -> (outcome, reason) of the run's cells (all, or `serials`), decided now from the
-    cells' evidence exactly as results.json decides it, with the run's own known failures."""
+def analyze_cells(run_dir: Path | str, serials: Iterable[str] | None = None) -> list[dict]:
+    """The results.json entries of the run's cells (all, or `serials`), made now from the
+    cells' evidence with the run's own known failures: what status, rerun and the FINAL node
+    see before the run is analyzed."""
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
     opts = analysis_options(run_dir, manifest)
     wanted = None if serials is None else set(serials)
     configs = [c for c in cellconfig.iter_cells(run_dir) if wanted is None or c["serial"] in wanted]
     if not configs:
-        return {}
+        return []
     job_events = read_job_log(RunDir(run_dir).job_log)
-    out = {}
-    for cfg in configs:
-        cell = analyze_cell(run_dir, cfg, opts, job_events)
-        out[cfg["serial"]] = (Outcome(cell["outcome"]), cell["reason"])
-    return out
+    return [analyze_cell(run_dir, cfg, opts, job_events) for cfg in configs]
+
+
+def cell_outcomes(run_dir: Path | str, serials: Iterable[str] | None = None) -> dict[str, tuple[Outcome, str]]:
+    """serial -> (outcome, reason), decided as results.json decides it (analyze_cells)."""
+    return {c["serial"]: (Outcome(c["outcome"]), c["reason"]) for c in analyze_cells(run_dir, serials)}
 
 
 def run_outcomes(run_dir: Path | str) -> dict[str, Outcome]:

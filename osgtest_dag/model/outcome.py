@@ -248,8 +248,8 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
         return Outcome.INFRA, e.record_error
     if e.vm_timed_out:
         last_timeout = next((d for d in reversed(e.post_vm) if d.verdict is Verdict.TIMEOUT), None)
-        return Outcome.TIMEOUT, (e.job_reason or (last_timeout.reason if last_timeout else None)
-                                 or "the VM was stopped at its time limit")
+        return Outcome.TIMEOUT, ((e.job.reason if e.job else None) or (last_timeout.reason if last_timeout else None)
+                                 or e.job_reason or "the VM was stopped at its time limit")
     if e.post_vm:
         last = e.post_vm[-1]
         n = len(e.post_vm)

@@ -37,6 +37,8 @@ from pathlib import Path
 
 from osgtest_dag.base import command
 from osgtest_dag.model import dagfile
+from osgtest_dag.model.documents import VmRecord
+from osgtest_dag.model.rundir import LOCAL_VM
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import CommandError, OsgtestDagError, UserError
 
@@ -643,7 +645,7 @@ class Executor:
                              "returncode": res.returncode, "timed_out": res.timed_out,
                              "console": str(console.relative_to(init))}
                 attempt.setdefault("vm", []).append(vm_record)
-                _append_json(init / VM_RECORDS, {"node": node.name, **vm_record})
+                VmRecord.append(init / LOCAL_VM, VmRecord(node=node.name, **vm_record))
                 if self.stop.is_set():
                     return RETURN_REMOVED
                 if res.timed_out:
@@ -691,26 +693,6 @@ class Executor:
                     except OSError:
                         pass
             self._children_file.unlink()
-
-
-VM_RECORDS = "local-vm.json"
-
-
-def read_vm_records(path: Path) -> list[dict]:
-    """The executor's per-start VM records (one JSON object a line) in a cell's
-    local-vm.json; unreadable lines are skipped, a missing file is no records."""
-    out = []
-    try:
-        for line in Path(path).read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    except OSError:
-        pass
-    return out
 
 
 def _append_json(path: Path, record: dict) -> None:
