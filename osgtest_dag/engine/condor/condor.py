@@ -417,7 +417,8 @@ class RunProgress:
     nodes: dict[str, dict]                # DAG counts (both DAGs summed)
     held: list[dict]
     retries: dict[str, int]               # node -> RetryCount (> 0 only)
-    outcomes: dict[str, int]              # outcome -> count, from the POST scripts / results
+    outcomes: dict[str, int]              # outcome -> count of the finished cells
+    cell_outcomes: dict[str, str]         # serial -> outcome of each finished cell
     dagman_exit: int | None
 
     @property
@@ -543,13 +544,15 @@ def progress(run_dir: Path, now: float | None = None,
     end = dagman.ended if (dagman and dagman.ended) else None
     elapsed = None if start is None else max(0.0, (end or now) - start)
 
+    decided = _finished_outcomes(layout, cells, known_outcomes)
     outcomes: dict[str, int] = {}
-    for o in _finished_outcomes(layout, cells, known_outcomes).values():
+    for o in sorted(decided.values()):
         outcomes[o.value] = outcomes.get(o.value, 0) + 1
     return RunProgress(run_dir=str(run_dir), submitted=submitted, dag_state=state, finished=finished,
                        elapsed_s=elapsed, cells_total=len(serials), cells=cells, cell_counts=cell_counts,
                        nodes=counts, held=sorted(held, key=lambda h: h["job"]), retries=retries,
-                       outcomes=outcomes, dagman_exit=dagman_exit)
+                       outcomes=outcomes, cell_outcomes={s: o.value for s, o in sorted(decided.items())},
+                       dagman_exit=dagman_exit)
 
 
 # Cell states whose evidence is all there (the POST script decided, the output is extracted).
@@ -587,7 +590,7 @@ def format_progress(p: RunProgress) -> str:
     lines.append(f"cells: {p.cells_finished}/{p.cells_total} finished; "
                  + ", ".join(f"{k} {p.cell_counts[k]}" for k in CELL_STATES if p.cell_counts.get(k)))
     if p.outcomes:
-        lines.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(p.outcomes.items())))
+        lines.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in p.outcomes.items()))
     n = p.nodes
     if n["total"]:
         lines.append(f"nodes: {n['done']}/{n['total']} done, {n['queued']} queued, {n['post']} post, "
