@@ -37,6 +37,7 @@ from osgtest_dag.generate.cellconfig import cell_json, write_store
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.plan.matrix import Cell
 from osgtest_dag.model import rundir
+from osgtest_dag.model.documents import read_document
 from osgtest_dag.model.rundir import NodeName, cell_rel
 
 RUN_SCHEMA = "osgtest-dag/run"
@@ -337,16 +338,11 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
 
 def load_manifest(run_dir: Path) -> dict:
     path = rundir.RunDir(run_dir).manifest
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise UserError("not a run directory (no run.json)", where=run_dir,
-                        hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read run manifest: {e}", where=path) from None
-    if data.get("schema") != RUN_SCHEMA or data.get("version") != RUN_VERSION:
-        raise UserError("run directory from an incompatible osgtest-dag version", where=path)
-    return data
+                        hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`")
+    return read_document(path, RUN_SCHEMA, RUN_VERSION,
+                         hint="a run directory from an incompatible osgtest-dag version: regenerate it")
 
 
 def check_run(run_dir: Path) -> dict:

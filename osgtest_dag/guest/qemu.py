@@ -11,7 +11,6 @@ boot sector with the exact KVM machine/CPU options and trusts KVM only if the gu
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import CommandError, UserError
+from osgtest_dag.model.documents import parse_json
 
 log = logging.getLogger("osgtest_dag.guest.qemu")
 
@@ -76,7 +76,7 @@ class BootResult:
 def image_format(path: Path) -> str:
     """The format qemu-img sees in `path` (used for the overlay's backing format)."""
     out = command.run(["qemu-img", "info", "--output=json", "-U", path], timeout=60).stdout
-    return json.loads(out)["format"]
+    return str(parse_json(out, "qemu-img info")["format"])
 
 
 def _probe(accel: str, timeout: float) -> tuple[bool, str]:
