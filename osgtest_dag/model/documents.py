@@ -13,7 +13,7 @@ import enum
 import json
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -290,11 +290,3 @@ class GuestResult:
         unreadable or not a guest result."""
         return cls.from_json(read_json(path, nofollow=True), path)
 
-
-def iter_json_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, line) of a JSON-lines file."""
-    pos = 0
-    with open(path, "rb") as f:
-        for line in f:
-            yield pos, line
-            pos += len(line)
