@@ -270,7 +270,9 @@ class ResultsRun:
         import json
         d = self.dir / "cells" / serial
         d.mkdir(parents=True, exist_ok=True)
-        (d / "post-vm.json").write_text(json.dumps(decisions))
+        (d / "post-vm.json").write_text(json.dumps(
+            {"schema": "osgtest-dag/post-vm", "version": 1,
+             "decisions": [{"attempt": i, "exit": 1, **dec} for i, dec in enumerate(decisions)]}))
 
     def packages(self, serial: str, start: dict, end: dict) -> None:
         for which, pk in (("start", start), ("end", end)):
@@ -358,7 +360,8 @@ def populate_results_run(r: ResultsRun) -> dict[str, str]:
     s = r.serial("rocky_9.aarch64", "XRootD")
     r.guest(s, "running", current_phase="test")
     (r.dir / "cells" / s / "local-vm.json").write_text(
-        json.dumps({"node": f"TestRun{s}", "starts": 1, "timed_out": True, "returncode": -9}) + "\n")
+        json.dumps({"schema": "osgtest-dag/local-vm", "version": 1, "node": f"TestRun{s}", "starts": 1,
+                    "timed_out": True, "returncode": -9}) + "\n")
     want[s] = "timeout"
     s = r.serial("rocky_9.aarch64", "XRootD", update=True)
     r.guest(s, "test", test_exit=1); r.osgtest_log(s, "", text=alarm_log((RESULTS_LOGS / "pass.log").read_text()))

@@ -235,7 +235,8 @@ def _result(run: Path, serial: str, status: str) -> None:
 def _post(run: Path, serial: str, verdict: str, reason: str = "x") -> None:
     d = run / "cells" / serial
     d.mkdir(parents=True, exist_ok=True)
-    (d / "post-vm.json").write_text(json.dumps([{"verdict": verdict, "reason": reason}]))
+    (d / "post-vm.json").write_text(json.dumps({"schema": "osgtest-dag/post-vm", "version": 1, "decisions": [
+        {"attempt": 0, "verdict": verdict, "reason": reason, "exit": 1}]}))
 
 
 def test_rerun_everything_not_passed_keeps_serials_and_inputs(demo_run, tmp_path):

@@ -92,11 +92,11 @@ def test_matrix_runs_resumes_and_reports(tmp_path, cli, debian12_image):
     for s in finished_serials:                   # a finished cell never boots again
         assert _vm_starts(run, s) == starts_before[s] == 1
     summary = json.loads((run / "matrix-summary.json").read_text())
-    got = {c["serial"]: (c["status"], c["exit_code"]) for c in summary["cells"]}
-    assert got == {"000": ("pass", 0), "001": ("test", 1), "002": ("install", 2)}
+    got = {c["serial"]: (c["outcome"], c["exit_code"]) for c in summary["cells"]}
+    assert got == {"000": ("pass", 0), "001": ("fail", 1), "002": ("install", 2)}
     # POST semantics: product failures are done nodes, never retried
     for s in ("000", "001", "002"):
-        post = json.loads((run / "cells" / s / "post-vm.json").read_text())
+        post = json.loads((run / "cells" / s / "post-vm.json").read_text())["decisions"]
         assert post[-1]["verdict"] == "done" and post[-1]["exit"] == 0
     st = json.loads((run / "matrix.dag.local-state.json").read_text())["nodes"]
     assert st["MatrixFinal"]["status"] == "done"
@@ -122,6 +122,6 @@ def test_hung_vm_is_killed_at_its_limit(tmp_path, cli, debian12_image):
     assert console.stat().st_size > 0               # the serial console is kept
     summary = json.loads((run / "matrix-summary.json").read_text())
     (cell,) = summary["cells"]
-    assert cell["status"] == "timeout" and "wall-clock limit" in cell["reason"]
+    assert cell["outcome"] == "timeout" and "wall-clock limit" in cell["reason"]
     st = json.loads((run / "matrix.dag.local-state.json").read_text())["nodes"]
     assert st["TestRun000"]["status"] == "failed" and st["ProcessResult000"]["status"] == "futile"

@@ -14,7 +14,8 @@ from osgtest_dag.analyze import results
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.analyze.known_failures import (FailureContext, load_component_tags, load_known_failures,
                                         review)
-from osgtest_dag.model.outcome import Evidence, Outcome, derive
+from osgtest_dag.model.documents import GuestResult, Phase, PostDecision, Verdict, VmRecord
+from osgtest_dag.model.outcome import Evidence, JobFacts, Outcome, derive
 
 LOGS = ("pass", "fail", "install", "update", "cleanup", "ignore")
 
@@ -29,25 +30,45 @@ def test_severity_order_and_worst():
     assert Outcome.PASS.acceptable and Outcome.WAIVED.acceptable and not Outcome.CLEANUP.acceptable
 
 
+def _g(status, **kw):
+    phases = tuple(Phase(name, exit_code=code) for name, code in kw.pop("phases", {}).items())
+    return GuestResult(status=status, phases=phases, **kw)
+
+
+def _post(verdict, reason):
+    return (PostDecision(attempt=0, verdict=Verdict(verdict), reason=reason, exit=1),)
+
+
+_HELD_AT_LIMIT = JobFacts(starts=1, timed_out=True, reason="VM job held: osgtest-dag: VM ran longer than 9 s")
+_KILLED_AT_LIMIT = (VmRecord(node="TestRun000", starts=1, timed_out=True),)
+
+
 @pytest.mark.parametrize("evidence, outcome", [
     (Evidence(), "missing"),
-    (Evidence(post_vm=({"verdict": "infra", "reason": "no result disk came back"},)), "infra"),
-    (Evidence(post_vm=({"verdict": "infra-fatal", "reason": "guest reported payload"},)), "infra"),
-    (Evidence(vm_timed_out=True), "timeout"),
+    (Evidence(post_vm=_post("infra", "no result disk came back")), "infra"),
+    (Evidence(post_vm=_post("infra-fatal", "guest reported payload")), "infra"),
+    (Evidence(post_vm=_post("timeout", "VM killed at its wall-clock limit after 9 s")), "timeout"),
+    (Evidence(job=_HELD_AT_LIMIT), "timeout"),
+    (Evidence(job=_HELD_AT_LIMIT, post_vm=_post("infra", "no result disk came back")), "timeout"),
+    (Evidence(vm_records=_KILLED_AT_LIMIT), "timeout"),
+    (Evidence(job=JobFacts(starts=1, reason="VM job removed")), "infra"),
     (Evidence(extraction_error="not a readable qcow2 image"), "infra"),
-    (Evidence(guest={"status": "pass"}), "pass"),
-    (Evidence(guest={"status": "test", "phases": [{"name": "test", "exit_code": 124}]}), "timeout"),
-    (Evidence(guest={"status": "test", "phases": [{"name": "test", "exit_code": 1}]}), "fail"),
-    (Evidence(guest={"status": "test"}, log_outcome=Outcome.WAIVED), "waived"),
-    (Evidence(guest={"status": "test"}, log_outcome=Outcome.PASS), "fail"),
-    (Evidence(guest={"status": "install"}), "install"),
-    (Evidence(guest={"status": "update"}), "update"),
-    (Evidence(guest={"status": "repos"}), "infra"),
-    (Evidence(guest={"status": "network"}), "infra"),
-    (Evidence(guest={"status": "payload"}), "infra"),
-    (Evidence(guest={"status": "running", "current_phase": "install"}), "infra"),
-    (Evidence(guest={"status": "running"}, vm_timed_out=True), "timeout"),
-    (Evidence(guest={"status": "running"}, log_outcome=Outcome.TIMEOUT), "timeout"),
+    (Evidence(record_error="post-vm.json unreadable"), "infra"),
+    (Evidence(guest=_g("pass")), "pass"),
+    (Evidence(guest=_g("test", phases={"test": 124})), "timeout"),
+    (Evidence(guest=_g("test", phases={"test": 1})), "fail"),
+    (Evidence(guest=_g("test"), log_outcome=Outcome.WAIVED), "waived"),
+    (Evidence(guest=_g("test"), log_outcome=Outcome.PASS), "fail"),
+    (Evidence(guest=_g("install")), "install"),
+    (Evidence(guest=_g("update")), "update"),
+    (Evidence(guest=_g("update", phases={"update": 137})), "timeout"),
+    (Evidence(guest=_g("repos")), "infra"),
+    (Evidence(guest=_g("network")), "infra"),
+    (Evidence(guest=_g("payload")), "infra"),
+    (Evidence(guest=_g("running", current_phase="install")), "infra"),
+    (Evidence(guest=_g("running"), vm_records=_KILLED_AT_LIMIT), "timeout"),
+    (Evidence(guest=_g("running"), job=_HELD_AT_LIMIT), "timeout"),
+    (Evidence(guest=_g("running"), log_outcome=Outcome.TIMEOUT), "timeout"),
     (Evidence(guest_error="bad JSON"), "infra"),
     (Evidence(log_outcome=Outcome.FAIL, log_reason="x"), "fail"),   # reference-style output
 ])

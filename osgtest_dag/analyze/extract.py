@@ -39,6 +39,7 @@ from pathlib import Path
 from osgtest_dag.base import command
 from osgtest_dag.guest import gfs
 from osgtest_dag.base.errors import CommandError, UserError
+from osgtest_dag.model.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -676,7 +677,7 @@ def write_report(path: Path, report: dict) -> None:
 
 # ------------------------------------------------------------------------------ runs
 def result_disk(run_dir: Path, serial: str) -> Path:
-    return Path(run_dir) / "cells" / serial / f"result-{serial}.qcow2"
+    return RunDir(run_dir).cell(serial).result_disk
 
 
 def extract_cells(run_dir: Path | str, serials: Sequence[str],
@@ -689,11 +690,11 @@ def extract_cells(run_dir: Path | str, serials: Sequence[str],
     for s in serials:
         disk = result_disk(run_dir, s)
         if disk.exists() or disk.is_symlink():
-            jobs.append(ExtractJob(disk, run_dir / "cells" / s / "output"))
+            jobs.append(ExtractJob(disk, RunDir(run_dir).cell(s).output))
             which.append(s)
     out = {}
     for s, rep in zip(which, extract_disks(jobs, limits)):
-        write_report(run_dir / "cells" / s / "extraction.json", rep)
+        write_report(RunDir(run_dir).cell(s).extraction, rep)
         out[s] = rep
     return out
 

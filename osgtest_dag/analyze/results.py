@@ -11,31 +11,31 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-import json
 import logging
-import os
 import re
-import stat
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from osgtest_dag import __version__
 from osgtest_dag.generate import cellconfig
+from osgtest_dag.generate.workflow import load_manifest
 from osgtest_dag.analyze import osgtest_log
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.analyze.known_failures import (ComponentTags, FailureContext, KnownFailures, load_component_tags,
                              load_known_failures, review)
-from osgtest_dag.model.outcome import ORDERED, Evidence, Outcome, derive
+from osgtest_dag.model.documents import GuestResult, read_bytes_nofollow, read_document
+from osgtest_dag.model.evidence import gather, read_extraction
+from osgtest_dag.model.outcome import ORDERED, JobFacts, Outcome, derive, is_wall_clock_hold
+from osgtest_dag.model.rundir import OUTPUT_DIR, RESULTS, RunDir, vm_node
 from osgtest_dag.base.atomic import write_json_atomic
-from osgtest_dag.engine.local.executor import VM_RECORDS, read_vm_records
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "osgtest-dag/results"
 VERSION = 1
-RESULTS_FILE = "results.json"
+RESULTS_FILE = RESULTS
 LOG_READ_CAP = 64 << 20            # bytes of one log we parse (extraction caps them anyway)
 PACKAGE_LIST_CAP = 16 << 20
 # Files a run directory may carry to be picked up without options.
@@ -45,31 +45,8 @@ ARCHES = ("x86_64", "aarch64", "i686", "noarch", "amd64", "arm64", "i386", "all"
 
 
 # ------------------------------------------------------------------------------ small readers
-def _read_bytes(path: Path, cap: int) -> bytes:
-    """A regular file's first `cap` bytes, never through a symlink: a cell's output came
-    from a guest, and an output extracted by other means may hold links to host files."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path.name} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(cap)
-    finally:
-        os.close(fd)
-
-
-def _read_json(path: Path) -> tuple[object | None, str | None]:
-    """(data, None), (None, None) when absent, (None, error) when unreadable."""
-    try:
-        return json.loads(_read_bytes(path, 16 << 20).decode("utf-8", errors="replace")), None
-    except FileNotFoundError:
-        return None, None
-    except (OSError, ValueError) as e:
-        return None, str(e)[:200]
-
-
 def _read_text(path: Path, cap: int) -> str:
-    return _read_bytes(path, cap).decode("utf-8", errors="replace")
+    return read_bytes_nofollow(path, cap).decode("utf-8", errors="replace")
 
 
 def _parse_time(value) -> dt.datetime | None:
@@ -81,16 +58,14 @@ def _parse_time(value) -> dt.datetime | None:
         return None
 
 
-def durations(guest: dict) -> dict:
+def durations(guest: GuestResult) -> dict:
     """Seconds per phase (and `total`) from result.json's timestamps."""
     out: dict[str, float] = {}
-    for p in guest.get("phases") or ():
-        if not isinstance(p, dict):
-            continue
-        a, b = _parse_time(p.get("start")), _parse_time(p.get("end"))
-        if a and b and isinstance(p.get("name"), str):
-            out[p["name"]] = round((b - a).total_seconds(), 1)
-    a, b = _parse_time(guest.get("started")), _parse_time(guest.get("finished"))
+    for p in guest.phases:
+        a, b = _parse_time(p.start), _parse_time(p.end)
+        if a and b:
+            out[p.name] = round((b - a).total_seconds(), 1)
+    a, b = _parse_time(guest.started), _parse_time(guest.finished)
     if a and b:
         out["total"] = round((b - a).total_seconds(), 1)
     return out
@@ -202,7 +177,7 @@ def read_job_log(path: Path) -> dict[str, JobEvents]:
             elif t == 12:        # held
                 reason = str(ev.get("HoldReason") or "held")
                 je.holds.append(reason)
-                if "ran longer than" in reason:
+                if is_wall_clock_hold(ev.get("HoldReasonCode"), ev.get("HoldReasonSubCode")):
                     je.timed_out = True
             elif t == 9:         # aborted
                 je.aborted = True
@@ -255,13 +230,22 @@ def source_display(s: dict) -> str:
         return str(s.get("raw", "?"))
 
 
+def job_facts(je: JobEvents | None) -> JobFacts | None:
+    """The job log's events of a VM node as the evidence builder takes them."""
+    if je is None:
+        return None
+    reason = f"VM job held: {je.holds[-1]}" if je.holds else ("VM job removed" if je.aborted else None)
+    return JobFacts(starts=je.starts, hosts=tuple(je.hosts), timed_out=je.timed_out, reason=reason)
+
+
 def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
                  job_events: dict[str, JobEvents] | None = None,
                  passing: dict | None = None) -> dict:
     """One cell's entry of results.json."""
     serial = cfg["serial"]
-    d = run_dir / "cells" / serial
-    out_dir = d / "output"
+    cd = RunDir(run_dir).cell(serial)
+    d = cd.path
+    out_dir = cd.output
     plat = platform_json(cfg.get("platform") or {})
     src = cfg.get("source") or {}
     cell: dict = {
@@ -277,53 +261,38 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
         "tests": [], "phases": [],
     }
 
-    post, _ = _read_json(d / "post-vm.json")
-    post = tuple(x for x in post if isinstance(x, dict)) if isinstance(post, list) else ()
-    cell["attempt_history"] = [{k: p.get(k) for k in ("attempt", "verdict", "reason", "job_exit", "time")}
-                               for p in post]
-    local = read_vm_records(d / VM_RECORDS)
-    je = (job_events or {}).get(f"TestRun{serial}")
-    vm_timed_out = any(r.get("timed_out") for r in local) or bool(je and je.timed_out)
-    job_reason = None
-    if je and je.holds:
-        job_reason = f"VM job held: {je.holds[-1]}"
-    elif je and je.aborted:
-        job_reason = "VM job removed"
-    elif local and local[-1].get("timed_out"):
-        job_reason = f"the VM was killed at its time limit (start {local[-1].get('starts')})"
-    cell["attempts"] = max(len(post), len(local), je.starts if je else 0)
-    if je and je.hosts:
-        cell["host"] = je.hosts[-1]
-
-    extraction, _ = _read_json(d / "extraction.json")
-    extraction_error = None
-    if isinstance(extraction, dict):
+    facts = job_facts((job_events or {}).get(vm_node(serial)))
+    evidence = gather(cd, job=facts)
+    cell["attempt_history"] = [{"attempt": p.attempt, "verdict": p.verdict.value, "reason": p.reason,
+                                "job_exit": p.job_exit, "time": p.time} for p in evidence.post_vm]
+    cell["attempts"] = evidence.attempts
+    if facts and facts.hosts:
+        cell["host"] = facts.hosts[-1]
+    try:
+        extraction = read_extraction(cd)
+    except UserError:
+        extraction = None
+    if extraction is not None:
         cell["extraction"] = _extraction_summary(extraction)
-        if not extraction.get("ok", True):
-            extraction_error = extraction.get("error") or "extraction failed"
 
-    guest, guest_error = (None, None)
+    guest = evidence.guest
     if out_dir.is_dir():
-        cell["logs"]["dir"] = f"cells/{serial}/output"
+        cell["logs"]["dir"] = str(cd.rel / OUTPUT_DIR)
         files = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.is_symlink())
         cell["logs"]["files"] = files[:200]
-        guest, guest_error = _read_json(out_dir / "result.json")
-        if guest is not None and not isinstance(guest, dict):
-            guest, guest_error = None, "not a JSON object"
-    if isinstance(guest, dict):
-        cell["guest_status"] = guest.get("status")
-        cell["exit_code"] = guest.get("exit_code")
+    if guest is not None:
+        cell["guest_status"] = guest.status
+        cell["exit_code"] = guest.exit_code
         cell["durations"] = durations(guest)
-        cell["phases"] = [{"name": str(ph.get("name")), "status": ph.get("status"),
-                           "exit_code": ph.get("exit_code")}
-                          for ph in guest.get("phases") or () if isinstance(ph, dict)]
-        cell["started"], cell["finished"] = guest.get("started"), guest.get("finished")
+        cell["phases"] = [{"name": ph.name, "status": ph.status, "exit_code": ph.exit_code}
+                          for ph in guest.phases]
+        cell["started"], cell["finished"] = guest.started, guest.finished
 
     # The osg-test log(s).
     log_outcome = log_reason = None
     run_date = opts.run_date
-    if isinstance(guest, dict):
-        started = _parse_time(guest.get("started"))
+    if guest is not None:
+        started = _parse_time(guest.started)
         run_date = started.date() if started else run_date
     ctx = FailureContext(test="", module=None, platform=plat["id"] or "", os=plat["os"] or "",
                          source=cell["source"]["raw"], label=cell["label"], date=run_date)
@@ -336,7 +305,7 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
                 log.warning("cell %s: cannot read %s: %s", serial, path, e)
                 continue
             cls = osgtest_log.classify(parsed, known=opts.known, tags=opts.tags, context=ctx)
-            rel = f"cells/{serial}/output/{path.name}"
+            rel = str(cd.rel / OUTPUT_DIR / path.name)
             for f in cls.failures:
                 entry = f.to_json()
                 entry.update(phase=phase, log=rel)
@@ -358,7 +327,7 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
         if cell["logs"]["main"] is None:
             for name in ("test.log", "update.log", "install.log", "console-hook.log"):
                 if (out_dir / name).is_file():
-                    cell["logs"]["main"] = f"cells/{serial}/output/{name}"
+                    cell["logs"]["main"] = str(cd.rel / OUTPUT_DIR / name)
                     break
         cell.update(_packages(out_dir, cell["packages"]))
         try:
@@ -369,16 +338,13 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
             cell["image"] = stamp
             cell["image_digest"] = stamp.get("inputs_hash")
 
-    outcome, reason = derive(Evidence(
-        guest=guest if isinstance(guest, dict) else None, guest_error=guest_error,
-        log_outcome=log_outcome, log_reason=log_reason, post_vm=post,
-        vm_timed_out=vm_timed_out, job_reason=job_reason, extraction_error=extraction_error))
+    outcome, reason = derive(replace(evidence, log_outcome=log_outcome, log_reason=log_reason))
     cell["outcome"], cell["reason"] = outcome.value, reason
     if cell["counts"] is None:
         cell["counts"] = {"run": 0, "ok": 0, "failed": 0, "error": 0, "bad_skips": 0,
                           "ok_skips": 0, "timeouts": 0}
     if cell["logs"]["main"] is None and d.is_dir():
-        cell["logs"]["dir"] = cell["logs"]["dir"] or f"cells/{serial}"
+        cell["logs"]["dir"] = cell["logs"]["dir"] or str(cd.rel)
     return cell
 
 
@@ -496,6 +462,48 @@ def default_inputs(run_dir: Path) -> tuple[list[Path], Path | None]:
     return kf, tags
 
 
+def analysis_options(run_dir: Path, manifest: dict, known_failures: Iterable[Path | str] | None = None,
+                     component_tags: Path | str | None = None) -> AnalysisOptions:
+    """The known failures and component tags given (default: those the run directory
+    carries), and the run's date."""
+    d_kf, d_tags = default_inputs(run_dir)
+    known = load_known_failures(list(known_failures) if known_failures is not None else d_kf)
+    tags = load_component_tags(component_tags if component_tags is not None else d_tags)
+    generated = _parse_time(manifest.get("generated"))
+    return AnalysisOptions(known=known, tags=tags, run_date=generated.date() if generated else None)
+
+
+def analyze_cells(run_dir: Path | str, serials: Iterable[str] | None = None) -> list[dict]:
+    """The results.json entries of the run's cells (all, or `serials`), made now from the
+    cells' evidence with the run's own known failures: what status, rerun and the FINAL node
+    see before the run is analyzed."""
+    run_dir = Path(run_dir)
+    manifest = load_manifest(run_dir)
+    opts = analysis_options(run_dir, manifest)
+    wanted = None if serials is None else set(serials)
+    configs = [c for c in cellconfig.iter_cells(run_dir) if wanted is None or c["serial"] in wanted]
+    if not configs:
+        return []
+    job_events = read_job_log(RunDir(run_dir).job_log)
+    return [analyze_cell(run_dir, cfg, opts, job_events) for cfg in configs]
+
+
+def cell_outcomes(run_dir: Path | str, serials: Iterable[str] | None = None) -> dict[str, tuple[Outcome, str]]:
+    """serial -> (outcome, reason), decided as results.json decides it (analyze_cells)."""
+    return {c["serial"]: (Outcome(c["outcome"]), c["reason"]) for c in analyze_cells(run_dir, serials)}
+
+
+def run_outcomes(run_dir: Path | str) -> dict[str, Outcome]:
+    """serial -> outcome of every cell: results.json's when the run has been analyzed (what
+    the report says), else decided now from the evidence (cell_outcomes)."""
+    run_dir = Path(run_dir)
+    if RunDir(run_dir).results.is_file():
+        doc = load_results(run_dir)
+        found = {str(c["serial"]): Outcome.parse(str(c["outcome"])) for c in doc.get("cells", [])}
+        return {cfg["serial"]: found.get(cfg["serial"], Outcome.MISSING) for cfg in cellconfig.iter_cells(run_dir)}
+    return {s: o for s, (o, _) in cell_outcomes(run_dir).items()}
+
+
 def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | None = None,
                 component_tags: Path | str | None = None, write: bool = True,
                 today: dt.date | None = None) -> dict:
@@ -505,17 +513,12 @@ def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | N
     or test-exceptions.yaml in the run directory, if there). `component_tags`: the tags file
     (default: component-tags.yaml in the run directory, if there).
     """
-    from osgtest_dag.generate.workflow import load_manifest
     t0 = time.monotonic()
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
-    d_kf, d_tags = default_inputs(run_dir)
-    kf_files = list(known_failures) if known_failures is not None else d_kf
-    known = load_known_failures(kf_files)
-    tags = load_component_tags(component_tags if component_tags is not None else d_tags)
-    generated = _parse_time(manifest.get("generated"))
-    opts = AnalysisOptions(known=known, tags=tags, run_date=generated.date() if generated else None)
-    job_events = read_job_log(run_dir / "logs" / "jobs.log")
+    opts = analysis_options(run_dir, manifest, known_failures, component_tags)
+    known, tags = opts.known, opts.tags
+    job_events = read_job_log(RunDir(run_dir).job_log)
     passing: dict = {}
     if known.entries:
         passing["__pattern__"] = re.compile("|".join(f"(?:{fnmatch.translate(e.test)})"
@@ -558,17 +561,6 @@ def load_results(path: Path | str) -> dict:
     """Read a results.json (or the one of a run directory), checking its schema and version."""
     path = Path(path)
     if path.is_dir():
-        path = path / RESULTS_FILE
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError("no results.json", where=path,
-                        hint="run `osgtest-dag analyze RUN_DIR` first") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read results: {e}", where=path) from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise UserError(f"not an {SCHEMA} document", where=path)
-    if doc.get("version") != VERSION:
-        raise UserError(f"results.json version {doc.get('version')!r}; this tool reads version {VERSION}",
-                        where=path, hint="re-run `osgtest-dag analyze` with this version")
-    return doc
+        path = RunDir(path).results
+    return read_document(path, SCHEMA, VERSION, missing="no results.json",
+                         hint="run `osgtest-dag analyze RUN_DIR` (again, with this version) first")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from osgtest_dag.model.outcome import Outcome
+
 RUN_DIR = click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 SCHEDD = click.option("--schedd", default=None, metavar="NAME", help="Submit to this schedd (by name).")
@@ -95,9 +97,9 @@ def watch(ctx, run_dir, interval, timeout):
 @click.option("-o", "--output", "new_run", required=True, type=click.Path(path_type=Path),
               help="The new run directory.")
 @click.option("--failed", "failed_only", is_flag=True,
-              help="Only product failures (fail, install, update, timeout); default: every cell not passed.")
-@click.option("--outcome", "outcomes", multiple=True,
-              type=click.Choice(["pass", "fail", "install", "update", "timeout", "infra", "missing"]),
+              help=f"Only product failures ({', '.join(o.value for o in Outcome if o.product_failure)}); "
+                   f"default: every cell worse than waived ({', '.join(o.value for o in Outcome if o.needs_rerun)}).")
+@click.option("--outcome", "outcomes", multiple=True, type=click.Choice([o.value for o in Outcome]),
               help="Exactly these outcomes (repeatable).")
 @click.option("--only", "only", multiple=True, metavar="KEY=GLOB", help="Further select cells (as generate).")
 @click.option("--catalog", "catalogs", multiple=True, type=click.Path(path_type=Path),
@@ -109,7 +111,7 @@ def rerun(run_dir, new_run, failed_only, outcomes, only, catalogs, force):
     plan = do_rerun(run_dir, new_run, failed_only=failed_only, only=only, outcomes=outcomes or None,
                     catalogs=catalogs, force=force)
     click.echo(f"wrote {new_run}: {len(plan.selected)} cell(s) of {run_dir} "
-               f"({', '.join(f'{s}:{plan.outcomes.get(s)}' for s in plan.selected)})")
+               f"({', '.join(f'{s}:{plan.outcomes[s].value}' for s in plan.selected if s in plan.outcomes)})")
 
 
 @click.group()

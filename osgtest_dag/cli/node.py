@@ -47,7 +47,7 @@ def post_vm(ctx, node_name, returncode, retry, max_retries, run_dir):
 def process_result(serial, run_dir):
     from osgtest_dag.nodes import node as n
     s = n.process_result(run_dir, serial)
-    click.echo(f"cell {serial}: {s['status']} (exit {s['exit_code']})")
+    click.echo(f"cell {serial}: {s['outcome']} (exit {s['exit_code']})")
 
 
 @node.command("clean-output")

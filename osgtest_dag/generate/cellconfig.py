@@ -16,6 +16,8 @@ from pathlib import Path
 from osgtest_dag.plan.catalog import Catalog
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.plan.matrix import Cell
+from osgtest_dag.model.documents import check_document, parse_json, read_document
+from osgtest_dag.model.rundir import RunDir
 
 SCHEMA = "osgtest-dag/cell"
 VERSION = 1
@@ -54,7 +56,6 @@ def cell_json(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> dict:
     }
 
 
-STORE = "cells.jsonl"
 
 
 def write_store(path: Path, configs) -> list[int]:
@@ -73,42 +74,40 @@ def write_store(path: Path, configs) -> list[int]:
 
 def read_cell(run_dir: Path, serial: str, offset: int | None = None) -> dict:
     """One cell's configuration from the run's store: at `offset` if given, else by scanning."""
-    path = Path(run_dir) / STORE
+    path = RunDir(run_dir).cell_store
     try:
         with open(path, "rb") as f:
             if offset is not None:
                 f.seek(offset)
-                cfg = _check(json.loads(f.readline()), path)
+                cfg = _check(f.readline(), path)
                 if cfg["serial"] == serial:
                     return cfg
                 f.seek(0)
             key = f'"serial":"{serial}"'.encode()
             for line in f:
                 if key in line:
-                    cfg = _check(json.loads(line), path)
+                    cfg = _check(line, path)
                     if cfg["serial"] == serial:
                         return cfg
     except FileNotFoundError:
         raise UserError("not a run directory (no cells.jsonl)", where=run_dir,
                         hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`") from None
-    except ValueError as e:
-        raise UserError(f"corrupt cell store: {e}", where=path) from None
     raise UserError(f"no cell {serial!r} in this run", where=run_dir,
                     hint="`osgtest-dag plan` or cells.jsonl list the serials")
 
 
 def iter_cells(run_dir: Path):
-    path = Path(run_dir) / STORE
+    path = RunDir(run_dir).cell_store
     with open(path, "rb") as f:
         for line in f:
-            yield _check(json.loads(line), path)
+            yield _check(line, path)
 
 
-def _check(data: dict, path: Path) -> dict:
-    if data.get("schema") != SCHEMA or data.get("version") != VERSION:
-        raise UserError(f"not a version-{VERSION} cell configuration", where=path,
-                        hint="regenerate the run with this version of osgtest-dag")
-    return data
+_HINT = "regenerate the run with this version of osgtest-dag"
+
+
+def _check(line: bytes, path: Path) -> dict:
+    return check_document(parse_json(line, path), SCHEMA, VERSION, path, hint=_HINT)
 
 
 def fields(cfg: dict) -> dict:
@@ -120,14 +119,8 @@ def fields(cfg: dict) -> dict:
 
 
 def load(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError("cell configuration not found", where=path,
-                        hint="is this a run directory written by `osgtest-dag generate`?") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read cell configuration: {e}", where=path) from None
-    return _check(data, path)
+    return read_document(path, SCHEMA, VERSION, missing="cell configuration not found",
+                         hint="is this a run directory written by `osgtest-dag generate`?")
 
 
 def cell_env(cfg: dict) -> str:

@@ -33,9 +33,12 @@ import jinja2
 from osgtest_dag import __version__
 from osgtest_dag.base import paths
 from osgtest_dag.plan.catalog import Catalog
-from osgtest_dag.generate.cellconfig import STORE, cell_json, write_store
+from osgtest_dag.generate.cellconfig import cell_json, write_store
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.plan.matrix import Cell
+from osgtest_dag.model import rundir
+from osgtest_dag.model.documents import read_document
+from osgtest_dag.model.rundir import NodeName, cell_rel
 
 RUN_SCHEMA = "osgtest-dag/run"
 RUN_VERSION = 1
@@ -47,8 +50,6 @@ SHIPPED_TEMPLATES = paths.shipped_dir("submit_templates")
 POST_OK = 0
 POST_INFRA_RETRY = 1
 POST_INFRA_FATAL = 2
-
-LAYERS = ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,11 @@ class _SerialFormatter(dags.NodeNameFormatter):
         self.index = {s: i for i, s in enumerate(serials)}
 
     def generate(self, layer_name: str, node_index: int) -> str:
-        return f"{layer_name}{self.serials[node_index]}"
+        return NodeName(layer_name, self.serials[node_index]).format()
 
     def parse(self, node_name: str):
-        for layer in LAYERS:
-            if node_name.startswith(layer):
-                return layer, self.index[node_name[len(layer):]]
-        raise ValueError(f"not a matrix node name: {node_name}")
+        name = NodeName.parse(node_name)
+        return name.layer, self.index[name.serial]
 
 
 class _Writer(dags.writer.DAGWriter):
@@ -170,30 +169,30 @@ def matrix_dag(cells: list[Cell], opts: WorkflowOptions, offsets: list[int]) -> 
     dag = dags.DAG(
         dagman_config={"DAGMAN_MAX_JOBS_IDLE": 1000, "DAGMAN_USER_LOG_SCAN_INTERVAL": 5},
         max_jobs_by_category={"LocalIO": opts.local_io_maxjobs},
-        node_status_file=dags.NodeStatusFile(Path("matrix.status"), opts.node_status_interval),
+        node_status_file=dags.NodeStatusFile(Path(rundir.MATRIX_STATUS), opts.node_status_interval),
     )
     serial_vars = [{"serial": c.serial} for c in cells]
-    create = dag.layer(name="CreateDisk", submit_description=Path("submit/create-io-disk.sub"),
+    create = dag.layer(name=rundir.CREATE_DISK, submit_description=Path("submit/create-io-disk.sub"),
                        vars=[{"serial": c.serial, "offset": str(o)} for c, o in zip(cells, offsets)], retries=opts.disk_retries, category="LocalIO")
     test = create.child_layer(
-        name="TestRun", submit_description=Path("submit/test-run.sub"),
+        name=rundir.TEST_RUN, submit_description=Path("submit/test-run.sub"),
         vars=[cell_vars(c) for c in cells], edge=dags.OneToOne(),
         retries=opts.vm_retries, retry_unless_exit=POST_INFRA_FATAL,
         post=dags.Script(executable=opts.tool,
                          arguments=["node", "post-vm", "$JOB", "$RETURN", "$RETRY", "$MAX_RETRIES"]))
-    process = test.child_layer(name="ProcessResult", submit_description=Path("submit/process-result.sub"),
+    process = test.child_layer(name=rundir.PROCESS_RESULT, submit_description=Path("submit/process-result.sub"),
                                vars=serial_vars, edge=dags.OneToOne(), category="LocalIO")
-    process.child_layer(name="CleanOutput", submit_description=Path("submit/clean-output.sub"),
+    process.child_layer(name=rundir.CLEAN_OUTPUT, submit_description=Path("submit/clean-output.sub"),
                         vars=serial_vars, edge=dags.OneToOne())
     # FINAL makes the matrix succeed whatever the cells did: their outcomes are results, and
     # the outer workflow must go on to analyze and report them.
-    dag.final(name="MatrixFinal", submit_description=Path("submit/matrix-final.sub"))
+    dag.final(name=rundir.MATRIX_FINAL, submit_description=Path("submit/matrix-final.sub"))
     return dag
 
 
 def outer_dag(opts: WorkflowOptions) -> dags.DAG:
-    dag = dags.DAG(node_status_file=dags.NodeStatusFile(Path("workflow.status"), opts.node_status_interval))
-    matrix = dag.subdag(name="Matrix", dag_file=Path("matrix.dag"))
+    dag = dags.DAG(node_status_file=dags.NodeStatusFile(Path(rundir.OUTER_STATUS), opts.node_status_interval))
+    matrix = dag.subdag(name="Matrix", dag_file=Path(rundir.MATRIX_DAG))
     analyze = matrix.child_layer(name="Analyze", submit_description=Path("submit/analyze.sub"), vars=[{}])
     report = analyze.child_layer(name="Report", submit_description=Path("submit/report.sub"), vars=[{}])
     report.child_layer(name="Publish", submit_description=Path("submit/publish.sub"), vars=[{}])
@@ -212,13 +211,15 @@ LOCAL_NODES = {
     # file: (action, args, purpose, where its stdout/stderr go). CreateDisk runs before the
     # cell's directory exists (it makes it), so its output goes to logs/.
     "create-io-disk.sub": ("create-io-disk", ["$(serial)", "--offset", "$(offset)"],
-                           "build the cell's IO disk", "logs/create-io-disk.$(serial)"),
-    "process-result.sub": ("process-result", ["$(serial)"], "extract the returned disk", "cells/$(serial)/process-result"),
-    "clean-output.sub": ("clean-output", ["$(serial)"], "remove disks no longer needed", "cells/$(serial)/clean-output"),
-    "matrix-final.sub": ("matrix-final", [], "summarize the matrix (FINAL node)", "logs/matrix-final"),
-    "analyze.sub": ("analyze", [], "analyze every cell's results", "logs/analyze"),
-    "report.sub": ("report", [], "write the reports", "logs/report"),
-    "publish.sub": ("publish", [], "send or publish the report", "logs/publish"),
+                           "build the cell's IO disk", f"{rundir.LOGS_DIR}/create-io-disk.$(serial)"),
+    "process-result.sub": ("process-result", ["$(serial)"], "extract the returned disk",
+                           f"{cell_rel('$(serial)')}/process-result"),
+    "clean-output.sub": ("clean-output", ["$(serial)"], "remove disks no longer needed",
+                         f"{cell_rel('$(serial)')}/clean-output"),
+    "matrix-final.sub": ("matrix-final", [], "summarize the matrix (FINAL node)", f"{rundir.LOGS_DIR}/matrix-final"),
+    "analyze.sub": ("analyze", [], "analyze every cell's results", f"{rundir.LOGS_DIR}/analyze"),
+    "report.sub": ("report", [], "write the reports", f"{rundir.LOGS_DIR}/report"),
+    "publish.sub": ("publish", [], "send or publish the report", f"{rundir.LOGS_DIR}/publish"),
 }
 
 
@@ -238,7 +239,7 @@ def render_submit_files(opts: WorkflowOptions, run_name: str, generated: str) ->
     env = _jinja(opts)
     common = {"generated": generated, "version": __version__, "tool": opts.tool,
               "batch_name": opts.batch_name or run_name, "run_name": run_name,
-              "matrix_dag": "matrix.dag"}
+              "matrix_dag": rundir.MATRIX_DAG}
     environment = " ".join(f"{k}={v}" for k, v in opts.environment)
     files = {}
     try:
@@ -305,22 +306,23 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_name}.tmp-", dir=parent))
     try:
-        for sub in ("submit", "logs", "params", "cells"):
-            (tmp / sub).mkdir()
+        layout = rundir.RunDir(tmp)
+        for sub in (layout.submit, layout.logs, layout.params, layout.cells):
+            sub.mkdir()
         for name, text in submit_files.items():
-            (tmp / "submit" / name).write_text(text)
+            (layout.submit / name).write_text(text)
         for i, pf in enumerate(param_files):
-            shutil.copy2(pf, tmp / "params" / f"{i:02d}-{Path(pf).name}")
-        offsets = write_store(tmp / STORE, (cell_json(c, catalog, nightly=opts.nightly) for c in cells))
+            shutil.copy2(pf, layout.params / f"{i:02d}-{Path(pf).name}")
+        offsets = write_store(layout.cell_store, (cell_json(c, catalog, nightly=opts.nightly) for c in cells))
         formatter = _SerialFormatter([c.serial for c in cells])
-        _Writer(matrix_dag(cells, opts, offsets), formatter, "matrix.config").write(tmp, "matrix.dag")
-        _Writer(outer_dag(opts), _OuterFormatter()).write(tmp, "workflow.dag")
+        _Writer(matrix_dag(cells, opts, offsets), formatter, rundir.MATRIX_CONFIG).write(tmp, rundir.MATRIX_DAG)
+        _Writer(outer_dag(opts), _OuterFormatter()).write(tmp, rundir.OUTER_DAG)
         manifest = {"schema": RUN_SCHEMA, "version": RUN_VERSION, "generated": generated,
                     "tool_version": __version__, "run_name": run_name, "cells": len(cells),
                     "options": {**asdict(opts), "environment": dict(opts.environment)},
                     "param_files": [str(Path(p).resolve()) for p in param_files],
                     "image_dir": catalog.image_dir}
-        (tmp / "run.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        layout.manifest.write_text(json.dumps(manifest, indent=1) + "\n")
         if run_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{run_name}.old-", dir=parent))
             os.rename(run_dir, old / "run")
@@ -335,17 +337,12 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
 
 
 def load_manifest(run_dir: Path) -> dict:
-    path = Path(run_dir) / "run.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    path = rundir.RunDir(run_dir).manifest
+    if not path.exists():
         raise UserError("not a run directory (no run.json)", where=run_dir,
-                        hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read run manifest: {e}", where=path) from None
-    if data.get("schema") != RUN_SCHEMA or data.get("version") != RUN_VERSION:
-        raise UserError("run directory from an incompatible osgtest-dag version", where=path)
-    return data
+                        hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`")
+    return read_document(path, RUN_SCHEMA, RUN_VERSION,
+                         hint="a run directory from an incompatible osgtest-dag version: regenerate it")
 
 
 def check_run(run_dir: Path) -> dict:
@@ -356,7 +353,7 @@ def check_run(run_dir: Path) -> dict:
     from osgtest_dag.model import dagfile
     run_dir = Path(run_dir)
     load_manifest(run_dir)
-    todo, seen, counts = [run_dir / "workflow.dag"], set(), {"dags": 0, "nodes": 0, "submit_files": 0}
+    todo, seen, counts = [rundir.RunDir(run_dir).outer_dag], set(), {"dags": 0, "nodes": 0, "submit_files": 0}
     parsed: dict[str, str] = {}
     while todo:
         path = todo.pop()

@@ -27,6 +27,7 @@ from osgtest_dag.base import paths
 from osgtest_dag.plan.catalog import Catalog, Platform
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.base.atomic import write_json_atomic
+from osgtest_dag.model.documents import read_document
 
 log = logging.getLogger("osgtest_dag.guest.image")
 
@@ -135,10 +136,8 @@ def build_inputs(platform: Platform, builder: str, catalog: Catalog | None = Non
 def read_info(meta_path: Path) -> ImageInfo | None:
     """The metadata at `meta_path`, or None when missing or unreadable (then: rebuild)."""
     try:
-        doc = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if doc.get("schema") != META_SCHEMA or doc.get("version") != META_VERSION:
+        doc = read_document(meta_path, META_SCHEMA, META_VERSION)
+    except UserError:
         return None
     try:
         return ImageInfo(platform=doc["platform"], path=meta_path.with_suffix(".qcow2"),

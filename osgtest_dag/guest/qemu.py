@@ -12,7 +12,6 @@ KVM only if that kernel runs to its end.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -27,6 +26,7 @@ from pathlib import Path
 from osgtest_dag.base import command, paths
 from osgtest_dag.base.atomic import write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
+from osgtest_dag.model.documents import parse_json
 
 log = logging.getLogger("osgtest_dag.guest.qemu")
 
@@ -79,7 +79,7 @@ class BootResult:
 def image_format(path: Path) -> str:
     """The format qemu-img sees in `path` (used for the overlay's backing format)."""
     out = command.run(["qemu-img", "info", "--output=json", "-U", path], timeout=60).stdout
-    return json.loads(out)["format"]
+    return str(parse_json(out, "qemu-img info")["format"])
 
 
 def _probe_kernel() -> Path | None:

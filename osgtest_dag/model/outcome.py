@@ -23,7 +23,12 @@ Severity, least to most severe (worst-of aggregation picks the last one present)
            nothing, which is the worst place to be for a report that must not look green.
 
 Product outcomes (pass .. install) say something about the packages; the last three say the
-test did not produce a verdict.
+test did not produce a verdict. `rerun --failed` takes the product failures (fail .. timeout:
+a test that never ends is most often a hang of the product); `rerun` by default every outcome
+worse than waived.
+
+`derive` is the only place an outcome is decided: from an `Evidence` (evidence.gather builds
+it from a cell's directory), for status, watch, rerun, the FINAL node's summary and results.json.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from osgtest_dag.model.documents import GuestResult, PostDecision, Verdict, VmRecord
 
 
 class Outcome(enum.Enum):
@@ -49,22 +56,22 @@ class Outcome(enum.Enum):
     def severity(self) -> int:
         return _ORDER[self]
 
-    def __lt__(self, other: Outcome) -> bool:
+    def __lt__(self, other: object) -> bool:
         if not isinstance(other, Outcome):
             return NotImplemented
         return self.severity < other.severity
 
-    def __le__(self, other: Outcome) -> bool:
+    def __le__(self, other: object) -> bool:
         if not isinstance(other, Outcome):
             return NotImplemented
         return self.severity <= other.severity
 
-    def __gt__(self, other: Outcome) -> bool:
+    def __gt__(self, other: object) -> bool:
         if not isinstance(other, Outcome):
             return NotImplemented
         return self.severity > other.severity
 
-    def __ge__(self, other: Outcome) -> bool:
+    def __ge__(self, other: object) -> bool:
         if not isinstance(other, Outcome):
             return NotImplemented
         return self.severity >= other.severity
@@ -75,9 +82,16 @@ class Outcome(enum.Enum):
         return self in (Outcome.PASS, Outcome.WAIVED)
 
     @property
-    def product(self) -> bool:
-        """The cell said something about the packages (as opposed to timeout/infra/missing)."""
-        return self.severity <= Outcome.INSTALL.severity
+    def product_failure(self) -> bool:
+        """A failure to put before the packages' owners: fail, update, install, and timeout (a
+        test that never ends is most often the product's hang). What `rerun --failed` reruns."""
+        return Outcome.FAIL <= self <= Outcome.TIMEOUT
+
+    @property
+    def needs_rerun(self) -> bool:
+        """Worse than the failures someone already owns (waived) or that are only osg-test's
+        clean-up: what `rerun` reruns by default."""
+        return self > Outcome.WAIVED
 
     @property
     def description(self) -> str:
@@ -115,27 +129,62 @@ DESCRIPTIONS = {
 }
 
 ORDERED = tuple(Outcome)
-
-
-def sort_key(outcome: Outcome | str) -> int:
-    """For sorted(): worst last; use `reverse=True` (or negate) for worst first."""
-    return (outcome if isinstance(outcome, Outcome) else Outcome.parse(outcome)).severity
+VALUES = tuple(o.value for o in Outcome)
 
 
 # ------------------------------------------------------------------------------ derivation
 @dataclass(frozen=True)
+class JobFacts:
+    """What the VM job's HTCondor events say of a cell (read by the caller from the job log)."""
+
+    starts: int = 0
+    hosts: tuple[str, ...] = ()
+    timed_out: bool = False          # held at its wall-clock limit (WALL_CLOCK_HOLD)
+    reason: str | None = None        # why the job last stopped: the hold or removal
+
+
+# periodic_hold's HoldReasonCode (3) with the periodic_hold_subcode test-run.sub sets (1): the
+# VM ran longer than max_wall.
+WALL_CLOCK_HOLD = (3, 1)
+
+
+def is_wall_clock_hold(code: object, subcode: object) -> bool:
+    return (code, subcode) == WALL_CLOCK_HOLD
+
+
+@dataclass(frozen=True)
 class Evidence:
     """What we know of one cell, strongest source first: the guest's own result.json, then
-    the osg-test log, then the job and node events (post-vm.json, the job log)."""
+    the osg-test log, then the job and node events (post-vm.json, local-vm.json, the job log)."""
 
-    guest: dict | None = None            # output/result.json (docs/contracts.md §2), parsed
+    guest: GuestResult | None = None
     guest_error: str | None = None       # result.json exists but cannot be read
     log_outcome: Outcome | None = None   # from the osg-test log (osgtest_log.classify)
     log_reason: str | None = None
-    post_vm: tuple = ()                  # post-vm.json decisions, oldest first
-    vm_timed_out: bool = False           # the VM was killed or held at its wall-clock limit
-    job_reason: str | None = None        # the last hold/abort reason of the VM job
+    post_vm: tuple[PostDecision, ...] = ()
+    vm_records: tuple[VmRecord, ...] = ()
+    job: JobFacts | None = None
     extraction_error: str | None = None  # the result disk could not be read (extract.py)
+    record_error: str | None = None      # post-vm.json or local-vm.json cannot be read
+
+    @property
+    def vm_timed_out(self) -> bool:
+        """The VM was killed, or held, at its wall-clock limit."""
+        return (any(r.timed_out for r in self.vm_records)
+                or any(d.verdict is Verdict.TIMEOUT for d in self.post_vm)
+                or bool(self.job and self.job.timed_out))
+
+    @property
+    def job_reason(self) -> str | None:
+        if self.job and self.job.reason:
+            return self.job.reason
+        if self.vm_records and self.vm_records[-1].timed_out:
+            return f"the VM was killed at its time limit (start {self.vm_records[-1].starts})"
+        return None
+
+    @property
+    def attempts(self) -> int:
+        return max(len(self.post_vm), len(self.vm_records), self.job.starts if self.job else 0)
 
 
 # A test phase killed by `timeout` exits 124 (TERM) or 137 (KILL after -k).
@@ -148,11 +197,9 @@ _GUEST_INFRA = {
 }
 
 
-def _phase(guest: dict, name: str) -> dict:
-    for p in guest.get("phases") or ():
-        if isinstance(p, dict) and p.get("name") == name:
-            return p
-    return {}
+def _exit_code(guest: GuestResult, phase: str) -> int | None:
+    p = guest.phase(phase)
+    return p.exit_code if p else None
 
 
 def derive(e: Evidence) -> tuple[Outcome, str]:
@@ -161,13 +208,13 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
     if e.guest_error and g is None:
         return Outcome.INFRA, f"result.json unreadable: {e.guest_error}"
     if g is not None:
-        status = g.get("status")
+        status = g.status
         if status == "pass":
             if e.log_outcome is not None and e.log_outcome is not Outcome.PASS:
                 return e.log_outcome, e.log_reason or "the osg-test log disagrees with the guest"
             return Outcome.PASS, e.log_reason or "all phases passed"
         if status == "test":
-            code = _phase(g, "test").get("exit_code")
+            code = _exit_code(g, "test")
             if code in TIMEOUT_EXIT_CODES:
                 return Outcome.TIMEOUT, f"the test command timed out (exit {code})"
             if e.log_outcome is not None and e.log_outcome is not Outcome.PASS:
@@ -177,18 +224,16 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
                                       "osg-test log shows no failure")
             return Outcome.FAIL, f"the test command failed (exit {code})"
         if status == "install":
-            code = _phase(g, "install").get("exit_code")
-            return Outcome.INSTALL, f"installing the package set failed (exit {code})"
+            return Outcome.INSTALL, f"installing the package set failed (exit {_exit_code(g, 'install')})"
         if status == "update":
-            code = _phase(g, "update").get("exit_code")
+            code = _exit_code(g, "update")
             if code in TIMEOUT_EXIT_CODES:
                 return Outcome.TIMEOUT, f"the tests after the update timed out (exit {code})"
             return Outcome.UPDATE, f"the update phase failed (exit {code})"
         if status in _GUEST_INFRA:
-            msg = g.get("message")
-            return Outcome.INFRA, _GUEST_INFRA[status] + (f" ({msg})" if msg else "")
+            return Outcome.INFRA, _GUEST_INFRA[status] + (f" ({g.message})" if g.message else "")
         if status == "running":
-            where = g.get("current_phase") or "an unknown phase"
+            where = g.current_phase or "an unknown phase"
             if e.vm_timed_out:
                 return Outcome.TIMEOUT, f"the VM was stopped at its time limit during {where}"
             if e.log_outcome is Outcome.TIMEOUT:
@@ -199,13 +244,17 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
         return e.log_outcome, e.log_reason or e.log_outcome.description
     if e.extraction_error:
         return Outcome.INFRA, f"result disk unreadable: {e.extraction_error}"
+    if e.record_error:
+        return Outcome.INFRA, e.record_error
     if e.vm_timed_out:
-        return Outcome.TIMEOUT, e.job_reason or "the VM was stopped at its time limit"
+        last_timeout = next((d for d in reversed(e.post_vm) if d.verdict is Verdict.TIMEOUT), None)
+        return Outcome.TIMEOUT, ((e.job.reason if e.job else None) or (last_timeout.reason if last_timeout else None)
+                                 or e.job_reason or "the VM was stopped at its time limit")
     if e.post_vm:
-        last = e.post_vm[-1] if isinstance(e.post_vm[-1], dict) else {}
+        last = e.post_vm[-1]
         n = len(e.post_vm)
-        why = last.get("reason") or e.job_reason or "no result"
-        if last.get("verdict") == "infra-fatal":
+        why = last.reason or e.job_reason or "no result"
+        if last.verdict is Verdict.INFRA_FATAL:
             return Outcome.INFRA, f"{why} (not retried)"
         return Outcome.INFRA, f"{why} (after {n} attempt{'s' if n != 1 else ''})"
     if e.job_reason:

@@ -5,19 +5,23 @@ executor alike, so both engines do exactly the same work.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
+from osgtest_dag.analyze import results
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.base.atomic import write_json_atomic, write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
-from osgtest_dag.analyze.extract import result_disk
 from osgtest_dag.generate.workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK, load_manifest
+from osgtest_dag.model.documents import (GuestResult, PostDecision, PostHistory, Verdict, VmRecord, dump_json,
+                                         read_json)
+from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.rundir import REPORT_FILES, SOURCE_STAMP, TEST_RUN, CellDir, NodeName, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +32,14 @@ INFRA_RETRY_STATUSES = {"network", "repos", "running"}
 INFRA_FATAL_STATUSES = {"payload"}
 
 
-def cell_dir(run_dir: Path, serial: str) -> Path:
+def cell_dir(run_dir: Path, serial: str) -> CellDir:
     """The cell's working directory; made by its CreateDisk node (which writes cell.json)."""
-    d = Path(run_dir) / "cells" / serial
-    if not (d / "cell.json").is_file():
+    cell = RunDir(run_dir).cell(serial)
+    if not cell.config.is_file():
         cellconfig.read_cell(run_dir, serial)  # a clear error for a serial not in the run
-        raise UserError(f"cell {serial} has no working directory yet", where=d,
+        raise UserError(f"cell {serial} has no working directory yet", where=cell.path,
                         hint="its CreateDisk node makes it: run the workflow, or `osgtest-dag node create-io-disk`")
-    return d
-
-
-def io_disk(run_dir: Path, serial: str) -> Path:
-    return Path(run_dir) / "cells" / serial / f"io-{serial}.qcow2"
+    return cell
 
 
 def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Path:
@@ -47,18 +47,18 @@ def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Pat
     from osgtest_dag.guest.iodisk import make_iodisk
     manifest = load_manifest(run_dir)
     cfg = cellconfig.read_cell(run_dir, serial, offset)
-    d = Path(run_dir) / "cells" / serial
-    d.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(d / "cell.json", cfg)
+    cell = RunDir(run_dir).cell(serial)
+    cell.path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cell.config, cfg)
     opts = manifest["options"]
     with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
         cellconfig.write_input_dir(cfg, Path(tmp) / "input")
-        make_iodisk(Path(tmp) / "input", io_disk(run_dir, serial),
+        make_iodisk(Path(tmp) / "input", cell.io_disk,
                     size_mb=opts.get("iodisk_size_mb", 64), backend=opts.get("iodisk_backend", "mke2fs"))
-    return io_disk(run_dir, serial)
+    return cell.io_disk
 
 
-def read_guest_result(disk: Path, staging: Path) -> tuple[Path, dict | None, dict]:
+def read_guest_result(disk: Path, staging: Path) -> tuple[Path, GuestResult | None, dict]:
     """Pull `output/` off a returned disk into `staging/output` with the hardened extractor
     (the guest wrote the disk: read-only, no backing files, no links, capped). Returns that
     directory, the guest's result.json (None when the payload left none) and the extraction
@@ -72,15 +72,14 @@ def read_guest_result(disk: Path, staging: Path) -> tuple[Path, dict | None, dic
     if rj.is_symlink() or not rj.is_file():
         return out, None, report
     try:
-        return out, json.loads(rj.read_text()), report
-    except ValueError:
-        return out, {"status": "running", "exit_code": None, "corrupt": True}, report
+        return out, GuestResult.read(rj), report
+    except UserError:          # a guest that died while writing it
+        return out, GuestResult(status="running"), report
 
 
-def last_local_vm(d: Path) -> dict | None:
+def last_local_vm(cell: CellDir) -> VmRecord | None:
     """The local executor's record of the cell's last VM start (local-vm.json), if any."""
-    from osgtest_dag.engine.local.executor import VM_RECORDS, read_vm_records
-    records = read_vm_records(d / VM_RECORDS)
+    records = VmRecord.read_all(cell.local_vm)
     return records[-1] if records else None
 
 
@@ -88,67 +87,63 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
     """The VM node's POST script: classify from the returned disk. Returns the exit code
     DAGMan acts on: 0 done, 1 infrastructure (RETRY), 2 infrastructure not worth a retry
     (RETRY ... UNLESS-EXIT 2)."""
-    serial = node_name[len("TestRun"):] if node_name.startswith("TestRun") else node_name
-    d = cell_dir(run_dir, serial)
-    disk = result_disk(run_dir, serial)
-    decision: dict = {"attempt": retry, "max_retries": max_retries, "job_exit": returncode,
-                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    name = NodeName.parse(node_name)
+    if name.layer != TEST_RUN:
+        raise UserError(f"post-vm is the POST script of a {TEST_RUN} node, not of {node_name}")
+    serial = name.serial
+    cell = cell_dir(run_dir, serial)
+    disk = cell.result_disk
+    stamp = {"attempt": retry, "max_retries": max_retries, "job_exit": returncode,
+             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if not disk.is_file():
-        vm = last_local_vm(d)
-        if vm and vm.get("timed_out"):
-            decision.update(verdict="timeout", exit=POST_INFRA_RETRY,
-                            reason=f"VM killed at its wall-clock limit after {vm['wall_s']:.0f} s "
-                                   f"(console: {vm['console']})")
+        vm = last_local_vm(cell)
+        if vm and vm.timed_out:
+            decision = PostDecision(**stamp, verdict=Verdict.TIMEOUT, exit=POST_INFRA_RETRY,
+                                    reason=f"VM killed at its wall-clock limit after {vm.wall_s or 0:.0f} s "
+                                           f"(console: {vm.console})")
         else:
-            decision.update(verdict="infra", reason="no result disk came back", exit=POST_INFRA_RETRY)
+            decision = PostDecision(**stamp, verdict=Verdict.INFRA, reason="no result disk came back",
+                                    exit=POST_INFRA_RETRY)
     else:
-        # Reading the disk costs a libguestfs launch, so the POST script extracts the whole
-        # output once: into output/ for a finished run (ProcessResult then analyzes it), into
-        # attempts/<retry>/ for a failed one (kept for diagnosis, superseded by the retry).
-        tmp = Path(tempfile.mkdtemp(prefix=".post-output.", dir=d))
-        try:
-            extracted, result, report = read_guest_result(disk, tmp)
-        except (CommandError, RuntimeError, OSError) as e:
-            result = None
-            shutil.rmtree(tmp, ignore_errors=True)
-            decision.update(verdict="infra", reason=f"result disk unreadable: {str(e)[:300]}",
+        decision = _classify_disk(cell, disk, retry, stamp)
+    history = PostHistory.read(cell.post_vm).appended(decision)
+    write_json_atomic(cell.post_vm, history.to_json())
+    log.info("cell %s attempt %s: %s (%s)", serial, retry, decision.verdict.value, decision.reason)
+    return decision.exit
+
+
+def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict) -> PostDecision:
+    """Read the returned disk once (a libguestfs launch): into output/ for a finished run
+    (ProcessResult then has nothing to do), into attempts/<retry>/ for a failed one (kept for
+    diagnosis, superseded by the retry)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".post-output.", dir=cell.path))
+    try:
+        extracted, result, report = read_guest_result(disk, tmp)
+    except (CommandError, RuntimeError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return PostDecision(**stamp, verdict=Verdict.INFRA, reason=f"result disk unreadable: {str(e)[:300]}",
                             exit=POST_INFRA_RETRY)
-        else:
-            status = (result or {}).get("status")
-            if result is None:
-                decision.update(verdict="infra", reason="the payload left no result (did the VM boot?)",
-                                exit=POST_INFRA_RETRY)
-            elif status in PRODUCT_STATUSES:
-                decision.update(verdict="done", reason=f"guest finished: {status}", exit=POST_OK)
-            elif status in INFRA_FATAL_STATUSES:
-                decision.update(verdict="infra-fatal", reason=f"guest reported {status}", exit=POST_INFRA_FATAL)
-            else:
-                decision.update(verdict="infra", reason=f"guest reported {status or 'nothing'}",
-                                exit=POST_INFRA_RETRY)
-            decision["guest_status"] = status
-            decision["guest_exit_code"] = (result or {}).get("exit_code")
-            _stamp_source(extracted, disk)
-            dest = d / "output" if decision["verdict"] == "done" else d / "attempts" / str(retry)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(dest, ignore_errors=True)
-            os.rename(extracted, dest)
-            write_json_atomic(dest.parent / ("extraction.json" if dest.name == "output"
-                                       else f"{dest.name}.extraction.json"), report)
-            shutil.rmtree(tmp, ignore_errors=True)
-    history_path = d / "post-vm.json"
-    history = []
-    if history_path.is_file():
-        try:
-            history = json.loads(history_path.read_text())
-        except ValueError:
-            history = []
-    history.append(decision)
-    write_json_atomic(history_path, history)
-    log.info("cell %s attempt %s: %s (%s)", serial, retry, decision["verdict"], decision["reason"])
-    return decision["exit"]
-
-
-SOURCE_STAMP = ".extracted-from.json"
+    status = result.status if result else None
+    if result is None:
+        verdict, reason, code = Verdict.INFRA, "the payload left no result (did the VM boot?)", POST_INFRA_RETRY
+    elif status in PRODUCT_STATUSES:
+        verdict, reason, code = Verdict.DONE, f"guest finished: {status}", POST_OK
+    elif status in INFRA_FATAL_STATUSES:
+        verdict, reason, code = Verdict.INFRA_FATAL, f"guest reported {status}", POST_INFRA_FATAL
+    else:
+        verdict, reason, code = Verdict.INFRA, f"guest reported {status or 'nothing'}", POST_INFRA_RETRY
+    _stamp_source(extracted, disk)
+    if verdict is Verdict.DONE:
+        dest, report_path = cell.output, cell.extraction
+    else:
+        dest, report_path = cell.attempt_output(retry), cell.attempt_extraction(retry)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(extracted, dest)
+    write_json_atomic(report_path, report)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return PostDecision(**stamp, verdict=verdict, reason=reason, exit=code, guest_status=status,
+                        guest_exit_code=result.exit_code if result else None)
 
 
 def _disk_stamp(disk: Path) -> dict:
@@ -157,32 +152,30 @@ def _disk_stamp(disk: Path) -> dict:
 
 
 def _stamp_source(out: Path, disk: Path) -> None:
-    (out / SOURCE_STAMP).write_text(json.dumps(_disk_stamp(disk)) + "\n")
+    (out / SOURCE_STAMP).write_text(dump_json(_disk_stamp(disk)))
 
 
 def process_result(run_dir: Path, serial: str) -> dict:
     """The ProcessResult node: make sure output/ holds what the returned disk holds (the POST
     script normally extracted it already), then summarize the cell."""
-    d = cell_dir(run_dir, serial)
-    disk = result_disk(run_dir, serial)
-    out = d / "output"
-    stamp = out / SOURCE_STAMP
-    fresh = disk.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == _disk_stamp(disk)
+    cell = cell_dir(run_dir, serial)
+    disk = cell.result_disk
+    out = cell.output
+    fresh = (disk.is_file() and cell.source_stamp.is_file()
+             and read_json(cell.source_stamp) == _disk_stamp(disk))
     if not fresh:
         if not disk.is_file():
             raise UserError("no result disk to process", where=disk)
-        tmp = Path(tempfile.mkdtemp(prefix=".output.", dir=d))
+        tmp = Path(tempfile.mkdtemp(prefix=".output.", dir=cell.path))
         try:
             extracted, _, report = read_guest_result(disk, tmp)
             _stamp_source(extracted, disk)
-            write_json_atomic(d / "extraction.json", report)
+            write_json_atomic(cell.extraction, report)
             shutil.rmtree(out, ignore_errors=True)
             os.rename(extracted, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    summary = cell_summary(run_dir, serial)
-    write_json_atomic(d / "cell-result.json", summary)
-    return summary
+    return cell_summary(run_dir, serial)
 
 
 def clean_output(run_dir: Path, serial: str) -> list[Path]:
@@ -190,9 +183,10 @@ def clean_output(run_dir: Path, serial: str) -> list[Path]:
     in (the result disk is its returned copy), and the result disk unless keep_disks."""
     manifest = load_manifest(run_dir)
     removed = []
-    targets = [io_disk(run_dir, serial)]
-    if not manifest["options"].get("keep_disks") and (cell_dir(run_dir, serial) / "output").is_dir():
-        targets.append(result_disk(run_dir, serial))
+    cell = cell_dir(run_dir, serial)
+    targets = [cell.io_disk]
+    if not manifest["options"].get("keep_disks") and cell.output.is_dir():
+        targets.append(cell.result_disk)
     for t in targets:
         if t.exists():
             t.unlink()
@@ -200,79 +194,58 @@ def clean_output(run_dir: Path, serial: str) -> list[Path]:
     return removed
 
 
+MATRIX_SUMMARY_SCHEMA = "osgtest-dag/matrix-summary"
+MATRIX_SUMMARY_VERSION = 2
+
+
+def _summary_entries(run_dir: Path, serials: list[str] | None = None) -> list[dict]:
+    """Each cell's outcome, decided as results.json decides it, and what to show beside it."""
+    return [{"serial": c["serial"], "platform": c["platform"]["id"], "source": c["source"]["raw"],
+             "label": c["label"], "outcome": c["outcome"], "reason": c["reason"],
+             "exit_code": c["exit_code"], "attempts": c["attempts"]}
+            for c in results.analyze_cells(run_dir, serials)]
+
+
 def cell_summary(run_dir: Path, serial: str) -> dict:
-    """What we know of one cell now: the guest's status and exit code, else why not."""
-    d = Path(run_dir) / "cells" / serial
-    cfg = cellconfig.load(d / "cell.json") if (d / "cell.json").is_file() else cellconfig.read_cell(run_dir, serial)
-    return _summary_from(Path(run_dir), cfg)
-
-
-def _summary_from(run_dir: Path, cfg: dict) -> dict:
-    serial = cfg["serial"]
-    d = run_dir / "cells" / serial
-    out = {"serial": serial, "platform": cfg["platform"]["id"], "source": cfg["source"]["raw"],
-           "label": cfg["label"], "status": "missing", "exit_code": None, "attempts": 0,
-           "reason": "no result came back"}
-    post = d / "post-vm.json"
-    if post.is_file():
-        history = json.loads(post.read_text())
-        out["attempts"] = len(history)
-        last = history[-1]
-        if last["verdict"] == "timeout":
-            out.update(status="timeout", reason=last["reason"])
-        elif last["verdict"] != "done":
-            out.update(status="infra", reason=last["reason"])
-    rj = d / "output" / "result.json"
-    if rj.is_file():
-        try:
-            guest = json.loads(rj.read_text())
-            out.update(status=guest.get("status", "missing"), exit_code=guest.get("exit_code"),
-                       reason="from the guest's result.json")
-        except ValueError:
-            out.update(status="infra", reason="result.json is not valid JSON")
-    return out
+    """What we know of one cell now: its outcome, and why."""
+    (entry,) = _summary_entries(Path(run_dir), [serial])
+    return entry
 
 
 def matrix_summary(run_dir: Path) -> dict:
-    """The FINAL node's work: every cell's status, so the outer workflow has one document."""
+    """The FINAL node's work: every cell's outcome, so the outer workflow has one document."""
     run_dir = Path(run_dir)
-    cells = [_summary_from(run_dir, cfg) for cfg in cellconfig.iter_cells(run_dir)]
-    counts: dict[str, int] = {}
-    for c in cells:
-        counts[c["status"]] = counts.get(c["status"], 0) + 1
-    summary = {"schema": "osgtest-dag/matrix-summary", "version": 1, "cells": cells, "counts": counts}
-    write_json_atomic(run_dir / "matrix-summary.json", summary)
+    cells = _summary_entries(run_dir)
+    counts = dict(sorted(Counter(c["outcome"] for c in cells).items(),
+                         key=lambda kv: Outcome(kv[0]).severity))
+    summary = {"schema": MATRIX_SUMMARY_SCHEMA, "version": MATRIX_SUMMARY_VERSION, "cells": cells, "counts": counts}
+    write_json_atomic(RunDir(run_dir).matrix_summary, summary)
     return summary
 
 
 def text_summary(summary: dict) -> str:
-    lines = [f"{'SERIAL':<7} {'STATUS':<8} {'EXIT':<5} {'PLATFORM':<24} {'PACKAGE SET':<28} SOURCE"]
+    lines = [f"{'SERIAL':<7} {'OUTCOME':<8} {'EXIT':<5} {'PLATFORM':<24} {'PACKAGE SET':<28} SOURCE"]
     for c in summary["cells"]:
         code = "-" if c["exit_code"] is None else str(c["exit_code"])
-        lines.append(f"{c['serial']:<7} {c['status']:<8} {code:<5} {c['platform']:<24} "
+        lines.append(f"{c['serial']:<7} {c['outcome']:<8} {code:<5} {c['platform']:<24} "
                      f"{c['label'][:28]:<28} {c['source']}")
-    lines.append("totals: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["counts"].items())))
+    lines.append("totals: " + ", ".join(f"{k} {v}" for k, v in summary["counts"].items()))
     return "\n".join(lines) + "\n"
 
 
 def analyze(run_dir: Path) -> dict:
     """The Analyze node: every cell's outcome into results.json (results.py)."""
-    from osgtest_dag.analyze.results import analyze_run
-    return analyze_run(Path(run_dir))
-
-
-REPORT_FILES = {"text": "report.txt", "html": "report.html", "junit": "junit.xml"}
+    return results.analyze_run(Path(run_dir))
 
 
 def report(run_dir: Path) -> dict[str, Path]:
     """The Report node: text, HTML and JUnit renderings of results.json."""
     from osgtest_dag.cli.results import render
-    from osgtest_dag.analyze.results import load_results
-    run_dir = Path(run_dir)
-    doc = load_results(run_dir)
+    layout = RunDir(run_dir)
+    doc = results.load_results(layout.path)
     written = {}
-    for fmt, name in REPORT_FILES.items():
-        path = run_dir / name
+    for fmt in REPORT_FILES:
+        path = layout.report(fmt)
         write_text_atomic(path, render(doc, fmt, out_path=path))
         written[fmt] = path
     return written
@@ -282,19 +255,19 @@ def publish(run_dir: Path) -> str:
     """The Publish node: mail the summary when SMTP is configured (OSGTEST_DAG_SMTP_* in the
     environment), copy the reports to publish_dir when the run names one; else say so."""
     from osgtest_dag.report.email import SmtpSettings, build_message, send
-    from osgtest_dag.analyze.results import load_results
     run_dir = Path(run_dir)
+    layout = RunDir(run_dir)
     said = []
     opts = load_manifest(run_dir)["options"]
     if opts.get("publish_dir"):
         dest = Path(opts["publish_dir"]) / run_dir.resolve().name
         dest.mkdir(parents=True, exist_ok=True)
-        for name in ("results.json", *REPORT_FILES.values()):
-            if (run_dir / name).is_file():
-                shutil.copy2(run_dir / name, dest / name)
+        for path in (layout.results, *(layout.report(fmt) for fmt in REPORT_FILES)):
+            if path.is_file():
+                shutil.copy2(path, dest / path.name)
         said.append(f"reports copied to {dest}")
     if os.environ.get("OSGTEST_DAG_SMTP_HOST"):
         settings = SmtpSettings.from_env()
-        send(build_message(load_results(run_dir), settings), settings)
+        send(build_message(results.load_results(run_dir), settings), settings)
         said.append(f"summary mailed to {', '.join(settings.recipients)}")
     return "; ".join(said) or "nothing to publish to (no publish_dir, no OSGTEST_DAG_SMTP_HOST)"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,10 @@ import yaml
 
 from osgtest_dag.base.atomic import write_text_atomic
 from osgtest_dag.base.errors import Location, UserError
+from osgtest_dag.model.rundir import TEST_RUN, NodeName
 
 log = logging.getLogger("osgtest_dag.ops.hosts")
 
-VM_NODE = re.compile(r"^TestRun(\S+)$")
 NO_HOST = "(never started)"
 
 
@@ -65,6 +64,11 @@ def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _is_vm_node(node: str) -> bool:
+    name = NodeName.parse_or_none(node)
+    return name is not None and name.layer == TEST_RUN
+
+
 def _is_vmgahp(reason: str, code) -> bool:
     return "VMGAHP" in reason.upper() or "vm-gahp" in reason.lower() or "vm gahp" in reason.lower()
 
@@ -86,7 +90,7 @@ def run_host_events(run_dir: Path) -> list[dict]:
     for ev in events:
         key = (ev.cluster, ev.proc)
         node = nodes.get(key)
-        if not node or not VM_NODE.match(node):
+        if not node or not _is_vm_node(node):
             continue
         t = float(ev.timestamp)
         run = current.get(key)

@@ -8,17 +8,20 @@ else under a runs root is ever deleted.
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
-import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from osgtest_dag.analyze.results import run_outcomes
+from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.model.documents import read_json
+from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.rundir import OUTER_DAG, RunDir
 
 log = logging.getLogger("osgtest_dag.ops.runs")
 
@@ -31,7 +34,7 @@ log = logging.getLogger("osgtest_dag.ops.runs")
 class RerunPlan:
     source: str
     selected: tuple[str, ...]            # serials
-    outcomes: dict                        # serial -> outcome (of the source run)
+    outcomes: dict[str, Outcome]          # serial -> outcome (of the source run)
     new_run: str
 
 
@@ -51,19 +54,19 @@ def _options_from_manifest(manifest: dict):
     return WorkflowOptions(**opts)
 
 
-def select_cells(outcomes: dict[str, str], *, failed_only: bool = False,
-                 which: Sequence[str] | None = None) -> list[str]:
-    """Serials to rerun. Default: every cell that did not pass. `failed_only`: only product
-    failures (fail, install, update, timeout) — not infrastructure trouble or missing results.
-    `which`: an explicit set of outcomes."""
-    from osgtest_dag.engine.condor.condor import PRODUCT_FAILURES
+def select_cells(outcomes: dict[str, Outcome], *, failed_only: bool = False,
+                 which: Sequence[Outcome | str] | None = None) -> list[str]:
+    """Serials to rerun. Default: every cell worse than waived (Outcome.needs_rerun).
+    `failed_only`: only product failures (Outcome.product_failure) — not infrastructure
+    trouble or missing results. `which`: an explicit set of outcomes."""
     if which:
-        want = set(which)
+        want = {Outcome.parse(w) if isinstance(w, str) else w for w in which}
+        chosen = lambda o: o in want  # noqa: E731
     elif failed_only:
-        want = set(PRODUCT_FAILURES)
+        chosen = lambda o: o.product_failure  # noqa: E731
     else:
-        want = {"fail", "install", "update", "timeout", "infra", "missing"}
-    return [s for s, o in sorted(outcomes.items()) if o in want]
+        chosen = lambda o: o.needs_rerun  # noqa: E731
+    return [s for s, o in sorted(outcomes.items()) if chosen(o)]
 
 
 def rerun(source: Path, new_run: Path, *, failed_only: bool = False, only: Sequence[str] = (),
@@ -75,7 +78,6 @@ def rerun(source: Path, new_run: Path, *, failed_only: bool = False, only: Seque
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
     from osgtest_dag.generate.cellconfig import iter_cells
-    from osgtest_dag.engine.condor.condor import run_outcomes
     from osgtest_dag.generate.workflow import load_manifest, write_run
     source = Path(source).resolve()
     new_run = Path(new_run)
@@ -86,9 +88,10 @@ def rerun(source: Path, new_run: Path, *, failed_only: bool = False, only: Seque
     chosen = set(select_cells(outs, failed_only=failed_only, which=outcomes))
     original = {c["serial"]: c for c in iter_cells(source)}
 
-    copies = sorted((source / "params").glob("*"))
+    layout = RunDir(source)
+    copies = sorted(layout.params.glob("*"))
     if not copies:
-        raise UserError("the run has no params/ copies to rerun from", where=source / "params")
+        raise UserError("the run has no params/ copies to rerun from", where=layout.params)
     names = [Path(p).name for p in manifest.get("param_files", [])]
     catalog = Catalog.load(list(catalogs), image_dir=manifest.get("image_dir") or None)
     with tempfile.TemporaryDirectory(prefix="osgtest-rerun-") as tmp:
@@ -108,36 +111,36 @@ def rerun(source: Path, new_run: Path, *, failed_only: bool = False, only: Seque
             if o is None or (o["platform"]["id"], o["source"]["raw"], o["label"]) != \
                     (c.platform.id, c.source.raw, c.package_set.label):
                 raise UserError(f"cell {c.serial} does not regenerate as it was in the source run",
-                                where=source / "params",
+                                where=layout.params,
                                 hint="the catalog or the parameter-file grammar changed since; "
                                      "pass the original --catalog files")
             if o["platform"].get("image") and o["platform"]["image"] != c.platform.image:
                 raise UserError(f"cell {c.serial}: base image {c.platform.image} is not the run's "
-                                f"{o['platform']['image']}", where=source / "run.json",
+                                f"{o['platform']['image']}", where=layout.manifest,
                                 hint="pass the original --catalog files")
         if not cells:
             raise UserError("no cells to rerun", where=source,
-                            hint="outcomes: " + (", ".join(f"{k} {v}" for k, v in _count(outs).items()) or "none"))
+                            hint="outcomes: " + (", ".join(f"{k.value} {v}" for k, v in _count(outs).items()) or "none"))
         opts = _options_from_manifest(manifest)
         write_run(new_run, cells, catalog, opts, param_files=files, force=force)
     images = _image_digests(catalog, {c.platform.id for c in cells})
     doc = {"schema": "osgtest-dag/rerun", "version": 1, "source": str(source),
            "source_run": manifest.get("run_name"), "source_generated": manifest.get("generated"),
            "selection": {"failed_only": failed_only, "only": list(only), "outcomes": list(outcomes or [])},
-           "cells": {c.serial: outs.get(c.serial) for c in cells}, "images": images}
+           "cells": {c.serial: outs[c.serial].value for c in cells if c.serial in outs}, "images": images}
     if manifest.get("images"):
         changed = [p for p, dg in manifest["images"].items() if images.get(p) and images[p] != dg]
         doc["images_changed_since_source"] = changed
         for p in changed:
             log.warning("base image of %s changed since the source run", p)
-    (new_run / "rerun.json").write_text(json.dumps(doc, indent=1) + "\n")
+    write_json_atomic(RunDir(new_run).rerun, doc)
     return RerunPlan(source=str(source), selected=tuple(c.serial for c in cells),
                      outcomes={s: outs[s] for s in sorted(chosen)}, new_run=str(new_run))
 
 
-def _count(outs: dict[str, str]) -> dict[str, int]:
-    c: dict[str, int] = {}
-    for o in outs.values():
+def _count(outs: dict[str, Outcome]) -> dict[Outcome, int]:
+    c: dict[Outcome, int] = {}
+    for o in sorted(outs.values()):
         c[o] = c.get(o, 0) + 1
     return c
 
@@ -148,8 +151,8 @@ def _image_digests(catalog, platform_ids) -> dict[str, str]:
     for pid in sorted(platform_ids):
         try:
             image = Path(catalog.platform(pid).image)
-            meta = json.loads(image.with_suffix(".json").read_text())
-            if meta.get("sha256"):
+            meta = read_json(image.with_suffix(".json"))
+            if isinstance(meta, dict) and meta.get("sha256"):
                 out[pid] = meta["sha256"]
         except Exception:
             continue
@@ -192,8 +195,8 @@ def is_run_dir(path: Path) -> dict | None:
     if path.is_symlink() or not path.is_dir():
         return None
     try:
-        doc = json.loads((path / "run.json").read_text())
-    except (OSError, ValueError):
+        doc = read_json(RunDir(path).manifest)
+    except UserError:
         return None
     if not isinstance(doc, dict) or doc.get("schema") != RUN_SCHEMA or not doc.get("generated"):
         return None
@@ -226,7 +229,8 @@ def list_runs(runs_root: Path, *, sizes: bool = True) -> list[RunEntry]:
 
 def run_is_active(path: Path) -> bool:
     """DAGMan holds workflow.dag.lock while it runs; its metrics file appears when it exits."""
-    return (path / "workflow.dag.lock").exists() and not (path / "workflow.dag.metrics").exists()
+    layout = RunDir(path)
+    return layout.dag_file(OUTER_DAG, ".lock").exists() and not layout.dag_file(OUTER_DAG, ".metrics").exists()
 
 
 @dataclass
@@ -284,14 +288,15 @@ def _delete_run(runs_root: Path, path: Path) -> None:
     log.info("deleting run %s", path)
     # run.json last: an interrupted deletion leaves a directory cleanup no longer touches
     # but a human can recognise; remove the rest first
+    manifest = RunDir(path).manifest
     for child in path.iterdir():
-        if child.name == "run.json":
+        if child == manifest:
             continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
             child.unlink()
-    (path / "run.json").unlink()
+    manifest.unlink()
     path.rmdir()
 
 
@@ -332,14 +337,3 @@ def nightly(params: Sequence[Path], runs_root: Path, *, catalogs: Sequence[Path]
         rep = submit_run(run_dir, submit_opts or SubmitOptions())
         result["cluster"] = rep.cluster
     return result
-
-
-def as_json(obj) -> dict:
-    if hasattr(obj, "__dataclass_fields__"):
-        d = asdict(obj)
-        return json.loads(json.dumps(d, default=str))
-    return obj
-
-
-def glob_any(value: str, globs: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(value, g) for g in globs)

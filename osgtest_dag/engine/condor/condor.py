@@ -28,13 +28,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from osgtest_dag.analyze import results
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.model.documents import read_json
+from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.rundir import (CLEAN_OUTPUT, CREATE_DISK, MATRIX_DAG, OUTER_DAG, PROCESS_RESULT, TEST_RUN,
+                                      NodeName, RunDir)
 
 log = logging.getLogger("osgtest_dag.engine.condor.condor")
 
-OUTER_DAG = "workflow.dag"
-MATRIX_DAG = "matrix.dag"
-LAYERS = ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")
 
 # NodeStatus / DagStatus values in a node status file (the DAGMan manual, "Current Node Status File")
 NODE_STATES = {0: "not_ready", 1: "ready", 2: "prerun", 3: "submitted", 4: "postrun",
@@ -113,7 +115,7 @@ def dag_submit_description(run_dir: Path, opts: SubmitOptions = SubmitOptions())
     htcondor2 = _htcondor()
     run_dir = Path(run_dir).resolve()
     manifest = load_manifest(run_dir)
-    if not (run_dir / OUTER_DAG).is_file():
+    if not RunDir(run_dir).outer_dag.is_file():
         raise UserError(f"no {OUTER_DAG} in the run directory", where=run_dir,
                         hint="regenerate it with `osgtest-dag generate`")
     _apply_client_config(opts.client_config)
@@ -128,9 +130,10 @@ def dag_submit_description(run_dir: Path, opts: SubmitOptions = SubmitOptions())
         options["AppendLines"] = "\n".join(opts.append)
     if opts.allow_version_mismatch:
         options["AllowVersionMismatch"] = True
-    sub_file = run_dir / f"{OUTER_DAG}.condor.sub"
+    layout = RunDir(run_dir)
+    sub_file = layout.dag_file(OUTER_DAG, ".condor.sub")
     if sub_file.exists():
-        if (run_dir / f"{OUTER_DAG}.dagman.out").exists() or (run_dir / f"{OUTER_DAG}.lock").exists():
+        if layout.dag_file(OUTER_DAG, ".dagman.out").exists() or layout.dag_file(OUTER_DAG, ".lock").exists():
             raise UserError("this run was already submitted", where=run_dir,
                             hint="follow it with `osgtest-dag watch`, or make a new run with `osgtest-dag rerun`")
         options["UpdateSubmit"] = True     # a previous --dry-run's file: rewrite it
@@ -204,7 +207,7 @@ def submit_run(run_dir: Path, opts: SubmitOptions = SubmitOptions(), *, dry_run:
     cluster = result.cluster()
     record = {"cluster": cluster, "submitted": _utcnow(), "schedd": opts.schedd, "pool": opts.pool,
               "batch_name": sub.get("My.JobBatchName") or opts.batch_name}
-    (run_dir / "submission.json").write_text(json.dumps(record, indent=1) + "\n")
+    RunDir(run_dir).submission.write_text(json.dumps(record, indent=1) + "\n")
     return SubmitReport(run_dir=str(run_dir), submit_file=str(sub_file), description=text,
                         cluster=cluster, schedd=opts.schedd or opts.pool or "local")
 
@@ -414,7 +417,8 @@ class RunProgress:
     nodes: dict[str, dict]                # DAG counts (both DAGs summed)
     held: list[dict]
     retries: dict[str, int]               # node -> RetryCount (> 0 only)
-    outcomes: dict[str, int]              # outcome -> count, from the POST scripts / results
+    outcomes: dict[str, int]              # outcome -> count of the finished cells
+    cell_outcomes: dict[str, str]         # serial -> outcome of each finished cell
     dagman_exit: int | None
 
     @property
@@ -428,25 +432,25 @@ class RunProgress:
 
 
 def _cell_state(serial: str, nodes: dict[str, dict], jobs_by_node: dict[str, JobRecord]) -> str:
-    st = {layer: nodes.get(f"{layer}{serial}", {}).get("NodeStatus") for layer in LAYERS}
+    st = {n.layer: nodes.get(n.format(), {}).get("NodeStatus") for n in NodeName.of_cell(serial)}
     if any(v in (6, 7) for v in st.values()):
         return "failed"
-    if st["CleanOutput"] == 5:
+    if st[CLEAN_OUTPUT] == 5:
         return "done"
-    if st["CleanOutput"] in (1, 2, 3, 4) or (st["ProcessResult"] == 5):
+    if st[CLEAN_OUTPUT] in (1, 2, 3, 4) or (st[PROCESS_RESULT] == 5):
         return "cleanup"
-    if st["ProcessResult"] in (1, 2, 3, 4) or st["TestRun"] == 5:
+    if st[PROCESS_RESULT] in (1, 2, 3, 4) or st[TEST_RUN] == 5:
         return "extracting"
-    if st["TestRun"] == 4:
+    if st[TEST_RUN] == 4:
         return "post"
-    if st["TestRun"] in (1, 2, 3):
-        job = jobs_by_node.get(f"TestRun{serial}")
+    if st[TEST_RUN] in (1, 2, 3):
+        job = jobs_by_node.get(NodeName(TEST_RUN, serial).format())
         if job and job.state == "held":
             return "held"
         if job and job.state == "running":
             return "running"
         return "queued"
-    if st["CreateDisk"] in (1, 2, 3, 4) or st["CreateDisk"] == 5:
+    if st[CREATE_DISK] in (1, 2, 3, 4) or st[CREATE_DISK] == 5:
         return "disk"
     return "waiting"
 
@@ -460,21 +464,26 @@ def _serials(run_dir: Path) -> list[str]:
 
 
 def dagman_job(run_dir: Path) -> JobRecord | None:
-    jobs = job_records(read_events(Path(run_dir) / f"{OUTER_DAG}.dagman.log"))
+    jobs = job_records(read_events(RunDir(run_dir).dag_file(OUTER_DAG, ".dagman.log")))
     return min(jobs.values(), key=lambda j: (j.cluster, j.proc)) if jobs else None
 
 
-def progress(run_dir: Path, now: float | None = None) -> RunProgress:
-    """What a run is doing now, from its node status files and event logs."""
+def progress(run_dir: Path, now: float | None = None,
+             known_outcomes: dict[str, Outcome] | None = None) -> RunProgress:
+    """What a run is doing now, from its node status files and event logs. The outcomes of
+    finished cells are results.json's once the run is analyzed, else decided now from their
+    evidence (analyze.results, the one derivation); `known_outcomes` (serial -> outcome)
+    caches those of cells that can no longer change, and is filled in."""
     from osgtest_dag.generate.workflow import load_manifest
     run_dir = Path(run_dir)
+    layout = RunDir(run_dir)
     load_manifest(run_dir)
     now = time.time() if now is None else now
-    outer = read_node_status(run_dir / "workflow.status")
-    matrix = read_node_status(run_dir / "matrix.status")
+    outer = read_node_status(layout.outer_status)
+    matrix = read_node_status(layout.matrix_status)
     dagman = dagman_job(run_dir)
-    events = read_events(run_dir / "logs" / "jobs.log")
-    for nodes_log in (run_dir / f"{MATRIX_DAG}.nodes.log", run_dir / f"{OUTER_DAG}.nodes.log"):
+    events = read_events(layout.job_log)
+    for nodes_log in (layout.dag_file(MATRIX_DAG, ".nodes.log"), layout.dag_file(OUTER_DAG, ".nodes.log")):
         if nodes_log.is_file() and not events:
             events = read_events(nodes_log)
     jobs = job_records(events)
@@ -483,7 +492,7 @@ def progress(run_dir: Path, now: float | None = None) -> RunProgress:
         if j.node:
             by_node[j.node] = j          # the newest job of a node (retries)
 
-    submitted = dagman is not None or outer is not None or (run_dir / "submission.json").is_file()
+    submitted = dagman is not None or outer is not None or layout.submission.is_file()
     nodes: dict[str, dict] = {}
     counts = {"total": 0, "done": 0, "failed": 0, "queued": 0, "ready": 0, "unready": 0,
               "pre": 0, "post": 0, "futile": 0}
@@ -506,11 +515,11 @@ def progress(run_dir: Path, now: float | None = None) -> RunProgress:
     elif outer is not None and outer.end is not None and int(outer.dag.get("DagStatus", 0)) in (5, 6):
         finished = True
         state = "done" if int(outer.dag["DagStatus"]) == 5 else "failed"
-    elif (run_dir / f"{OUTER_DAG}.metrics").is_file():
+    elif layout.dag_file(OUTER_DAG, ".metrics").is_file():
         finished = True
-        with contextlib.suppress(OSError, ValueError):
-            m = json.loads((run_dir / f"{OUTER_DAG}.metrics").read_text())
-            dagman_exit = m.get("exitcode")
+        with contextlib.suppress(UserError):
+            m = read_json(layout.dag_file(OUTER_DAG, ".metrics"))
+            dagman_exit = m.get("exitcode") if isinstance(m, dict) else None
             state = "done" if dagman_exit == 0 else "failed"
 
     serials = _serials(run_dir)
@@ -535,15 +544,37 @@ def progress(run_dir: Path, now: float | None = None) -> RunProgress:
     end = dagman.ended if (dagman and dagman.ended) else None
     elapsed = None if start is None else max(0.0, (end or now) - start)
 
+    decided = _finished_outcomes(layout, cells, known_outcomes)
     outcomes: dict[str, int] = {}
-    for s in serials:
-        o = cell_outcome(run_dir, s, results=None) if cells.get(s) in ("done", "failed", "cleanup") else None
-        if o:
-            outcomes[o] = outcomes.get(o, 0) + 1
+    for o in sorted(decided.values()):
+        outcomes[o.value] = outcomes.get(o.value, 0) + 1
     return RunProgress(run_dir=str(run_dir), submitted=submitted, dag_state=state, finished=finished,
                        elapsed_s=elapsed, cells_total=len(serials), cells=cells, cell_counts=cell_counts,
                        nodes=counts, held=sorted(held, key=lambda h: h["job"]), retries=retries,
-                       outcomes=outcomes, dagman_exit=dagman_exit)
+                       outcomes=outcomes, cell_outcomes={s: o.value for s, o in sorted(decided.items())},
+                       dagman_exit=dagman_exit)
+
+
+# Cell states whose evidence is all there (the POST script decided, the output is extracted).
+_FINISHED = ("done", "failed", "cleanup")
+
+
+def _finished_outcomes(layout: RunDir, cells: dict[str, str],
+                       known: dict[str, Outcome] | None) -> dict[str, Outcome]:
+    """serial -> outcome of the cells that finished."""
+    finished = [s for s, st in cells.items() if st in _FINISHED]
+    if not finished:
+        return {}
+    if layout.results.is_file():
+        analyzed = results.run_outcomes(layout.path)
+        return {s: analyzed.get(s, Outcome.MISSING) for s in finished}
+    known = {} if known is None else known
+    todo = [s for s in finished if s not in known]
+    fresh = {s: o for s, (o, _) in results.cell_outcomes(layout.path, todo).items()} if todo else {}
+    for s, o in fresh.items():
+        if cells[s] in ("done", "failed"):
+            known[s] = o      # its nodes are over: nothing will add evidence
+    return {s: known.get(s) or fresh.get(s, Outcome.MISSING) for s in finished}
 
 
 def _fmt_elapsed(s: float | None) -> str:
@@ -559,7 +590,7 @@ def format_progress(p: RunProgress) -> str:
     lines.append(f"cells: {p.cells_finished}/{p.cells_total} finished; "
                  + ", ".join(f"{k} {p.cell_counts[k]}" for k in CELL_STATES if p.cell_counts.get(k)))
     if p.outcomes:
-        lines.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(p.outcomes.items())))
+        lines.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in p.outcomes.items()))
     n = p.nodes
     if n["total"]:
         lines.append(f"nodes: {n['done']}/{n['total']} done, {n['queued']} queued, {n['post']} post, "
@@ -589,8 +620,9 @@ def watch(run_dir: Path, *, interval: float = 5.0, timeout: float | None = None,
     tty = out.isatty() if tty is None else tty
     start = time.monotonic()
     last = None
+    known_outcomes: dict[str, Outcome] = {}
     while True:
-        p = progress(run_dir)
+        p = progress(run_dir, known_outcomes=known_outcomes)
         line = progress_bar(p)
         if tty:
             out.write("\r\x1b[K" + line)
@@ -609,59 +641,3 @@ def watch(run_dir: Path, *, interval: float = 5.0, timeout: float | None = None,
     out.write(format_progress(p))
     out.flush()
     return p
-
-
-# ============================================================================================
-# Cell outcomes (for status and rerun)
-# ============================================================================================
-
-OUTCOMES = ("pass", "fail", "install", "update", "timeout", "infra", "missing")
-PRODUCT_FAILURES = ("fail", "install", "update", "timeout")
-def _guest_outcome(guest: dict) -> str:
-    """The outcome the guest's own result says (outcome.derive, the one model)."""
-    from osgtest_dag.model.outcome import Evidence, derive
-    return derive(Evidence(guest=guest))[0].value
-
-
-def load_results(run_dir: Path) -> dict[str, str] | None:
-    """serial -> outcome from RUN_DIR/results.json, if the run has been analyzed."""
-    from osgtest_dag.analyze import results
-    if not (Path(run_dir) / results.RESULTS_FILE).is_file():
-        return None
-    doc = results.load_results(run_dir)
-    return {str(c["serial"]): str(c["outcome"]) for c in doc.get("cells", [])}
-
-
-def cell_outcome(run_dir: Path, serial: str, results: dict[str, str] | None = None) -> str:
-    """A cell's outcome: results.json when given, else the guest's output/result.json, else
-    the POST script's record (post-vm.json), else missing."""
-    if results is not None:
-        return results.get(serial, "missing")
-    d = Path(run_dir) / "cells" / serial
-    rj = d / "output" / "result.json"
-    if rj.is_file():
-        try:
-            guest = json.loads(rj.read_text())
-        except ValueError:
-            return "infra"
-        return _guest_outcome(guest) if isinstance(guest, dict) else "infra"
-    post = d / "post-vm.json"
-    if post.is_file():
-        try:
-            history = json.loads(post.read_text())
-        except ValueError:
-            return "infra"
-        if history:
-            last = history[-1]
-            if last.get("verdict") == "done":
-                return _guest_outcome({"status": last.get("guest_status")})
-            if "timed out" in str(last.get("reason", "")) or "longer than" in str(last.get("reason", "")):
-                return "timeout"
-            return "infra"
-    return "missing"
-
-
-def run_outcomes(run_dir: Path) -> dict[str, str]:
-    """serial -> outcome for every cell of the run."""
-    results = load_results(run_dir)
-    return {s: cell_outcome(run_dir, s, results) for s in _serials(Path(run_dir))}

@@ -39,11 +39,9 @@ from osgtest_dag.engine.local.context import Context, Interrupted, Options
 from osgtest_dag.engine.local.reaper import ChildRecord
 from osgtest_dag.engine.local.scheduler import DagScheduler
 from osgtest_dag.engine.local.slots import default_jobs
-from osgtest_dag.engine.local.vmjob import VM_RECORDS, read_vm_records
 
-# Callers use these names from here (localrun; nodes and analyze read the VM records).
-__all__ = ["VM_RECORDS", "Executor", "Interrupted", "Options", "default_jobs", "read_vm_records",
-           "run_dag"]
+# Callers (localrun, the CLI, tests) use these names from here.
+__all__ = ["Executor", "Interrupted", "Options", "default_jobs", "run_dag"]
 
 log = logging.getLogger(__name__)
 

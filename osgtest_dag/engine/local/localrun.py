@@ -17,7 +17,8 @@ from osgtest_dag.engine.local import executor
 from osgtest_dag.plan import matrix
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.local.progress import Progress
-from osgtest_dag.generate.workflow import LAYERS, load_manifest
+from osgtest_dag.generate.workflow import load_manifest
+from osgtest_dag.model.rundir import NodeName, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def excluded_nodes(run_dir: Path, only) -> frozenset:
         if matrix.matches(cellconfig.fields(cfg), only):
             selected += 1
         else:
-            out.update(f"{layer}{cfg['serial']}" for layer in LAYERS)
+            out.update(n.format() for n in NodeName.of_cell(cfg["serial"]))
     if not selected:
         raise UserError("--only matched no cell of this run", where=run_dir,
                         hint="`osgtest-dag plan` with the same --only shows what it selects")
@@ -60,12 +61,13 @@ def run_local(run_dir: Path, *, jobs: int = 0, only=(), accel: str | None = None
                             progress=prog)
     log.info("running %s locally: %d cells, %d VM(s) at once", run_dir, manifest["cells"], jobs)
     t0 = time.monotonic()
+    layout = RunDir(run_dir)
     try:
-        ok = executor.run_dag(run_dir / "workflow.dag", opts)
+        ok = executor.run_dag(layout.outer_dag, opts)
     finally:
         if prog:
             prog.close()
-    report = run_dir / "report.txt"
-    summary = run_dir / "matrix-summary.json"
+    report = layout.report("text")
+    summary = layout.matrix_summary
     return LocalRun(ok=ok, wall_s=time.monotonic() - t0, report=report if report.is_file() else None,
                     summary=summary if summary.is_file() else None)

@@ -6,12 +6,11 @@ printed whenever a cell changes state, so logs stay readable.
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import time
 
-_CELL_NODE = re.compile(r"^(CreateDisk|TestRun|ProcessResult|CleanOutput)(\d+)$")
+from osgtest_dag.model.rundir import NodeName
 
 
 def _fmt(seconds: float) -> str:
@@ -55,8 +54,8 @@ class Progress:
     # -----------------------------------------------------------------------------------
     @staticmethod
     def _cell_of(node: str) -> str | None:
-        m = _CELL_NODE.match(node)
-        return m.group(2) if m else None
+        name = NodeName.parse_or_none(node)
+        return name.serial if name else None
 
     def _set(self, node: str, status: str) -> None:
         serial = self._cell_of(node)
@@ -64,7 +63,7 @@ class Progress:
             self.other[node] = status
             return
         self.nodes[node] = status
-        mine = [self.nodes.get(f"{k}{serial}") for k in ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")]
+        mine = [self.nodes.get(n.format()) for n in NodeName.of_cell(serial)]
         if any(s in ("failed", "futile") for s in mine):
             cell = "failed"
         elif all(s == "done" for s in mine if s is not None) and mine[-1] == "done":

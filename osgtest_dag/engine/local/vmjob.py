@@ -11,7 +11,6 @@ the cell's local-vm.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,8 @@ from osgtest_dag.engine.local.state import Attempt
 from osgtest_dag.engine.local.submit import JobSpec
 from osgtest_dag.guest import qemu
 from osgtest_dag.model import dagfile
+from osgtest_dag.model.documents import VmRecord
+from osgtest_dag.model.rundir import LOCAL_VM
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class VmJob:
                          "returncode": res.returncode, "timed_out": res.timed_out,
                          "console": str(console.relative_to(init))}
             self.attempt.vm.append(vm_record)
-            _append_json(init / VM_RECORDS, {"node": node.name, **vm_record})
+            VmRecord.append(init / LOCAL_VM, VmRecord(node=node.name, **vm_record))
             if self._killed:
                 return None
             if not res.timed_out:
@@ -142,27 +143,3 @@ class VmJob:
             shutil.move(produced, tmp)
             os.replace(tmp, dest)
 
-
-VM_RECORDS = "local-vm.json"
-
-
-def read_vm_records(path: Path) -> list[dict]:
-    """The executor's per-start VM records (one JSON object a line) in a cell's
-    local-vm.json; unreadable lines are skipped, a missing file is no records."""
-    out = []
-    try:
-        for line in Path(path).read_text(errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    except OSError:
-        pass
-    return out
-
-
-def _append_json(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
