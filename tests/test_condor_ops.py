@@ -145,19 +145,6 @@ def test_real_node_status_file_of_the_injected_dag():
     assert final_node_states(_real("injected/injected.dag.status")) == EXPECTED
 
 
-def test_real_event_log_records():
-    from osgtest_dag.engine.condor.condor import job_records, read_events
-    jobs = job_records(read_events(_real("injected/jobs.log")))
-    by_node: dict[str, list] = {}
-    for j in jobs.values():
-        by_node.setdefault(j.node, []).append(j)
-    assert len(by_node["TestRun004"]) == 3          # RETRY 2: three attempts
-    assert len(by_node["CreateDisk005"]) == 2 and all(j.return_value == 3 for j in by_node["CreateDisk005"])
-    assert by_node["TestRun002"][0].return_value == 1 and by_node["TestRun002"][0].state == "failed"
-    assert all(j.host for j in jobs.values())
-    assert all(j.submitted and j.started and j.ended for j in jobs.values())
-
-
 def _copy_run(tmp_path, name: str) -> Path:
     src = _real(name)
     dst = tmp_path / name.replace("/", "_")

@@ -27,6 +27,7 @@ from osgtest_dag.analyze import osgtest_log
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.analyze.known_failures import (ComponentTags, FailureContext, KnownFailures, load_component_tags,
                              load_known_failures, review)
+from osgtest_dag.model.joblog import JobRecord, jobs_by_node, read_job_log
 from osgtest_dag.model.outcome import ORDERED, Evidence, Outcome, derive
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.engine.local.executor import VM_RECORDS, read_vm_records
@@ -150,67 +151,6 @@ def image_stamp(environment_log: str) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------ job events
-@dataclass
-class JobEvents:
-    hosts: list[str] = field(default_factory=list)
-    holds: list[str] = field(default_factory=list)
-    aborted: bool = False
-    timed_out: bool = False
-    starts: int = 0
-
-
-def _host_of(event) -> str | None:
-    slot = event.get("SlotName") if hasattr(event, "get") else None
-    if slot and "@" in str(slot):
-        return str(slot).split("@", 1)[1]
-    addr = str(event.get("ExecuteHost") or "")
-    m = re.search(r"alias=([^&>]+)", addr)
-    if m:
-        return m[1]
-    m = re.match(r"<([^:>?]+)", addr)
-    return m[1] if m else None
-
-
-def read_job_log(path: Path) -> dict[str, JobEvents]:
-    """The run's HTCondor job log -> events per DAG node (TestRun007 ...)."""
-    out: dict[str, JobEvents] = {}
-    if not path.is_file():
-        return out
-    try:
-        import htcondor2
-        jel = htcondor2.JobEventLog(str(path))
-        node_of: dict[tuple[int, int], str] = {}
-        for ev in jel.events(stop_after=0):
-            key = (ev.cluster, ev.proc)
-            t = int(ev.type)
-            if t == 0:           # submit: DAGMan notes the node name
-                notes = str(ev.get("LogNotes") or "")
-                m = re.search(r"DAG Node: (\S+)", notes)
-                if m:
-                    node_of[key] = m[1]
-                continue
-            node = node_of.get(key)
-            if node is None:
-                continue
-            je = out.setdefault(node, JobEvents())
-            if t == 1:           # execute
-                je.starts += 1
-                h = _host_of(ev)
-                if h:
-                    je.hosts.append(h)
-            elif t == 12:        # held
-                reason = str(ev.get("HoldReason") or "held")
-                je.holds.append(reason)
-                if "ran longer than" in reason:
-                    je.timed_out = True
-            elif t == 9:         # aborted
-                je.aborted = True
-    except Exception as e:  # a damaged log must not stop the analysis
-        log.warning("cannot read the job log %s: %s", path, e)
-    return out
-
-
 # ------------------------------------------------------------------------------ one cell
 @dataclass(frozen=True)
 class AnalysisOptions:
@@ -256,7 +196,7 @@ def source_display(s: dict) -> str:
 
 
 def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
-                 job_events: dict[str, JobEvents] | None = None,
+                 node_jobs: dict[str, tuple[JobRecord, ...]] | None = None,
                  passing: dict | None = None) -> dict:
     """One cell's entry of results.json."""
     serial = cfg["serial"]
@@ -282,18 +222,20 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
     cell["attempt_history"] = [{k: p.get(k) for k in ("attempt", "verdict", "reason", "job_exit", "time")}
                                for p in post]
     local = read_vm_records(d / VM_RECORDS)
-    je = (job_events or {}).get(f"TestRun{serial}")
-    vm_timed_out = any(r.get("timed_out") for r in local) or bool(je and je.timed_out)
+    vm_jobs = (node_jobs or {}).get(f"TestRun{serial}", ())    # a retry is a new job
+    holds = [h for j in vm_jobs for h in j.holds]
+    vm_timed_out = any(r.get("timed_out") for r in local) or any(j.held_at_wall_clock_limit for j in vm_jobs)
     job_reason = None
-    if je and je.holds:
-        job_reason = f"VM job held: {je.holds[-1]}"
-    elif je and je.aborted:
+    if holds:
+        job_reason = f"VM job held: {holds[-1].reason or 'no reason given'}"
+    elif any(j.aborted for j in vm_jobs):
         job_reason = "VM job removed"
     elif local and local[-1].get("timed_out"):
         job_reason = f"the VM was killed at its time limit (start {local[-1].get('starts')})"
-    cell["attempts"] = max(len(post), len(local), je.starts if je else 0)
-    if je and je.hosts:
-        cell["host"] = je.hosts[-1]
+    cell["attempts"] = max(len(post), len(local), sum(len(j.executed) for j in vm_jobs))
+    hosts = [h for j in vm_jobs for h in j.hosts]
+    if hosts:
+        cell["host"] = hosts[-1]
 
     extraction, _ = _read_json(d / "extraction.json")
     extraction_error = None
@@ -515,7 +457,7 @@ def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | N
     tags = load_component_tags(component_tags if component_tags is not None else d_tags)
     generated = _parse_time(manifest.get("generated"))
     opts = AnalysisOptions(known=known, tags=tags, run_date=generated.date() if generated else None)
-    job_events = read_job_log(run_dir / "logs" / "jobs.log")
+    node_jobs = jobs_by_node(read_job_log(run_dir / "logs" / "jobs.log"))
     passing: dict = {}
     if known.entries:
         passing["__pattern__"] = re.compile("|".join(f"(?:{fnmatch.translate(e.test)})"
@@ -524,7 +466,7 @@ def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | N
         configs = list(cellconfig.iter_cells(run_dir))
     except FileNotFoundError:
         raise UserError("not a run directory (no cells.jsonl)", where=run_dir) from None
-    cells = [analyze_cell(run_dir, cfg, opts, job_events, passing) for cfg in configs]
+    cells = [analyze_cell(run_dir, cfg, opts, node_jobs, passing) for cfg in configs]
     cells.sort(key=lambda c: c["serial"])
     passing.pop("__pattern__", None)
     today = today or dt.date.today()
