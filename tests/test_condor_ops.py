@@ -478,6 +478,17 @@ def test_host_report_from_real_vm_job_logs(tmp_path):
     assert hosts.active_excluded_hosts(excl) == (h["host"],)
 
 
+def test_host_events_of_a_vm_held_at_its_wall_clock_limit():
+    """HTCondor logs a held running job's eviction before its hold: the execution counts as
+    held (with its codes) on its host, not as an eviction."""
+    from osgtest_dag.ops import hosts
+    events = hosts.run_host_events(_real("shaped/held"))
+    assert [(e["node"], e["job"], e["host"], e["result"]) for e in events] == [
+        ("TestRun000", "150.0", "vm", "ok"), ("TestRun001", "151.0", "vm", "ok"),
+        ("TestRun002", "152.0", "vm", "hold"), ("TestRun001", "154.0", "vm", "ok")]
+    assert events[2]["reason"] == "[3/1] osgtest-dag: VM ran longer than 3 s"
+
+
 def test_recorded_final_states_json_is_the_expected_contract():
     """final-states.json (recorded from DAGMan 23.9 by tests/test_pool.py) is what the local
     executor's run of osgtest_dag.devpool.pooltest's DAG must reproduce."""

@@ -194,6 +194,7 @@ class _Fold:
     removed_reason: str = ""
     shadow_exceptions: list[str] = field(default_factory=list)
     events: int = 0
+    just_evicted: bool = False    # the job's previous event ended an execution by eviction
 
     def close(self, t: int, ending: AttemptEnd, reason: str = "", *, exit_code: int | None = None,
               exit_signal: int | None = None, hold: Hold | None = None) -> None:
@@ -207,6 +208,7 @@ class _Fold:
         self.events += 1
         t = int(ev.timestamp)
         kind = ev.type
+        after_eviction, self.just_evicted = self.just_evicted, False
         if kind == _EV.SUBMIT:
             self.submitted = t
             self.node = _node_name(ev) or self.node
@@ -238,6 +240,10 @@ class _Fold:
             self.state = JobState.REMOVED
             self.close(t, AttemptEnd.REMOVED, self.removed_reason)
         elif kind == _EV.JOB_HELD:
+            if after_eviction:
+                # Holding a running job: the shadow logs the job's eviction, then the schedd the
+                # hold. The hold, not an eviction, ended that execution.
+                self.open = self.attempts.pop()
             hold = Hold(time=t, reason=_text(ev.get("HoldReason")), code=_int(ev.get("HoldReasonCode")),
                         subcode=_int(ev.get("HoldReasonSubCode")),
                         host=self.open.host if self.open is not None else None)
@@ -256,6 +262,7 @@ class _Fold:
         elif kind in (_EV.JOB_EVICTED, _EV.JOB_RECONNECT_FAILED, _EV.REMOTE_ERROR):
             if kind == _EV.JOB_EVICTED:
                 self.evicted += 1
+                self.just_evicted = self.open is not None
             ending = {_EV.JOB_EVICTED: AttemptEnd.EVICTED, _EV.JOB_RECONNECT_FAILED: AttemptEnd.RECONNECT_FAILED,
                       _EV.REMOTE_ERROR: AttemptEnd.REMOTE_ERROR}[kind]
             self.close(t, ending, _text(ev.get("ErrorMsg") or ev.get("Reason")))
