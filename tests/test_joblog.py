@@ -8,8 +8,17 @@ import datetime as dt
 import re
 from pathlib import Path
 
-from osgtest_dag.model.joblog import (WALL_CLOCK_HOLD_CODE, WALL_CLOCK_HOLD_SUBCODE, Attempt, AttemptEnd, Hold,
-                                      JobRecord, JobState, jobs_by_node, read_job_log)
+from osgtest_dag.model.joblog import (
+    WALL_CLOCK_HOLD_CODE,
+    WALL_CLOCK_HOLD_SUBCODE,
+    Attempt,
+    AttemptEnd,
+    Hold,
+    JobRecord,
+    JobState,
+    jobs_by_node,
+    read_job_log,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "condor"
