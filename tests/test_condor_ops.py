@@ -145,19 +145,6 @@ def test_real_node_status_file_of_the_injected_dag():
     assert final_node_states(_real("injected/injected.dag.status")) == EXPECTED
 
 
-def test_real_event_log_records():
-    from osgtest_dag.engine.condor.condor import job_records, read_events
-    jobs = job_records(read_events(_real("injected/jobs.log")))
-    by_node: dict[str, list] = {}
-    for j in jobs.values():
-        by_node.setdefault(j.node, []).append(j)
-    assert len(by_node["TestRun004"]) == 3          # RETRY 2: three attempts
-    assert len(by_node["CreateDisk005"]) == 2 and all(j.return_value == 3 for j in by_node["CreateDisk005"])
-    assert by_node["TestRun002"][0].return_value == 1 and by_node["TestRun002"][0].state == "failed"
-    assert all(j.host for j in jobs.values())
-    assert all(j.submitted and j.started and j.ended for j in jobs.values())
-
-
 def _copy_run(tmp_path, name: str) -> Path:
     src = _real(name)
     dst = tmp_path / name.replace("/", "_")
@@ -490,6 +477,17 @@ def test_host_report_from_real_vm_job_logs(tmp_path):
     assert r.exit_code == 0, r.output
     from osgtest_dag.ops import hosts
     assert hosts.active_excluded_hosts(excl) == (h["host"],)
+
+
+def test_host_events_of_a_vm_held_at_its_wall_clock_limit():
+    """HTCondor logs a held running job's eviction before its hold: the execution counts as
+    held (with its codes) on its host, not as an eviction."""
+    from osgtest_dag.ops import hosts
+    events = hosts.run_host_events(_real("shaped/held"))
+    assert [(e["node"], e["job"], e["host"], e["result"]) for e in events] == [
+        ("TestRun000", "150.0", "vm", "ok"), ("TestRun001", "151.0", "vm", "ok"),
+        ("TestRun002", "152.0", "vm", "hold"), ("TestRun001", "154.0", "vm", "ok")]
+    assert events[2]["reason"] == "[3/1] osgtest-dag: VM ran longer than 3 s"
 
 
 def test_recorded_final_states_json_is_the_expected_contract():

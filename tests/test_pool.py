@@ -406,7 +406,8 @@ def test_two_cell_debian_matrix_end_to_end(test_pool, pool_workdir, vm_image):
     Analyze/Report/Publish on HTCondor 23.9; the results say pass and install."""
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.engine.condor.condor import job_records, progress, read_events
+    from osgtest_dag.engine.condor.condor import progress
+    from osgtest_dag.model.joblog import JobState, read_job_log
     from osgtest_dag.generate.workflow import WorkflowOptions, write_run
     catalog = Catalog.load()
     params = pool_workdir / "params"
@@ -427,9 +428,8 @@ def test_two_cell_debian_matrix_end_to_end(test_pool, pool_workdir, vm_image):
     assert {c["label"]: c["outcome"] for c in results["cells"]} == {"Hello": "pass", "Missing package": "install"}
     assert (run / "report.txt").read_text().strip()      # the Report node ran (its text is the report module's)
     # The VM jobs: real VM-universe jobs whose result disks came back (transfer_output_remaps).
-    vm_jobs = [j for j in job_records(read_events(run / "logs" / "jobs.log")).values()
-               if (j.node or "").startswith("TestRun")]
-    assert len(vm_jobs) == 2 and all(j.state == "done" and j.host for j in vm_jobs), vm_jobs
+    vm_jobs = [j for j in read_job_log(run / "logs" / "jobs.log") if (j.node or "").startswith("TestRun")]
+    assert len(vm_jobs) == 2 and all(j.state == JobState.DONE and j.host for j in vm_jobs), vm_jobs
     for serial in ("000", "001"):
         assert json.loads((run / "cells" / serial / "output" / "result.json").read_text())["serial"] == serial
     print("VM jobs (submit -> terminate):", ", ".join(f"{j.node} {j.ended - j.submitted:.0f} s" for j in vm_jobs))

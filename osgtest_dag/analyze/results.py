@@ -14,7 +14,7 @@ import fnmatch
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +27,8 @@ from osgtest_dag.analyze.known_failures import (ComponentTags, FailureContext, K
                              load_known_failures, review)
 from osgtest_dag.model.documents import GuestResult, read_bytes_nofollow, read_document
 from osgtest_dag.model.evidence import gather, read_extraction
-from osgtest_dag.model.outcome import ORDERED, JobFacts, Outcome, derive, is_wall_clock_hold
+from osgtest_dag.model.joblog import JobRecord, jobs_by_node, read_job_log
+from osgtest_dag.model.outcome import ORDERED, JobFacts, Outcome, derive
 from osgtest_dag.model.rundir import OUTPUT_DIR, RESULTS, RunDir, vm_node
 from osgtest_dag.base.atomic import write_json_atomic
 
@@ -125,67 +126,6 @@ def image_stamp(environment_log: str) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------ job events
-@dataclass
-class JobEvents:
-    hosts: list[str] = field(default_factory=list)
-    holds: list[str] = field(default_factory=list)
-    aborted: bool = False
-    timed_out: bool = False
-    starts: int = 0
-
-
-def _host_of(event) -> str | None:
-    slot = event.get("SlotName") if hasattr(event, "get") else None
-    if slot and "@" in str(slot):
-        return str(slot).split("@", 1)[1]
-    addr = str(event.get("ExecuteHost") or "")
-    m = re.search(r"alias=([^&>]+)", addr)
-    if m:
-        return m[1]
-    m = re.match(r"<([^:>?]+)", addr)
-    return m[1] if m else None
-
-
-def read_job_log(path: Path) -> dict[str, JobEvents]:
-    """The run's HTCondor job log -> events per DAG node (TestRun007 ...)."""
-    out: dict[str, JobEvents] = {}
-    if not path.is_file():
-        return out
-    try:
-        import htcondor2
-        jel = htcondor2.JobEventLog(str(path))
-        node_of: dict[tuple[int, int], str] = {}
-        for ev in jel.events(stop_after=0):
-            key = (ev.cluster, ev.proc)
-            t = int(ev.type)
-            if t == 0:           # submit: DAGMan notes the node name
-                notes = str(ev.get("LogNotes") or "")
-                m = re.search(r"DAG Node: (\S+)", notes)
-                if m:
-                    node_of[key] = m[1]
-                continue
-            node = node_of.get(key)
-            if node is None:
-                continue
-            je = out.setdefault(node, JobEvents())
-            if t == 1:           # execute
-                je.starts += 1
-                h = _host_of(ev)
-                if h:
-                    je.hosts.append(h)
-            elif t == 12:        # held
-                reason = str(ev.get("HoldReason") or "held")
-                je.holds.append(reason)
-                if is_wall_clock_hold(ev.get("HoldReasonCode"), ev.get("HoldReasonSubCode")):
-                    je.timed_out = True
-            elif t == 9:         # aborted
-                je.aborted = True
-    except Exception as e:  # a damaged log must not stop the analysis
-        log.warning("cannot read the job log %s: %s", path, e)
-    return out
-
-
 # ------------------------------------------------------------------------------ one cell
 @dataclass(frozen=True)
 class AnalysisOptions:
@@ -230,16 +170,24 @@ def source_display(s: dict) -> str:
         return str(s.get("raw", "?"))
 
 
-def job_facts(je: JobEvents | None) -> JobFacts | None:
-    """The job log's events of a VM node as the evidence builder takes them."""
-    if je is None:
+def job_facts(vm_jobs: Sequence[JobRecord]) -> JobFacts | None:
+    """The job log's records of a VM node (a retry is a new job) as the evidence builder takes
+    them."""
+    if not vm_jobs:
         return None
-    reason = f"VM job held: {je.holds[-1]}" if je.holds else ("VM job removed" if je.aborted else None)
-    return JobFacts(starts=je.starts, hosts=tuple(je.hosts), timed_out=je.timed_out, reason=reason)
+    holds = [h for j in vm_jobs for h in j.holds]
+    reason = None
+    if holds:
+        reason = f"VM job held: {holds[-1].reason or 'no reason given'}"
+    elif any(j.aborted for j in vm_jobs):
+        reason = "VM job removed"
+    return JobFacts(starts=sum(len(j.executed) for j in vm_jobs),
+                    hosts=tuple(h for j in vm_jobs for h in j.hosts),
+                    timed_out=any(j.held_at_wall_clock_limit for j in vm_jobs), reason=reason)
 
 
 def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
-                 job_events: dict[str, JobEvents] | None = None,
+                 node_jobs: dict[str, tuple[JobRecord, ...]] | None = None,
                  passing: dict | None = None) -> dict:
     """One cell's entry of results.json."""
     serial = cfg["serial"]
@@ -261,7 +209,7 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
         "tests": [], "phases": [],
     }
 
-    facts = job_facts((job_events or {}).get(vm_node(serial)))
+    facts = job_facts((node_jobs or {}).get(vm_node(serial), ()))
     evidence = gather(cd, job=facts)
     cell["attempt_history"] = [{"attempt": p.attempt, "verdict": p.verdict.value, "reason": p.reason,
                                 "job_exit": p.job_exit, "time": p.time} for p in evidence.post_vm]
@@ -484,8 +432,8 @@ def analyze_cells(run_dir: Path | str, serials: Iterable[str] | None = None) -> 
     configs = [c for c in cellconfig.iter_cells(run_dir) if wanted is None or c["serial"] in wanted]
     if not configs:
         return []
-    job_events = read_job_log(RunDir(run_dir).job_log)
-    return [analyze_cell(run_dir, cfg, opts, job_events) for cfg in configs]
+    node_jobs = jobs_by_node(read_job_log(RunDir(run_dir).job_log))
+    return [analyze_cell(run_dir, cfg, opts, node_jobs) for cfg in configs]
 
 
 def cell_outcomes(run_dir: Path | str, serials: Iterable[str] | None = None) -> dict[str, tuple[Outcome, str]]:
@@ -518,7 +466,7 @@ def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | N
     manifest = load_manifest(run_dir)
     opts = analysis_options(run_dir, manifest, known_failures, component_tags)
     known, tags = opts.known, opts.tags
-    job_events = read_job_log(RunDir(run_dir).job_log)
+    node_jobs = jobs_by_node(read_job_log(RunDir(run_dir).job_log))
     passing: dict = {}
     if known.entries:
         passing["__pattern__"] = re.compile("|".join(f"(?:{fnmatch.translate(e.test)})"
@@ -527,7 +475,7 @@ def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | N
         configs = list(cellconfig.iter_cells(run_dir))
     except FileNotFoundError:
         raise UserError("not a run directory (no cells.jsonl)", where=run_dir) from None
-    cells = [analyze_cell(run_dir, cfg, opts, job_events, passing) for cfg in configs]
+    cells = [analyze_cell(run_dir, cfg, opts, node_jobs, passing) for cfg in configs]
     cells.sort(key=lambda c: c["serial"])
     passing.pop("__pattern__", None)
     today = today or dt.date.today()

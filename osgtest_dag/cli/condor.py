@@ -154,18 +154,20 @@ def schedule_install(at, params, runs_root, unit_dir, tool, extra):
 @TEST_POOL
 def nightly(params, runs_root, catalogs, image_dir, excluded_hosts, no_submit, schedd, pool, test_pool):
     """Create a dated run directory under RUNS_ROOT, generate the matrix into it, submit it."""
+    from osgtest_dag.ops.hosts import active_excluded_hosts
     from osgtest_dag.ops.runs import nightly as do_nightly
     opts = _submit_options(schedd=schedd, pool=pool, test_pool=test_pool)
+    excluded = active_excluded_hosts(excluded_hosts)
     if test_pool and not no_submit:
         from osgtest_dag.devpool import pool as poolmod
         res = do_nightly(params, runs_root, catalogs=catalogs, image_dir=image_dir,
-                         excluded_hosts_file=excluded_hosts, submit=False)
+                         excluded_hosts=excluded, submit=False)
         poolmod.prepare_run_dir(Path(res["run_dir"]))
         from osgtest_dag.engine.condor.condor import submit_run
         res["cluster"] = submit_run(Path(res["run_dir"]), opts).cluster
     else:
         res = do_nightly(params, runs_root, catalogs=catalogs, image_dir=image_dir,
-                         excluded_hosts_file=excluded_hosts, submit_opts=opts, submit=not no_submit)
+                         excluded_hosts=excluded, submit_opts=opts, submit=not no_submit)
     msg = f"nightly: {res['run_dir']}: {res['cells']} cells"
     if res.get("excluded_hosts"):
         msg += f", excluding {', '.join(res['excluded_hosts'])}"

@@ -26,10 +26,11 @@ import yaml
 
 from osgtest_dag.base.atomic import write_text_atomic
 from osgtest_dag.base.errors import Location, UserError
-from osgtest_dag.model.rundir import TEST_RUN, NodeName
+from osgtest_dag.model.joblog import AttemptEnd, read_job_log
+from osgtest_dag.model.rundir import TEST_RUN, NodeName, RunDir
+from osgtest_dag.ops.runs import list_runs
 
 log = logging.getLogger("osgtest_dag.ops.hosts")
-
 NO_HOST = "(never started)"
 
 
@@ -64,88 +65,48 @@ def _iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _is_vm_node(node: str) -> bool:
-    name = NodeName.parse_or_none(node)
+def _is_vm_node(node: str | None) -> bool:
+    name = NodeName.parse_or_none(node) if node else None
     return name is not None and name.layer == TEST_RUN
 
 
-def _is_vmgahp(reason: str, code) -> bool:
+def _is_vmgahp(reason: str) -> bool:
     return "VMGAHP" in reason.upper() or "vm-gahp" in reason.lower() or "vm gahp" in reason.lower()
+
+
+# How an execution ended, in the report's words (a VM GAHP error is told apart below).
+_RESULT = {AttemptEnd.RUNNING: "running", AttemptEnd.LOST: "running", AttemptEnd.EXITED: "ok",
+           AttemptEnd.SIGNALED: "abnormal", AttemptEnd.SHADOW_EXCEPTION: "shadow_exception",
+           AttemptEnd.HELD: "hold", AttemptEnd.EVICTED: "evicted",
+           AttemptEnd.RECONNECT_FAILED: "reconnect_failed", AttemptEnd.REMOTE_ERROR: "remote_error",
+           AttemptEnd.REMOVED: "removed_running"}
 
 
 def run_host_events(run_dir: Path) -> list[dict]:
     """Per VM-job execution of one run: host, how it ended, why. Pure data for host_report."""
-    from osgtest_dag.engine.condor import condor
-    htcondor2 = condor._htcondor()
-    T = htcondor2.JobEventType
-    events = condor.read_events(Path(run_dir) / "logs" / "jobs.log")
-    nodes = {}
-    for ev in events:
-        if ev.type == T.SUBMIT:
-            m = condor._DAG_NODE.search(str(ev.get("LogNotes") or ""))
-            if m:
-                nodes[(ev.cluster, ev.proc)] = m.group(1)
+    run = Path(run_dir).name
     out: list[dict] = []
-    current: dict[tuple, dict] = {}   # job -> the open execution
-    for ev in events:
-        key = (ev.cluster, ev.proc)
-        node = nodes.get(key)
-        if not node or not _is_vm_node(node):
+    for job in read_job_log(RunDir(Path(run_dir)).job_log):
+        if not _is_vm_node(job.node):
             continue
-        t = float(ev.timestamp)
-        run = current.get(key)
-        if ev.type == T.EXECUTE:
-            if run:
-                out.append(run)   # a new start without an end: the old one was lost
-            current[key] = {"run": Path(run_dir).name, "node": node, "job": f"{key[0]}.{key[1]}",
-                            "host": condor.host_of(ev) or "unknown", "start": t, "end": None,
-                            "result": "running", "reason": ""}
-        elif ev.type == T.JOB_TERMINATED:
-            rec = run or {"run": Path(run_dir).name, "node": node, "job": f"{key[0]}.{key[1]}",
-                          "host": "unknown", "start": None}
-            normal = ev.get("TerminatedNormally")
-            rec.update(end=t, result="ok" if normal is None or normal else "abnormal",
-                       reason="" if normal is None or normal else f"signal {ev.get('TerminatedBySignal')}")
-            out.append(rec)
-            current.pop(key, None)
-        elif ev.type == T.SHADOW_EXCEPTION and run:
-            run.update(end=t, result="shadow_exception", reason=str(ev.get("Message") or "").strip())
-            out.append(run)
-            current.pop(key, None)
-        elif ev.type == T.JOB_HELD:
-            reason = str(ev.get("HoldReason") or "").strip()
-            kind = "vmgahp_error" if _is_vmgahp(reason, ev.get("HoldReasonCode")) else "hold"
-            if run:
-                run.update(end=t, result=kind, reason=f"[{ev.get('HoldReasonCode')}/{ev.get('HoldReasonSubCode')}] {reason}")
-                out.append(run)
-                current.pop(key, None)
-        elif ev.type in (T.JOB_EVICTED, T.JOB_RECONNECT_FAILED, T.REMOTE_ERROR) and run:
-            reason = str(ev.get("ErrorMsg") or ev.get("Reason") or "").strip()
-            what = {T.JOB_EVICTED: "evicted", T.JOB_RECONNECT_FAILED: "reconnect_failed",
-                    T.REMOTE_ERROR: "remote_error"}[ev.type]
-            if ev.type == T.REMOTE_ERROR and _is_vmgahp(reason, None):
+        for a in job.attempts:
+            result, reason = _RESULT[a.ending], a.reason
+            if a.hold is not None:
+                reason = f"[{a.hold.code}/{a.hold.subcode}] {reason}"
+            if a.ending in (AttemptEnd.HELD, AttemptEnd.REMOTE_ERROR) and _is_vmgahp(a.reason):
                 # "An internal error prevented HTCondor from starting the VM ...
                 # (VMGAHP_ERR_INTERNAL)": the starter's message, then an eviction
-                what = "vmgahp_error"
-            run.update(end=t, result=what, reason=reason)
-            out.append(run)
-            current.pop(key, None)
-        elif ev.type == T.JOB_ABORTED:
-            if run:
-                run.update(end=t, result="removed_running", reason=str(ev.get("Reason") or "").strip())
-                out.append(run)
-                current.pop(key, None)
-            elif not any(r["job"] == f"{key[0]}.{key[1]}" for r in out):
-                out.append({"run": Path(run_dir).name, "node": node, "job": f"{key[0]}.{key[1]}",
-                            "host": NO_HOST, "start": None, "end": t, "result": "never_started",
-                            "reason": str(ev.get("Reason") or "").strip()})
-    out.extend(current.values())
+                result = "vmgahp_error"
+            out.append({"run": run, "node": job.node, "job": job.id, "host": a.host or "unknown",
+                        "start": a.start, "end": a.end, "result": result, "reason": reason})
+        if job.aborted and not job.attempts:
+            out.append({"run": run, "node": job.node, "job": job.id, "host": NO_HOST, "start": None,
+                        "end": job.ended, "result": "never_started", "reason": job.removed_reason})
     return out
 
 
 def host_report(runs_root: Path, last: int = 10) -> dict:
     """Per-host VM-job failure statistics over the last `last` runs of `runs_root`."""
-    from osgtest_dag.ops.runs import list_runs
     runs = list_runs(runs_root, sizes=False)[-last:] if last > 0 else list_runs(runs_root, sizes=False)
     stats: dict[str, HostStats] = {}
     never_started = 0

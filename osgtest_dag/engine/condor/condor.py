@@ -21,16 +21,16 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from osgtest_dag.analyze import results
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.model.documents import read_json
+from osgtest_dag.model.joblog import JobRecord, JobState, jobs_by_node, read_job_log
 from osgtest_dag.model.outcome import Outcome
 from osgtest_dag.model.rundir import (CLEAN_OUTPUT, CREATE_DISK, MATRIX_DAG, OUTER_DAG, PROCESS_RESULT, TEST_RUN,
                                       NodeName, RunDir)
@@ -285,118 +285,6 @@ def read_node_status(path: Path, tries: int = 3) -> NodeStatusFile | None:
 
 
 # ============================================================================================
-# Job event logs
-# ============================================================================================
-
-@dataclass
-class JobRecord:
-    """One job (cluster.proc) as its events tell it."""
-
-    cluster: int
-    proc: int
-    node: str | None = None
-    submitted: float | None = None
-    started: list[float] = field(default_factory=list)
-    ended: float | None = None
-    host: str | None = None
-    hosts: list[str] = field(default_factory=list)
-    state: str = "idle"           # idle | running | held | done | failed | removed
-    return_value: int | None = None
-    holds: list[dict] = field(default_factory=list)
-    shadow_exceptions: list[dict] = field(default_factory=list)
-    evictions: int = 0
-    events: int = 0
-
-    @property
-    def id(self) -> str:
-        return f"{self.cluster}.{self.proc}"
-
-
-_DAG_NODE = re.compile(r"DAG Node:\s*(\S+)")
-
-
-def host_of(ev) -> str | None:
-    """The execute host of an EXECUTE event: SlotName's machine, else the sinful string's
-    alias, else its address."""
-    slot = ev.get("SlotName")
-    if slot and "@" in str(slot):
-        return str(slot).split("@", 1)[1]
-    sinful = str(ev.get("ExecuteHost") or "")
-    m = re.search(r"alias=([^&>]+)", sinful)
-    if m:
-        return m.group(1)
-    m = re.match(r"<([^:>?]+)", sinful)
-    return m.group(1) if m else (sinful or None)
-
-
-def read_events(path: Path) -> list:
-    """Every event of a user job event log (htcondor2.JobEventLog), without blocking."""
-    htcondor2 = _htcondor()
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return []
-    jel = htcondor2.JobEventLog(str(path))
-    try:
-        return list(jel.events(stop_after=0))
-    except Exception as e:
-        log.warning("%s: cannot read all events: %s", path, e)
-        return []
-    finally:
-        with contextlib.suppress(Exception):
-            jel.close()
-
-
-def job_records(events: Sequence) -> dict[str, JobRecord]:
-    """Fold events into one record per job."""
-    htcondor2 = _htcondor()
-    T = htcondor2.JobEventType
-    jobs: dict[str, JobRecord] = {}
-    for ev in events:
-        key = f"{ev.cluster}.{ev.proc}"
-        j = jobs.get(key)
-        if j is None:
-            j = jobs[key] = JobRecord(cluster=ev.cluster, proc=ev.proc)
-        j.events += 1
-        t = float(ev.timestamp)
-        et = ev.type
-        if et == T.SUBMIT:
-            j.submitted = t
-            m = _DAG_NODE.search(str(ev.get("LogNotes") or ""))
-            if m:
-                j.node = m.group(1)
-        elif et == T.EXECUTE:
-            j.started.append(t)
-            j.host = host_of(ev)
-            if j.host:
-                j.hosts.append(j.host)
-            j.state = "running"
-        elif et == T.JOB_TERMINATED:
-            j.ended = t
-            rv = ev.get("ReturnValue")
-            j.return_value = int(rv) if rv is not None else None
-            normal = ev.get("TerminatedNormally")
-            j.state = "done" if (normal is None or normal) and j.return_value == 0 else "failed"
-        elif et == T.JOB_ABORTED:
-            j.ended = t
-            j.state = "removed"
-        elif et == T.JOB_HELD:
-            j.state = "held"
-            j.holds.append({"time": t, "code": ev.get("HoldReasonCode"), "subcode": ev.get("HoldReasonSubCode"),
-                            "reason": str(ev.get("HoldReason") or ""), "host": j.host})
-        elif et == T.JOB_RELEASED:
-            j.state = "idle"
-        elif et == T.SHADOW_EXCEPTION:
-            j.shadow_exceptions.append({"time": t, "message": str(ev.get("Message") or ""), "host": j.host})
-            if j.state == "running":
-                j.state = "idle"
-        elif et == T.JOB_EVICTED:
-            j.evictions += 1
-            if j.state == "running":
-                j.state = "idle"
-    return jobs
-
-
-# ============================================================================================
 # Run progress
 # ============================================================================================
 
@@ -431,7 +319,7 @@ class RunProgress:
         return d
 
 
-def _cell_state(serial: str, nodes: dict[str, dict], jobs_by_node: dict[str, JobRecord]) -> str:
+def _cell_state(serial: str, nodes: dict[str, dict], newest_job: dict[str, JobRecord]) -> str:
     st = {n.layer: nodes.get(n.format(), {}).get("NodeStatus") for n in NodeName.of_cell(serial)}
     if any(v in (6, 7) for v in st.values()):
         return "failed"
@@ -444,10 +332,10 @@ def _cell_state(serial: str, nodes: dict[str, dict], jobs_by_node: dict[str, Job
     if st[TEST_RUN] == 4:
         return "post"
     if st[TEST_RUN] in (1, 2, 3):
-        job = jobs_by_node.get(NodeName(TEST_RUN, serial).format())
-        if job and job.state == "held":
+        job = newest_job.get(NodeName(TEST_RUN, serial).format())
+        if job and job.state == JobState.HELD:
             return "held"
-        if job and job.state == "running":
+        if job and job.state == JobState.RUNNING:
             return "running"
         return "queued"
     if st[CREATE_DISK] in (1, 2, 3, 4) or st[CREATE_DISK] == 5:
@@ -464,8 +352,9 @@ def _serials(run_dir: Path) -> list[str]:
 
 
 def dagman_job(run_dir: Path) -> JobRecord | None:
-    jobs = job_records(read_events(RunDir(run_dir).dag_file(OUTER_DAG, ".dagman.log")))
-    return min(jobs.values(), key=lambda j: (j.cluster, j.proc)) if jobs else None
+    """The DAGMan job of the outer DAG, from its own event log."""
+    jobs = read_job_log(RunDir(run_dir).dag_file(OUTER_DAG, ".dagman.log"))
+    return jobs[0] if jobs else None
 
 
 def progress(run_dir: Path, now: float | None = None,
@@ -482,15 +371,11 @@ def progress(run_dir: Path, now: float | None = None,
     outer = read_node_status(layout.outer_status)
     matrix = read_node_status(layout.matrix_status)
     dagman = dagman_job(run_dir)
-    events = read_events(layout.job_log)
+    jobs = read_job_log(layout.job_log)
     for nodes_log in (layout.dag_file(MATRIX_DAG, ".nodes.log"), layout.dag_file(OUTER_DAG, ".nodes.log")):
-        if nodes_log.is_file() and not events:
-            events = read_events(nodes_log)
-    jobs = job_records(events)
-    by_node: dict[str, JobRecord] = {}
-    for j in sorted(jobs.values(), key=lambda j: (j.cluster, j.proc)):
-        if j.node:
-            by_node[j.node] = j          # the newest job of a node (retries)
+        if not jobs:
+            jobs = read_job_log(nodes_log)
+    newest_job = {node: js[-1] for node, js in jobs_by_node(jobs).items()}   # a node's retries are new jobs
 
     submitted = dagman is not None or outer is not None or layout.submission.is_file()
     nodes: dict[str, dict] = {}
@@ -508,10 +393,10 @@ def progress(run_dir: Path, now: float | None = None,
     finished = False
     dagman_exit = None
     state = "not_submitted" if not submitted else "running"
-    if dagman and dagman.state in ("done", "failed", "removed"):
+    if dagman and dagman.state.final:
         finished = True
-        dagman_exit = dagman.return_value
-        state = {"done": "done", "failed": "failed", "removed": "removed"}[dagman.state]
+        dagman_exit = dagman.exit_code
+        state = dagman.state.value
     elif outer is not None and outer.end is not None and int(outer.dag.get("DagStatus", 0)) in (5, 6):
         finished = True
         state = "done" if int(outer.dag["DagStatus"]) == 5 else "failed"
@@ -523,24 +408,24 @@ def progress(run_dir: Path, now: float | None = None,
             state = "done" if dagman_exit == 0 else "failed"
 
     serials = _serials(run_dir)
-    cells = {s: _cell_state(s, nodes, by_node) for s in serials}
+    cells = {s: _cell_state(s, nodes, newest_job) for s in serials}
     cell_counts: dict[str, int] = {}
     for s in cells.values():
         cell_counts[s] = cell_counts.get(s, 0) + 1
 
     held = []
-    for j in jobs.values():
-        if j.state == "held" and j.holds:
-            h = j.holds[-1]
-            held.append({"job": j.id, "node": j.node, "code": h["code"], "subcode": h["subcode"],
-                         "reason": h["reason"], "host": h["host"]})
+    for j in jobs:
+        h = j.last_hold
+        if j.state == JobState.HELD and h is not None:
+            held.append({"job": j.id, "node": j.node, "code": h.code, "subcode": h.subcode,
+                         "reason": h.reason, "host": h.host})
     retries = {name: int(ad.get("RetryCount", 0)) for name, ad in nodes.items() if int(ad.get("RetryCount", 0) or 0) > 0}
 
     start = None
     if dagman and dagman.submitted:
         start = dagman.submitted
     elif jobs:
-        start = min((j.submitted for j in jobs.values() if j.submitted), default=None)
+        start = min((j.submitted for j in jobs if j.submitted), default=None)
     end = dagman.ended if (dagman and dagman.ended) else None
     elapsed = None if start is None else max(0.0, (end or now) - start)
 
