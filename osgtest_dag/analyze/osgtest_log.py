@@ -177,7 +177,7 @@ class OsgTestLog:
             return {"run": s.ran, "ok": max(s.ran - bad, 0), "failed": s.failures,
                     "error": s.errors, "bad_skips": s.bad_skips, "ok_skips": s.ok_skips,
                     "timeouts": s.timeouts}
-        by = {st: 0 for st in STATUSES}
+        by = dict.fromkeys(STATUSES, 0)
         for t in self.tests:
             by[t.status] += 1
         return {"run": len(self.tests), "ok": by["ok"], "failed": by["FAIL"], "error": by["ERROR"],

@@ -13,8 +13,8 @@ import json
 import shlex
 from pathlib import Path
 
-from osgtest_dag.plan.catalog import Catalog
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.plan.catalog import Catalog
 from osgtest_dag.plan.matrix import Cell
 
 SCHEMA = "osgtest-dag/cell"

@@ -27,14 +27,16 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import htcondor2
 import htcondor2.dags as dags
 import jinja2
 
 from osgtest_dag import __version__
 from osgtest_dag.base import paths
-from osgtest_dag.plan.catalog import Catalog
-from osgtest_dag.generate.cellconfig import STORE, cell_json, write_store
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.generate.cellconfig import STORE, cell_json, write_store
+from osgtest_dag.model import dagfile
+from osgtest_dag.plan.catalog import Catalog
 from osgtest_dag.plan.matrix import Cell
 
 RUN_SCHEMA = "osgtest-dag/run"
@@ -174,7 +176,7 @@ def matrix_dag(cells: list[Cell], opts: WorkflowOptions, offsets: list[int]) -> 
     )
     serial_vars = [{"serial": c.serial} for c in cells]
     create = dag.layer(name="CreateDisk", submit_description=Path("submit/create-io-disk.sub"),
-                       vars=[{"serial": c.serial, "offset": str(o)} for c, o in zip(cells, offsets)], retries=opts.disk_retries, category="LocalIO")
+                       vars=[{"serial": c.serial, "offset": str(o)} for c, o in zip(cells, offsets, strict=True)], retries=opts.disk_retries, category="LocalIO")
     test = create.child_layer(
         name="TestRun", submit_description=Path("submit/test-run.sub"),
         vars=[cell_vars(c) for c in cells], edge=dags.OneToOne(),
@@ -271,7 +273,6 @@ def _template_location(e: jinja2.TemplateError) -> str:
 
 def _check_submit(name: str, text: str) -> None:
     """Every description must parse with HTCondor's own parser before we write the run."""
-    import htcondor2
     try:
         sub = htcondor2.Submit(text)
     except Exception as e:  # the bindings raise plain exceptions with HTCondor's message
@@ -296,7 +297,7 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
     if not opts.tool:
         opts = WorkflowOptions(**{**asdict(opts), "tool": default_tool()})
     run_name = run_dir.resolve().name
-    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     submit_files = render_submit_files(opts, run_name, generated)
     for name, text in submit_files.items():
         _check_submit(name, text)
@@ -351,9 +352,6 @@ def load_manifest(run_dir: Path) -> dict:
 def check_run(run_dir: Path) -> dict:
     """Validate a run directory: every DAG acyclic with its files present, every submit
     description accepted by HTCondor's parser. Returns counts."""
-    import htcondor2
-
-    from osgtest_dag.model import dagfile
     run_dir = Path(run_dir)
     load_manifest(run_dir)
     todo, seen, counts = [run_dir / "workflow.dag"], set(), {"dags": 0, "nodes": 0, "submit_files": 0}
@@ -375,7 +373,7 @@ def check_run(run_dir: Path) -> dict:
                 text = (run_dir / node.submit_file).read_text()
                 _check_submit(node.submit_file, text)
                 parsed[node.submit_file] = text
-    for name, text in parsed.items():
+    for text in parsed.values():
         htcondor2.Submit(text)
     counts["submit_files"] = len(parsed)
     return counts

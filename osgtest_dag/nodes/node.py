@@ -266,7 +266,7 @@ REPORT_FILES = {"text": "report.txt", "html": "report.html", "junit": "junit.xml
 
 def report(run_dir: Path) -> dict[str, Path]:
     """The Report node: text, HTML and JUnit renderings of results.json."""
-    from osgtest_dag.cli.results import render
+    from osgtest_dag.report.render import render
     from osgtest_dag.analyze.results import load_results
     run_dir = Path(run_dir)
     doc = load_results(run_dir)

@@ -310,11 +310,10 @@ def dated_run_dir(runs_root: Path, now: dt.datetime | None = None) -> Path:
 
 
 def nightly(params: Sequence[Path], runs_root: Path, *, catalogs: Sequence[Path] = (),
-            image_dir: Path | None = None, excluded_hosts_file: Path | None = None,
+            image_dir: Path | None = None, excluded_hosts: Sequence[str] = (),
             submit_opts=None, submit: bool = True, now: dt.datetime | None = None) -> dict:
-    """The nightly: a dated run directory under `runs_root`, generated from `params` (with the
-    active excluded hosts), then submitted. Returns what it did."""
-    from osgtest_dag.ops import hosts
+    """The nightly: a dated run directory under `runs_root`, generated from `params` (VM jobs
+    avoiding `excluded_hosts`), then submitted. Returns what it did."""
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
     from osgtest_dag.engine.condor.condor import SubmitOptions, submit_run
@@ -324,7 +323,7 @@ def nightly(params: Sequence[Path], runs_root: Path, *, catalogs: Sequence[Path]
     run_dir = dated_run_dir(runs_root, now)
     catalog = Catalog.load(list(catalogs), image_dir=image_dir)
     m = matrix.build(list(params), catalog)
-    excluded = hosts.active_excluded_hosts(excluded_hosts_file)
+    excluded = tuple(excluded_hosts)
     opts = WorkflowOptions(nightly=True, excluded_hosts=excluded)
     write_run(run_dir, list(m.cells), catalog, opts, param_files=list(m.files))
     result = {"run_dir": str(run_dir), "cells": len(m.cells), "excluded_hosts": list(excluded)}
