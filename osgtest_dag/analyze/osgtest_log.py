@@ -462,6 +462,7 @@ def classify(parsed: OsgTestLog, *, known: KnownFailures | None = None,
                               okskip_tags)
     if failures:
         outcome = Outcome.worst(f.category for f in failures)
+        assert outcome is not None  # worst of a non-empty list
         worst = [f for f in failures if f.category is outcome]
         names = ", ".join(str(f.test) for f in worst[:3]) + (f" and {len(worst) - 3} more" if len(worst) > 3 else "")
         n = len(failures)

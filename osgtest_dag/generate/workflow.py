@@ -261,8 +261,9 @@ def render_submit_files(opts: WorkflowOptions, run_name: str, generated: str) ->
 def _template_location(e: jinja2.TemplateError) -> str:
     """file:line of a template error; syntax errors carry it, render errors only in the
     traceback, where Jinja puts the template's own file and line."""
-    if getattr(e, "filename", None) and getattr(e, "lineno", None):
-        return f"{e.filename}:{e.lineno}"
+    filename, lineno = getattr(e, "filename", None), getattr(e, "lineno", None)
+    if filename and lineno:
+        return f"{filename}:{lineno}"
     tb, where = e.__traceback__, "submit template"
     while tb is not None:
         if tb.tb_frame.f_code.co_filename.endswith(".j2"):
@@ -366,10 +367,10 @@ def check_run(run_dir: Path) -> dict:
         counts["dags"] += 1
         counts["nodes"] += len(dag.nodes)
         for node in dag.nodes.values():
-            if node.kind == "subdag":
+            if node.dag_file is not None:  # SUBDAG EXTERNAL
                 todo.append(run_dir / node.dag_file)
                 continue
-            if node.submit_file not in parsed:
+            if node.submit_file is not None and node.submit_file not in parsed:
                 text = (run_dir / node.submit_file).read_text()
                 _check_submit(node.submit_file, text)
                 parsed[node.submit_file] = text

@@ -160,7 +160,7 @@ def bootstrap(recipe: Recipe, tree: Path) -> None:
             "--components=main", "--include=" + ",".join(recipe.packages),
             "--aptopt=Acquire::Retries \"3\"", "--aptopt=APT::Install-Recommends \"false\""]
     argv += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
-    argv += [recipe.codename, tree, *recipe.sources]
+    argv += [recipe.codename, str(tree), *recipe.sources]
     log.info("mmdebstrap %s into %s", recipe.codename, tree)
     command.run(argv, timeout=1800)
 

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.guest import qemu
@@ -36,7 +37,7 @@ def _module():
 
 
 @contextlib.contextmanager
-def open_disks(disks: Sequence[tuple[Path, str]], *, readonly: bool) -> Iterator[object]:
+def open_disks(disks: Sequence[tuple[Path, str]], *, readonly: bool) -> Iterator[Any]:
     """A launched guestfs handle with `disks` ((path, format) pairs) added, closed on exit.
 
     `readonly` adds the drives with readonly=1: libguestfs then writes to its own overlay,

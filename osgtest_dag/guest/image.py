@@ -198,7 +198,7 @@ def build_image(platform_id: str, store: Path | str | None = None, builder: str 
     with _lock(store, platform.id):
         info = read_info(meta)
         reasons = ["forced"] if force else rebuild_reasons(info, inputs)
-        if not reasons:
+        if info is not None and not reasons:
             log.info("%s: image up to date (%s, built %s)", platform.id, info.builder, info.built)
             return BuildOutcome(image=info, built=False, reasons=())
         log.info("%s: building with the %s builder: %s", platform.id, which, ", ".join(reasons))

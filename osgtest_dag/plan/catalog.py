@@ -10,6 +10,7 @@ import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from osgtest_dag.base import yamlsrc
 from osgtest_dag.base.errors import UserError
@@ -80,7 +81,7 @@ class Catalog:
         rdoc = _load_shipped("repositories.yaml")
         platforms = dict(pdoc["platforms"])
         defaults = dict(pdoc.get("defaults", {}))
-        repos = {fam: {"setup_packages": list(rdoc[fam]["setup_packages"]),
+        repos: dict[str, dict[str, Any]] = {fam: {"setup_packages": list(rdoc[fam]["setup_packages"]),
                        "repos": dict(rdoc[fam]["repos"])} for fam in FAMILIES}
         settings = dict(rdoc["settings"])
         for path in extra:
