@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from osgtest_dag.guest import iodisk
-from osgtest_dag.guest import qemu
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.guest import iodisk, qemu
 
 BOOT_LIMIT_S = 600   # a boot takes ~40-80 s under TCG on an idle 2-core host; much more when loaded
 

@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 
 from osgtest_dag.base import command
-from osgtest_dag.guest import debian_builder
-from osgtest_dag.guest import gfs
-from osgtest_dag.guest import image
-from osgtest_dag.guest import iodisk
-from osgtest_dag.guest import oz_builder
-from osgtest_dag.guest import payload
-from osgtest_dag.guest import qemu
-from osgtest_dag.plan.catalog import Catalog
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.guest import debian_builder, gfs, image, iodisk, oz_builder, payload, qemu
+from osgtest_dag.plan.catalog import Catalog
 
 PLATFORMS = ["alma_8", "alma_9", "alma_10", "rocky_8", "rocky_9", "rocky_10", "centos_stream_9",
              "centos_stream_10", "debian_11", "debian_12", "debian_13"]

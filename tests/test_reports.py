@@ -20,15 +20,15 @@ import pytest
 from click.testing import CliRunner
 from conftest import RESULTS_PARAMS, make_results_run, populate_results_run
 
-from osgtest_dag.cli import results as cli_results
+from osgtest_dag.analyze import results
 from osgtest_dag.base import command
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.cli import results as cli_results
 from osgtest_dag.report import compare
 from osgtest_dag.report import email as report_email
 from osgtest_dag.report import html as report_html
 from osgtest_dag.report import junit as report_junit
 from osgtest_dag.report import text as report_text
-from osgtest_dag.analyze import results
-from osgtest_dag.base.errors import UserError
 
 XSD = Path(__file__).parent / "data" / "junit-10.xsd"
 
@@ -253,7 +253,7 @@ def test_email_plain_smtp(doc, tmp_path):
     plain = m.get_body(("plain",)).get_content()
     html = m.get_body(("html",)).get_content()
     assert "Cells that did not pass (13)" in plain and "<table" in html
-    att = [p for p in m.iter_attachments()]
+    att = list(m.iter_attachments())
     assert len(att) == 1 and att[0].get_filename() == "osgtest-dag-run.html"
     assert 'id="grid-by-source"' in att[0].get_content()
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import htcondor2
 import networkx as nx
 import pytest
 
+from osgtest_dag.generate import workflow
 from osgtest_dag.model import dagfile
 from osgtest_dag.plan import matrix
-from osgtest_dag.generate import workflow
 from osgtest_dag.plan.catalog import Catalog
 
 SMALL = """\

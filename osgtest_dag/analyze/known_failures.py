@@ -306,7 +306,7 @@ def review(known: KnownFailures, today: dt.date,
         if e.expires is not None and e.expires < today:
             continue
         where_ok = []
-        for (test, module), ctxs in passing.items():
+        for ctxs in passing.values():
             for ctx in ctxs:
                 if e.applies(ctx) and (ctx.date is None or e.in_force(ctx.date)):
                     where_ok.append(ctx.platform or "?")

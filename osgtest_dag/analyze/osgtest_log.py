@@ -177,7 +177,7 @@ class OsgTestLog:
             return {"run": s.ran, "ok": max(s.ran - bad, 0), "failed": s.failures,
                     "error": s.errors, "bad_skips": s.bad_skips, "ok_skips": s.ok_skips,
                     "timeouts": s.timeouts}
-        by = {st: 0 for st in STATUSES}
+        by = dict.fromkeys(STATUSES, 0)
         for t in self.tests:
             by[t.status] += 1
         return {"run": len(self.tests), "ok": by["ok"], "failed": by["FAIL"], "error": by["ERROR"],
@@ -462,6 +462,7 @@ def classify(parsed: OsgTestLog, *, known: KnownFailures | None = None,
                               okskip_tags)
     if failures:
         outcome = Outcome.worst(f.category for f in failures)
+        assert outcome is not None  # worst of a non-empty list
         worst = [f for f in failures if f.category is outcome]
         names = ", ".join(str(f.test) for f in worst[:3]) + (f" and {len(worst) - 3} more" if len(worst) > 3 else "")
         n = len(failures)

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:
@@ -22,5 +23,5 @@ def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
-def write_json_atomic(path: Path, data, *, sort_keys: bool = False) -> None:
+def write_json_atomic(path: Path, data: Any, *, sort_keys: bool = False) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False, sort_keys=sort_keys) + "\n")

@@ -13,21 +13,22 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 from osgtest_dag.base.errors import CommandError
 
 log = logging.getLogger("osgtest_dag.base.command")
 
 
-def _merged_env(env: Mapping[str, str] | None) -> dict | None:
+def _merged_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
     """`env` added to the current environment (None: inherit it unchanged)."""
     return {**os.environ, **env} if env else None
 
 
-def run(argv: Sequence[str | os.PathLike], *, check: bool = True, timeout: float | None = None,
-        env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
+def run(argv: Sequence[str | os.PathLike[str]], *, check: bool = True, timeout: float | None = None,
+        env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
         input: str | bytes | None = None, capture: bool = True,
-        ) -> subprocess.CompletedProcess:
+        ) -> subprocess.CompletedProcess[Any]:
     """Run `argv`; raise CommandError on failure when `check` (the default).
 
     `env` is added to the current environment, not a replacement for it.
@@ -63,9 +64,9 @@ def which(name: str) -> Path | None:
     return Path(found) if found else None
 
 
-def spawn(argv: Sequence[str | os.PathLike], *, stdout=None, stderr=None,
-          cwd: str | os.PathLike | None = None,
-          env: Mapping[str, str] | None = None) -> subprocess.Popen:
+def spawn(argv: Sequence[str | os.PathLike[str]], *, stdout: int | IO[Any] | None = None,
+          stderr: int | IO[Any] | None = None, cwd: str | os.PathLike[str] | None = None,
+          env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start `argv` in the background in its own session (process group), for long-lived
     children such as a VM that the caller waits on and may have to kill as a group.
 

@@ -14,7 +14,7 @@ import yaml
 
 from osgtest_dag.base.errors import Location, UserError
 
-Key = tuple  # a path into the document: ("package_sets", 2, "label")
+Key = tuple[Any, ...]  # a path into the document: ("package_sets", 2, "label")
 
 
 @dataclass(frozen=True)
@@ -23,16 +23,16 @@ class Document:
 
     path: Path
     data: Any
-    locations: dict
+    locations: dict[Key, Location]
 
-    def where(self, *key) -> Location:
+    def where(self, *key: Any) -> Location:
         """Location of the value at `key`, or of the closest enclosing value we know."""
         k = tuple(key)
         while k not in self.locations and k:
             k = k[:-1]
         return self.locations.get(k, Location(self.path))
 
-    def key_where(self, *key) -> Location:
+    def key_where(self, *key: Any) -> Location:
         """Location of a mapping key itself (for "unknown key" errors)."""
         return self.locations.get(("__key__",) + tuple(key), self.where(*key))
 
@@ -71,15 +71,15 @@ def load(path: Path, text: str | None = None) -> Document:
     if len(nodes) > 1:
         raise UserError("more than one YAML document in the file", where=_loc(path, nodes[1]),
                         hint="keep one document per parameter file (remove the extra '---')")
-    locations: dict = {}
+    locations: dict[Key, Location] = {}
     if not nodes or nodes[0] is None:
         return Document(path, None, locations)
     constructor = yaml.SafeLoader("")  # for scalar resolution (bools, ints ...)
 
-    def convert(node: yaml.Node, key: tuple) -> Any:
+    def convert(node: yaml.Node, key: Key) -> Any:
         locations[key] = _loc(path, node)
         if isinstance(node, yaml.MappingNode):
-            out: dict = {}
+            out: dict[Any, Any] = {}
             for knode, vnode in node.value:
                 if not isinstance(knode, yaml.ScalarNode):
                     raise UserError("mapping keys must be plain names", where=_loc(path, knode))

@@ -10,6 +10,15 @@ from pathlib import Path
 import click
 
 from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.devpool import pool as poolmod
+from osgtest_dag.engine.condor.condor import SubmitOptions, format_progress, progress, submit_run
+from osgtest_dag.engine.condor.condor import watch as do_watch
+from osgtest_dag.generate.workflow import default_tool
+from osgtest_dag.ops import hosts as host_ops
+from osgtest_dag.ops import schedule as sch
+from osgtest_dag.ops.runs import cleanup as do_cleanup
+from osgtest_dag.ops.runs import nightly as do_nightly
+from osgtest_dag.ops.runs import rerun as do_rerun
 
 RUN_DIR = click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -21,11 +30,9 @@ TEST_POOL = click.option("--test-pool", is_flag=True,
 
 def _submit_options(batch_name="", maxjobs=None, maxidle=None, append=(), schedd=None, pool=None,
                     dagman=None, test_pool=False):
-    from osgtest_dag.engine.condor.condor import SubmitOptions
     opts = SubmitOptions(batch_name=batch_name or "", maxjobs=maxjobs, maxidle=maxidle,
                          append=tuple(append), schedd=schedd, pool=pool, dagman=dagman)
     if test_pool:
-        from osgtest_dag.devpool import pool as poolmod
         opts = poolmod.submit_options(opts)
     return opts
 
@@ -50,10 +57,8 @@ def register(group: click.Group) -> None:
 @TEST_POOL
 def submit(run_dir, batch_name, maxjobs, maxidle, append, dry_run, schedd, pool, dagman, test_pool):
     """Submit a run directory's workflow DAG (the same as `condor_submit_dag workflow.dag`)."""
-    from osgtest_dag.engine.condor.condor import submit_run
     opts = _submit_options(batch_name, maxjobs, maxidle, append, schedd, pool, dagman, test_pool)
     if test_pool and not dry_run:
-        from osgtest_dag.devpool import pool as poolmod
         poolmod.prepare_run_dir(run_dir)
     rep = submit_run(run_dir, opts, dry_run=dry_run)
     if dry_run:
@@ -69,7 +74,6 @@ def submit(run_dir, batch_name, maxjobs, maxidle, append, dry_run, schedd, pool,
 @JSON
 def status(run_dir, as_json):
     """Progress of a run: cells by state, held jobs, retries, elapsed time."""
-    from osgtest_dag.engine.condor.condor import format_progress, progress
     p = progress(run_dir)
     if as_json:
         click.echo(json.dumps(p.to_json(), indent=1))
@@ -85,7 +89,6 @@ def status(run_dir, as_json):
 def watch(ctx, run_dir, interval, timeout):
     """Follow a run until its DAG ends (a progress bar; plain lines when not a terminal).
     Exits 0 when the DAG succeeded, 1 when it failed, 3 on --timeout."""
-    from osgtest_dag.engine.condor.condor import watch as do_watch
     p = do_watch(run_dir, interval=interval, timeout=timeout, out=sys.stdout)
     if not p.finished:
         ctx.exit(3)
@@ -107,7 +110,6 @@ def watch(ctx, run_dir, interval, timeout):
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 def rerun(run_dir, new_run, failed_only, outcomes, only, catalogs, force):
     """A new run of some cells of RUN_DIR, from the same pinned inputs (serials kept)."""
-    from osgtest_dag.ops.runs import rerun as do_rerun
     plan = do_rerun(run_dir, new_run, failed_only=failed_only, only=only, outcomes=outcomes or None,
                     catalogs=catalogs, force=force)
     click.echo(f"wrote {new_run}: {len(plan.selected)} cell(s) of {run_dir} "
@@ -130,8 +132,6 @@ def schedule():
 @click.option("--nightly-arg", "extra", multiple=True, metavar="ARG", help="Extra argument for `nightly` (repeatable).")
 def schedule_install(at, params, runs_root, unit_dir, tool, extra):
     """Write a systemd service + timer running `osgtest-dag nightly`; print the cron line."""
-    from osgtest_dag.ops import schedule as sch
-    from osgtest_dag.generate.workflow import default_tool
     s = sch.Schedule(at=sch.parse_time(at), params=params.resolve(), runs_root=runs_root.resolve(),
                      tool=tool or default_tool(), unit_dir=(unit_dir or sch.default_unit_dir()).resolve(),
                      extra_args=tuple(extra))
@@ -154,20 +154,16 @@ def schedule_install(at, params, runs_root, unit_dir, tool, extra):
 @TEST_POOL
 def nightly(params, runs_root, catalogs, image_dir, excluded_hosts, no_submit, schedd, pool, test_pool):
     """Create a dated run directory under RUNS_ROOT, generate the matrix into it, submit it."""
-    from osgtest_dag.ops.hosts import active_excluded_hosts
-    from osgtest_dag.ops.runs import nightly as do_nightly
     opts = _submit_options(schedd=schedd, pool=pool, test_pool=test_pool)
-    excluded = active_excluded_hosts(excluded_hosts)
+    active_excluded = host_ops.active_excluded_hosts(excluded_hosts)
     if test_pool and not no_submit:
-        from osgtest_dag.devpool import pool as poolmod
         res = do_nightly(params, runs_root, catalogs=catalogs, image_dir=image_dir,
-                         excluded_hosts=excluded, submit=False)
+                         excluded_hosts=active_excluded, submit=False)
         poolmod.prepare_run_dir(Path(res["run_dir"]))
-        from osgtest_dag.engine.condor.condor import submit_run
         res["cluster"] = submit_run(Path(res["run_dir"]), opts).cluster
     else:
         res = do_nightly(params, runs_root, catalogs=catalogs, image_dir=image_dir,
-                         excluded_hosts=excluded, submit_opts=opts, submit=not no_submit)
+                         excluded_hosts=active_excluded, submit_opts=opts, submit=not no_submit)
     msg = f"nightly: {res['run_dir']}: {res['cells']} cells"
     if res.get("excluded_hosts"):
         msg += f", excluding {', '.join(res['excluded_hosts'])}"
@@ -185,7 +181,6 @@ def nightly(params, runs_root, catalogs, image_dir, excluded_hosts, no_submit, s
 @JSON
 def cleanup(runs_root, keep_at_least, max_usage, yes, as_json):
     """Delete the oldest run directories (by run.json time) to keep the disk under a limit."""
-    from osgtest_dag.ops.runs import cleanup as do_cleanup
     plan = do_cleanup(runs_root, keep_at_least=keep_at_least, max_usage=max_usage, yes=yes)
     if as_json:
         click.echo(json.dumps({"usage_before": plan.usage_before, "usage_after": plan.usage_after,
@@ -218,19 +213,18 @@ def cleanup(runs_root, keep_at_least, max_usage, yes, as_json):
               help="Excluded-hosts file (default: ~/.config/osgtest-dag/excluded-hosts.yaml).")
 def hosts(runs_root, last, as_json, exclude_above, min_jobs, days, excluded_hosts):
     """Per-host VM-job failures over the last runs; optionally exclude the failing hosts."""
-    from osgtest_dag.ops import hosts as h
-    rep = h.host_report(runs_root, last=last)
+    rep = host_ops.host_report(runs_root, last=last)
     if exclude_above is not None:
         bad = [x["host"] for x in rep["hosts"] if x["jobs"] >= min_jobs and x["failure_rate"] > exclude_above
-               and x["host"] not in ("unknown", h.NO_HOST)]
+               and x["host"] not in ("unknown", host_ops.NO_HOST)]
         if bad:
-            h.exclude_hosts(excluded_hosts, bad, days=days,
+            host_ops.exclude_hosts(excluded_hosts, bad, days=days,
                             reason=f"failure rate above {exclude_above:.0%} over {len(rep['runs'])} run(s)")
         rep["excluded"] = bad
     if as_json:
         click.echo(json.dumps(rep, indent=1))
         return
-    click.echo(h.format_report(rep), nl=False)
+    click.echo(host_ops.format_report(rep), nl=False)
     if rep.get("excluded"):
         click.echo(f"excluded for {days:g} days: {', '.join(rep['excluded'])} "
-                   f"({excluded_hosts or h.default_excluded_hosts_file()})")
+                   f"({excluded_hosts or host_ops.default_excluded_hosts_file()})")

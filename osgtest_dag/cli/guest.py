@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from osgtest_dag.base import paths
+from osgtest_dag.guest import image, iodisk
+
 STORE = click.option("--store", type=click.Path(path_type=Path, file_okay=False), default=None,
                      help="Image store (default: $OSGTEST_DAG_IMAGES or ~/.cache/osgtest-dag/images).")
 
@@ -25,7 +28,6 @@ def image_group():
 @click.option("--force", is_flag=True, help="Rebuild even if the inputs did not change.")
 def image_build(platform: str, builder: str, store: Path | None, force: bool):
     """Build the base image of PLATFORM (e.g. debian_12.x86_64) unless it is up to date."""
-    from osgtest_dag.guest import image
     out = image.build_image(platform, store, builder=builder, force=force)
     info = out.image
     if out.built:
@@ -39,8 +41,6 @@ def image_build(platform: str, builder: str, store: Path | None, force: bool):
 @STORE
 def image_list(store: Path | None):
     """List the images in the store."""
-    from osgtest_dag.guest import image
-    from osgtest_dag.base import paths
     infos = image.list_images(store)
     if not infos:
         click.echo(f"no images in {store or paths.default_image_dir()}")
@@ -59,7 +59,6 @@ def image_list(store: Path | None):
               show_default=True)
 def iodisk_cmd(cell_input_dir: Path, disk: Path, size_mb: int, backend: str):
     """Make a cell's IO disk (ext4 labelled OSGTEST-IO: run-job, input/, output/)."""
-    from osgtest_dag.guest import iodisk
     click.echo(iodisk.make_iodisk(cell_input_dir, disk, size_mb=size_mb, backend=backend))
 
 

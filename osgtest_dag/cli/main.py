@@ -16,6 +16,16 @@ import click
 
 from osgtest_dag import __version__
 from osgtest_dag.base.errors import CommandError, OsgtestDagError, UserError
+from osgtest_dag.cli import condor as cli_condor
+from osgtest_dag.cli import guest as cli_guest
+from osgtest_dag.cli import node as cli_node
+from osgtest_dag.cli import pool as cli_pool
+from osgtest_dag.cli import results as cli_results
+from osgtest_dag.engine.local.localrun import run_local
+from osgtest_dag.generate.workflow import WorkflowOptions, check_run, write_run
+from osgtest_dag.ops.hosts import active_excluded_hosts
+from osgtest_dag.plan import matrix
+from osgtest_dag.plan.catalog import Catalog
 
 log = logging.getLogger("osgtest_dag")
 
@@ -62,8 +72,6 @@ def main(ctx, debug: bool, verbose: bool):
 
 
 def _matrix(params, catalogs, image_dir, only=()):
-    from osgtest_dag.plan import matrix
-    from osgtest_dag.plan.catalog import Catalog
     catalog = Catalog.load(catalogs, image_dir=image_dir)
     m = matrix.build(params, catalog)
     cells = matrix.select(m.cells, matrix.parse_only(only))
@@ -135,8 +143,6 @@ def generate(params, run_dir, only, catalogs, image_dir, force, template_dir, ma
              max_queue_time, vm_retries, local_io_maxjobs, extra_requirements, excluded_hosts,
              excluded_hosts_file, vm_type, tool, batch_name, nightly):
     """Write a self-contained run directory (DAGs, submit files, per-cell configuration)."""
-    from osgtest_dag.ops.hosts import active_excluded_hosts
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
     catalog, m, cells = _matrix(params, catalogs, image_dir, only)
     if excluded_hosts_file and not excluded_hosts_file.is_file():
         raise UserError("excluded-hosts file not found", where=excluded_hosts_file,
@@ -159,7 +165,6 @@ def generate(params, run_dir, only, catalogs, image_dir, force, template_dir, ma
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def check(run_dir):
     """Check a run directory: DAGs acyclic with their files present, submit files parse."""
-    from osgtest_dag.generate.workflow import check_run
     c = check_run(run_dir)
     click.echo(f"ok: {c['dags']} DAG(s), {c['nodes']} nodes, {c['submit_files']} submit files "
                "accepted by HTCondor's parser")
@@ -182,8 +187,6 @@ def run(run_dir, local, jobs, only, accel, no_progress):
     Interrupted (Ctrl-C, or a killed process), the same command resumes: finished nodes
     are not run again.
     """
-    from osgtest_dag.plan import matrix
-    from osgtest_dag.engine.local.localrun import run_local
     r = run_local(run_dir, jobs=jobs, only=matrix.parse_only(only), accel=accel,
                   progress=not no_progress)
     if r.report:
@@ -198,11 +201,6 @@ def run(run_dir, local, jobs, only, accel, no_progress):
 
 def _register() -> None:
     """Commands of the other stages, each in its own module (one place to see them all)."""
-    from osgtest_dag.cli import condor as cli_condor
-    from osgtest_dag.cli import guest as cli_guest
-    from osgtest_dag.cli import node as cli_node
-    from osgtest_dag.cli import pool as cli_pool
-    from osgtest_dag.cli import results as cli_results
     for module in (cli_guest, cli_node, cli_results, cli_condor, cli_pool):
         module.register(main)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from osgtest_dag.nodes import node as node_work
+
 RUN_DIR = click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=".",
                        show_default=True, help="The run directory.")
 
@@ -24,8 +26,7 @@ def node():
 @click.option("--offset", type=int, default=None, help="Byte offset of the cell in cells.jsonl.")
 @RUN_DIR
 def create_io_disk(serial, offset, run_dir):
-    from osgtest_dag.nodes import node as n
-    click.echo(n.create_io_disk(run_dir, serial, offset))
+    click.echo(node_work.create_io_disk(run_dir, serial, offset))
 
 
 # $RETURN is negative for a job killed by a signal or removed (-1004): not an option.
@@ -37,16 +38,14 @@ def create_io_disk(serial, offset, run_dir):
 @RUN_DIR
 @click.pass_context
 def post_vm(ctx, node_name, returncode, retry, max_retries, run_dir):
-    from osgtest_dag.nodes import node as n
-    ctx.exit(n.post_vm(run_dir, node_name, returncode, retry, max_retries))
+    ctx.exit(node_work.post_vm(run_dir, node_name, returncode, retry, max_retries))
 
 
 @node.command("process-result")
 @click.argument("serial")
 @RUN_DIR
 def process_result(serial, run_dir):
-    from osgtest_dag.nodes import node as n
-    s = n.process_result(run_dir, serial)
+    s = node_work.process_result(run_dir, serial)
     click.echo(f"cell {serial}: {s['outcome']} (exit {s['exit_code']})")
 
 
@@ -54,32 +53,28 @@ def process_result(serial, run_dir):
 @click.argument("serial")
 @RUN_DIR
 def clean_output(serial, run_dir):
-    from osgtest_dag.nodes import node as n
-    for p in n.clean_output(run_dir, serial):
+    for p in node_work.clean_output(run_dir, serial):
         click.echo(f"removed {p}")
 
 
 @node.command("matrix-final")
 @RUN_DIR
 def matrix_final(run_dir):
-    from osgtest_dag.nodes import node as n
-    s = n.matrix_summary(run_dir)
-    click.echo(n.text_summary(s), nl=False)
+    s = node_work.matrix_summary(run_dir)
+    click.echo(node_work.text_summary(s), nl=False)
 
 
 @node.command("analyze")
 @RUN_DIR
 def analyze(run_dir):
-    from osgtest_dag.nodes import node as n
-    doc = n.analyze(run_dir)
+    doc = node_work.analyze(run_dir)
     click.echo(f"results.json: {len(doc.get('cells', []))} cells")
 
 
 @node.command("report")
 @RUN_DIR
 def report(run_dir):
-    from osgtest_dag.nodes import node as n
-    written = n.report(run_dir)
+    written = node_work.report(run_dir)
     click.echo(written["text"].read_text(), nl=False)
     click.echo("wrote " + ", ".join(str(p) for p in written.values()))
 
@@ -87,8 +82,7 @@ def report(run_dir):
 @node.command("publish")
 @RUN_DIR
 def publish(run_dir):
-    from osgtest_dag.nodes import node as n
-    click.echo("publish: " + n.publish(run_dir))
+    click.echo("publish: " + node_work.publish(run_dir))
 
 
 def register(group: click.Group) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from osgtest_dag.devpool import pool as devpool
+
 
 def register(group: click.Group) -> None:
     group.add_command(pool)
@@ -24,11 +26,10 @@ def pool():
 @click.option("--rebuild", is_flag=True, help="Rebuild the cached root first.")
 def pool_up(binds, rebuild):
     """Build the root once (cached), then start libvirtd and HTCondor in it. Idempotent."""
-    from osgtest_dag.devpool import pool as p
     if rebuild:
-        p.down()
-        p.build_root(force=True)
-    r = p.up(binds=binds)
+        devpool.down()
+        devpool.build_root(force=True)
+    r = devpool.up(binds=binds)
     b = r.get("build", {})
     if b.get("built"):
         click.echo(f"built the pool root in {b['seconds']:.0f} s: {b['root']}")
@@ -36,7 +37,7 @@ def pool_up(binds, rebuild):
         click.echo("the pool is already up")
     else:
         click.echo(f"pool up in {r['seconds']:.0f} s (VM guests: {r.get('accel')})")
-    _show(p.status())
+    _show(devpool.status())
 
 
 def _show(st) -> None:
@@ -54,8 +55,7 @@ def _show(st) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def pool_status(as_json):
     """Daemons, slots, HasVM."""
-    from osgtest_dag.devpool import pool as p
-    st = p.status()
+    st = devpool.status()
     if as_json:
         click.echo(json.dumps(st.to_json(), indent=1))
     else:
@@ -65,6 +65,5 @@ def pool_status(as_json):
 @pool.command("down")
 def pool_down():
     """Stop everything the pool started (by pid) and unmount."""
-    from osgtest_dag.devpool import pool as p
-    r = p.down()
+    r = devpool.down()
     click.echo(f"pool down: stopped {len(set(r['pids']))} process(es), unmounted {len(r['unmounted'])}")

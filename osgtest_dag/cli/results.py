@@ -1,19 +1,24 @@
 """Result commands: `analyze`, `report`, `compare`, `email`, `extract`. Thin wrappers over
-results.py, the report_* modules, compare.py and extract.py; cli.py calls `register(main)`."""
+analyze/ (results, extract) and report/; cli/main.py calls `register(main)`."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
+from osgtest_dag.analyze import extract, results
 from osgtest_dag.base.atomic import write_text_atomic
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.report import compare
+from osgtest_dag.report import email as report_email
+from osgtest_dag.report import text as report_text
+from osgtest_dag.report.render import FORMATS, render
 
-FORMATS = ("text", "html", "junit", "json")
 RUN_DIR = click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
 PREVIOUS = click.option("--previous", type=click.Path(path_type=Path),
                         help="A previous run (directory or results.json): show what changed since.")
@@ -46,26 +51,7 @@ def _write_or_echo(text: str, output: Path | None) -> None:
 def _previous_diff(doc: dict, previous: Path | None):
     if previous is None:
         return None
-    from osgtest_dag.report import compare
-    from osgtest_dag.analyze import results
     return compare.compare(results.load_results(previous), doc)
-
-
-def render(doc: dict, fmt: str, *, diff: dict | None = None, out_path: Path | None = None,
-           link_base: str | None = None) -> str:
-    """results.json -> the report in `fmt` (text, html, junit, json)."""
-    if fmt == "text":
-        from osgtest_dag.report import text as report_text
-        return report_text.render(doc, diff)
-    if fmt == "html":
-        from osgtest_dag.report import html as report_html
-        return report_html.render(doc, diff, out_path=out_path, link_base=link_base)
-    if fmt == "junit":
-        from osgtest_dag.report import junit as report_junit
-        return report_junit.render(doc)
-    if fmt == "json":
-        return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
-    raise ValueError(fmt)
 
 
 @click.command("analyze")
@@ -78,8 +64,6 @@ def render(doc: dict, fmt: str, *, diff: dict | None = None, out_path: Path | No
 @click.option("-q", "--quiet", is_flag=True, help="Write results.json only; print nothing.")
 def analyze_cmd(run_dir: Path, known_failures, component_tags, quiet: bool):
     """Analyze every cell of RUN_DIR into RUN_DIR/results.json (and print a summary)."""
-    from osgtest_dag.report import text as report_text
-    from osgtest_dag.analyze import results
     doc = results.analyze_run(run_dir, known_failures=list(known_failures) or None,
                               component_tags=component_tags)
     if not quiet:
@@ -94,7 +78,6 @@ def analyze_cmd(run_dir: Path, known_failures, component_tags, quiet: bool):
 @click.option("--link-base", metavar="URL", help="HTML: link logs under URL (where the run directory is published).")
 def report_cmd(run_dir: Path, fmt: str, output: Path | None, previous: Path | None, link_base: str | None):
     """Render RUN_DIR/results.json as text, HTML (one self-contained page), JUnit XML or JSON."""
-    from osgtest_dag.analyze import results
     doc = results.load_results(run_dir)
     diff = _previous_diff(doc, previous) if fmt in ("text", "html") else None
     _write_or_echo(render(doc, fmt, diff=diff, out_path=output, link_base=link_base), output)
@@ -110,8 +93,6 @@ def compare_cmd(ctx, run_a: Path, run_b: Path, fmt: str, fail_on_regression: boo
     """What changed from RUN_A to RUN_B: regressions, fixes, new and vanished cells, and the
     package versions that changed in each changed cell (cells matched by platform, source and
     package set)."""
-    from osgtest_dag.report import compare
-    from osgtest_dag.analyze import results
     diff = compare.compare(results.load_results(run_a), results.load_results(run_b))
     if fmt == "json":
         click.echo(json.dumps(diff, indent=1, ensure_ascii=False))
@@ -140,8 +121,6 @@ def compare_cmd(ctx, run_a: Path, run_b: Path, fmt: str, fail_on_regression: boo
 def email_cmd(run_dir: Path, previous, smtp_host, smtp_port, starttls, smtp_user, cafile, sender,
               recipients, subject_prefix, save, dry_run):
     """Mail the summary of RUN_DIR/results.json (text + HTML, the HTML report attached)."""
-    from osgtest_dag.report import email as report_email
-    from osgtest_dag.analyze import results
     doc = results.load_results(run_dir)
     diff = _previous_diff(doc, previous)
     env = dict(os.environ)
@@ -172,9 +151,6 @@ def email_cmd(run_dir: Path, previous, smtp_host, smtp_port, starttls, smtp_user
 def extract_cmd(ctx, disks, out_dir: Path, max_bytes, max_files, max_file_bytes):
     """Extract output/ from result disks (qcow2, read-only, one appliance for all of them),
     treating each as hostile: links, devices, fifos and sockets are recorded, never created."""
-    from dataclasses import replace
-
-    from osgtest_dag.analyze import extract
     limits = extract.ExtractLimits()
     if max_bytes is not None:
         limits = replace(limits, max_bytes=max_bytes)
@@ -184,12 +160,11 @@ def extract_cmd(ctx, disks, out_dir: Path, max_bytes, max_files, max_file_bytes)
         limits = replace(limits, max_file_bytes=max_file_bytes)
     names = [Path(d).name.removesuffix(".qcow2") for d in disks]
     if len(set(names)) != len(names):
-        from osgtest_dag.base.errors import UserError
         raise UserError("two disks have the same name; they would extract into the same directory")
-    jobs = [extract.ExtractJob(Path(d), out_dir / n / "output") for d, n in zip(disks, names)]
+    jobs = [extract.ExtractJob(Path(d), out_dir / n / "output") for d, n in zip(disks, names, strict=True)]
     reports = extract.extract_disks(jobs, limits)
     failed = 0
-    for n, rep in zip(names, reports):
+    for n, rep in zip(names, reports, strict=True):
         (out_dir / n).mkdir(parents=True, exist_ok=True)
         extract.write_report(out_dir / n / "extraction.json", rep)
         if rep["ok"]:
@@ -207,9 +182,3 @@ def register(group: click.Group) -> None:
     """Add the result commands to the main group."""
     for cmd in (analyze_cmd, report_cmd, compare_cmd, email_cmd, extract_cmd):
         group.add_command(cmd)
-
-
-if __name__ == "__main__":  # pragma: no cover - for trying the commands before cli.py wires them
-    from osgtest_dag.cli.main import main
-    register(main)
-    main(sys.argv[1:])

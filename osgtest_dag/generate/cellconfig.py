@@ -13,8 +13,8 @@ import json
 import shlex
 from pathlib import Path
 
-from osgtest_dag.plan.catalog import Catalog
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.plan.catalog import Catalog
 from osgtest_dag.plan.matrix import Cell
 from osgtest_dag.model.documents import check_document, parse_json, read_document
 from osgtest_dag.model.rundir import RunDir

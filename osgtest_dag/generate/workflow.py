@@ -27,14 +27,16 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import htcondor2
 import htcondor2.dags as dags
 import jinja2
 
 from osgtest_dag import __version__
 from osgtest_dag.base import paths
-from osgtest_dag.plan.catalog import Catalog
-from osgtest_dag.generate.cellconfig import cell_json, write_store
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.generate.cellconfig import cell_json, write_store
+from osgtest_dag.model import dagfile
+from osgtest_dag.plan.catalog import Catalog
 from osgtest_dag.plan.matrix import Cell
 from osgtest_dag.model import rundir
 from osgtest_dag.model.documents import read_document
@@ -173,7 +175,7 @@ def matrix_dag(cells: list[Cell], opts: WorkflowOptions, offsets: list[int]) -> 
     )
     serial_vars = [{"serial": c.serial} for c in cells]
     create = dag.layer(name=rundir.CREATE_DISK, submit_description=Path("submit/create-io-disk.sub"),
-                       vars=[{"serial": c.serial, "offset": str(o)} for c, o in zip(cells, offsets)], retries=opts.disk_retries, category="LocalIO")
+                       vars=[{"serial": c.serial, "offset": str(o)} for c, o in zip(cells, offsets, strict=True)], retries=opts.disk_retries, category="LocalIO")
     test = create.child_layer(
         name=rundir.TEST_RUN, submit_description=Path("submit/test-run.sub"),
         vars=[cell_vars(c) for c in cells], edge=dags.OneToOne(),
@@ -260,8 +262,9 @@ def render_submit_files(opts: WorkflowOptions, run_name: str, generated: str) ->
 def _template_location(e: jinja2.TemplateError) -> str:
     """file:line of a template error; syntax errors carry it, render errors only in the
     traceback, where Jinja puts the template's own file and line."""
-    if getattr(e, "filename", None) and getattr(e, "lineno", None):
-        return f"{e.filename}:{e.lineno}"
+    filename, lineno = getattr(e, "filename", None), getattr(e, "lineno", None)
+    if filename and lineno:
+        return f"{filename}:{lineno}"
     tb, where = e.__traceback__, "submit template"
     while tb is not None:
         if tb.tb_frame.f_code.co_filename.endswith(".j2"):
@@ -272,7 +275,6 @@ def _template_location(e: jinja2.TemplateError) -> str:
 
 def _check_submit(name: str, text: str) -> None:
     """Every description must parse with HTCondor's own parser before we write the run."""
-    import htcondor2
     try:
         sub = htcondor2.Submit(text)
     except Exception as e:  # the bindings raise plain exceptions with HTCondor's message
@@ -297,7 +299,7 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
     if not opts.tool:
         opts = WorkflowOptions(**{**asdict(opts), "tool": default_tool()})
     run_name = run_dir.resolve().name
-    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     submit_files = render_submit_files(opts, run_name, generated)
     for name, text in submit_files.items():
         _check_submit(name, text)
@@ -348,9 +350,6 @@ def load_manifest(run_dir: Path) -> dict:
 def check_run(run_dir: Path) -> dict:
     """Validate a run directory: every DAG acyclic with its files present, every submit
     description accepted by HTCondor's parser. Returns counts."""
-    import htcondor2
-
-    from osgtest_dag.model import dagfile
     run_dir = Path(run_dir)
     load_manifest(run_dir)
     todo, seen, counts = [rundir.RunDir(run_dir).outer_dag], set(), {"dags": 0, "nodes": 0, "submit_files": 0}
@@ -365,14 +364,14 @@ def check_run(run_dir: Path) -> dict:
         counts["dags"] += 1
         counts["nodes"] += len(dag.nodes)
         for node in dag.nodes.values():
-            if node.kind == "subdag":
+            if node.dag_file is not None:  # SUBDAG EXTERNAL
                 todo.append(run_dir / node.dag_file)
                 continue
-            if node.submit_file not in parsed:
+            if node.submit_file is not None and node.submit_file not in parsed:
                 text = (run_dir / node.submit_file).read_text()
                 _check_submit(node.submit_file, text)
                 parsed[node.submit_file] = text
-    for name, text in parsed.items():
+    for text in parsed.values():
         htcondor2.Submit(text)
     counts["submit_files"] = len(parsed)
     return counts

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from osgtest_dag.base import command
-from osgtest_dag.guest import gfs
-from osgtest_dag.guest import payload
 from osgtest_dag.base.errors import CommandError, UserError
+from osgtest_dag.guest import gfs, payload
 
 log = logging.getLogger("osgtest_dag.guest.debian_builder")
 
@@ -161,7 +160,7 @@ def bootstrap(recipe: Recipe, tree: Path) -> None:
             "--components=main", "--include=" + ",".join(recipe.packages),
             "--aptopt=Acquire::Retries \"3\"", "--aptopt=APT::Install-Recommends \"false\""]
     argv += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
-    argv += [recipe.codename, tree, *recipe.sources]
+    argv += [recipe.codename, str(tree), *recipe.sources]
     log.info("mmdebstrap %s into %s", recipe.codename, tree)
     command.run(argv, timeout=1800)
 

@@ -12,9 +12,10 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from osgtest_dag.guest import qemu
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.guest import qemu
 
 log = logging.getLogger("osgtest_dag.guest.gfs")
 
@@ -27,7 +28,7 @@ def prepare_environment() -> None:
 
 def _module():
     try:
-        import guestfs  # noqa: PLC0415 - Debian's python3-guestfs, optional for most commands
+        import guestfs  # optional: Debian's python3-guestfs, needed only to read or write disks
     except ImportError:
         raise UserError("the python module 'guestfs' is not importable",
                         hint="install python3-guestfs (scripts/setup does) and use a venv made "
@@ -36,7 +37,7 @@ def _module():
 
 
 @contextlib.contextmanager
-def open_disks(disks: Sequence[tuple[Path, str]], *, readonly: bool) -> Iterator[object]:
+def open_disks(disks: Sequence[tuple[Path, str]], *, readonly: bool) -> Iterator[Any]:
     """A launched guestfs handle with `disks` ((path, format) pairs) added, closed on exit.
 
     `readonly` adds the drives with readonly=1: libguestfs then writes to its own overlay,

@@ -20,14 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from osgtest_dag.guest import debian_builder
-from osgtest_dag.guest import oz_builder
-from osgtest_dag.guest import payload
 from osgtest_dag.base import paths
-from osgtest_dag.plan.catalog import Catalog, Platform
-from osgtest_dag.base.errors import UserError
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.model.documents import read_document
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.guest import debian_builder, oz_builder, payload
+from osgtest_dag.plan.catalog import Catalog, Platform
 
 log = logging.getLogger("osgtest_dag.guest.image")
 
@@ -199,11 +197,11 @@ def build_image(platform_id: str, store: Path | str | None = None, builder: str 
     with _lock(store, platform.id):
         info = read_info(meta)
         reasons = ["forced"] if force else rebuild_reasons(info, inputs)
-        if not reasons:
+        if info is not None and not reasons:
             log.info("%s: image up to date (%s, built %s)", platform.id, info.builder, info.built)
             return BuildOutcome(image=info, built=False, reasons=())
         log.info("%s: building with the %s builder: %s", platform.id, which, ", ".join(reasons))
-        built = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        built = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
         stamp = {"platform": platform.id, "name": platform.name, "builder": which,
                  "created": built, "inputs_hash": inputs.digest}
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")

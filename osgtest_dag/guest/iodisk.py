@@ -17,9 +17,8 @@ import tempfile
 from pathlib import Path
 
 from osgtest_dag.base import command
-from osgtest_dag.guest import gfs
-from osgtest_dag.guest import payload
 from osgtest_dag.base.errors import CommandError, UserError
+from osgtest_dag.guest import gfs, payload
 
 log = logging.getLogger("osgtest_dag.guest.iodisk")
 

@@ -16,13 +16,10 @@ import string
 import tempfile
 from pathlib import Path
 
-from osgtest_dag.base import command
-from osgtest_dag.guest import debian_builder
-from osgtest_dag.guest import gfs
-from osgtest_dag.base import paths
-from osgtest_dag.guest import payload
-from osgtest_dag.plan.catalog import Platform
+from osgtest_dag.base import command, paths
 from osgtest_dag.base.errors import CommandError, UserError
+from osgtest_dag.guest import debian_builder, gfs, payload
+from osgtest_dag.plan.catalog import Platform
 
 log = logging.getLogger("osgtest_dag.guest.oz_builder")
 
@@ -72,13 +69,13 @@ def render_template(platform: Platform) -> str:
 
 def _oz():
     try:
-        import oz.GuestFactory  # noqa: F401,PLC0415
-        import oz.TDL  # noqa: PLC0415
+        import oz.GuestFactory  # noqa: F401  # optional: Debian's python3-oz, only for Oz builds
+        import oz.TDL  # optional: as above
     except ImportError:
         raise UserError("Oz (python module 'oz') is not importable",
                         hint="install the Debian package 'oz' (scripts/setup does) and use a "
                              "venv made with --system-site-packages") from None
-    import oz  # noqa: PLC0415
+    import oz  # optional: as above
     return oz
 
 
@@ -269,8 +266,6 @@ def customize_image(disk: Path, disk_format: str, *, stamp: dict[str, str],
     the kernel command line, masks update timers, writes /etc/osgtest-image-release, and
     relabels for SELinux where the image has it.
     """
-    from osgtest_dag.guest.debian_builder import NETWORK_FILE, WAIT_ONLINE_DROPIN  # noqa: PLC0415 - same text
-
     hook = payload.payload_file(payload.BOOT_HOOK, payload_dir).read_bytes()
     unit = payload.payload_file(payload.BOOT_UNIT, payload_dir).read_bytes()
     with gfs.open_disks([(disk, disk_format)], readonly=False) as g:
@@ -298,10 +293,10 @@ def customize_image(disk: Path, disk_format: str, *, stamp: dict[str, str],
             g.chmod(0o600, path)
         else:
             g.mkdir_p("/etc/systemd/network")
-            _gwrite(g, "/etc/systemd/network/80-osgtest-dhcp.network", NETWORK_FILE)
+            _gwrite(g, "/etc/systemd/network/80-osgtest-dhcp.network", debian_builder.NETWORK_FILE)
             g.mkdir_p("/etc/systemd/system/systemd-networkd-wait-online.service.d")
             _gwrite(g, "/etc/systemd/system/systemd-networkd-wait-online.service.d/osgtest.conf",
-                    WAIT_ONLINE_DROPIN)
+                    debian_builder.WAIT_ONLINE_DROPIN)
             if g.is_file("/etc/network/interfaces"):
                 _gwrite(g, "/etc/network/interfaces",
                         "# osgtest-dag: systemd-networkd configures the network\n"

@@ -281,7 +281,7 @@ class VM:
                      self._result.timed_out, wall)
         return self._result
 
-    def __enter__(self) -> "VM":
+    def __enter__(self) -> VM:
         return self
 
     def __exit__(self, *exc) -> None:

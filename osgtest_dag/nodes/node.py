@@ -22,6 +22,7 @@ from osgtest_dag.model.documents import (GuestResult, PostDecision, PostHistory,
                                          read_json)
 from osgtest_dag.model.outcome import Outcome
 from osgtest_dag.model.rundir import REPORT_FILES, SOURCE_STAMP, TEST_RUN, CellDir, NodeName, RunDir
+from osgtest_dag.report.render import render
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,6 @@ def analyze(run_dir: Path) -> dict:
 
 def report(run_dir: Path) -> dict[str, Path]:
     """The Report node: text, HTML and JUnit renderings of results.json."""
-    from osgtest_dag.cli.results import render
     layout = RunDir(run_dir)
     doc = results.load_results(layout.path)
     written = {}

@@ -318,7 +318,7 @@ def nightly(params: Sequence[Path], runs_root: Path, *, catalogs: Sequence[Path]
             image_dir: Path | None = None, excluded_hosts: Sequence[str] = (),
             submit_opts=None, submit: bool = True, now: dt.datetime | None = None) -> dict:
     """The nightly: a dated run directory under `runs_root`, generated from `params` (VM jobs
-    kept off `excluded_hosts`: hosts.active_excluded_hosts), then submitted. Returns what it did."""
+    avoiding `excluded_hosts`), then submitted. Returns what it did."""
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
     from osgtest_dag.engine.condor.condor import SubmitOptions, submit_run

@@ -33,6 +33,8 @@ class Schedule:
     @property
     def hour_minute(self) -> tuple[int, int]:
         m = _TIME.match(self.at)
+        if m is None:
+            raise ValueError(f"not a time of day (HH:MM): {self.at!r}")
         return int(m.group(1)), int(m.group(2))
 
 

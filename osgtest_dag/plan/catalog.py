@@ -10,9 +10,11 @@ import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from osgtest_dag.base import yamlsrc
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.base.paths import default_image_dir
 
 ARCHES = ("x86_64", "aarch64")
 # HTCondor's `Arch` machine attribute for each architecture.
@@ -74,13 +76,12 @@ class Catalog:
     image_dir: str = ""
 
     @classmethod
-    def load(cls, extra: list[Path] | tuple = (), image_dir: str | Path | None = None) -> "Catalog":
-        from osgtest_dag.base.paths import default_image_dir
+    def load(cls, extra: list[Path] | tuple = (), image_dir: str | Path | None = None) -> Catalog:
         pdoc = _load_shipped("platforms.yaml")
         rdoc = _load_shipped("repositories.yaml")
         platforms = dict(pdoc["platforms"])
         defaults = dict(pdoc.get("defaults", {}))
-        repos = {fam: {"setup_packages": list(rdoc[fam]["setup_packages"]),
+        repos: dict[str, dict[str, Any]] = {fam: {"setup_packages": list(rdoc[fam]["setup_packages"]),
                        "repos": dict(rdoc[fam]["repos"])} for fam in FAMILIES}
         settings = dict(rdoc["settings"])
         for path in extra:
@@ -143,9 +144,9 @@ class Catalog:
     def resolve(self, platform: Platform, series: str, names: tuple[str, ...]) -> RepoSetup:
         """What the payload must do on `platform` to use repositories `names` of `series`."""
         fam = self.repos[platform.family]
-        subst = dict(series=series, major=platform.major, codename=platform.codename or "",
-                     debian_mirror=self.settings.get("debian_mirror", ""),
-                     debian_security_mirror=self.settings.get("debian_security_mirror", ""))
+        subst = {"series": series, "major": platform.major, "codename": platform.codename or "",
+                 "debian_mirror": self.settings.get("debian_mirror", ""),
+                 "debian_security_mirror": self.settings.get("debian_security_mirror", "")}
         setup = tuple(p.format(**subst) for p in fam["setup_packages"])
         enable: list[str] = []
         apt: list[str] = []

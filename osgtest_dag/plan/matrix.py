@@ -13,8 +13,8 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from osgtest_dag.plan.catalog import Catalog, Platform
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.plan.catalog import Catalog, Platform, did_you_mean
 from osgtest_dag.plan.params import PackageSet, ParamFile, VMProfile, find_param_files, load_param_file
 from osgtest_dag.plan.sources import Source
 
@@ -131,7 +131,6 @@ def parse_only(specs) -> tuple[tuple[str, str], ...]:
         if not eq or not glob:
             raise UserError(f"--only {spec!r}: expected KEY=GLOB", hint=f"keys: {', '.join(ONLY_KEYS)}; e.g. --only platform='debian_*'")
         if key not in ONLY_KEYS:
-            from osgtest_dag.plan.catalog import did_you_mean
             raise UserError(f"--only: unknown key {key!r}", hint=did_you_mean(key, ONLY_KEYS) or f"keys: {', '.join(ONLY_KEYS)}")
         out.append((key, glob))
     return tuple(out)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from osgtest_dag.base import yamlsrc
-from osgtest_dag.plan.catalog import Catalog, Platform, did_you_mean
 from osgtest_dag.base.errors import Location, UserError
+from osgtest_dag.plan.catalog import Catalog, Platform, did_you_mean
 from osgtest_dag.plan.sources import Source, SourceSyntaxError, parse_source
 
 REQUIRED_KEYS = ("platforms", "sources", "package_sets")
@@ -44,7 +44,7 @@ class VMProfile:
     vcpus: int = 2
     disk: int = 8192
 
-    def merged(self, overrides: dict) -> "VMProfile":
+    def merged(self, overrides: dict) -> VMProfile:
         return VMProfile(**{**self.__dict__, **overrides})
 
 

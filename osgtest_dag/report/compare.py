@@ -7,6 +7,8 @@ serials move when parameter files change.
 
 from __future__ import annotations
 
+from typing import Any
+
 from osgtest_dag.model.outcome import Outcome
 
 SCHEMA = "osgtest-dag/compare"
@@ -44,7 +46,7 @@ def compare(previous: dict, current: dict) -> dict:
     """Compare two results documents (previous run first)."""
     before = {cell_key(c): c for c in previous["cells"]}
     after = {cell_key(c): c for c in current["cells"]}
-    out = {"schema": SCHEMA, "version": VERSION,
+    out: dict[str, Any] = {"schema": SCHEMA, "version": VERSION,
            "previous": {"name": previous["run"]["name"], "generated": previous["run"].get("generated")},
            "current": {"name": current["run"]["name"], "generated": current["run"].get("generated")},
            "regressions": [], "fixes": [], "changed": [], "new": [], "vanished": [], "unchanged": 0}

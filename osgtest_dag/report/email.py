@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.model.outcome import Outcome
 from osgtest_dag.report import compare as compare_mod
 from osgtest_dag.report import html as report_html
 from osgtest_dag.report import text as report_text
-from osgtest_dag.base.errors import UserError
-from osgtest_dag.model.outcome import Outcome
 
 log = logging.getLogger(__name__)
 

@@ -99,8 +99,8 @@ def _group_name(p: dict) -> str:
 
 def _sort_key(p: dict) -> list:
     try:
-        major = int(p.get("major"))
-    except (TypeError, ValueError):
+        major = int(p["major"])
+    except (KeyError, TypeError, ValueError):
         major = 1 << 30
     return [p.get("family") or "", major, p.get("distro") or "", p.get("arch") or "", p.get("id") or ""]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from typing import Any
 
 from osgtest_dag.model.outcome import Outcome
 
@@ -75,7 +76,7 @@ def _suite(root: ET.Element, c: dict) -> None:
             n["failures"] += 1
 
     # osg-test's tests.
-    failures = {}
+    failures: dict[tuple[str | None, str | None], dict[str, Any]] = {}
     for f in (c.get("failures") or []) + (c.get("bad_skips") or []):
         failures.setdefault((f.get("module"), f.get("test")), f)
     for row in c.get("tests") or []:
@@ -125,7 +126,7 @@ def render(doc: dict) -> str:
     totals = {"tests": 0, "failures": 0, "errors": 0}
     for s in root:
         for k in totals:
-            totals[k] += int(s.get(k))
+            totals[k] += int(s.get(k, "0"))
     for k, v in totals.items():
         root.set(k, str(v))
     ET.indent(root, space=" ")

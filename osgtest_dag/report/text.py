@@ -3,8 +3,8 @@ by source, then every cell that did not pass, worst first."""
 
 from __future__ import annotations
 
-from osgtest_dag.report import compare as compare_mod
 from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.report import compare as compare_mod
 
 REASON_WIDTH = 100
 
