@@ -95,7 +95,7 @@ def _probe(accel: str, timeout: float) -> tuple[bool, str]:
     kernel = _probe_kernel()
     if kernel is None:
         return False, "no Linux kernel in /boot to probe with (run `make setup`)"
-    argv = [QEMU, *_ACCEL_ARGS[accel], "-m", "256", "-nodefaults", "-no-reboot",
+    argv: list[str | Path] = [QEMU, *_ACCEL_ARGS[accel], "-m", "256", "-nodefaults", "-no-reboot",
             "-display", "none", "-monitor", "none", "-serial", "stdio",
             "-kernel", kernel, "-append", _PROBE_APPEND]
     t0 = time.monotonic()

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from osgtest_dag.analyze import results
 from osgtest_dag.generate import cellconfig
@@ -94,7 +95,7 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
     serial = name.serial
     cell = cell_dir(run_dir, serial)
     disk = cell.result_disk
-    stamp = {"attempt": retry, "max_retries": max_retries, "job_exit": returncode,
+    stamp: dict[str, Any] = {"attempt": retry, "max_retries": max_retries, "job_exit": returncode,
              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if not disk.is_file():
         vm = last_local_vm(cell)

@@ -148,9 +148,11 @@ class NodeRunner:
         if node.noop:
             return 0
         if node.kind == "subdag":
+            assert node.dag_file is not None        # dagfile.parse sets it on every SUBDAG
             ok = self.run_subdag((self.dag_dir / node.dag_file).resolve())
             return 0 if ok else 1
         base = self.dag_dir / (node.dir or ".")
+        assert node.submit_file is not None     # every JOB and FINAL has one
         spec = read_job(base / node.submit_file, node.vars, base, node_name=node.name)
         macros["JOBID"] = self.ctx.next_job_id()
         if spec.universe == "vm":

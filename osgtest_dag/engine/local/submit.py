@@ -135,7 +135,7 @@ def quick_universe(dag_dir: Path, node: dagfile.Node) -> str:
     """The universe a node's submit file names, without HTCondor's parser: the scheduler asks
     for every ready node, to know whether it needs a VM slot or a local one."""
     try:
-        text = (dag_dir / (node.dir or ".") / node.submit_file).read_text()
+        text = (dag_dir / (node.dir or ".") / (node.submit_file or "")).read_text()
     except OSError:
         return "local"
     m = re.search(r"^\s*universe\s*=\s*(\w+)", text, re.MULTILINE | re.IGNORECASE)

@@ -115,11 +115,12 @@ class VmJob:
             assert res is not None          # without a timeout, wait() returns once the VM ended
             with self._lock:
                 self._vm = None
-            vm_record = {"starts": starts, "accel": res.accel, "wall_s": res.wall_s,
-                         "returncode": res.returncode, "timed_out": res.timed_out,
-                         "console": str(console.relative_to(init))}
-            self.attempt.vm.append(vm_record)
-            VmRecord.append(init / LOCAL_VM, VmRecord(node=node.name, **vm_record))
+            record = VmRecord(node=node.name, starts=starts, timed_out=res.timed_out,
+                              wall_s=res.wall_s, returncode=res.returncode, accel=res.accel,
+                              console=str(console.relative_to(init)))
+            self.attempt.vm.append({k: v for k, v in record.to_json().items()
+                                    if k not in ("schema", "version", "node")})
+            VmRecord.append(init / LOCAL_VM, record)
             if self._killed:
                 return None
             if not res.timed_out:
