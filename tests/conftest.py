@@ -149,7 +149,8 @@ def test_pool():
     if os.geteuid() != 0:
         pytest.skip("the test pool needs root (chroot, mounts, daemons); run the suite as root")
     from osgtest_dag.devpool import pool
-    p = pool.Pool()
+    from osgtest_dag.devpool.chroot import Pool
+    p = Pool()
     was_up = pool.status(p).up
     info = pool.up(p)
     yield p, info
