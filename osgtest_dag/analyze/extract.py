@@ -40,10 +40,10 @@ from osgtest_dag.base import command
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import CommandError
 from osgtest_dag.guest import gfs
+from osgtest_dag.guest.iodisk import IO_LABEL
 
 log = logging.getLogger(__name__)
 
-IO_LABEL = "OSGTEST-IO"
 MOUNT_OPTIONS = "ro,nosuid,nodev,noexec"
 LSTAT_CHUNK = 500
 FIRST = ("result.json", "exit-status")   # kept before anything else when the caps bite

@@ -8,7 +8,6 @@ else under a runs root is ever deleted.
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 import json
 import logging
 import os
@@ -339,7 +338,3 @@ def as_json(obj) -> dict:
         d = asdict(obj)
         return json.loads(json.dumps(d, default=str))
     return obj
-
-
-def glob_any(value: str, globs: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(value, g) for g in globs)
