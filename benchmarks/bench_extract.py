@@ -1,6 +1,6 @@
 """Extraction benchmark: 50 result disks, batched (one libguestfs appliance for all of them)
-against the baseline "one appliance per disk" (what iodisk.read_output / the reference tool
-do: launch, read one disk, shut down), in one run, on the same disks.
+against the baseline "one appliance per disk" (what the reference tool does: launch, read one
+disk, shut down), in one run, on the same disks.
 
 Each disk looks like a real payload output: result.json, the phase logs, package lists, the
 journal and two tarballs (~1.2 MB, 16 files). Both ways use extract.extract_disks with the same

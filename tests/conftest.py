@@ -88,6 +88,16 @@ def make_cell_input(tmp_path):
     return make
 
 
+def extract_output(disk: Path, dest_dir: Path) -> Path:
+    """`output/` of a returned IO disk -> `dest_dir/output`, through the hardened extractor the
+    ProcessResult node uses; a refused or unreadable disk fails the test with its report."""
+    from osgtest_dag.analyze.extract import ExtractJob, extract_disks
+    dest = Path(dest_dir) / "output"
+    (report,) = extract_disks([ExtractJob(Path(disk), dest)])
+    assert report["ok"], report
+    return dest
+
+
 @pytest.fixture(scope="session")
 def guest_image_store() -> Path:
     from osgtest_dag.base.paths import default_image_dir
@@ -149,7 +159,8 @@ def test_pool():
     if os.geteuid() != 0:
         pytest.skip("the test pool needs root (chroot, mounts, daemons); run the suite as root")
     from osgtest_dag.devpool import pool
-    p = pool.Pool()
+    from osgtest_dag.devpool.chroot import Pool
+    p = Pool()
     was_up = pool.status(p).up
     info = pool.up(p)
     yield p, info

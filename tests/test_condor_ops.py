@@ -141,7 +141,7 @@ def _real(name: str) -> Path:
 
 def test_real_node_status_file_of_the_injected_dag():
     """Recorded from HTCondor 23.9's DAGMan (tests/test_pool.py::test_differential...)."""
-    from osgtest_dag.devpool.pooltest import EXPECTED, final_node_states
+    from pooltest import EXPECTED, final_node_states
     assert final_node_states(_real("injected/injected.dag.status")) == EXPECTED
 
 
@@ -492,8 +492,8 @@ def test_host_events_of_a_vm_held_at_its_wall_clock_limit():
 
 def test_recorded_final_states_json_is_the_expected_contract():
     """final-states.json (recorded from DAGMan 23.9 by tests/test_pool.py) is what the local
-    executor's run of osgtest_dag.devpool.pooltest's DAG must reproduce."""
-    from osgtest_dag.devpool.pooltest import EXPECTED
+    executor's run of tests/pooltest.py's DAG must reproduce."""
+    from pooltest import EXPECTED
     doc = json.loads(_real("injected/final-states.json").read_text())
     assert doc["engine"] == "dagman" and doc["version"].startswith("23.")
     assert doc["nodes"] == EXPECTED

@@ -247,7 +247,7 @@ def test_progress_plain_lines_count_cells():
 def test_same_final_states_as_real_dagman(tmp_path):
     """The injected-failures DAG (pooltest.py) on our executor ends exactly as it did on
     HTCondor 23.9's DAGMan (recorded by tests/test_pool.py in tests/data/condor/injected)."""
-    from osgtest_dag.devpool import pooltest
+    import pooltest
     recorded = json.loads((Path(__file__).parent / "data" / "condor" / "injected" / "final-states.json")
                           .read_text())
     assert recorded["engine"] == "dagman"

@@ -232,13 +232,3 @@ def test_cli_extract(corpus, tmp_path):
     assert rep["ok"] and rep["files"] == 3 and rep["skipped_by_kind"]["file-cap"] >= 3
     assert sorted(os.listdir(tmp_path / "x" / good.stem / "output")) == ["%2541literal", "result.json", "sub", "test.log"]
     assert not json.loads((tmp_path / "x" / bad.stem / "extraction.json").read_text())["ok"]
-
-
-def test_escape_name():
-    assert extract.escape_name(b"plain.txt") == "plain.txt"
-    assert extract.escape_name("héllo".encode()) == "héllo"
-    assert extract.escape_name(b"a\xffb") == "a%FFb"
-    assert extract.escape_name(b"100%") == "100%25"
-    assert extract.escape_name(b"tab\there") == "tab%09here"
-    assert extract._components("../x") is None and extract._components("/etc/passwd") is None
-    assert extract._components("./a/./b") == [b"a", b"b"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import extract_output
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.guest import iodisk, qemu
 
@@ -40,7 +41,7 @@ def run_cell(tmp_path, debian12_image, make_cell_input):
                         console_log=tmp_path / "console.log", workdir=tmp_path / "vm")
         print(f"boot: {res.wall_s:.1f} s rc={res.returncode} timed_out={res.timed_out} "
               f"accel={res.accel}")
-        out = iodisk.read_output(disk, tmp_path / "extracted")
+        out = extract_output(disk, tmp_path / "extracted")
         result = json.loads((out / "result.json").read_text())
         return Outcome(res, result, int((out / "exit-status").read_text()), out)
     return run

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import extract_output
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.guest import debian_builder, gfs, image, iodisk, oz_builder, payload, qemu
@@ -193,7 +194,7 @@ def test_customized_image_runs_the_hook(customized, make_cell_input, tmp_path):
     res = qemu.boot(disk, [qemu.Disk(io, "qcow2")], networking=False, timeout_s=600,
                     workdir=tmp_path / "vm", console_log=tmp_path / "console.log")
     assert res.ok, res
-    out = iodisk.read_output(io, tmp_path / "x")
+    out = extract_output(io, tmp_path / "x")
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "network" and (out / "exit-status").read_text() == "5\n"
     assert "osgtest-boot: powering off" in res.console_log.read_text(errors="replace")

@@ -1,4 +1,5 @@
-"""IO disks: both backends make the same filesystem, read back with libguestfs."""
+"""IO disks: both backends make the same filesystem, read back with libguestfs; a disk as a
+guest left it comes back through the hardened extractor (analyze.extract)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import extract_output
+from osgtest_dag.analyze.extract import ExtractJob, extract_disks
 from osgtest_dag.base import command
 from osgtest_dag.guest import gfs
 from osgtest_dag.guest import iodisk
@@ -66,7 +69,7 @@ def test_backend_contents(backend, cell_input, tmp_path):
     assert set(e) == {"run-job", "input", "input/cell.json", "input/cell.env", "input/extra",
                       "input/extra/data.txt", "output"}
     if backend == "mke2fs":  # (one appliance launch less for the slow backend)
-        out = iodisk.read_output(disk, tmp_path / f"read-{backend}")
+        out = extract_output(disk, tmp_path / f"read-{backend}")
         assert out.is_dir() and list(out.iterdir()) == []
 
 
@@ -113,8 +116,8 @@ def test_replaces_existing_disk_atomically(cell_input, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_read_output_of_a_used_disk(tmp_path):
-    """read_output copies output/ (as a guest left it) without touching the disk."""
+def test_output_of_a_used_disk(tmp_path):
+    """The extractor copies output/ (as a guest left it) without touching the disk."""
     tree = tmp_path / "tree"
     (tree / "output" / "sub").mkdir(parents=True)
     (tree / "output" / "result.json").write_text('{"status": "pass"}\n')
@@ -125,15 +128,22 @@ def test_read_output_of_a_used_disk(tmp_path):
     disk = tmp_path / "io.qcow2"
     command.run(["qemu-img", "convert", "-O", "qcow2", raw, disk])
     before = disk.read_bytes()
-    out = iodisk.read_output(disk, tmp_path / "got")
+    out = extract_output(disk, tmp_path / "got")
     assert (out / "result.json").read_text() == '{"status": "pass"}\n'
     assert (out / "exit-status").read_text() == "0\n"
     assert (out / "sub" / "log.txt").read_text() == "x" * 10000
     assert disk.read_bytes() == before
 
 
-def test_read_output_refuses_foreign_disk(tmp_path):
+def test_foreign_disks_are_refused(tmp_path):
+    """A raw disk is refused before libguestfs sees it; a qcow2 with no output/ and no
+    OSGTEST-IO filesystem gets its reason in the report."""
     raw = tmp_path / "other.raw"
     command.run(["mkfs.ext4", "-q", "-F", "-L", "SOMETHING", raw, "8M"])
-    with pytest.raises(UserError, match="no filesystem labelled OSGTEST-IO"):
-        iodisk.read_output(raw, tmp_path / "got", disk_format="raw")
+    foreign = tmp_path / "other.qcow2"
+    command.run(["qemu-img", "convert", "-O", "qcow2", raw, foreign])
+    as_raw, as_qcow2 = extract_disks([ExtractJob(raw, tmp_path / "raw" / "output"),
+                                      ExtractJob(foreign, tmp_path / "qcow2" / "output")])
+    assert not as_raw["ok"] and "not a readable qcow2" in as_raw["error"]
+    assert not as_qcow2["ok"] and "nor one labelled OSGTEST-IO" in as_qcow2["error"]
+    assert not (tmp_path / "raw" / "output").exists() and not (tmp_path / "qcow2" / "output").exists()

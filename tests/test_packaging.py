@@ -26,6 +26,7 @@ def test_an_installed_wheel_finds_its_shipped_files(tmp_path):
                     "image_templates/debian_12.tdl", "submit_templates/test-run.sub.j2",
                     "submit_templates/local-node.sub.j2", "data/platforms.yaml", "data/repositories.yaml"):
         assert f"osgtest_dag/{'' if shipped.startswith('data/') else '_'}{shipped}" in names, shipped
+    assert "osgtest_dag/devpool/data/libvirt_script.awk" in names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, wheel],
                    check=True, capture_output=True)
@@ -34,7 +35,8 @@ def test_an_installed_wheel_finds_its_shipped_files(tmp_path):
     probe = subprocess.run(
         [sys.executable, "-c", "import osgtest_dag, sys; from osgtest_dag.guest import payload, oz_builder; from osgtest_dag.generate import workflow; "
          "print(osgtest_dag.__file__); print(payload.payload_dir()); print(workflow.SHIPPED_TEMPLATES); "
-         "print(oz_builder.template_dir())"],
+         "print(oz_builder.template_dir()); from osgtest_dag.devpool import config; "
+         "assert config.libvirt_xml_script().startswith('#!/usr/bin/awk -f')"],
         check=True, capture_output=True, text=True, env=env, cwd=tmp_path)
     module, *dirs = probe.stdout.split()
     assert module.startswith(str(site))

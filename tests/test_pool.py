@@ -1,4 +1,4 @@
-"""Real HTCondor in the loop: the test pool (osgtest_dag/pool.py, HTCondor 23.9 in a trixie
+"""Real HTCondor in the loop: the test pool (osgtest_dag/devpool/, HTCondor 23.9 in a trixie
 chroot) validates our generated files and runs DAGs.
 
 Marked `pool`; they need root and skip (with that reason) only when not root. The first run
@@ -69,7 +69,8 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
     """Every submit file generated from the real nightly fixture passes `condor_submit
     -dry-run` (with a node's VARS as macros); both DAGs are accepted by `condor_submit_dag
     -no_submit` and parsed by condor_dagman itself."""
-    from osgtest_dag.devpool import pool
+    from osgtest_dag.devpool import inside, pool
+    from osgtest_dag.devpool.chroot import POOL_UID
     p, _ = test_pool
     run = pool_workdir / "nightly"
     from osgtest_dag.plan import matrix
@@ -85,8 +86,8 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
         if "serial" in macros:   # what the CreateDisk node makes before the node is submitted
             d = run / "cells" / macros["serial"]
             d.mkdir(parents=True, exist_ok=True)
-            shutil.chown(d, pool.POOL_UID, pool.POOL_UID)
-        ad = pool.condor_submit_dry_run(p, run, sub, macros)
+            shutil.chown(d, POOL_UID, POOL_UID)
+        ad = inside.condor_submit_dry_run(p, run, sub, macros)
         assert "1 job(s) dry-run" in ad, ad
         if sub.endswith("test-run.sub"):
             assert "JobUniverse=13" in ad and 'JobVMType="kvm"' in ad
@@ -95,7 +96,7 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
         else:
             assert "JobUniverse=12" in ad
     for dag in ("workflow.dag", "matrix.dag"):
-        out = pool.condor_submit_dag_no_submit(p, run / dag)
+        out = inside.condor_submit_dag_no_submit(p, run / dag)
         assert f"{dag}.condor.sub" in out
         assert (run / f"{dag}.condor.sub").is_file()
     scratch = pool_workdir / "parse"
@@ -105,25 +106,25 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
     shutil.copytree(run / "submit", scratch / "submit")
     pool.prepare_run_dir(scratch, p)
     for dag in ("workflow.dag", "matrix.dag"):
-        log = pool.dagman_parse(p, scratch / dag, timeout=120)
+        log = inside.dagman_parse(p, scratch / dag, timeout=120)
         assert "Parsing 1 dagfiles" in log
 
 
 def test_dagman_parse_check_catches_errors(test_pool, pool_workdir):
-    from osgtest_dag.devpool import pool
+    from osgtest_dag.devpool import inside, pool
     from osgtest_dag.base.errors import UserError
     p, _ = test_pool
     (pool_workdir / "bad.dag").write_text("JOB A a.sub\nRETRY A x\n")
     (pool_workdir / "a.sub").write_text("universe = local\nexecutable = /bin/true\nqueue\n")
     pool.prepare_run_dir(pool_workdir, p)
     with pytest.raises(UserError, match="Invalid Retry value"):
-        pool.dagman_parse(p, pool_workdir / "bad.dag")
+        inside.dagman_parse(p, pool_workdir / "bad.dag")
 
 
 # --- (3) differential: the injected-failures DAG on the real DAGMan ---------------------------
 
 def test_differential_injected_dag_on_real_dagman(test_pool, pool_workdir):
-    from osgtest_dag.devpool import pooltest
+    import pooltest
     d = pool_workdir / "injected"
     pooltest.write_injected_dag(d)
     t0 = time.monotonic()
@@ -156,7 +157,7 @@ def test_differential_injected_dag_on_real_dagman(test_pool, pool_workdir):
 
 def test_differential_via_condor_submit_dag_inside(test_pool, pool_workdir):
     """The fallback path (condor_submit_dag inside the pool, as its user) gives the same."""
-    from osgtest_dag.devpool import pooltest
+    import pooltest
     d = pool_workdir / "injected-inside"
     pooltest.write_injected_dag(d)
     assert pooltest.run_on_pool(d, timeout=300, via="inside") == pooltest.EXPECTED

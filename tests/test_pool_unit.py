@@ -23,11 +23,11 @@ VM_WORKING_DIR = "/var/lib/condor/execute/dir_77"
 
 
 def _xml(tmp_path, accel: str, ad: str = VM_AD) -> ET.Element:
-    from osgtest_dag.devpool import pool
+    from osgtest_dag.devpool import config
     if not shutil.which("awk"):
         pytest.skip("awk is not installed")
     script = tmp_path / "x.awk"
-    script.write_text(pool.libvirt_xml_script())
+    script.write_text(config.libvirt_xml_script())
     out = subprocess.run(["awk", "-f", str(script), accel, "/consoles"], input=ad, capture_output=True,
                          text=True, check=True).stdout
     return ET.fromstring(out)
@@ -57,22 +57,23 @@ def test_xml_script_kvm_without_network(tmp_path):
 
 
 def test_pool_config_text():
-    from osgtest_dag.devpool import pool
-    text = pool.pool_config(accel="tcg")
+    from osgtest_dag.devpool import config
+    text = config.pool_config(accel="tcg")
     for line in ("MOUNT_UNDER_SCRATCH =", "USE_PID_NAMESPACES = false", "BASE_CGROUP =",
-                 "VM_TYPE = kvm", f"LIBVIRT_XML_SCRIPT = {pool.XML_SCRIPT}", "LIBVIRT_XML_SCRIPT_ARGS = tcg",
+                 "VM_TYPE = kvm", f"LIBVIRT_XML_SCRIPT = {config.XML_SCRIPT}", "LIBVIRT_XML_SCRIPT_ARGS = tcg",
                  "SLOT_TYPE_1_PARTITIONABLE = TRUE", "COLLECTOR_HOST = 127.0.0.1:9618"):
         assert line in text
     assert "VM_MAX_NUMBER" not in text.replace("VM_MAX_NUMBER stays unset", "")
-    assert "CLAIMTOBE" not in pool.pool_config(claimtobe=False).split("SEC_DEFAULT_AUTHENTICATION_METHODS")[1].splitlines()[0]
+    assert "CLAIMTOBE" not in config.pool_config(claimtobe=False).split("SEC_DEFAULT_AUTHENTICATION_METHODS")[1].splitlines()[0]
 
 
 def test_test_pool_submit_options():
     from osgtest_dag.devpool import pool
+    from osgtest_dag.devpool.chroot import POOL_USER
     from osgtest_dag.engine.condor.condor import SubmitOptions
     o = pool.submit_options(SubmitOptions(maxjobs=3))
     assert o.maxjobs == 3 and o.pool == "127.0.0.1:9618" and o.dagman == "/usr/bin/condor_dagman"
-    assert ("SEC_CLAIMTOBE_USER", pool.POOL_USER) in o.client_config
+    assert ("SEC_CLAIMTOBE_USER", POOL_USER) in o.client_config
     assert "CONDOR_CONFIG" in o.getenv_exclude
 
 
@@ -83,15 +84,16 @@ def test_not_root_is_a_clear_error(monkeypatch):
     assert r.exit_code == 2 and "needs root" in r.output and "Traceback" not in r.output
     r = condor_cli("pool", "down")
     assert r.exit_code == 2 and "needs root" in r.output
-    assert pool.Pool  # the module imports without root
+    assert pool.up  # the module imports without root
 
 
 def test_submit_to_the_test_pool_when_it_is_down(tmp_path, monkeypatch):
     from osgtest_dag.devpool import pool
+    from osgtest_dag.devpool.chroot import Pool
     monkeypatch.setenv("OSGTEST_DAG_CACHE", str(tmp_path / "cache"))
     from osgtest_dag.base.errors import UserError
     with pytest.raises(UserError, match="not up"):
-        pool.prepare_run_dir(tmp_path, pool.Pool())
+        pool.prepare_run_dir(tmp_path, Pool())
 
 
 def test_dry_run_for_the_test_pool(tmp_path):

@@ -66,8 +66,3 @@ class CommandError(OsgtestDagError):
         tail = "\n".join(output.strip().splitlines()[-15:])
         super().__init__(f"command {argv[0]!r} {what}: {' '.join(argv)}"
                          + (f"\n{tail}" if tail else ""))
-
-
-def die(message: str, *, hint: str | None = None, where: Location | Path | str | None = None):
-    """Stop with a user-facing error (mkosi style)."""
-    raise UserError(message, where=where, hint=hint)

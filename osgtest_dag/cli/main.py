@@ -172,17 +172,15 @@ def check(run_dir):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--local", "local", is_flag=True, default=True,
-              help="Run on this machine with the embedded executor (the default; use "
-                   "`osgtest-dag submit` for an HTCondor pool).")
 @click.option("-j", "--jobs", type=click.IntRange(0), default=0,
               help="VMs at once (default: what this machine's cores and memory hold).")
 @ONLY
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
               help="qemu acceleration; auto probes KVM and falls back to TCG.")
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
-def run(run_dir, local, jobs, only, accel, no_progress):
-    """Run a generated run directory on this machine (VMs under qemu), then report.
+def run(run_dir, jobs, only, accel, no_progress):
+    """Run a generated run directory on this machine (VMs under qemu), then report
+    (`osgtest-dag submit` runs it on an HTCondor pool).
 
     Interrupted (Ctrl-C, or a killed process), the same command resumes: finished nodes
     are not run again.

@@ -110,27 +110,3 @@ def make_iodisk(cell_input_dir: Path | str, dest_qcow2: Path | str, *, size_mb: 
         os.replace(dest_tmp, dest)
     log.debug("IO disk %s made (%s, %d MiB)", dest, backend, size_mb)
     return dest
-
-
-def read_output(disk: Path | str, dest_dir: Path | str, *, disk_format: str = "qcow2") -> Path:
-    """Copy `output/` off a returned IO disk into `dest_dir/output`, read-only.
-
-    A guest that died leaves the journal dirty; libguestfs replays it on its own overlay,
-    so the disk file is never modified. Returns `dest_dir/output`.
-    """
-    disk = Path(disk)
-    if not disk.is_file():
-        raise UserError("IO disk does not exist", where=disk)
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    with gfs.open_disks([(disk, disk_format)], readonly=True) as g:
-        devices = g.list_filesystems()
-        dev = next((d for d, _ in devices.items() if g.vfs_label(d) == IO_LABEL), None)
-        if dev is None:
-            raise UserError(f"no filesystem labelled {IO_LABEL} on the disk", where=disk)
-        g.mount_ro(dev, "/")
-        if not g.is_dir("/output"):
-            raise UserError("the IO disk has no output/ directory", where=disk)
-        g.copy_out("/output", str(dest))
-        g.umount_all()
-    return dest / "output"

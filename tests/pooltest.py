@@ -1,4 +1,4 @@
-"""DAGs for checking engines against the real DAGMan on the test pool (pool.py).
+"""DAGs for checking engines against the real DAGMan on the test pool (osgtest_dag/devpool/).
 
 `write_injected_dag(dir)` writes a small DAG shaped like our matrix (per cell CreateDisk ->
 TestRun -> ProcessResult -> CleanOutput, a FINAL node, NODE_STATUS_FILE) whose jobs are
@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.devpool import inside, pool
+from osgtest_dag.engine.condor.condor import (NODE_STATES, _apply_client_config, _cwd, dagman_path,
+                                              locate_schedd, read_node_status)
 
 DAG_NAME = "injected.dag"
 CELLS = {
@@ -132,7 +135,6 @@ ENGINE_STATUS = {"not_ready": "pending", "ready": "pending", "prerun": "running"
 def final_node_states(status_file: Path, *, with_dagman_status: bool = False) -> dict[str, dict]:
     """{node: {"status": done|failed|futile|pending|running, "retries": n}} from a DAGMan
     node status file (with `with_dagman_status`, also DAGMan's own state name)."""
-    from osgtest_dag.engine.condor.condor import NODE_STATES, read_node_status
     nsf = read_node_status(status_file)
     if nsf is None:
         raise UserError("no node status file", where=status_file)
@@ -166,19 +168,18 @@ def run_on_pool(dag_dir: Path, *, timeout: float = 300, via: str = "bindings") -
     states: {node_name: {"status": "done"|"failed"|"futile"|"pending", "retries": int}}
     (the executor's state names; final_node_states(..., with_dagman_status=True) adds DAGMan's).
 
-    `dag_dir` must be in one of the pool's work directories (pool.Pool().work by default).
+    `dag_dir` must be in one of the pool's work directories (chroot.Pool().work by default).
     `via="bindings"` submits from this process with htcondor2 (Submit.from_dag +
     Schedd.submit, as `osgtest-dag submit --test-pool`); `via="inside"` runs
     condor_submit_dag inside the pool as its user."""
-    from osgtest_dag.devpool import pool as poolmod
     dag_dir = Path(dag_dir).resolve()
     dags = sorted(dag_dir.glob("*.dag"))
     if len(dags) != 1:
         raise UserError(f"expected one *.dag in the directory, found {len(dags)}", where=dag_dir)
     dag = dags[0]
-    poolmod.prepare_run_dir(dag_dir)
+    pool.prepare_run_dir(dag_dir)
     if via == "inside":
-        poolmod.submit_dag_inside(dag)
+        inside.submit_dag_inside(dag)
     else:
         submit_dag_bindings(dag)
     wait_dag(dag, timeout)
@@ -188,11 +189,9 @@ def run_on_pool(dag_dir: Path, *, timeout: float = 300, via: str = "bindings") -
 
 def submit_dag_bindings(dag: Path, extra_options: dict | None = None) -> int:
     """Submit any DAG file to the test pool with the host's htcondor2 bindings."""
-    import htcondor2
+    import htcondor2   # heavy: only the pool tests submit
 
-    from osgtest_dag.devpool import pool as poolmod
-    from osgtest_dag.engine.condor.condor import _apply_client_config, _cwd, dagman_path, locate_schedd
-    opts = poolmod.submit_options()
+    opts = pool.submit_options()
     _apply_client_config(opts.client_config)
     options = {"dagman": dagman_path(opts.dagman), "batch-name": dag.parent.name, **(extra_options or {})}
     with _cwd(dag.parent):
