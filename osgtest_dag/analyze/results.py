@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -365,7 +366,7 @@ def platform_sort_key(p: dict) -> list:
     """Family, then version numerically (EL 8 before EL 10), then distro and arch."""
     major = p.get("major")
     try:
-        major_n = int(major)
+        major_n = int(str(major))       # an int or a numeric string; None is not a version
     except (TypeError, ValueError):
         major_n = 1 << 30
     return [p.get("family") or "", major_n, p.get("distro") or "", p.get("arch") or "", p.get("id") or ""]
@@ -379,7 +380,7 @@ def _os_name(p: dict) -> str:
 def summarize(cells: list[dict]) -> dict:
     """Counts by outcome, and per OS / package set / source / platform, each by outcome."""
     zero = {o.value: 0 for o in ORDERED}
-    counts = {"by_outcome": dict(zero)}
+    counts: dict[str, Any] = {"by_outcome": dict(zero)}
     for c in cells:
         counts["by_outcome"][c["outcome"]] += 1
     for by in ("os", "package_set", "source", "platform"):

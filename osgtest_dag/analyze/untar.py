@@ -10,6 +10,7 @@ into the disk's ExtractionReport.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import shutil
@@ -45,14 +46,14 @@ class ExtractionReport:
         self.skipped_count += 1
         self.skipped_by_kind[kind] = self.skipped_by_kind.get(kind, 0) + 1
         if len(self.skipped) < SKIPPED_LIST_CAP:
-            entry = {"path": path, "kind": kind}
+            entry: dict[str, str | int] = {"path": path, "kind": kind}
             if detail is not None:
                 entry["detail"] = detail
             if size is not None:
                 entry["size"] = size
             self.skipped.append(entry)
 
-    def rename(self, raw: bytes, as_: str) -> None:
+    def rename(self, raw: builtins.bytes, as_: str) -> None:   # `bytes` is a field here
         self.renamed_count += 1
         if len(self.renamed) < SKIPPED_LIST_CAP:
             self.renamed.append({"raw": raw.hex(), "as": as_})
@@ -144,6 +145,8 @@ class _Budget:
 
 def _write_member(tf: tarfile.TarFile, m: tarfile.TarInfo, target: str, size: int) -> None:
     src = tf.extractfile(m)
+    if src is None:                  # only regular members are written, and they have data
+        raise Cancel(f"tar member {m.name!r} has no data")
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "wb") as out:
         left = size
@@ -211,7 +214,7 @@ class Unpacker:
 
     def run(self, fileobj) -> None:
         rep = self.report
-        tf = tarfile.open(fileobj=_Budget(fileobj, self.budget), mode="r|", errorlevel=1)
+        tf = tarfile.open(fileobj=_Budget(fileobj, self.budget), mode="r|", errorlevel=1)  # type: ignore[call-overload]  # a file-like reader, not a file
         for m in tf:
             parts = components(m.name)
             shown_raw = m.name.encode("utf-8", "surrogateescape")

@@ -274,13 +274,14 @@ def prepare_run_dir(run_dir: Path, pool: Pool | None = None) -> None:
     run_dir = Path(run_dir).resolve()
     if not status(pool).up:
         raise UserError("the test pool is not up", hint="start it with `osgtest-dag pool up`")
-    if _bind_of(pool, run_dir) is None:
+    bind_dir = _bind_of(pool, run_dir)
+    if bind_dir is None:
         binds = ", ".join(pool.load_state().get("binds", [])) or "-"
         raise UserError("the run directory is not in one of the pool's work directories", where=run_dir,
                         hint=f"generate it under {binds}, or restart the pool with `pool up --bind DIR`")
     command.run(["chown", "-R", f"{POOL_UID}:{POOL_UID}", str(run_dir)], timeout=300)
     # and the job owner must get there: directories on the way from the work directory
-    bind = Path(_bind_of(pool, run_dir))
+    bind = Path(bind_dir)
     d = run_dir.parent
     while d == bind or bind in d.parents:
         os.chmod(d, os.stat(d).st_mode | 0o111)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import overload
 from dataclasses import dataclass
 
 from osgtest_dag.model.documents import GuestResult, PostDecision, Verdict, VmRecord
@@ -103,6 +104,14 @@ class Outcome(enum.Enum):
             return cls(value)
         except ValueError:
             raise ValueError(f"unknown outcome {value!r} (one of {', '.join(o.value for o in cls)})") from None
+
+    @overload
+    @classmethod
+    def worst(cls, outcomes: Iterable[Outcome], default: Outcome) -> Outcome: ...
+
+    @overload
+    @classmethod
+    def worst(cls, outcomes: Iterable[Outcome], default: None = None) -> Outcome | None: ...
 
     @classmethod
     def worst(cls, outcomes: Iterable[Outcome], default: Outcome | None = None) -> Outcome | None:

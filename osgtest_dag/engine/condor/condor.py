@@ -302,7 +302,7 @@ class RunProgress:
     cells_total: int
     cells: dict[str, str]                 # serial -> one of CELL_STATES
     cell_counts: dict[str, int]
-    nodes: dict[str, dict]                # DAG counts (both DAGs summed)
+    nodes: dict[str, int]                 # DAG node counts by state (both DAGs summed)
     held: list[dict]
     retries: dict[str, int]               # node -> RetryCount (> 0 only)
     outcomes: dict[str, int]              # outcome -> count of the finished cells

@@ -35,7 +35,7 @@ def excluded_nodes(run_dir: Path, only) -> frozenset:
     """The matrix nodes of the cells `--only` leaves out."""
     if not only:
         return frozenset()
-    out = set()
+    out: set[str] = set()
     selected = 0
     for cfg in cellconfig.iter_cells(run_dir):
         if matrix.matches(cellconfig.fields(cfg), only):
