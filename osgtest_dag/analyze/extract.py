@@ -22,7 +22,6 @@ A result disk was written by a guest we do not trust. So:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -43,6 +42,7 @@ from osgtest_dag.guest import gfs
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.guest.iodisk import IO_LABEL
 from osgtest_dag.model.rundir import RunDir
+from osgtest_dag.model.documents import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ def _inspect_disk(disk: Path) -> tuple[str | None, int | None]:
         tail = (e.output or "").strip().splitlines()
         return "not a readable qcow2 image" + (f": {tail[-1][:200]}" if tail else ""), None
     try:
-        info = json.loads(proc.stdout)
-    except ValueError:
+        info = parse_json(proc.stdout, disk)
+    except UserError:
         return "qemu-img info gave no JSON", None
     if info.get("format") != "qcow2":
         return f"format is {info.get('format')!r}, not qcow2", None

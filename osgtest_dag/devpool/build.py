@@ -20,6 +20,7 @@ from osgtest_dag.base import command
 from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.devpool.chroot import POOL_UID, POOL_USER, SRC, VENV, Pool, require_root
 from osgtest_dag.devpool.mounts import mounted_under
+from osgtest_dag.model.documents import read_json
 
 log = logging.getLogger("osgtest_dag.devpool.build")
 
@@ -81,8 +82,8 @@ def _digest(doc: dict) -> str:
 
 def is_built(pool: Pool, mirror: str | None = None) -> bool:
     try:
-        stamp = json.loads(pool.stamp.read_text())
-    except (FileNotFoundError, ValueError):
+        stamp = read_json(pool.stamp)
+    except UserError:
         return False
     return stamp.get("digest") == _digest(recipe(mirror or host_mirror()))
 
@@ -111,8 +112,8 @@ def build_root(pool: Pool | None = None, *, force: bool = False, mirror: str | N
         apt_doc = {k: doc[k] for k in ("recipe", "suite", "mirror", "packages", "user")}
         apt_stamp = tmp / ".osgtest-apt-stage.json"
         try:
-            reuse = json.loads(apt_stamp.read_text()).get("digest") == _digest(apt_doc) and not force
-        except (FileNotFoundError, ValueError):
+            reuse = read_json(apt_stamp).get("digest") == _digest(apt_doc) and not force
+        except UserError:
             reuse = False
         if not reuse:
             _remove_tree(tmp)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from osgtest_dag.base import command
-from osgtest_dag.base import paths
+from osgtest_dag.base import command, paths
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.model.documents import read_json
 
 VENV = "/opt/osgtest-dag/venv"
 SRC = "/opt/osgtest-dag/src"
@@ -63,9 +62,10 @@ class Pool:
     # --- state ------------------------------------------------------------------------------
     def load_state(self) -> dict:
         try:
-            return json.loads(self.state_file.read_text())
-        except (FileNotFoundError, ValueError):
+            state = read_json(self.state_file)
+        except UserError:
             return {}
+        return state if isinstance(state, dict) else {}
 
     def save_state(self, state: dict) -> None:
         write_json_atomic(self.state_file, state)

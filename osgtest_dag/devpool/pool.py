@@ -27,7 +27,6 @@ Facts this relies on: /work/shared/notes/htcondor-pool-on-this-machine.md.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -46,6 +45,7 @@ from osgtest_dag.devpool.mounts import mount_all, unmount_all
 from osgtest_dag.devpool.processes import alive, read_pid, root_pids, wait_gone
 from osgtest_dag.engine.condor.condor import SubmitOptions
 from osgtest_dag.guest.qemu import detect_accel
+from osgtest_dag.model.documents import parse_json
 
 log = logging.getLogger("osgtest_dag.devpool.pool")
 
@@ -160,8 +160,8 @@ def condor_status_slots(pool: Pool) -> list[dict]:
     if proc.returncode != 0 or not proc.stdout.strip():
         return []
     try:
-        return json.loads(proc.stdout)
-    except ValueError:
+        return parse_json(proc.stdout, "condor_q -json")
+    except UserError:
         return []
 
 

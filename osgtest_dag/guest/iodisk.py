@@ -8,7 +8,6 @@ qemu-img convert; ~0.02 s a disk, no VM) and `virt-make-fs` (libguestfs; boots a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.guest import gfs, payload
+from osgtest_dag.model.documents import read_json
 
 log = logging.getLogger("osgtest_dag.guest.iodisk")
 
@@ -41,10 +41,7 @@ def _validate_input(cell_input_dir: Path) -> None:
                             where=cell_input_dir / name,
                             hint="a cell input directory holds cell.json, cell.env (and osg-test.conf)")
     path = cell_input_dir / "cell.json"
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"cell.json is not valid JSON: {e}", where=path) from None
+    doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("schema") != CELL_SCHEMA:
         raise UserError(f"cell.json is not an {CELL_SCHEMA} document", where=path)
     if doc.get("version") != CELL_VERSION:

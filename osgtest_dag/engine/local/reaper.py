@@ -16,6 +16,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.model.documents import parse_json
+
 log = logging.getLogger(__name__)
 
 
@@ -43,9 +46,9 @@ class ChildRecord:
             return
         for line in self.path.read_text().splitlines():
             try:
-                rec = json.loads(line)
+                rec = parse_json(line, self.path)
                 cmdline = Path(f"/proc/{rec['pid']}/cmdline").read_bytes().split(b"\0")
-            except (ValueError, OSError, KeyError):
+            except (UserError, OSError, KeyError, TypeError):
                 continue
             if cmdline and cmdline[0].decode(errors="replace") == rec["argv0"]:
                 log.warning("stopping pid %d left running by an earlier executor", rec["pid"])

@@ -16,7 +16,6 @@ a lock, so a save from one thread never sees another thread's dictionary half-ch
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.model.documents import read_json
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ class StateFile:
         if not self.path.is_file():
             return
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            data = read_json(self.path)
+        except UserError:
             log.warning("ignoring unreadable state file %s", self.path)
             return
         if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:

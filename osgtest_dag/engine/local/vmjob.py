@@ -99,7 +99,7 @@ class VmJob:
         starts = 0
         while True:
             starts += 1
-            for d, (f, *_rest) in zip(disks, spec.vm_disks[1:]):   # a fresh copy per start
+            for d, (f, *_rest) in zip(disks, spec.vm_disks[1:], strict=True):   # a fresh copy per start
                 if starts > 1:
                     shutil.copy2(self._source(f), d.path)
             console = init / f"console.{self.attempt.retry}.{starts}.log"
