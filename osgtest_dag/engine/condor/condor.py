@@ -22,18 +22,32 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import classad2
+import htcondor2
+
 from osgtest_dag.analyze import results
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.generate.cellconfig import iter_cells
+from osgtest_dag.generate.workflow import load_manifest
 from osgtest_dag.model.documents import read_json
 from osgtest_dag.model.joblog import JobRecord, JobState, jobs_by_node, read_job_log
 from osgtest_dag.model.outcome import Outcome
-from osgtest_dag.model.rundir import (CLEAN_OUTPUT, CREATE_DISK, MATRIX_DAG, OUTER_DAG, PROCESS_RESULT, TEST_RUN,
-                                      NodeName, RunDir)
+from osgtest_dag.model.rundir import (
+    CLEAN_OUTPUT,
+    CREATE_DISK,
+    MATRIX_DAG,
+    OUTER_DAG,
+    PROCESS_RESULT,
+    TEST_RUN,
+    NodeName,
+    RunDir,
+)
 
 log = logging.getLogger("osgtest_dag.engine.condor.condor")
 
@@ -43,11 +57,6 @@ NODE_STATES = {0: "not_ready", 1: "ready", 2: "prerun", 3: "submitted", 4: "post
                5: "done", 6: "error", 7: "futile"}
 # The DAGMan job's exit codes (on_exit_remove keeps 0..2)
 DAGMAN_EXIT = {0: "succeeded", 1: "failed", 2: "aborted"}
-
-
-def _htcondor():
-    import htcondor2
-    return htcondor2
 
 
 @contextlib.contextmanager
@@ -103,7 +112,6 @@ def dagman_path(explicit: str | None = None) -> str:
 def _apply_client_config(settings: Sequence[tuple[str, str]]) -> None:
     if not settings:
         return
-    htcondor2 = _htcondor()
     for k, v in settings:
         htcondor2.param[k] = v
 
@@ -111,8 +119,6 @@ def _apply_client_config(settings: Sequence[tuple[str, str]]) -> None:
 def dag_submit_description(run_dir: Path, opts: SubmitOptions = SubmitOptions()):
     """Write RUN_DIR/workflow.dag.condor.sub with htcondor2.Submit.from_dag (what
     condor_submit_dag would write) and return (Submit, path)."""
-    from osgtest_dag.generate.workflow import load_manifest
-    htcondor2 = _htcondor()
     run_dir = Path(run_dir).resolve()
     manifest = load_manifest(run_dir)
     if not RunDir(run_dir).outer_dag.is_file():
@@ -158,7 +164,6 @@ def dag_submit_description(run_dir: Path, opts: SubmitOptions = SubmitOptions())
 def locate_schedd(schedd: str | None = None, pool: str | None = None):
     """The Schedd to submit to: a named one and/or one in another pool via its collector,
     else the local one. A missing or unreachable schedd is a UserError."""
-    htcondor2 = _htcondor()
     where = f"schedd {schedd!r}" if schedd else ("a schedd" if pool else "the local schedd")
     if pool:
         where += f" in the pool at {pool}"
@@ -246,7 +251,6 @@ def _ad_dict(ad) -> dict:
 
 def parse_node_status(text: str) -> NodeStatusFile:
     """Parse a DAGMan node status file (a sequence of new-ClassAd-format ads)."""
-    import classad2
     dag: dict = {}
     nodes: dict[str, dict] = {}
     end = None
@@ -344,7 +348,6 @@ def _cell_state(serial: str, nodes: dict[str, dict], newest_job: dict[str, JobRe
 
 
 def _serials(run_dir: Path) -> list[str]:
-    from osgtest_dag.generate.cellconfig import iter_cells
     try:
         return [c["serial"] for c in iter_cells(run_dir)]
     except Exception:
@@ -363,7 +366,6 @@ def progress(run_dir: Path, now: float | None = None,
     finished cells are results.json's once the run is analyzed, else decided now from their
     evidence (analyze.results, the one derivation); `known_outcomes` (serial -> outcome)
     caches those of cells that can no longer change, and is filled in."""
-    from osgtest_dag.generate.workflow import load_manifest
     run_dir = Path(run_dir)
     layout = RunDir(run_dir)
     load_manifest(run_dir)
@@ -500,7 +502,6 @@ def watch(run_dir: Path, *, interval: float = 5.0, timeout: float | None = None,
           out=None, sleep=time.sleep) -> RunProgress:
     """Follow a run until its DAG ends: a progress bar redrawn in place on a TTY, otherwise a
     plain line whenever something changes."""
-    import sys
     out = out or sys.stdout
     tty = out.isatty() if tty is None else tty
     start = time.monotonic()

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import htcondor2
+
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.model import dagfile
 
@@ -84,7 +86,6 @@ def _max_starts(periodic_release: str, fallback: int) -> int:
 
 def read_job(submit_file: Path, node_vars: dict, dag_dir: Path, *, node_name: str) -> JobSpec:
     """Parse a node's submit description with htcondor2.Submit and the node's VARS."""
-    import htcondor2  # optional third-party module (HTCondor's bindings), heavy to import
     try:
         sub = htcondor2.Submit(submit_file.read_text())
     except OSError as e:
