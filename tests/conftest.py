@@ -58,7 +58,8 @@ def guest_cell_config(serial: str = "001", *, packages=("hello",), test_command=
     from osgtest_dag.plan.catalog import Catalog
     plat = Catalog.load().platform(platform_id)
     pj = {"id": plat.id, "os": plat.os, "family": plat.family, "distro": plat.distro,
-          "major": plat.major, "arch": plat.arch, "name": plat.name, "codename": plat.codename}
+          "major": plat.major, "arch": plat.arch, "name": plat.name, "codename": plat.codename,
+          "image": plat.image, "image_format": plat.image_format}
     update = None
     if update_apt_sources is not None:
         update = {"setup_packages": [], "enable": [], "apt_sources": list(update_apt_sources)}
@@ -72,8 +73,10 @@ def guest_cell_config(serial: str = "001", *, packages=("hello",), test_command=
                                      "apt_sources": list(apt_sources)},
                          "update": update},
         "test": {"command": test_command, "timeout": timeout, "osg_test": False},
+        "vm": {"memory": 1024, "vcpus": 1, "disk": 4096},
         "network": {"check_host": "deb.debian.org", "retries": network_retries},
         "retries": {"count": 2, "backoff": 3},
+        "nightly": False, "param_file": "guest-test.yaml",
     }
 
 
@@ -81,9 +84,10 @@ def guest_cell_config(serial: str = "001", *, packages=("hello",), test_command=
 def make_cell_input(tmp_path):
     """Factory: write a cell input directory (cell.json + cell.env via cellconfig)."""
     from osgtest_dag.generate import cellconfig
+    from osgtest_dag.model.cell import CellConfig
 
     def make(name: str = "cell", **kwargs) -> Path:
-        cfg = guest_cell_config(**kwargs)
+        cfg = CellConfig.from_json(guest_cell_config(**kwargs), "guest_cell_config")
         return cellconfig.write_input_dir(cfg, tmp_path / name / "input")
     return make
 

@@ -56,7 +56,7 @@ def _post_no_disk(r: ResultsRun, serial: str, attempts: int) -> None:
     """The real POST script, for attempts that brought no disk back."""
     cell = RunDir(r.dir).cell(serial)
     cell.path.mkdir(parents=True, exist_ok=True)
-    cell.config.write_text(json.dumps(cellconfig.read_cell(r.dir, serial)))
+    cell.config.write_text(json.dumps(cellconfig.read_cell(r.dir, serial).to_json()))
     for retry in range(attempts):
         node.post_vm(r.dir, vm_node(serial), -1004, retry, attempts - 1)
 
@@ -130,7 +130,7 @@ def populate(r: ResultsRun) -> dict[str, str]:
 def _rerun(run: Path, dest: Path, *args: str) -> set[str]:
     res = condor_cli("rerun", str(run), "-o", str(dest), *args)
     assert res.exit_code == 0, res.output
-    return {c["serial"] for c in cellconfig.iter_cells(dest)}
+    return {c.serial for c in cellconfig.iter_cells(dest)}
 
 
 def test_every_view_agrees_on_every_cell(tmp_path):
@@ -157,7 +157,7 @@ def test_every_view_agrees_on_every_cell(tmp_path):
 
     # the report
     doc = results.analyze_run(r.dir)
-    assert {c["serial"]: c["outcome"] for c in doc["cells"]} == want
+    assert {c["serial"]: c["outcome"] for c in doc.cells} == want
     lines = text_report.render(doc).splitlines()
     for serial, outcome in want.items():
         if outcome != "pass":

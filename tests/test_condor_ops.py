@@ -14,6 +14,8 @@ import pytest
 
 from conftest import condor_cli
 
+from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo"
 DATA = Path(__file__).resolve().parent / "data" / "condor"
@@ -23,7 +25,8 @@ DATA = Path(__file__).resolve().parent / "data" / "condor"
 def demo_run(tmp_path):
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.manifest import WorkflowOptions
     catalog = Catalog.load(image_dir="/images")
     m = matrix.build([DEMO], catalog)
     return write_run(tmp_path / "run1", list(m.cells), catalog, WorkflowOptions(), param_files=list(m.files))
@@ -251,9 +254,9 @@ def test_rerun_everything_not_passed_keeps_serials_and_inputs(demo_run, tmp_path
     new = tmp_path / "rerun"
     r = condor_cli("rerun", str(demo_run), "-o", str(new))
     assert r.exit_code == 0, r.output
-    cells = {c["serial"]: c for c in iter_cells(new)}
+    cells = {c.serial: c for c in iter_cells(new)}
     assert sorted(cells) == ["001", "002", "003", "007"]
-    orig = {c["serial"]: c for c in iter_cells(demo_run)}
+    orig = {c.serial: c for c in iter_cells(demo_run)}
     for s, c in cells.items():
         assert c == orig[s]                      # the same cell, byte for byte in meaning
     manifest = json.loads((new / "run.json").read_text())
@@ -274,20 +277,24 @@ def test_rerun_failed_only_and_only(demo_run, tmp_path):
     new = tmp_path / "r2"
     r = condor_cli("rerun", str(demo_run), "-o", str(new), "--failed", "--only", "platform=debian_12*")
     assert r.exit_code == 0, r.output
-    assert [c["serial"] for c in iter_cells(new)] == ["005"]
+    assert [c.serial for c in iter_cells(new)] == ["005"]
 
 
 def test_rerun_reads_results_json(demo_run, tmp_path):
     from osgtest_dag.generate.cellconfig import iter_cells
+    from osgtest_dag.model.outcome import Outcome
+    from osgtest_dag.model.results import KnownFailuresInfo, ResultsDocument, RunInfo
     cells = [{"serial": f"{i:03d}", "outcome": "pass"} for i in range(8)]
     cells[6]["outcome"] = "timeout"
-    (demo_run / "results.json").write_text(json.dumps({"schema": "osgtest-dag/results", "version": 1,
-                                                       "cells": cells}))
+    doc = ResultsDocument(generated="2026-11-21T23:00:00Z", tool_version="0", worst=Outcome.TIMEOUT,
+                          run=RunInfo(name="run1", dir=str(demo_run), generated=None, cells=8),
+                          counts={}, known_failures=KnownFailuresInfo(), component_tags=None, cells=tuple(cells))
+    (demo_run / "results.json").write_text(json.dumps(doc.to_json()))
     _result(demo_run, "001", "test")            # results.json wins over the cell files
     new = tmp_path / "r3"
     r = condor_cli("rerun", str(demo_run), "-o", str(new))
     assert r.exit_code == 0, r.output
-    assert [c["serial"] for c in iter_cells(new)] == ["006"]
+    assert [c.serial for c in iter_cells(new)] == ["006"]
 
 
 def test_rerun_nothing_to_do(demo_run, tmp_path):
@@ -303,8 +310,8 @@ def test_rerun_nothing_to_do(demo_run, tmp_path):
 def _fake_run(root: Path, name: str, generated: str, size: int) -> Path:
     d = root / name
     d.mkdir(parents=True)
-    (d / "run.json").write_text(json.dumps({"schema": "osgtest-dag/run", "version": 1,
-                                            "generated": generated, "run_name": name}))
+    (d / "run.json").write_text(json.dumps(RunManifest(generated=generated, tool_version="0", run_name=name,
+                                                       cells=1, options=WorkflowOptions()).to_json()))
     (d / "blob").write_bytes(b"x" * size)
     return d
 

@@ -138,7 +138,7 @@ def corpus(tmp_path_factory):
 
 
 def test_outcomes(corpus):
-    by = {c["serial"]: c for c in corpus["doc"]["cells"]}
+    by = {c["serial"]: c for c in corpus["doc"].cells}
     cells = corpus["cells"]
     got = {k: (by[s]["outcome"], by[s]["reason"]) for k, s in cells.items()}
     assert got["hostile"][0] == "pass" and got["many"][0] == "pass"
@@ -210,7 +210,7 @@ def test_file_cap(corpus):
     assert len(rep["skipped"]) == extract.SKIPPED_LIST_CAP
     assert (r.dir / "cells" / s / "output" / "result.json").is_file()
     # the cell's summary in results.json keeps the extraction report short
-    cell = next(c for c in corpus["doc"]["cells"] if c["serial"] == s)
+    cell = next(c for c in corpus["doc"].cells if c["serial"] == s)
     assert cell["extraction"]["skipped_count"] == MANY + 1 - lim.max_files and len(cell["extraction"]["skipped"]) == 20
 
 

@@ -74,7 +74,8 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
     run = pool_workdir / "nightly"
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.manifest import WorkflowOptions
     catalog = Catalog.load()
     m = matrix.build([PARAMS_D], catalog)
     write_run(run, list(m.cells), catalog, WorkflowOptions(), param_files=list(m.files))
@@ -201,7 +202,8 @@ queue
 def _shaped_run(workdir: Path, name: str, *, max_wall: int) -> Path:
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.manifest import WorkflowOptions
     tool = workdir / "fake-osgtest-dag"
     tool.write_text(FAKE_TOOL)
     tool.chmod(0o755)
@@ -407,7 +409,8 @@ def test_two_cell_debian_matrix_end_to_end(test_pool, pool_workdir, vm_image):
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
     from osgtest_dag.engine.condor.condor import job_records, progress, read_events
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.manifest import WorkflowOptions
     catalog = Catalog.load()
     params = pool_workdir / "params"
     params.mkdir()

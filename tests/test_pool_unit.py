@@ -100,7 +100,8 @@ def test_dry_run_for_the_test_pool(tmp_path):
     the host has no HTCondor configuration)."""
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.manifest import WorkflowOptions
     from conftest import ROOT
     catalog = Catalog.load(image_dir="/images")
     m = matrix.build([ROOT / "examples" / "demo"], catalog)

@@ -29,6 +29,7 @@ from osgtest_dag.report import junit as report_junit
 from osgtest_dag.report import text as report_text
 from osgtest_dag.analyze import results
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.model.results import ResultsDocument
 
 XSD = Path(__file__).parent / "data" / "junit-10.xsd"
 
@@ -39,12 +40,17 @@ def doc(results_run):
     return results.analyze_run(r.dir)
 
 
+def _copy(doc: ResultsDocument) -> ResultsDocument:
+    """A deep copy, through the document's JSON, to change without touching `doc`."""
+    return ResultsDocument.from_json(json.loads(json.dumps(doc.to_json())), "copy")
+
+
 @pytest.fixture
 def hostile_doc(results_run):
     """The same run, with markup, quotes and control characters in the places users write."""
     r, _ = results_run
     d = results.analyze_run(r.dir)
-    c = d["cells"][0]
+    c = d.cells[0]
     c["label"] = '<script>alert("x")</script> & "XRootD"'
     c["reason"] = "<img src=x onerror=alert(1)>\x1b[31m red \x00"
     c["failures"] = [{"test": "t<1>", "module": "m&m", "class": None, "kind": "FAIL",
@@ -101,7 +107,7 @@ def test_html_renders_in_chromium_without_js_errors(doc, tmp_path):
     head = dom.split('id="grid-by-source"')[1].split("</thead>")[0]
     assert head.index("EL 8") < head.index("EL 9") < head.index("EL 10")
     # links to the logs work relative to where the page is
-    rel = f"../run/cells/{doc['cells'][0]['serial']}/output/test.log"
+    rel = f"../run/cells/{doc.cells[0]['serial']}/output/test.log"
     assert f'href="{rel}"' in page and (out.parent / rel).resolve().is_file()
     # a screenshot renders too (looked at by hand when changing the page)
     shot = tmp_path / "shot.png"
@@ -134,8 +140,8 @@ def test_html_escapes_everything(hostile_doc, tmp_path):
 
 
 def test_html_changes_first(tmp_path, doc):
-    prev = json.loads(json.dumps(doc))
-    target = next(c for c in prev["cells"] if c["outcome"] == "fail")
+    prev = _copy(doc)
+    target = next(c for c in prev.cells if c["outcome"] == "fail")
     target["outcome"] = "pass"
     diff = compare.compare(prev, doc)
     page = report_html.render(doc, diff)
@@ -158,7 +164,7 @@ def test_junit_valid_and_readable(doc, hostile_doc, tmp_path):
     (tmp_path / "junit.xml").write_text(xml)
     suites = {s.name.split()[0]: s for s in JUnitXml.fromfile(str(tmp_path / "junit.xml"))}
     assert len(suites) == 17
-    by = {c["serial"]: c for c in doc["cells"]}
+    by = {c["serial"]: c for c in doc.cells}
     ok = next(s for k, s in suites.items() if by[k]["outcome"] == "pass" and by[k]["counts"]["run"])
     assert ok.tests == 293 + 8 and ok.failures == 0 and ok.errors == 0 and ok.skipped == 30
     fail = next(s for k, s in suites.items() if by[k]["outcome"] == "fail")
@@ -273,8 +279,8 @@ def test_email_starttls_login_and_changes_first(doc, tmp_path, results_run):
 
     ctl, sink = _smtpd(tls_context=ctx, require_starttls=True, auth_require_tls=True,
                        authenticator=auth)
-    prev = json.loads(json.dumps(doc))
-    next(c for c in prev["cells"] if c["outcome"] == "fail")["outcome"] = "pass"
+    prev = _copy(doc)
+    next(c for c in prev.cells if c["outcome"] == "fail")["outcome"] = "pass"
     diff = compare.compare(prev, doc)
     try:
         env = {"OSGTEST_DAG_SMTP_HOST": "127.0.0.1", "OSGTEST_DAG_SMTP_PORT": str(ctl.port),

@@ -15,6 +15,7 @@ from osgtest_dag.base.errors import UserError
 from osgtest_dag.analyze.known_failures import (FailureContext, load_component_tags, load_known_failures,
                                         review)
 from osgtest_dag.model.documents import GuestResult, Phase, PostDecision, Verdict, VmRecord
+from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.model.outcome import Evidence, JobFacts, Outcome, derive
 
 LOGS = ("pass", "fail", "install", "update", "cleanup", "ignore")
@@ -239,12 +240,12 @@ def test_known_failure_matching_and_review(tmp_path):
 def test_analyze_run_every_situation(results_run):
     r, want = results_run
     doc = results.analyze_run(r.dir)
-    assert doc["schema"] == "osgtest-dag/results" and doc["version"] == 1
-    got = {c["serial"]: c["outcome"] for c in doc["cells"]}
+    assert doc.SCHEMA == "osgtest-dag/results" and doc.VERSION == 1
+    got = {c["serial"]: c["outcome"] for c in doc.cells}
     assert got == want
-    assert json.loads((r.dir / "results.json").read_text()) == doc
+    assert json.loads((r.dir / "results.json").read_text()) == doc.to_json()
     assert not list(r.dir.glob(".results.json*"))        # written atomically, no leftovers
-    by = {c["serial"]: c for c in doc["cells"]}
+    by = {c["serial"]: c for c in doc.cells}
     ok = by[r.serial("rocky_8.x86_64", "XRootD")]
     assert ok["counts"] == {"run": 293, "ok": 263, "failed": 0, "error": 0, "bad_skips": 0,
                             "ok_skips": 30, "timeouts": 0}
@@ -272,14 +273,14 @@ def test_analyze_run_every_situation(results_run):
     backed = by[r.serial("alma_10.x86_64", "Condor")]
     assert "backing file" in backed["reason"]
     # run-level counts
-    c = doc["counts"]
+    c = doc.counts
     assert c["by_outcome"] == {"pass": 4, "cleanup": 1, "waived": 1, "fail": 1, "update": 1,
                                "install": 2, "timeout": 2, "infra": 4, "missing": 1}
     assert [g["key"] for g in c["by_os"]] == ["debian_12", "rocky_8", "rocky_9", "alma_10"]
     assert {g["key"]: g["cells"] for g in c["by_package_set"]} == {"Condor": 8, "Hello": 1, "XRootD": 8}
     assert sum(g["cells"] for g in c["by_source"]) == 17
-    assert doc["worst"] == "missing"
-    assert doc["known_failures"]["entries"] == 2
+    assert doc.worst is Outcome.MISSING
+    assert doc.known_failures.entries == 2
 
 
 def test_known_failure_warnings_in_results(results_run):
@@ -290,7 +291,7 @@ def test_known_failure_warnings_in_results(results_run):
         "test_04_trace (osgtest.tests.test_55_condorce.TestCondorCE) ... okskip",
         "test_04_trace (osgtest.tests.test_55_condorce.TestCondorCE) ... ok"))
     doc = results.analyze_run(r.dir, today=dt.date(2014, 12, 20))
-    w = doc["known_failures"]["warnings"]
+    w = doc.known_failures.warnings
     assert any("test_04_trace" in x and "now passes" in x and "rocky_8.x86_64" in x for x in w)
     assert not any("expired" in x for x in w)
 
@@ -298,13 +299,13 @@ def test_known_failure_warnings_in_results(results_run):
 def test_results_schema_checked(tmp_path, results_run):
     r, _ = results_run
     with pytest.raises(UserError, match="no results.json"):
-        results.load_results(r.dir)
+        ResultsDocument.read(r.dir)
     results.analyze_run(r.dir)
     doc = json.loads((r.dir / "results.json").read_text())
     doc["version"] = 2
     (tmp_path / "r.json").write_text(json.dumps(doc))
     with pytest.raises(UserError, match="version 2"):
-        results.load_results(tmp_path / "r.json")
+        ResultsDocument.read(tmp_path / "r.json")
 
 
 def test_package_lists():
@@ -341,7 +342,7 @@ def test_job_log_host_and_hold(results_run):
 	(1) Normal termination (return value 0)
 ...
 """)
-    by = {c["serial"]: c for c in results.analyze_run(r.dir)["cells"]}
+    by = {c["serial"]: c for c in results.analyze_run(r.dir).cells}
     assert by[s]["outcome"] == "timeout" and "VM job held: osgtest-dag: VM ran longer than 14400 s" in by[s]["reason"]
     assert by[s]["host"] == "exec01.example.org" and by[s]["attempts"] == 1
     assert by[p]["host"] == "exec02.example.org" and by[p]["outcome"] == want[p]
@@ -359,7 +360,7 @@ def test_output_symlinks_are_never_followed(results_run):
     (out / "result.json").unlink()
     (out / "result.json").symlink_to("/etc/passwd")
     doc = results.analyze_run(r.dir)
-    text = json.dumps(doc)
+    text = json.dumps(doc.to_json())
     assert "root:" not in text and "/bin/bash" not in text
-    cell = next(c for c in doc["cells"] if c["serial"] == s)
+    cell = next(c for c in doc.cells if c["serial"] == s)
     assert cell["outcome"] == "infra" and cell["packages_installed"] == {}

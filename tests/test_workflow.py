@@ -147,16 +147,16 @@ def test_cell_config_is_complete(small_run):
     from osgtest_dag.generate.cellconfig import read_cell
     dag = dagfile.parse(small_run / "matrix.dag")
     off = int(dag.nodes["CreateDisk001"].vars["offset"])
-    assert read_cell(small_run, "001", off)["serial"] == "001"
-    assert read_cell(small_run, "001", 0)["serial"] == "001"  # a wrong offset falls back to a scan
-    cfg = read_cell(small_run, "000")
-    assert cfg["schema"] == "osgtest-dag/cell" and cfg["version"] == 1
-    assert cfg["platform"]["codename"] == "bookworm"
-    assert cfg["repositories"]["initial"]["apt_sources"] == ["deb http://deb.debian.org/debian bookworm main"]
-    assert cfg["repositories"]["update"]["apt_sources"] == [
+    assert read_cell(small_run, "001", off).serial == "001"
+    assert read_cell(small_run, "001", 0).serial == "001"  # a wrong offset falls back to a scan
+    doc = read_cell(small_run, "000").to_json()
+    assert doc["schema"] == "osgtest-dag/cell" and doc["version"] == 1
+    assert doc["platform"]["codename"] == "bookworm"
+    assert doc["repositories"]["initial"]["apt_sources"] == ["deb http://deb.debian.org/debian bookworm main"]
+    assert doc["repositories"]["update"]["apt_sources"] == [
         "deb http://deb.debian.org/debian bookworm main", "deb http://deb.debian.org/debian bookworm-updates main"]
     cfg1 = read_cell(small_run, "001", off)
-    assert cfg1["repositories"]["initial"]["apt_sources"] == ["deb http://deb.debian.org/debian trixie main"]
+    assert cfg1.repositories.initial.apt_sources == ("deb http://deb.debian.org/debian trixie main",)
 
 
 def test_dag_cycle_and_missing_file_are_caught(tmp_path):

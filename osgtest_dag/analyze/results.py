@@ -20,22 +20,22 @@ from pathlib import Path
 
 from osgtest_dag import __version__
 from osgtest_dag.generate import cellconfig
-from osgtest_dag.generate.workflow import load_manifest
 from osgtest_dag.analyze import osgtest_log
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.analyze.known_failures import (ComponentTags, FailureContext, KnownFailures, load_component_tags,
                              load_known_failures, review)
-from osgtest_dag.model.documents import GuestResult, read_bytes_nofollow, read_document
+from osgtest_dag.model.cell import CellConfig, CellPlatform, CellSource
+from osgtest_dag.model.documents import GuestResult, read_bytes_nofollow
+from osgtest_dag.model.manifest import RunManifest
+from osgtest_dag.model.results import KnownFailuresInfo, ResultsDocument, RunInfo
 from osgtest_dag.model.evidence import gather, read_extraction
 from osgtest_dag.model.outcome import ORDERED, JobFacts, Outcome, derive, is_wall_clock_hold
-from osgtest_dag.model.rundir import OUTPUT_DIR, RESULTS, RunDir, vm_node
+from osgtest_dag.model.rundir import OUTPUT_DIR, RunDir, vm_node
+from osgtest_dag.plan.sources import Source, TestSource
 from osgtest_dag.base.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "osgtest-dag/results"
-VERSION = 1
-RESULTS_FILE = RESULTS
 LOG_READ_CAP = 64 << 20            # bytes of one log we parse (extraction caps them anyway)
 PACKAGE_LIST_CAP = 16 << 20
 # Files a run directory may carry to be picked up without options.
@@ -211,23 +211,17 @@ def _osgtest_logs(out_dir: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def platform_json(p: dict) -> dict:
-    return {"id": p.get("id"), "name": p.get("name") or p.get("id"), "os": p.get("os"),
-            "family": p.get("family"), "distro": p.get("distro"), "major": p.get("major"),
-            "arch": p.get("arch")}
+def platform_json(p: CellPlatform) -> dict:
+    return {"id": p.id, "name": p.name or p.id, "os": p.os, "family": p.family, "distro": p.distro,
+            "major": p.major, "arch": p.arch}
 
 
-def source_display(s: dict) -> str:
+def source_display(s: CellSource) -> str:
     """The readable source, as sources.Source.display() writes it."""
-    from osgtest_dag.plan.sources import Source, TestSource
-    ts = s.get("test_source")
-    test_source = TestSource(*ts.split(":", 1)) if isinstance(ts, str) and ":" in ts else None
-    try:
-        return Source(raw=s.get("raw", ""), test_source=test_source, series=s.get("series") or "?",
-                      repos=tuple(s.get("repos") or ()), update_series=s.get("update_series"),
-                      update_repos=tuple(s.get("update_repos") or ())).display()
-    except (TypeError, ValueError):
-        return str(s.get("raw", "?"))
+    ts = s.test_source
+    test_source = TestSource(*ts.split(":", 1)) if ts and ":" in ts else None
+    return Source(raw=s.raw, test_source=test_source, series=s.series, repos=s.repos,
+                  update_series=s.update_series, update_repos=s.update_repos).display()
 
 
 def job_facts(je: JobEvents | None) -> JobFacts | None:
@@ -238,20 +232,19 @@ def job_facts(je: JobEvents | None) -> JobFacts | None:
     return JobFacts(starts=je.starts, hosts=tuple(je.hosts), timed_out=je.timed_out, reason=reason)
 
 
-def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
+def analyze_cell(run_dir: Path, cfg: CellConfig, opts: AnalysisOptions,
                  job_events: dict[str, JobEvents] | None = None,
                  passing: dict | None = None) -> dict:
     """One cell's entry of results.json."""
-    serial = cfg["serial"]
+    serial = cfg.serial
     cd = RunDir(run_dir).cell(serial)
     d = cd.path
     out_dir = cd.output
-    plat = platform_json(cfg.get("platform") or {})
-    src = cfg.get("source") or {}
+    plat = platform_json(cfg.platform)
     cell: dict = {
         "serial": serial, "platform": plat,
-        "source": {"raw": src.get("raw", ""), "display": source_display(src)},
-        "label": cfg.get("label", ""), "packages": list(cfg.get("packages") or ()),
+        "source": {"raw": cfg.source.raw, "display": source_display(cfg.source)},
+        "label": cfg.label, "packages": list(cfg.packages),
         "outcome": Outcome.MISSING.value, "reason": "", "guest_status": None, "exit_code": None,
         "counts": None, "failures": [], "bad_skips": [], "ok_skips_by_tag": {},
         "durations": {}, "started": None, "finished": None, "host": None, "image": None,
@@ -462,14 +455,14 @@ def default_inputs(run_dir: Path) -> tuple[list[Path], Path | None]:
     return kf, tags
 
 
-def analysis_options(run_dir: Path, manifest: dict, known_failures: Iterable[Path | str] | None = None,
+def analysis_options(run_dir: Path, manifest: RunManifest, known_failures: Iterable[Path | str] | None = None,
                      component_tags: Path | str | None = None) -> AnalysisOptions:
     """The known failures and component tags given (default: those the run directory
     carries), and the run's date."""
     d_kf, d_tags = default_inputs(run_dir)
     known = load_known_failures(list(known_failures) if known_failures is not None else d_kf)
     tags = load_component_tags(component_tags if component_tags is not None else d_tags)
-    generated = _parse_time(manifest.get("generated"))
+    generated = _parse_time(manifest.generated)
     return AnalysisOptions(known=known, tags=tags, run_date=generated.date() if generated else None)
 
 
@@ -478,10 +471,10 @@ def analyze_cells(run_dir: Path | str, serials: Iterable[str] | None = None) -> 
     cells' evidence with the run's own known failures: what status, rerun and the FINAL node
     see before the run is analyzed."""
     run_dir = Path(run_dir)
-    manifest = load_manifest(run_dir)
+    manifest = RunManifest.read(run_dir)
     opts = analysis_options(run_dir, manifest)
     wanted = None if serials is None else set(serials)
-    configs = [c for c in cellconfig.iter_cells(run_dir) if wanted is None or c["serial"] in wanted]
+    configs = [c for c in cellconfig.iter_cells(run_dir) if wanted is None or c.serial in wanted]
     if not configs:
         return []
     job_events = read_job_log(RunDir(run_dir).job_log)
@@ -498,15 +491,14 @@ def run_outcomes(run_dir: Path | str) -> dict[str, Outcome]:
     the report says), else decided now from the evidence (cell_outcomes)."""
     run_dir = Path(run_dir)
     if RunDir(run_dir).results.is_file():
-        doc = load_results(run_dir)
-        found = {str(c["serial"]): Outcome.parse(str(c["outcome"])) for c in doc.get("cells", [])}
-        return {cfg["serial"]: found.get(cfg["serial"], Outcome.MISSING) for cfg in cellconfig.iter_cells(run_dir)}
+        found = ResultsDocument.read(run_dir).outcomes()
+        return {cfg.serial: found.get(cfg.serial, Outcome.MISSING) for cfg in cellconfig.iter_cells(run_dir)}
     return {s: o for s, (o, _) in cell_outcomes(run_dir).items()}
 
 
 def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | None = None,
                 component_tags: Path | str | None = None, write: bool = True,
-                today: dt.date | None = None) -> dict:
+                today: dt.date | None = None) -> ResultsDocument:
     """Build (and by default write, atomically) RUN_DIR/results.json; return the document.
 
     `known_failures`: files in the reference or extended format (default: known-failures.yaml
@@ -515,7 +507,7 @@ def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | N
     """
     t0 = time.monotonic()
     run_dir = Path(run_dir)
-    manifest = load_manifest(run_dir)
+    manifest = RunManifest.read(run_dir)
     opts = analysis_options(run_dir, manifest, known_failures, component_tags)
     known, tags = opts.known, opts.tags
     job_events = read_job_log(RunDir(run_dir).job_log)
@@ -534,33 +526,17 @@ def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | N
     warnings = review(known, today, passing) if known.entries else []
     counts = summarize(cells)
     worst = Outcome.worst((Outcome(c["outcome"]) for c in cells), Outcome.PASS)
-    doc = {
-        "schema": SCHEMA, "version": VERSION,
-        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "tool_version": __version__,
-        "run": {"name": manifest.get("run_name") or run_dir.resolve().name,
-                "dir": str(run_dir.resolve()), "generated": manifest.get("generated"),
-                "cells": len(cells), "param_files": manifest.get("param_files", [])},
-        "outcomes": [{"name": o.value, "severity": o.severity, "description": o.description,
-                      "acceptable": o.acceptable} for o in ORDERED],
-        "worst": worst.value,
-        "counts": counts,
-        "known_failures": {"files": list(known.files), "entries": len(known.entries),
-                           "warnings": warnings},
-        "component_tags": tags.file,
-        "cells": cells,
-    }
+    doc = ResultsDocument(
+        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        tool_version=__version__,
+        run=RunInfo(name=manifest.run_name or run_dir.resolve().name, dir=str(run_dir.resolve()),
+                    generated=manifest.generated, cells=len(cells), param_files=manifest.param_files),
+        worst=worst, counts=counts,
+        known_failures=KnownFailuresInfo(files=tuple(known.files), entries=len(known.entries),
+                                         warnings=tuple(warnings)),
+        component_tags=tags.file, cells=tuple(cells))
     if write:
-        write_json_atomic(run_dir / RESULTS_FILE, doc)
+        write_json_atomic(RunDir(run_dir).results, doc.to_json())
     log.info("analyzed %d cells of %s in %.2f s: %s", len(cells), run_dir, time.monotonic() - t0,
              ", ".join(f"{k} {v}" for k, v in counts["by_outcome"].items() if v))
     return doc
-
-
-def load_results(path: Path | str) -> dict:
-    """Read a results.json (or the one of a run directory), checking its schema and version."""
-    path = Path(path)
-    if path.is_dir():
-        path = RunDir(path).results
-    return read_document(path, SCHEMA, VERSION, missing="no results.json",
-                         hint="run `osgtest-dag analyze RUN_DIR` (again, with this version) first")

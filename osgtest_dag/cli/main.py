@@ -131,12 +131,15 @@ def plan(params, only, catalogs, image_dir, fmt):
 @click.option("--tool", default="", help="Path of osgtest-dag for the DAG's nodes (default: this one).")
 @click.option("--batch-name", default="", help="HTCondor batch name (default: the run directory's name).")
 @click.option("--nightly", is_flag=True, help="Mark the run as the nightly run.")
+@click.option("--publish-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Directory the Publish node copies the results and reports into (under the run's name).")
 def generate(params, run_dir, only, catalogs, image_dir, force, template_dir, max_wall, max_starts,
              max_queue_time, vm_retries, local_io_maxjobs, extra_requirements, excluded_hosts,
-             excluded_hosts_file, vm_type, tool, batch_name, nightly):
+             excluded_hosts_file, vm_type, tool, batch_name, nightly, publish_dir):
     """Write a self-contained run directory (DAGs, submit files, per-cell configuration)."""
     from osgtest_dag.ops.hosts import active_excluded_hosts
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.manifest import WorkflowOptions
     catalog, m, cells = _matrix(params, catalogs, image_dir, only)
     if excluded_hosts_file and not excluded_hosts_file.is_file():
         raise UserError("excluded-hosts file not found", where=excluded_hosts_file,
@@ -147,7 +150,8 @@ def generate(params, run_dir, only, catalogs, image_dir, force, template_dir, ma
                            local_io_maxjobs=local_io_maxjobs, extra_requirements=extra_requirements,
                            excluded_hosts=tuple(excluded_hosts),
                            template_dir=str(template_dir) if template_dir else None,
-                           batch_name=batch_name, nightly=nightly)
+                           batch_name=batch_name, nightly=nightly,
+                           publish_dir=str(Path(publish_dir).resolve()) if publish_dir else None)
     write_run(run_dir, cells, catalog, opts, param_files=list(m.files), force=force)
     click.echo(f"wrote {run_dir}: {len(cells)} cells; submit with "
                f"`condor_submit_dag {run_dir}/workflow.dag` or run here with `osgtest-dag run {run_dir}`")

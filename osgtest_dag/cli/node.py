@@ -72,7 +72,7 @@ def matrix_final(run_dir):
 def analyze(run_dir):
     from osgtest_dag.nodes import node as n
     doc = n.analyze(run_dir)
-    click.echo(f"results.json: {len(doc.get('cells', []))} cells")
+    click.echo(f"results.json: {len(doc.cells)} cells")
 
 
 @node.command("report")

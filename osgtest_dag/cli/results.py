@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from osgtest_dag.base.atomic import write_text_atomic
+from osgtest_dag.model.results import ResultsDocument
 
 FORMATS = ("text", "html", "junit", "json")
 RUN_DIR = click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
@@ -43,15 +44,14 @@ def _write_or_echo(text: str, output: Path | None) -> None:
     click.echo(f"wrote {output}", err=True)
 
 
-def _previous_diff(doc: dict, previous: Path | None):
+def _previous_diff(doc: ResultsDocument, previous: Path | None):
     if previous is None:
         return None
     from osgtest_dag.report import compare
-    from osgtest_dag.analyze import results
-    return compare.compare(results.load_results(previous), doc)
+    return compare.compare(ResultsDocument.read(previous), doc)
 
 
-def render(doc: dict, fmt: str, *, diff: dict | None = None, out_path: Path | None = None,
+def render(doc: ResultsDocument, fmt: str, *, diff: dict | None = None, out_path: Path | None = None,
            link_base: str | None = None) -> str:
     """results.json -> the report in `fmt` (text, html, junit, json)."""
     if fmt == "text":
@@ -64,7 +64,7 @@ def render(doc: dict, fmt: str, *, diff: dict | None = None, out_path: Path | No
         from osgtest_dag.report import junit as report_junit
         return report_junit.render(doc)
     if fmt == "json":
-        return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+        return json.dumps(doc.to_json(), indent=1, ensure_ascii=False) + "\n"
     raise ValueError(fmt)
 
 
@@ -94,8 +94,7 @@ def analyze_cmd(run_dir: Path, known_failures, component_tags, quiet: bool):
 @click.option("--link-base", metavar="URL", help="HTML: link logs under URL (where the run directory is published).")
 def report_cmd(run_dir: Path, fmt: str, output: Path | None, previous: Path | None, link_base: str | None):
     """Render RUN_DIR/results.json as text, HTML (one self-contained page), JUnit XML or JSON."""
-    from osgtest_dag.analyze import results
-    doc = results.load_results(run_dir)
+    doc = ResultsDocument.read(run_dir)
     diff = _previous_diff(doc, previous) if fmt in ("text", "html") else None
     _write_or_echo(render(doc, fmt, diff=diff, out_path=output, link_base=link_base), output)
 
@@ -111,8 +110,7 @@ def compare_cmd(ctx, run_a: Path, run_b: Path, fmt: str, fail_on_regression: boo
     package versions that changed in each changed cell (cells matched by platform, source and
     package set)."""
     from osgtest_dag.report import compare
-    from osgtest_dag.analyze import results
-    diff = compare.compare(results.load_results(run_a), results.load_results(run_b))
+    diff = compare.compare(ResultsDocument.read(run_a), ResultsDocument.read(run_b))
     if fmt == "json":
         click.echo(json.dumps(diff, indent=1, ensure_ascii=False))
     else:
@@ -141,8 +139,7 @@ def email_cmd(run_dir: Path, previous, smtp_host, smtp_port, starttls, smtp_user
               recipients, subject_prefix, save, dry_run):
     """Mail the summary of RUN_DIR/results.json (text + HTML, the HTML report attached)."""
     from osgtest_dag.report import email as report_email
-    from osgtest_dag.analyze import results
-    doc = results.load_results(run_dir)
+    doc = ResultsDocument.read(run_dir)
     diff = _previous_diff(doc, previous)
     env = dict(os.environ)
     if dry_run and not (smtp_host or env.get(report_email.ENV_PREFIX + "HOST")):

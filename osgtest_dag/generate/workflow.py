@@ -19,12 +19,11 @@ The DAG model and writer are htcondor2.dags'. Its writer has bugs we work around
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import htcondor2.dags as dags
@@ -32,16 +31,15 @@ import jinja2
 
 from osgtest_dag import __version__
 from osgtest_dag.base import paths
+from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.plan.catalog import Catalog
-from osgtest_dag.generate.cellconfig import cell_json, write_store
+from osgtest_dag.generate.cellconfig import cell_config, write_store
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.plan.matrix import Cell
 from osgtest_dag.model import rundir
-from osgtest_dag.model.documents import read_document
+from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
 from osgtest_dag.model.rundir import NodeName, cell_rel
 
-RUN_SCHEMA = "osgtest-dag/run"
-RUN_VERSION = 1
 SHIPPED_TEMPLATES = paths.shipped_dir("submit_templates")
 
 # Exit codes of the VM node's POST script (`osgtest-dag node post-vm`): a guest that finished
@@ -50,37 +48,6 @@ SHIPPED_TEMPLATES = paths.shipped_dir("submit_templates")
 POST_OK = 0
 POST_INFRA_RETRY = 1
 POST_INFRA_FATAL = 2
-
-
-@dataclass(frozen=True)
-class WorkflowOptions:
-    tool: str = ""                       # absolute path of the osgtest-dag executable for nodes
-    vm_type: str = "kvm"
-    max_wall: int = 14400                # s a VM may run before it is held (and, locally, killed)
-    max_starts: int = 3                  # job starts before a held VM job is removed
-    max_queue_time: int = 43200          # s in the queue before a VM job is removed
-    vm_retries: int = 2                  # DAG retries of a VM node after an infrastructure failure
-    disk_retries: int = 3
-    local_io_maxjobs: int = 10
-    extra_requirements: str | None = None
-    excluded_hosts: tuple[str, ...] = ()
-    template_dir: str | None = None
-    node_status_interval: int = 30
-    iodisk_size_mb: int = 64
-    iodisk_backend: str = "mke2fs"
-    batch_name: str = ""
-    nightly: bool = False
-    keep_disks: bool = False
-    environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-
-    def requirements(self, arch_macro: str = "$(condor_arch)") -> str:
-        parts = [f'(TARGET.Arch == "{arch_macro}")', "(TARGET.HasVM =?= True)"]
-        if self.extra_requirements:
-            parts.append(f"({self.extra_requirements})")
-        if self.excluded_hosts:
-            hosts = ", ".join(f'"{h}"' for h in self.excluded_hosts)
-            parts.append(f"!member(TARGET.Machine, {{{hosts}}})")
-        return " && ".join(parts)
 
 
 def default_tool() -> str:
@@ -295,7 +262,7 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError("exists and is not a directory", where=run_dir)
     if not opts.tool:
-        opts = WorkflowOptions(**{**asdict(opts), "tool": default_tool()})
+        opts = replace(opts, tool=default_tool())
     run_name = run_dir.resolve().name
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     submit_files = render_submit_files(opts, run_name, generated)
@@ -313,16 +280,15 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
             (layout.submit / name).write_text(text)
         for i, pf in enumerate(param_files):
             shutil.copy2(pf, layout.params / f"{i:02d}-{Path(pf).name}")
-        offsets = write_store(layout.cell_store, (cell_json(c, catalog, nightly=opts.nightly) for c in cells))
+        offsets = write_store(layout.cell_store, (cell_config(c, catalog, nightly=opts.nightly) for c in cells))
         formatter = _SerialFormatter([c.serial for c in cells])
         _Writer(matrix_dag(cells, opts, offsets), formatter, rundir.MATRIX_CONFIG).write(tmp, rundir.MATRIX_DAG)
         _Writer(outer_dag(opts), _OuterFormatter()).write(tmp, rundir.OUTER_DAG)
-        manifest = {"schema": RUN_SCHEMA, "version": RUN_VERSION, "generated": generated,
-                    "tool_version": __version__, "run_name": run_name, "cells": len(cells),
-                    "options": {**asdict(opts), "environment": dict(opts.environment)},
-                    "param_files": [str(Path(p).resolve()) for p in param_files],
-                    "image_dir": catalog.image_dir}
-        layout.manifest.write_text(json.dumps(manifest, indent=1) + "\n")
+        manifest = RunManifest(generated=generated, tool_version=__version__, run_name=run_name,
+                               cells=len(cells), options=opts,
+                               param_files=tuple(str(Path(p).resolve()) for p in param_files),
+                               image_dir=catalog.image_dir)
+        write_json_atomic(layout.manifest, manifest.to_json())
         if run_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{run_name}.old-", dir=parent))
             os.rename(run_dir, old / "run")
@@ -336,15 +302,6 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
     return run_dir
 
 
-def load_manifest(run_dir: Path) -> dict:
-    path = rundir.RunDir(run_dir).manifest
-    if not path.exists():
-        raise UserError("not a run directory (no run.json)", where=run_dir,
-                        hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`")
-    return read_document(path, RUN_SCHEMA, RUN_VERSION,
-                         hint="a run directory from an incompatible osgtest-dag version: regenerate it")
-
-
 def check_run(run_dir: Path) -> dict:
     """Validate a run directory: every DAG acyclic with its files present, every submit
     description accepted by HTCondor's parser. Returns counts."""
@@ -352,7 +309,7 @@ def check_run(run_dir: Path) -> dict:
 
     from osgtest_dag.model import dagfile
     run_dir = Path(run_dir)
-    load_manifest(run_dir)
+    RunManifest.read(run_dir)
     todo, seen, counts = [rundir.RunDir(run_dir).outer_dag], set(), {"dags": 0, "nodes": 0, "submit_files": 0}
     parsed: dict[str, str] = {}
     while todo:

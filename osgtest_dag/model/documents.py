@@ -83,6 +83,61 @@ def dump_json(data: Any) -> str:
     return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
 
+class Fields:
+    """Typed reads of one JSON object's fields, for the documents' from_json: a missing or
+    mistyped field is a UserError naming the file and the field (`repositories.initial.enable`)."""
+
+    def __init__(self, data: Any, where: Path | str, prefix: str = "") -> None:
+        if not isinstance(data, dict):
+            raise UserError(f"`{prefix.rstrip('.') or 'document'}` is not an object", where=where)
+        self.data: Mapping[str, Any] = data
+        self.where = where
+        self.prefix = prefix
+
+    def _bad(self, key: str, want: str) -> UserError:
+        if key not in self.data:
+            return UserError(f"`{self.prefix}{key}` is missing", where=self.where)
+        return UserError(f"`{self.prefix}{key}` is not {want} (found {self.data[key]!r})", where=self.where)
+
+    def text(self, key: str) -> str:
+        value = self.data.get(key)
+        if not isinstance(value, str):
+            raise self._bad(key, "a string")
+        return value
+
+    def opt_text(self, key: str) -> str | None:
+        return None if self.data.get(key) is None else self.text(key)
+
+    def integer(self, key: str) -> int:
+        value = self.data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self._bad(key, "an integer")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key)
+        if not isinstance(value, bool):
+            raise self._bad(key, "true or false")
+        return value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._bad(key, "a list of strings")
+        return tuple(value)
+
+    def obj(self, key: str) -> Fields:
+        if not isinstance(self.data.get(key), dict):
+            raise self._bad(key, "an object")
+        return Fields(self.data[key], self.where, f"{self.prefix}{key}.")
+
+    def opt_obj(self, key: str) -> Fields | None:
+        return None if self.data.get(key) is None else self.obj(key)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+
 def _opt_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 

@@ -17,10 +17,12 @@ from osgtest_dag.analyze import results
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.base.atomic import write_json_atomic, write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
-from osgtest_dag.generate.workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK, load_manifest
+from osgtest_dag.generate.workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK
 from osgtest_dag.model.documents import (GuestResult, PostDecision, PostHistory, Verdict, VmRecord, dump_json,
                                          read_json)
+from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.model.rundir import REPORT_FILES, SOURCE_STAMP, TEST_RUN, CellDir, NodeName, RunDir
 
 log = logging.getLogger(__name__)
@@ -45,16 +47,14 @@ def cell_dir(run_dir: Path, serial: str) -> CellDir:
 def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Path:
     """Make the cell's directory and IO disk from its configuration (the CreateDisk node)."""
     from osgtest_dag.guest.iodisk import make_iodisk
-    manifest = load_manifest(run_dir)
+    opts = RunManifest.read(run_dir).options
     cfg = cellconfig.read_cell(run_dir, serial, offset)
     cell = RunDir(run_dir).cell(serial)
     cell.path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cell.config, cfg)
-    opts = manifest["options"]
+    write_json_atomic(cell.config, cfg.to_json())
     with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
         cellconfig.write_input_dir(cfg, Path(tmp) / "input")
-        make_iodisk(Path(tmp) / "input", cell.io_disk,
-                    size_mb=opts.get("iodisk_size_mb", 64), backend=opts.get("iodisk_backend", "mke2fs"))
+        make_iodisk(Path(tmp) / "input", cell.io_disk, size_mb=opts.iodisk_size_mb, backend=opts.iodisk_backend)
     return cell.io_disk
 
 
@@ -181,11 +181,11 @@ def process_result(run_dir: Path, serial: str) -> dict:
 def clean_output(run_dir: Path, serial: str) -> list[Path]:
     """Remove what is no longer needed once the result is extracted: the IO disk that went
     in (the result disk is its returned copy), and the result disk unless keep_disks."""
-    manifest = load_manifest(run_dir)
+    opts = RunManifest.read(run_dir).options
     removed = []
     cell = cell_dir(run_dir, serial)
     targets = [cell.io_disk]
-    if not manifest["options"].get("keep_disks") and cell.output.is_dir():
+    if not opts.keep_disks and cell.output.is_dir():
         targets.append(cell.result_disk)
     for t in targets:
         if t.exists():
@@ -233,7 +233,7 @@ def text_summary(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def analyze(run_dir: Path) -> dict:
+def analyze(run_dir: Path) -> ResultsDocument:
     """The Analyze node: every cell's outcome into results.json (results.py)."""
     return results.analyze_run(Path(run_dir))
 
@@ -242,7 +242,7 @@ def report(run_dir: Path) -> dict[str, Path]:
     """The Report node: text, HTML and JUnit renderings of results.json."""
     from osgtest_dag.cli.results import render
     layout = RunDir(run_dir)
-    doc = results.load_results(layout.path)
+    doc = ResultsDocument.read(layout.path)
     written = {}
     for fmt in REPORT_FILES:
         path = layout.report(fmt)
@@ -258,9 +258,9 @@ def publish(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     layout = RunDir(run_dir)
     said = []
-    opts = load_manifest(run_dir)["options"]
-    if opts.get("publish_dir"):
-        dest = Path(opts["publish_dir"]) / run_dir.resolve().name
+    opts = RunManifest.read(run_dir).options
+    if opts.publish_dir:
+        dest = Path(opts.publish_dir) / run_dir.resolve().name
         dest.mkdir(parents=True, exist_ok=True)
         for path in (layout.results, *(layout.report(fmt) for fmt in REPORT_FILES)):
             if path.is_file():
@@ -268,6 +268,6 @@ def publish(run_dir: Path) -> str:
         said.append(f"reports copied to {dest}")
     if os.environ.get("OSGTEST_DAG_SMTP_HOST"):
         settings = SmtpSettings.from_env()
-        send(build_message(results.load_results(run_dir), settings), settings)
+        send(build_message(ResultsDocument.read(run_dir), settings), settings)
         said.append(f"summary mailed to {', '.join(settings.recipients)}")
     return "; ".join(said) or "nothing to publish to (no publish_dir, no OSGTEST_DAG_SMTP_HOST)"

@@ -8,6 +8,7 @@ serials move when parameter files change.
 from __future__ import annotations
 
 from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.results import ResultsDocument
 
 SCHEMA = "osgtest-dag/compare"
 VERSION = 1
@@ -40,13 +41,13 @@ def package_diff(before: dict, after: dict) -> list[dict]:
     return out
 
 
-def compare(previous: dict, current: dict) -> dict:
+def compare(previous: ResultsDocument, current: ResultsDocument) -> dict:
     """Compare two results documents (previous run first)."""
-    before = {cell_key(c): c for c in previous["cells"]}
-    after = {cell_key(c): c for c in current["cells"]}
+    before = {cell_key(c): c for c in previous.cells}
+    after = {cell_key(c): c for c in current.cells}
     out = {"schema": SCHEMA, "version": VERSION,
-           "previous": {"name": previous["run"]["name"], "generated": previous["run"].get("generated")},
-           "current": {"name": current["run"]["name"], "generated": current["run"].get("generated")},
+           "previous": {"name": previous.run.name, "generated": previous.run.generated},
+           "current": {"name": current.run.name, "generated": current.run.generated},
            "regressions": [], "fixes": [], "changed": [], "new": [], "vanished": [], "unchanged": 0}
     for key, cur in after.items():
         prev = before.get(key)

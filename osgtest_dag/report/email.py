@@ -21,7 +21,8 @@ from osgtest_dag.report import compare as compare_mod
 from osgtest_dag.report import html as report_html
 from osgtest_dag.report import text as report_text
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.outcome import ORDERED, Outcome
+from osgtest_dag.model.results import ResultsDocument
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +77,21 @@ class SmtpSettings:
                    cafile=get("CAFILE", "cafile"))
 
 
-def subject(doc: dict, diff: dict | None = None) -> str:
-    counts = doc["counts"]["by_outcome"]
+def subject(doc: ResultsDocument, diff: dict | None = None) -> str:
+    counts = doc.counts["by_outcome"]
     parts = [f"{n} {o}" for o, n in counts.items() if n]
-    s = f"osgtest-dag {doc['run']['name']}: " + ", ".join(parts)
+    s = f"osgtest-dag {doc.run.name}: " + ", ".join(parts)
     if diff is not None and diff["regressions"]:
         s += f" ({len(diff['regressions'])} regression{'s' if len(diff['regressions']) != 1 else ''})"
     return s
 
 
-def html_summary(doc: dict, diff: dict | None = None) -> str:
+def html_summary(doc: ResultsDocument, diff: dict | None = None) -> str:
     """A short HTML body (mail clients drop scripts and style sheets: inline styles only)."""
     e = html.escape
-    counts = doc["counts"]
+    counts = doc.counts
     out = ['<html><body style="font-family:sans-serif">',
-           f"<h2>osgtest-dag results: {e(doc['run']['name'])}</h2>", "<p>"]
+           f"<h2>osgtest-dag results: {e(doc.run.name)}</h2>", "<p>"]
     for o, n in counts["by_outcome"].items():
         if n:
             bg, fg = report_html.COLORS.get(o, ("#eee", "#000"))
@@ -100,14 +101,14 @@ def html_summary(doc: dict, diff: dict | None = None) -> str:
     if diff is not None:
         out.append(f"<h3>What changed since {e(diff['previous']['name'])}</h3>")
         out.append(f"<pre>{e(compare_mod.text(diff))}</pre>")
-    present = [o["name"] for o in doc["outcomes"] if counts["by_outcome"][o["name"]]]
+    present = [o.value for o in ORDERED if counts["by_outcome"][o.value]]
     out.append('<table style="border-collapse:collapse" border="1" cellpadding="3"><tr><th>OS release</th>'
                + "".join(f"<th>{e(o)}</th>" for o in present) + "<th>total</th></tr>")
     for g in counts["by_os"]:
         out.append(f"<tr><td>{e(g['name'])}</td>" + "".join(
             f"<td align=right>{g['counts'][o] or ''}</td>" for o in present) + f"<td align=right>{g['cells']}</td></tr>")
     out.append("</table>")
-    bad = sorted((c for c in doc["cells"] if c["outcome"] != "pass"),
+    bad = sorted((c for c in doc.cells if c["outcome"] != "pass"),
                  key=lambda c: (-Outcome(c["outcome"]).severity, c["serial"]))
     if bad:
         out.append(f"<h3>Cells that did not pass ({len(bad)})</h3><ul>")
@@ -121,7 +122,7 @@ def html_summary(doc: dict, diff: dict | None = None) -> str:
     return "\n".join(out)
 
 
-def build_message(doc: dict, settings: SmtpSettings, diff: dict | None = None,
+def build_message(doc: ResultsDocument, settings: SmtpSettings, diff: dict | None = None,
                   subject_prefix: str = "") -> EmailMessage:
     msg = EmailMessage()
     msg["Subject"] = subject_prefix + subject(doc, diff)
@@ -133,7 +134,7 @@ def build_message(doc: dict, settings: SmtpSettings, diff: dict | None = None,
     msg.add_alternative(html_summary(doc, diff), subtype="html")
     report = report_html.render(doc, diff)
     msg.add_attachment(report.encode("utf-8"), maintype="text", subtype="html",
-                       filename=f"osgtest-dag-{doc['run']['name']}.html")
+                       filename=f"osgtest-dag-{doc.run.name}.html")
     return msg
 
 

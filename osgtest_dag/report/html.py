@@ -15,7 +15,8 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.outcome import ORDERED, Outcome
+from osgtest_dag.model.results import ResultsDocument
 
 COLORS = {
     "pass": ("#1a7f37", "#fff"), "cleanup": ("#8fd19e", "#123"), "waived": ("#2f8f9d", "#fff"),
@@ -142,8 +143,8 @@ def _cell_td(c: dict | None, hrefs: dict) -> str:
             f'title="{e(_tooltip(c))}">{inner}</td>')
 
 
-def _grid(doc: dict, first: str, table_id: str, hrefs: dict) -> list[str]:
-    cells = doc["cells"]
+def _grid(doc: ResultsDocument, first: str, table_id: str, hrefs: dict) -> list[str]:
+    cells = doc.cells
     platforms: dict[str, dict] = {}
     for c in cells:
         platforms.setdefault(c["platform"]["id"], c["platform"])
@@ -221,8 +222,8 @@ def _changes(diff: dict) -> list[str]:
     return out
 
 
-def _details(doc: dict, hrefs: dict) -> list[str]:
-    bad = [c for c in doc["cells"] if c["outcome"] != "pass"]
+def _details(doc: ResultsDocument, hrefs: dict) -> list[str]:
+    bad = [c for c in doc.cells if c["outcome"] != "pass"]
     bad.sort(key=lambda c: (-Outcome(c["outcome"]).severity, c["serial"]))
     out = [f'<section id="details"><h2>Cells that did not pass ({len(bad)})</h2>']
     for c in bad:
@@ -246,23 +247,23 @@ def _details(doc: dict, hrefs: dict) -> list[str]:
     return out
 
 
-def render(doc: dict, diff: dict | None = None, *, out_path: Path | str | None = None,
+def render(doc: ResultsDocument, diff: dict | None = None, *, out_path: Path | str | None = None,
            link_base: str | None = None) -> str:
     """The page. Links to logs are relative to `out_path`'s directory (or under `link_base`)."""
-    run = doc["run"]
+    run = doc.run
     out_dir = str(Path(out_path).resolve().parent) if out_path else None
-    hrefs = {c["serial"]: _href(c["logs"].get("main") or c["logs"].get("dir"), run["dir"], out_dir, link_base)
-             for c in doc["cells"]}
-    counts = doc["counts"]["by_outcome"]
-    present = [o["name"] for o in doc["outcomes"] if counts.get(o["name"])]
+    hrefs = {c["serial"]: _href(c["logs"].get("main") or c["logs"].get("dir"), run.dir, out_dir, link_base)
+             for c in doc.cells}
+    counts = doc.counts["by_outcome"]
+    present = [o.value for o in ORDERED if counts.get(o.value)]
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>osgtest-dag: {e(run['name'])}</title>",
+             f"<title>osgtest-dag: {e(run.name)}</title>",
              f"<script>{ERROR_HOOK}</script>", f"<style>{CSS}</style></head>",
              '<body data-js="pending">',
-             f"<h1>osgtest-dag results: {e(run['name'])}</h1>",
-             f'<p class="meta">{e(run["cells"])} cells &#183; run generated {e(run.get("generated"))} '
-             f'&#183; analyzed {e(doc.get("generated"))} &#183; worst outcome <b>{e(doc["worst"])}</b></p>',
+             f"<h1>osgtest-dag results: {e(run.name)}</h1>",
+             f'<p class="meta">{e(run.cells)} cells &#183; run generated {e(run.generated)} '
+             f'&#183; analyzed {e(doc.generated)} &#183; worst outcome <b>{e(doc.worst.value)}</b></p>',
              '<p class="chips" id="totals">']
     for name in present:
         bg, fg = COLORS.get(name, ("#eee", "#000"))
@@ -282,15 +283,15 @@ def render(doc: dict, diff: dict | None = None, *, out_path: Path | str | None =
     parts += _grid(doc, "package_set", "grid-by-package-set", hrefs)
     parts.append("</section>")
     parts += _details(doc, hrefs)
-    warnings = doc.get("known_failures", {}).get("warnings") or []
+    warnings = doc.known_failures.warnings
     if warnings:
         parts.append('<section id="known-failure-warnings"><h2>Known-failure warnings</h2><ul>')
         parts += [f'<li class="warn">{e(w)}</li>' for w in warnings]
         parts.append("</ul></section>")
     parts.append('<section id="legend"><h2>Legend (least to most severe)</h2><p class="legend">')
-    for o in doc["outcomes"]:
-        bg, fg = COLORS.get(o["name"], ("#eee", "#000"))
-        parts.append(f'<span style="background:{bg};color:{fg}">{e(o["name"])}</span> {e(o["description"])}<br>')
+    for o in ORDERED:
+        bg, fg = COLORS.get(o.value, ("#eee", "#000"))
+        parts.append(f'<span style="background:{bg};color:{fg}">{e(o.value)}</span> {e(o.description)}<br>')
     parts.append("</p></section>")
     parts.append(f"<script>{JS}</script></body></html>")
     return "\n".join(parts) + "\n"

@@ -13,6 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.results import ResultsDocument
 
 # Characters XML 1.0 does not allow, even escaped (logs carry terminal escapes and such).
 _ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -117,10 +118,10 @@ def _suite(root: ET.Element, c: dict) -> None:
         suite.set(k, str(v))
 
 
-def render(doc: dict) -> str:
+def render(doc: ResultsDocument) -> str:
     """The JUnit XML document (UTF-8, with declaration)."""
-    root = ET.Element("testsuites", {"name": clean(f"osgtest-dag {doc['run']['name']}")})
-    for c in doc["cells"]:
+    root = ET.Element("testsuites", {"name": clean(f"osgtest-dag {doc.run.name}")})
+    for c in doc.cells:
         _suite(root, c)
     totals = {"tests": 0, "failures": 0, "errors": 0}
     for s in root:

@@ -4,7 +4,8 @@ by source, then every cell that did not pass, worst first."""
 from __future__ import annotations
 
 from osgtest_dag.report import compare as compare_mod
-from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.outcome import ORDERED, Outcome
+from osgtest_dag.model.results import ResultsDocument
 
 REASON_WIDTH = 100
 
@@ -20,21 +21,21 @@ def _table(title: str, groups: list[dict], outcomes: list[str]) -> list[str]:
     return lines
 
 
-def render(doc: dict, diff: dict | None = None) -> str:
-    run = doc["run"]
-    counts = doc["counts"]
+def render(doc: ResultsDocument, diff: dict | None = None) -> str:
+    run = doc.run
+    counts = doc.counts
     total = sum(counts["by_outcome"].values())
     # Only outcomes that occur get a column (all of them when nothing ran at all).
-    present = [o["name"] for o in doc["outcomes"] if counts["by_outcome"][o["name"]]] or ["missing"]
-    out = [f"osgtest-dag results: {run['name']} ({total} cells, generated {run.get('generated') or '?'})",
+    present = [o.value for o in ORDERED if counts["by_outcome"][o.value]] or ["missing"]
+    out = [f"osgtest-dag results: {run.name} ({total} cells, generated {run.generated or '?'})",
            "Overall: " + ", ".join(f"{n} {o}" for o, n in counts["by_outcome"].items() if n)
-           + f"  (worst: {doc['worst']})", ""]
+           + f"  (worst: {doc.worst.value})", ""]
     if diff is not None:
         out += [compare_mod.text(diff).rstrip("\n"), ""]
     out += _table("OS release", counts["by_os"], present) + [""]
     out += _table("Package set", counts["by_package_set"], present) + [""]
     out += _table("Source", counts["by_source"], present) + [""]
-    bad = [c for c in doc["cells"] if c["outcome"] != Outcome.PASS.value]
+    bad = [c for c in doc.cells if c["outcome"] != Outcome.PASS.value]
     bad.sort(key=lambda c: (-Outcome(c["outcome"]).severity, c["serial"]))
     if bad:
         out.append(f"Cells that did not pass ({len(bad)}):")
@@ -54,7 +55,7 @@ def render(doc: dict, diff: dict | None = None) -> str:
                 out.append(f"{'':11}... and {more} more")
     else:
         out.append("Every cell passed.")
-    warnings = doc.get("known_failures", {}).get("warnings") or []
+    warnings = doc.known_failures.warnings
     if warnings:
         out += ["", "Known-failure warnings:"] + [f"  {w}" for w in warnings]
     return "\n".join(out) + "\n"

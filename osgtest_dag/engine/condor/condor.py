@@ -31,6 +31,7 @@ from pathlib import Path
 from osgtest_dag.analyze import results
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.model.documents import read_json
+from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.outcome import Outcome
 from osgtest_dag.model.rundir import (CLEAN_OUTPUT, CREATE_DISK, MATRIX_DAG, OUTER_DAG, PROCESS_RESULT, TEST_RUN,
                                       NodeName, RunDir)
@@ -111,16 +112,15 @@ def _apply_client_config(settings: Sequence[tuple[str, str]]) -> None:
 def dag_submit_description(run_dir: Path, opts: SubmitOptions = SubmitOptions()):
     """Write RUN_DIR/workflow.dag.condor.sub with htcondor2.Submit.from_dag (what
     condor_submit_dag would write) and return (Submit, path)."""
-    from osgtest_dag.generate.workflow import load_manifest
     htcondor2 = _htcondor()
     run_dir = Path(run_dir).resolve()
-    manifest = load_manifest(run_dir)
+    manifest = RunManifest.read(run_dir)
     if not RunDir(run_dir).outer_dag.is_file():
         raise UserError(f"no {OUTER_DAG} in the run directory", where=run_dir,
                         hint="regenerate it with `osgtest-dag generate`")
     _apply_client_config(opts.client_config)
-    options: dict = {"batch-name": opts.batch_name or manifest["options"].get("batch_name")
-                     or manifest.get("run_name") or run_dir.name,
+    options: dict = {"batch-name": opts.batch_name or manifest.options.batch_name
+                     or manifest.run_name or run_dir.name,
                      "dagman": dagman_path(opts.dagman)}
     if opts.maxjobs is not None:
         options["maxjobs"] = int(opts.maxjobs)
@@ -458,7 +458,7 @@ def _cell_state(serial: str, nodes: dict[str, dict], jobs_by_node: dict[str, Job
 def _serials(run_dir: Path) -> list[str]:
     from osgtest_dag.generate.cellconfig import iter_cells
     try:
-        return [c["serial"] for c in iter_cells(run_dir)]
+        return [c.serial for c in iter_cells(run_dir)]
     except Exception:
         return []
 
@@ -474,10 +474,9 @@ def progress(run_dir: Path, now: float | None = None,
     finished cells are results.json's once the run is analyzed, else decided now from their
     evidence (analyze.results, the one derivation); `known_outcomes` (serial -> outcome)
     caches those of cells that can no longer change, and is filled in."""
-    from osgtest_dag.generate.workflow import load_manifest
     run_dir = Path(run_dir)
     layout = RunDir(run_dir)
-    load_manifest(run_dir)
+    RunManifest.read(run_dir)
     now = time.time() if now is None else now
     outer = read_node_status(layout.outer_status)
     matrix = read_node_status(layout.matrix_status)
