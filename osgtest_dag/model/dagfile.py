@@ -13,6 +13,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import networkx as nx
 
@@ -40,7 +41,7 @@ class Node:
     dir: str | None = None
     noop: bool = False
     done: bool = False
-    vars: dict = field(default_factory=dict)
+    vars: dict[str, str] = field(default_factory=dict)
     retries: int = 0
     retry_unless_exit: int | None = None
     pre: Script | None = None
@@ -62,8 +63,8 @@ class Dag:
     node_status_file: str | None
     final: str | None
 
-    def graph(self) -> nx.DiGraph:
-        g = nx.DiGraph()
+    def graph(self) -> nx.DiGraph[str]:
+        g: nx.DiGraph[str] = nx.DiGraph()
         for name in self.nodes:
             if name != self.final:
                 g.add_node(name)
@@ -81,10 +82,10 @@ def parse(path: Path) -> Dag:
     edges: list[tuple[str, str]] = []
     maxjobs: dict[str, int] = {}
     config = status = final = None
-    pending_all_vars: dict = {}
+    pending_all_vars: dict[str, str] = {}
     deferred: list[tuple[int, list[str]]] = []  # node-referencing lines, after all JOBs
 
-    def err(n: int, msg: str, hint: str | None = None):
+    def err(n: int, msg: str, hint: str | None = None) -> NoReturn:
         raise UserError(msg, where=Location(path, n), hint=hint)
 
     for n, raw in enumerate(lines, 1):

@@ -2,7 +2,7 @@
 
 A run directory (written by `generate`, filled by the nodes and the engines):
 
-    run.json            the run manifest (documents.RunManifest)
+    run.json            the run manifest (manifest.RunManifest)
     cells.jsonl         every cell's configuration, one JSON object a line
     params/             copies of the parameter files used
     submit/*.sub        submit descriptions
