@@ -17,15 +17,13 @@ import threading
 import time
 from pathlib import Path
 
-from osgtest_dag.generate import cellconfig
-from osgtest_dag.guest import image
-from osgtest_dag.plan import matrix
-from osgtest_dag.nodes import node
-from osgtest_dag.guest import qemu
-from osgtest_dag.generate import workflow
-from osgtest_dag.plan.catalog import Catalog
-from osgtest_dag.engine.local.localrun import run_local
 from osgtest_dag.base.paths import default_image_dir
+from osgtest_dag.engine.local.localrun import run_local
+from osgtest_dag.generate import cellconfig, workflow
+from osgtest_dag.guest import image, qemu
+from osgtest_dag.nodes import node
+from osgtest_dag.plan import matrix
+from osgtest_dag.plan.catalog import Catalog
 
 PARAMS = """\
 platforms: [debian_12.x86_64]
@@ -40,13 +38,17 @@ def make_run(work: Path, cells: int, name: str) -> Path:
     p = work / f"params-{name}"
     p.mkdir()
     # distinct package lists per label are required: vary them harmlessly
-    sets = "\n".join(f"  - {{label: 'Set {i}', packages: [base-files{', coreutils' * (i % 2)}{', bash' * (i // 2)}],"
-                     f" selinux: false, test_command: 'true'}}" for i in range(cells))
+    sets = "\n".join(
+        f"  - {{label: 'Set {i}', packages: [base-files{', coreutils' * (i % 2)}{', bash' * (i // 2)}],"
+        f" selinux: false, test_command: 'true'}}"
+        for i in range(cells)
+    )
     (p / "b.yaml").write_text(PARAMS.format(sets=sets))
     cat = Catalog.load(image_dir=default_image_dir())
     m = matrix.build([p], cat)
-    return workflow.write_run(work / name, list(m.cells), cat, workflow.WorkflowOptions(),
-                              param_files=list(m.files))
+    return workflow.write_run(
+        work / name, list(m.cells), cat, workflow.WorkflowOptions(), param_files=list(m.files)
+    )
 
 
 def plain_qemu(run: Path, jobs: int, base: Path) -> float:
@@ -58,10 +60,19 @@ def plain_qemu(run: Path, jobs: int, base: Path) -> float:
         with sem:
             disk = node.create_io_disk(run, serial)
             d = run / "cells" / serial
-            res = qemu.boot(base, [qemu.Disk(disk, "qcow2")], memory_mb=1024, vcpus=2, networking=True,
-                            timeout_s=900, console_log=d / "console.log", workdir=d / "scratch")
+            res = qemu.boot(
+                base,
+                [qemu.Disk(disk, "qcow2")],
+                memory_mb=1024,
+                vcpus=2,
+                networking=True,
+                timeout_s=900,
+                console_log=d / "console.log",
+                workdir=d / "scratch",
+            )
             assert res.ok, res
             node.read_guest_result(disk, d / "staging")
+
     threads = [threading.Thread(target=one, args=(s,)) for s in serials]
     for t in threads:
         t.start()
@@ -88,8 +99,10 @@ def main() -> None:
         print(f"{args.cells} cells, -j {args.jobs}, accel {qemu.detect_accel()}")
         print(f"plain qemu (baseline): {t_base:7.1f} s")
         print(f"local executor:        {t_ours:7.1f} s")
-        print(f"overhead: {t_ours - t_base:+.1f} s = {(t_ours - t_base) / t_ours * 100:.1f}% of the executor's wall time"
-              f" (ratio {t_ours / t_base:.3f})")
+        print(
+            f"overhead: {t_ours - t_base:+.1f} s = {(t_ours - t_base) / t_ours * 100:.1f}% of the executor's wall time"
+            f" (ratio {t_ours / t_base:.3f})"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

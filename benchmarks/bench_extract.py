@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from osgtest_dag.base import command
 from osgtest_dag.analyze import extract  # noqa: E402
+from osgtest_dag.base import command  # noqa: E402
 
 PHASES = ("environment", "network", "hostname", "repositories", "install", "test", "update", "collect")
 
@@ -37,24 +37,61 @@ def make_disk(dest: Path, serial: str, work: Path) -> Path:
     tree = work / f"tree-{serial}"
     out = tree / "output"
     out.mkdir(parents=True)
-    phases = [{"name": p, "start": "2026-11-21T22:00:00Z", "end": "2026-11-21T22:01:00Z",
-               "exit_code": 0, "status": "ok", "log": f"{p}.log"} for p in PHASES]
-    (out / "result.json").write_text(json.dumps({"schema": "osgtest-dag/guest-result", "version": 1,
-                                                 "serial": serial, "phases": phases,
-                                                 "status": "pass", "exit_code": 0}))
+    phases = [
+        {
+            "name": p,
+            "start": "2026-11-21T22:00:00Z",
+            "end": "2026-11-21T22:01:00Z",
+            "exit_code": 0,
+            "status": "ok",
+            "log": f"{p}.log",
+        }
+        for p in PHASES
+    ]
+    (out / "result.json").write_text(
+        json.dumps(
+            {
+                "schema": "osgtest-dag/guest-result",
+                "version": 1,
+                "serial": serial,
+                "phases": phases,
+                "status": "pass",
+                "exit_code": 0,
+            }
+        )
+    )
     (out / "exit-status").write_text("0\n")
     for p in PHASES:
-        lines = [f"[{i:05d}] {p}: " + "".join(rnd.choice("abcdefghij ") for _ in range(70)) for i in range(400)]
+        lines = [
+            f"[{i:05d}] {p}: " + "".join(rnd.choice("abcdefghij ") for _ in range(70)) for i in range(400)
+        ]
         (out / f"{p}.log").write_text("\n".join(lines) + "\n")
     pk = "".join(f"package-{i}\t1.{i}-{rnd.randint(1, 9)}.el9\tx86_64\n" for i in range(900))
     (out / "packages-start.txt").write_text(pk)
     (out / "packages-end.txt").write_text(pk + "osg-xrootd\t24-1.el9\tx86_64\n")
-    (out / "journal.txt").write_text("".join(f"Nov 21 22:00:{i % 60:02d} host kernel: line {i}\n" for i in range(6000)))
+    (out / "journal.txt").write_text(
+        "".join(f"Nov 21 22:00:{i % 60:02d} host kernel: line {i}\n" for i in range(6000))
+    )
     (out / "var-log.tar.gz").write_bytes(os.urandom(150_000))
     (out / "etc.tar.gz").write_bytes(os.urandom(20_000))
     raw = work / f"{serial}.raw"
-    command.run(["mkfs.ext4", "-q", "-F", "-L", extract.IO_LABEL, "-m", "0", "-E", "root_owner=0:0",
-                 "-d", tree, raw, "16M"])
+    command.run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            extract.IO_LABEL,
+            "-m",
+            "0",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            tree,
+            raw,
+            "16M",
+        ]
+    )
     disk = dest / f"result-{serial}.qcow2"
     command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, disk])
     raw.unlink()

@@ -27,8 +27,13 @@ def make_input(root: Path) -> Path:
     """A realistic cell input dir: cell.json, cell.env, osg-test.conf."""
     d = root / "input"
     d.mkdir(parents=True)
-    cfg = {"schema": "osgtest-dag/cell", "version": 1, "serial": "0001",
-           "platform": {"id": "debian_12.x86_64", "family": "debian"}, "packages": ["hello"]}
+    cfg = {
+        "schema": "osgtest-dag/cell",
+        "version": 1,
+        "serial": "0001",
+        "platform": {"id": "debian_12.x86_64", "family": "debian"},
+        "packages": ["hello"],
+    }
     (d / "cell.json").write_text(json.dumps(cfg, indent=1))
     (d / "cell.env").write_text("CELL_SERIAL='0001'\nCELL_FAMILY='debian'\nCELL_PACKAGES='hello'\n")
     (d / "osg-test.conf").write_text("[Config]\nadduser = True\n")
@@ -70,10 +75,14 @@ def main() -> int:
         slow_mean = sum(slow) / len(slow) if slow else float("nan")
         fast_mean = sum(fast) / len(fast)
         if slow:
-            print(f"virt-make-fs: {len(slow):5d} disks, {slow_mean:8.3f} s/disk "
-                  f"(min {min(slow):.3f}, max {max(slow):.3f})")
-        print(f"mke2fs:       {len(fast):5d} disks, {fast_mean:8.4f} s/disk "
-              f"(min {min(fast):.4f}, max {max(fast):.4f})")
+            print(
+                f"virt-make-fs: {len(slow):5d} disks, {slow_mean:8.3f} s/disk "
+                f"(min {min(slow):.3f}, max {max(slow):.3f})"
+            )
+        print(
+            f"mke2fs:       {len(fast):5d} disks, {fast_mean:8.4f} s/disk "
+            f"(min {min(fast):.4f}, max {max(fast):.4f})"
+        )
         if slow:
             print(f"speed-up:     {slow_mean / fast_mean:8.0f}x")
         shutil.rmtree(out)
@@ -85,9 +94,11 @@ def main() -> int:
             per = list(pool.map(_one, jobs, chunksize=16))
         wall = time.perf_counter() - t
         size = sum(p.stat().st_size for p in out.iterdir())
-        print(f"bulk mke2fs:  {a.bulk:5d} disks with {a.jobs} processes in {wall:.1f} s wall "
-              f"({wall / a.bulk * 1000:.1f} ms/disk wall, {sum(per) / len(per) * 1000:.1f} ms/disk "
-              f"per process); {size / 2**20:.0f} MiB on disk")
+        print(
+            f"bulk mke2fs:  {a.bulk:5d} disks with {a.jobs} processes in {wall:.1f} s wall "
+            f"({wall / a.bulk * 1000:.1f} ms/disk wall, {sum(per) / len(per) * 1000:.1f} ms/disk "
+            f"per process); {size / 2**20:.0f} MiB on disk"
+        )
     return 0
 
 

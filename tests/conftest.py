@@ -22,6 +22,7 @@ def params_d() -> Path:
 @pytest.fixture(scope="session")
 def catalog():
     from osgtest_dag.plan.catalog import Catalog
+
     return Catalog.load(image_dir="/images")
 
 
@@ -36,8 +37,15 @@ def cli(tmp_path):
     def run(*args, cwd=None, env=None):
         full_env = dict(os.environ, OSGTEST_DAG_IMAGES="/images")
         full_env.update(env or {})
-        return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
-                              cwd=cwd or tmp_path, env=full_env, timeout=600)
+        return subprocess.run(
+            [str(exe), *map(str, args)],
+            capture_output=True,
+            text=True,
+            cwd=cwd or tmp_path,
+            env=full_env,
+            timeout=600,
+        )
+
     return run
 
 
@@ -50,30 +58,62 @@ def cli(tmp_path):
 GUEST_PLATFORM = "debian_12.x86_64"
 
 
-def guest_cell_config(serial: str = "001", *, packages=("hello",), test_command="hello",
-                      apt_sources=("deb http://deb.debian.org/debian bookworm main",),
-                      update_apt_sources=None, timeout: int = 600, network_retries: int = 3,
-                      platform_id: str = GUEST_PLATFORM) -> dict:
+def guest_cell_config(
+    serial: str = "001",
+    *,
+    packages=("hello",),
+    test_command="hello",
+    apt_sources=("deb http://deb.debian.org/debian bookworm main",),
+    update_apt_sources=None,
+    timeout: int = 600,
+    network_retries: int = 3,
+    platform_id: str = GUEST_PLATFORM,
+) -> dict:
     """A cell.json document (docs/contracts.md §1) for a Debian cell."""
     from osgtest_dag.plan.catalog import Catalog
+
     plat = Catalog.load().platform(platform_id)
-    pj = {"id": plat.id, "os": plat.os, "family": plat.family, "distro": plat.distro,
-          "major": plat.major, "arch": plat.arch, "name": plat.name, "codename": plat.codename}
+    pj = {
+        "id": plat.id,
+        "os": plat.os,
+        "family": plat.family,
+        "distro": plat.distro,
+        "major": plat.major,
+        "arch": plat.arch,
+        "name": plat.name,
+        "codename": plat.codename,
+        "image": plat.image,
+        "image_format": plat.image_format,
+    }
     update = None
     if update_apt_sources is not None:
         update = {"setup_packages": [], "enable": [], "apt_sources": list(update_apt_sources)}
     return {
-        "schema": "osgtest-dag/cell", "version": 1, "serial": serial, "platform": pj,
-        "source": {"raw": "main" + (" > updates" if update else ""), "test_source": None,
-                   "series": "stable", "repos": ["main"],
-                   "update_series": None, "update_repos": ["updates"] if update else []},
-        "label": "guest-test", "packages": list(packages), "selinux": False,
-        "repositories": {"initial": {"setup_packages": [], "enable": [],
-                                     "apt_sources": list(apt_sources)},
-                         "update": update},
+        "schema": "osgtest-dag/cell",
+        "version": 1,
+        "serial": serial,
+        "platform": pj,
+        "source": {
+            "raw": "main" + (" > updates" if update else ""),
+            "test_source": None,
+            "series": "stable",
+            "repos": ["main"],
+            "update_series": None,
+            "update_repos": ["updates"] if update else [],
+        },
+        "label": "guest-test",
+        "packages": list(packages),
+        "selinux": False,
+        "repositories": {
+            "initial": {"setup_packages": [], "enable": [], "apt_sources": list(apt_sources)},
+            "update": update,
+        },
         "test": {"command": test_command, "timeout": timeout, "osg_test": False},
+        "vm": {"memory": 1024, "vcpus": 1, "disk": 4096},
         "network": {"check_host": "deb.debian.org", "retries": network_retries},
         "retries": {"count": 2, "backoff": 3},
+        "nightly": False,
+        "param_file": "guest-test.yaml",
     }
 
 
@@ -81,10 +121,12 @@ def guest_cell_config(serial: str = "001", *, packages=("hello",), test_command=
 def make_cell_input(tmp_path):
     """Factory: write a cell input directory (cell.json + cell.env via cellconfig)."""
     from osgtest_dag.generate import cellconfig
+    from osgtest_dag.model.cell import CellConfig
 
     def make(name: str = "cell", **kwargs) -> Path:
-        cfg = guest_cell_config(**kwargs)
+        cfg = CellConfig.from_json(guest_cell_config(**kwargs), "guest_cell_config")
         return cellconfig.write_input_dir(cfg, tmp_path / name / "input")
+
     return make
 
 
@@ -92,6 +134,7 @@ def extract_output(disk: Path, dest_dir: Path) -> Path:
     """`output/` of a returned IO disk -> `dest_dir/output`, through the hardened extractor the
     ProcessResult node uses; a refused or unreadable disk fails the test with its report."""
     from osgtest_dag.analyze.extract import ExtractJob, extract_disks
+
     dest = Path(dest_dir) / "output"
     (report,) = extract_disks([ExtractJob(Path(disk), dest)])
     assert report["ok"], report
@@ -101,6 +144,7 @@ def extract_output(disk: Path, dest_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def guest_image_store() -> Path:
     from osgtest_dag.base.paths import default_image_dir
+
     store = default_image_dir()
     store.mkdir(parents=True, exist_ok=True)
     return store
@@ -110,6 +154,7 @@ def guest_image_store() -> Path:
 def debian12_image(guest_image_store) -> Path:
     """The debian_12 base image, built with the local builder if missing or stale."""
     from osgtest_dag.guest import image
+
     return image.build_image(GUEST_PLATFORM, guest_image_store, builder="local").image.path
 
 
@@ -117,7 +162,10 @@ def debian12_image(guest_image_store) -> Path:
 def debian13_image(guest_image_store) -> Path:
     """The debian_13 (trixie) base image, as debian12_image."""
     from osgtest_dag.guest import image
+
     return image.build_image("debian_13.x86_64", guest_image_store, builder="local").image.path
+
+
 # --- end guest fixtures ---
 
 
@@ -125,6 +173,7 @@ def debian13_image(guest_image_store) -> Path:
 # The HTCondor-side commands (cli_condor, cli_pool) on a click group of their own, and the
 # test pool (osgtest_dag/pool.py) for the tests marked `pool`: brought up once per session if
 # it was not up (and taken down again at the end), shared otherwise.
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "pool: runs on the real HTCondor test pool (root; slow)")
@@ -150,6 +199,7 @@ def _condor_group():
 def condor_cli(*args, env=None):
     """Invoke `osgtest-dag <args>` for the condor/pool commands in-process (click's CliRunner)."""
     from click.testing import CliRunner
+
     return CliRunner().invoke(_condor_group(), [str(a) for a in args], env=env, catch_exceptions=False)
 
 
@@ -160,6 +210,7 @@ def test_pool():
         pytest.skip("the test pool needs root (chroot, mounts, daemons); run the suite as root")
     from osgtest_dag.devpool import pool
     from osgtest_dag.devpool.chroot import Pool
+
     p = Pool()
     was_up = pool.status(p).up
     info = pool.up(p)
@@ -172,13 +223,17 @@ def test_pool():
 def pool_workdir(test_pool, request):
     """A fresh directory inside the pool's work directory (same path inside and out)."""
     import tempfile
+
     p, _ = test_pool
     p.work.mkdir(parents=True, exist_ok=True)
     d = Path(tempfile.mkdtemp(prefix=f"{request.node.name[:40]}-", dir=p.work))
     yield d
     import shutil
+
     if not os.environ.get("OSGTEST_DAG_KEEP_POOL"):
         shutil.rmtree(d, ignore_errors=True)
+
+
 # --- end condor fixtures ---
 
 
@@ -210,10 +265,24 @@ package_sets:
     test_command: hello
 """,
 }
-RESULTS_PHASES = ("environment", "network", "hostname", "repositories", "install", "test",
-                  "update", "collect")
-_FAILED_PHASE = {"test": "test", "install": "install", "update": "update",
-                 "repos": "repositories", "network": "network", "payload": "environment"}
+RESULTS_PHASES = (
+    "environment",
+    "network",
+    "hostname",
+    "repositories",
+    "install",
+    "test",
+    "update",
+    "collect",
+)
+_FAILED_PHASE = {
+    "test": "test",
+    "install": "install",
+    "update": "update",
+    "repos": "repositories",
+    "network": "network",
+    "payload": "environment",
+}
 _EXIT = {"pass": 0, "test": 1, "install": 2, "update": 3, "repos": 4, "network": 5, "payload": 6}
 
 
@@ -222,13 +291,17 @@ class ResultsRun:
 
     def __init__(self, run_dir: Path):
         import json
+
         self.dir = Path(run_dir)
         self.cells = [json.loads(line) for line in (self.dir / "cells.jsonl").read_text().splitlines()]
 
     def serial(self, platform: str, label: str, update: bool = False) -> str:
         for c in self.cells:
-            if (c["platform"]["id"] == platform and c["label"] == label
-                    and (">" in c["source"]["raw"]) == update):
+            if (
+                c["platform"]["id"] == platform
+                and c["label"] == label
+                and (">" in c["source"]["raw"]) == update
+            ):
                 return c["serial"]
         raise KeyError((platform, label, update))
 
@@ -245,31 +318,62 @@ class ResultsRun:
             p.write_text(content)
         return p
 
-    def guest(self, serial: str, status: str, *, test_exit: int | None = None,
-              current_phase: str | None = None, started: str = "2014-12-12T04:30:00Z",
-              message: str | None = None) -> dict:
+    def guest(
+        self,
+        serial: str,
+        status: str,
+        *,
+        test_exit: int | None = None,
+        current_phase: str | None = None,
+        started: str = "2014-12-12T04:30:00Z",
+        message: str | None = None,
+    ) -> dict:
         """A result.json as run-job writes it: phases up to the failing one, then skipped."""
         import json
+
         phases, failed, t = [], _FAILED_PHASE.get(status), 0
         for name in RESULTS_PHASES:
             if status == "running" and name == current_phase:
                 break
             if failed and any(p["status"] == "failed" for p in phases) and name != "collect":
-                phases.append({"name": name, "start": None, "end": None, "exit_code": None,
-                               "status": "skipped", "log": None})
+                phases.append(
+                    {
+                        "name": name,
+                        "start": None,
+                        "end": None,
+                        "exit_code": None,
+                        "status": "skipped",
+                        "log": None,
+                    }
+                )
                 continue
             code = 0
             if name == failed:
                 code = test_exit if (test_exit is not None and name in ("test", "update")) else _EXIT[status]
-            phases.append({"name": name, "start": f"2014-12-12T04:{30 + t:02d}:00Z",
-                           "end": f"2014-12-12T04:{31 + t:02d}:30Z", "exit_code": code,
-                           "status": "failed" if code else "ok", "log": f"{name}.log"})
+            phases.append(
+                {
+                    "name": name,
+                    "start": f"2014-12-12T04:{30 + t:02d}:00Z",
+                    "end": f"2014-12-12T04:{31 + t:02d}:30Z",
+                    "exit_code": code,
+                    "status": "failed" if code else "ok",
+                    "log": f"{name}.log",
+                }
+            )
             t += 2
-        doc = {"schema": "osgtest-dag/guest-result", "version": 1, "serial": serial,
-               "platform": None, "started": started,
-               "finished": None if status == "running" else "2014-12-12T04:59:00Z",
-               "current_phase": current_phase, "phases": phases, "status": status,
-               "exit_code": _EXIT.get(status), "message": message}
+        doc = {
+            "schema": "osgtest-dag/guest-result",
+            "version": 1,
+            "serial": serial,
+            "platform": None,
+            "started": started,
+            "finished": None if status == "running" else "2014-12-12T04:59:00Z",
+            "current_phase": current_phase,
+            "phases": phases,
+            "status": status,
+            "exit_code": _EXIT.get(status),
+            "message": message,
+        }
         self.file(serial, "result.json", json.dumps(doc, indent=1))
         return doc
 
@@ -279,36 +383,51 @@ class ResultsRun:
 
     def post_vm(self, serial: str, decisions: list[dict]) -> None:
         import json
+
         d = self.dir / "cells" / serial
         d.mkdir(parents=True, exist_ok=True)
-        (d / "post-vm.json").write_text(json.dumps(
-            {"schema": "osgtest-dag/post-vm", "version": 1,
-             "decisions": [{"attempt": i, "exit": 1, **dec} for i, dec in enumerate(decisions)]}))
+        (d / "post-vm.json").write_text(
+            json.dumps(
+                {
+                    "schema": "osgtest-dag/post-vm",
+                    "version": 1,
+                    "decisions": [{"attempt": i, "exit": 1, **dec} for i, dec in enumerate(decisions)],
+                }
+            )
+        )
 
     def packages(self, serial: str, start: dict, end: dict) -> None:
         for which, pk in (("start", start), ("end", end)):
-            self.file(serial, f"packages-{which}.txt",
-                      "".join(f"{n}\t{v}\tx86_64\n" for n, v in sorted(pk.items())))
+            self.file(
+                serial, f"packages-{which}.txt", "".join(f"{n}\t{v}\tx86_64\n" for n, v in sorted(pk.items()))
+            )
 
 
 def make_results_run(root: Path, name: str = "run", params: dict | None = None) -> ResultsRun:
-    from osgtest_dag.plan import matrix
     from osgtest_dag.generate import workflow
+    from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
+
     pdir = root / f"{name}-params"
     pdir.mkdir(parents=True, exist_ok=True)
     for fname, text in (RESULTS_PARAMS if params is None else params).items():
         (pdir / fname).write_text(text)
     cat = Catalog.load(image_dir="/images")
     m = matrix.build([pdir], cat)
-    run = workflow.write_run(root / name, list(m.cells), cat,
-                             workflow.WorkflowOptions(tool="/opt/osgtest-dag"), param_files=list(m.files))
+    run = workflow.write_run(
+        root / name,
+        list(m.cells),
+        cat,
+        workflow.WorkflowOptions(tool="/opt/osgtest-dag"),
+        param_files=list(m.files),
+    )
     return ResultsRun(run)
 
 
 def py312_log(text: str) -> str:
     """The same log as Python 3.12's unittest prints it: `name (module.Class.name)`."""
     import re
+
     return re.sub(r"^(\w+) \((osgtest\.tests\.\w+\.\w+)\)", r"\1 (\2.\1)", text, flags=re.M)
 
 
@@ -318,16 +437,21 @@ def alarm_log(text: str) -> str:
     cut = next(i for i, line in enumerate(lines) if line.startswith("test_04_trace "))
     head = lines[:cut] + ["test_04_trace (osgtest.tests.test_55_condorce.TestCondorCE) ... ", "", ""]
     detail_at = next(i for i, line in enumerate(lines) if line == "OSG-TEST LOG") - 1
-    body = lines[detail_at:detail_at + 400]
-    tail = ["", "message: 2014-12-15 08:35:28: ", "Caught alarm:",
-            '  File "/usr/sbin/osg-test", line 300, in <module>',
-            "    if run_tests(TESTS).wasSuccessful():",
-            '  File "/usr/lib/python2.6/site-packages/osgtest/library/osgunittest.py", line 147, in run',
-            "    testMethod()",
-            '  File "/usr/lib/python2.6/site-packages/osgtest/tests/test_55_condorce.py", line 61, in test_04_trace',
-            "    core.check_system(command, 'ce trace', user=True)",
-            '  File "/usr/lib/python2.6/site-packages/osgtest/library/core.py", line 216, in check_system',
-            "    status, stdout, stderr = system(command, user, stdin, shell=shell)", ""]
+    body = lines[detail_at : detail_at + 400]
+    tail = [
+        "",
+        "message: 2014-12-15 08:35:28: ",
+        "Caught alarm:",
+        '  File "/usr/sbin/osg-test", line 300, in <module>',
+        "    if run_tests(TESTS).wasSuccessful():",
+        '  File "/usr/lib/python2.6/site-packages/osgtest/library/osgunittest.py", line 147, in run',
+        "    testMethod()",
+        '  File "/usr/lib/python2.6/site-packages/osgtest/tests/test_55_condorce.py", line 61, in test_04_trace',
+        "    core.check_system(command, 'ce trace', user=True)",
+        '  File "/usr/lib/python2.6/site-packages/osgtest/library/core.py", line 216, in check_system',
+        "    status, stdout, stderr = system(command, user, stdin, shell=shell)",
+        "",
+    ]
     return "\n".join(head + body + tail) + "\n"
 
 
@@ -347,60 +471,105 @@ KNOWN_FAILURES_2014 = """\
 def populate_results_run(r: ResultsRun) -> dict[str, str]:
     """One cell per situation; returns serial -> the outcome each must get."""
     import json
+
     want = {}
     s = r.serial("rocky_8.x86_64", "XRootD")
-    r.guest(s, "pass"); r.osgtest_log(s, "pass.log")
-    r.packages(s, {"bash": "5.1-2"}, {"bash": "5.1-2", "osg-xrootd-standalone": "24-1.el8",
-                                       "xrootd": "5.7.1-1.el8"})
+    r.guest(s, "pass")
+    r.osgtest_log(s, "pass.log")
+    r.packages(
+        s, {"bash": "5.1-2"}, {"bash": "5.1-2", "osg-xrootd-standalone": "24-1.el8", "xrootd": "5.7.1-1.el8"}
+    )
     want[s] = "pass"
     s = r.serial("rocky_8.x86_64", "XRootD", update=True)
-    r.guest(s, "test"); r.osgtest_log(s, "update.log"); want[s] = "update"
+    r.guest(s, "test")
+    r.osgtest_log(s, "update.log")
+    want[s] = "update"
     s = r.serial("rocky_8.x86_64", "Condor")
-    r.guest(s, "test"); r.osgtest_log(s, "fail.log"); want[s] = "fail"
+    r.guest(s, "test")
+    r.osgtest_log(s, "fail.log")
+    want[s] = "fail"
     s = r.serial("rocky_8.x86_64", "Condor", update=True)
-    r.guest(s, "test"); r.osgtest_log(s, "install.log"); want[s] = "install"
+    r.guest(s, "test")
+    r.osgtest_log(s, "install.log")
+    want[s] = "install"
     s = r.serial("rocky_9.x86_64", "XRootD")
-    r.guest(s, "test"); r.osgtest_log(s, "cleanup.log"); want[s] = "cleanup"
+    r.guest(s, "test")
+    r.osgtest_log(s, "cleanup.log")
+    want[s] = "cleanup"
     s = r.serial("rocky_9.x86_64", "XRootD", update=True)
-    r.guest(s, "test"); r.osgtest_log(s, "ignore.log"); want[s] = "waived"
+    r.guest(s, "test")
+    r.osgtest_log(s, "ignore.log")
+    want[s] = "waived"
     s = r.serial("rocky_9.x86_64", "Condor")
-    r.guest(s, "install"); r.file(s, "install.log", "Error: Unable to find a match: condor\n")
+    r.guest(s, "install")
+    r.file(s, "install.log", "Error: Unable to find a match: condor\n")
     want[s] = "install"
     s = r.serial("rocky_9.x86_64", "Condor", update=True)
-    r.guest(s, "network", message="phase network failed with exit code 1"); want[s] = "infra"
+    r.guest(s, "network", message="phase network failed with exit code 1")
+    want[s] = "infra"
     s = r.serial("rocky_9.aarch64", "XRootD")
     r.guest(s, "running", current_phase="test")
     (r.dir / "cells" / s / "local-vm.json").write_text(
-        json.dumps({"schema": "osgtest-dag/local-vm", "version": 1, "node": f"TestRun{s}", "starts": 1,
-                    "timed_out": True, "returncode": -9}) + "\n")
+        json.dumps(
+            {
+                "schema": "osgtest-dag/local-vm",
+                "version": 1,
+                "node": f"TestRun{s}",
+                "starts": 1,
+                "timed_out": True,
+                "returncode": -9,
+            }
+        )
+        + "\n"
+    )
     want[s] = "timeout"
     s = r.serial("rocky_9.aarch64", "XRootD", update=True)
-    r.guest(s, "test", test_exit=1); r.osgtest_log(s, "", text=alarm_log((RESULTS_LOGS / "pass.log").read_text()))
+    r.guest(s, "test", test_exit=1)
+    r.osgtest_log(s, "", text=alarm_log((RESULTS_LOGS / "pass.log").read_text()))
     want[s] = "timeout"
     s = r.serial("rocky_9.aarch64", "Condor")
-    r.post_vm(s, [{"attempt": i, "verdict": "infra", "reason": "no result disk came back",
-                   "job_exit": 1} for i in range(3)])
+    r.post_vm(
+        s,
+        [
+            {"attempt": i, "verdict": "infra", "reason": "no result disk came back", "job_exit": 1}
+            for i in range(3)
+        ],
+    )
     want[s] = "infra"
     want[r.serial("rocky_9.aarch64", "Condor", update=True)] = "missing"
     s = r.serial("alma_10.x86_64", "XRootD")
-    r.guest(s, "pass"); r.osgtest_log(s, "pass.log")
-    r.file(s, "environment.log", "== date\nx\n== image\nplatform=alma_10.x86_64\nbuilder=oz\n"
-                                 "inputs_hash=abc123\n\n== uname\nLinux\n")
+    r.guest(s, "pass")
+    r.osgtest_log(s, "pass.log")
+    r.file(
+        s,
+        "environment.log",
+        "== date\nx\n== image\nplatform=alma_10.x86_64\nbuilder=oz\ninputs_hash=abc123\n\n== uname\nLinux\n",
+    )
     want[s] = "pass"
     s = r.serial("alma_10.x86_64", "XRootD", update=True)
-    r.file(s, "result.json", "{not json"); want[s] = "infra"
+    r.file(s, "result.json", "{not json")
+    want[s] = "infra"
     s = r.serial("alma_10.x86_64", "Condor")
     (r.dir / "cells" / s).mkdir(parents=True, exist_ok=True)
-    (r.dir / "cells" / s / "extraction.json").write_text(json.dumps(
-        {"schema": "osgtest-dag/extraction", "version": 1, "ok": False,
-         "error": "the qcow2 has a backing file (/etc/passwd): refused"}))
+    (r.dir / "cells" / s / "extraction.json").write_text(
+        json.dumps(
+            {
+                "schema": "osgtest-dag/extraction",
+                "version": 1,
+                "ok": False,
+                "error": "the qcow2 has a backing file (/etc/passwd): refused",
+            }
+        )
+    )
     want[s] = "infra"
     s = r.serial("alma_10.x86_64", "Condor", update=True)
-    r.guest(s, "pass"); r.osgtest_log(s, "", text=py312_log((RESULTS_LOGS / "pass.log").read_text()))
+    r.guest(s, "pass")
+    r.osgtest_log(s, "", text=py312_log((RESULTS_LOGS / "pass.log").read_text()))
     want[s] = "pass"
     if any(c["platform"]["id"] == "debian_12.x86_64" for c in r.cells):
         s = r.serial("debian_12.x86_64", "Hello")
-        r.guest(s, "pass"); r.file(s, "test.log", "+ sh -c hello\nHello, world!\ntest exit code: 0\n")
+        r.guest(s, "pass")
+        r.file(s, "test.log", "+ sh -c hello\nHello, world!\ntest exit code: 0\n")
         want[s] = "pass"
     (r.dir / "known-failures.yaml").write_text(KNOWN_FAILURES_2014)
     (r.dir / "component-tags.yaml").write_text((FIXTURES / "component-tags.yaml").read_text())
@@ -412,4 +581,6 @@ def results_run(tmp_path):
     """(ResultsRun, expected outcome per serial) for a populated 17-cell run."""
     r = make_results_run(tmp_path)
     return r, populate_results_run(r)
+
+
 # --- end results fixtures ---

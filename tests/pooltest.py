@@ -30,8 +30,8 @@ from pathlib import Path
 
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.devpool import inside, pool
-from osgtest_dag.engine.condor.condor import (NODE_STATES, _apply_client_config, _cwd, dagman_path,
-                                              locate_schedd, read_node_status)
+from osgtest_dag.engine.condor.condor import _apply_client_config, _cwd, dagman_path, locate_schedd
+from osgtest_dag.engine.condor.status import NODE_STATES, read_node_status
 
 DAG_NAME = "injected.dag"
 CELLS = {
@@ -47,8 +47,11 @@ DISK_RETRIES = 1
 
 # What DAGMan does with it (checked by the pool test; the executor must agree).
 EXPECTED = {
-    **{f"{layer}{s}": {"status": "done", "retries": 0}
-       for s in ("000", "001", "002") for layer in ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")},
+    **{
+        f"{layer}{s}": {"status": "done", "retries": 0}
+        for s in ("000", "001", "002")
+        for layer in ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")
+    },
     "TestRun001": {"status": "done", "retries": 1},
     "CreateDisk003": {"status": "done", "retries": 0},
     "TestRun003": {"status": "failed", "retries": 0},
@@ -89,8 +92,10 @@ exit "$code"
 
 
 def _submit(executable: str, args: str, log: str = "jobs.log") -> str:
-    return (f"universe = local\nexecutable = {executable}\narguments = \"{args}\"\n"
-            f"log = {log}\noutput = out/$(node).out\nerror = out/$(node).err\nqueue\n")
+    return (
+        f'universe = local\nexecutable = {executable}\narguments = "{args}"\n'
+        f"log = {log}\noutput = out/$(node).out\nerror = out/$(node).err\nqueue\n"
+    )
 
 
 def write_injected_dag(dag_dir: Path, *, status_interval: int = 1) -> Path:
@@ -105,8 +110,12 @@ def write_injected_dag(dag_dir: Path, *, status_interval: int = 1) -> Path:
     (d / "final.sub").write_text(_submit("job.sh", "MatrixFinal 0"))
     lines = [f"NODE_STATUS_FILE {DAG_NAME}.status {status_interval}", "MAXJOBS LocalIO 4"]
     for s, c in CELLS.items():
-        for layer, code in (("CreateDisk", c.get("disk", 0)), ("TestRun", c["job"]),
-                            ("ProcessResult", 0), ("CleanOutput", 0)):
+        for layer, code in (
+            ("CreateDisk", c.get("disk", 0)),
+            ("TestRun", c["job"]),
+            ("ProcessResult", 0),
+            ("CleanOutput", 0),
+        ):
             n = f"{layer}{s}"
             lines.append(f"JOB {n} node.sub")
             lines.append(f'VARS {n} node="{n}" code="{code}"')
@@ -128,8 +137,16 @@ def write_injected_dag(dag_dir: Path, *, status_interval: int = 1) -> Path:
 
 # DAGMan's node states in the local executor's words (executor.py: pending, running, done,
 # failed, futile); the DAGMan name is kept as "dagman_status".
-ENGINE_STATUS = {"not_ready": "pending", "ready": "pending", "prerun": "running", "submitted": "running",
-                 "postrun": "running", "done": "done", "error": "failed", "futile": "futile"}
+ENGINE_STATUS = {
+    "not_ready": "pending",
+    "ready": "pending",
+    "prerun": "running",
+    "submitted": "running",
+    "postrun": "running",
+    "done": "done",
+    "error": "failed",
+    "futile": "futile",
+}
 
 
 def final_node_states(status_file: Path, *, with_dagman_status: bool = False) -> dict[str, dict]:
@@ -159,7 +176,9 @@ def wait_dag(dag: Path, timeout: float = 300) -> dict:
                 pass
         time.sleep(1)
     out = Path(f"{dag}.dagman.out")
-    tail = "\n".join(out.read_text(errors="replace").splitlines()[-20:]) if out.is_file() else "(no dagman.out)"
+    tail = (
+        "\n".join(out.read_text(errors="replace").splitlines()[-20:]) if out.is_file() else "(no dagman.out)"
+    )
     raise UserError(f"DAGMan did not finish {dag.name} in {timeout:g} s", where=dag, hint=tail)
 
 
@@ -189,7 +208,7 @@ def run_on_pool(dag_dir: Path, *, timeout: float = 300, via: str = "bindings") -
 
 def submit_dag_bindings(dag: Path, extra_options: dict | None = None) -> int:
     """Submit any DAG file to the test pool with the host's htcondor2 bindings."""
-    import htcondor2   # heavy: only the pool tests submit
+    import htcondor2  # heavy: only the pool tests submit
 
     opts = pool.submit_options()
     _apply_client_config(opts.client_config)
@@ -197,7 +216,9 @@ def submit_dag_bindings(dag: Path, extra_options: dict | None = None) -> int:
     with _cwd(dag.parent):
         sub = htcondor2.Submit.from_dag(dag.name, options)
         sub["initialdir"] = str(dag.parent)
-        names = [n.strip() for n in sub.get("getenv", "").split(",") if n.strip() and n.strip() != "CONDOR_CONFIG"]
+        names = [
+            n.strip() for n in sub.get("getenv", "").split(",") if n.strip() and n.strip() != "CONDOR_CONFIG"
+        ]
         sub["getenv"] = ",".join(names)
         schedd = locate_schedd(pool=opts.pool)
         return schedd.submit(sub, count=1).cluster()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import KNOWN_FAILURES_2014, FIXTURES, ResultsRun, condor_cli, make_results_run
+from conftest import FIXTURES, KNOWN_FAILURES_2014, ResultsRun, condor_cli, make_results_run
 
 from osgtest_dag.analyze import results
 from osgtest_dag.generate import cellconfig
@@ -47,8 +47,15 @@ def _post_done(r: ResultsRun, serial: str, status: str) -> None:
     read; the decision is what it writes)."""
     cell = RunDir(r.dir).cell(serial)
     cell.path.mkdir(parents=True, exist_ok=True)
-    decision = PostDecision(attempt=0, verdict=Verdict.DONE, reason=f"guest finished: {status}", exit=0,
-                            max_retries=2, job_exit=0, guest_status=status)
+    decision = PostDecision(
+        attempt=0,
+        verdict=Verdict.DONE,
+        reason=f"guest finished: {status}",
+        exit=0,
+        max_retries=2,
+        job_exit=0,
+        guest_status=status,
+    )
     cell.post_vm.write_text(json.dumps(PostHistory((decision,)).to_json()))
 
 
@@ -56,15 +63,17 @@ def _post_no_disk(r: ResultsRun, serial: str, attempts: int) -> None:
     """The real POST script, for attempts that brought no disk back."""
     cell = RunDir(r.dir).cell(serial)
     cell.path.mkdir(parents=True, exist_ok=True)
-    cell.config.write_text(json.dumps(cellconfig.read_cell(r.dir, serial)))
+    cell.config.write_text(json.dumps(cellconfig.read_cell(r.dir, serial).to_json()))
     for retry in range(attempts):
         node.post_vm(r.dir, vm_node(serial), -1004, retry, attempts - 1)
 
 
 def _status_file(states: dict[str, int]) -> str:
-    ads = ['[\n  Type = "DagStatus";\n  DagStatus = 5;\n  NodesTotal = %d;\n]' % len(states)]
+    ads = [f'[\n  Type = "DagStatus";\n  DagStatus = 5;\n  NodesTotal = {len(states)};\n]']
     for name, st in states.items():
-        ads.append(f'[\n  Type = "NodeStatus";\n  Node = "{name}";\n  NodeStatus = {st};\n  RetryCount = 0;\n]')
+        ads.append(
+            f'[\n  Type = "NodeStatus";\n  Node = "{name}";\n  NodeStatus = {st};\n  RetryCount = 0;\n]'
+        )
     return "\n".join(ads) + "\n"
 
 
@@ -72,23 +81,49 @@ def populate(r: ResultsRun) -> dict[str, str]:
     """One cell per situation; serial -> the outcome every view must give."""
     want: dict[str, str] = {}
     s = r.serial("rocky_8.x86_64", "XRootD")
-    r.guest(s, "pass"); r.osgtest_log(s, "pass.log"); _post_done(r, s, "pass"); want[s] = "pass"
+    r.guest(s, "pass")
+    r.osgtest_log(s, "pass.log")
+    _post_done(r, s, "pass")
+    want[s] = "pass"
     s = r.serial("rocky_8.x86_64", "Condor")
-    r.guest(s, "test"); r.osgtest_log(s, "fail.log"); _post_done(r, s, "test"); want[s] = "fail"
+    r.guest(s, "test")
+    r.osgtest_log(s, "fail.log")
+    _post_done(r, s, "test")
+    want[s] = "fail"
     s = r.serial("rocky_9.x86_64", "Condor")
-    r.guest(s, "install"); _post_done(r, s, "install"); want[s] = "install"
+    r.guest(s, "install")
+    _post_done(r, s, "install")
+    want[s] = "install"
     s = r.serial("rocky_8.x86_64", "XRootD", update=True)
-    r.guest(s, "test"); r.osgtest_log(s, "update.log"); _post_done(r, s, "test"); want[s] = "update"
+    r.guest(s, "test")
+    r.osgtest_log(s, "update.log")
+    _post_done(r, s, "test")
+    want[s] = "update"
     s = r.serial("rocky_9.x86_64", "XRootD")
-    r.guest(s, "test"); r.osgtest_log(s, "cleanup.log"); _post_done(r, s, "test"); want[s] = "cleanup"
+    r.guest(s, "test")
+    r.osgtest_log(s, "cleanup.log")
+    _post_done(r, s, "test")
+    want[s] = "cleanup"
     s = r.serial("rocky_9.x86_64", "XRootD", update=True)
-    r.guest(s, "test"); r.osgtest_log(s, "ignore.log"); _post_done(r, s, "test"); want[s] = "waived"
+    r.guest(s, "test")
+    r.osgtest_log(s, "ignore.log")
+    _post_done(r, s, "test")
+    want[s] = "waived"
     # timeout, local executor: the VM was killed at its limit; the POST script saw no disk
     s = r.serial("rocky_9.aarch64", "XRootD")
     cell = RunDir(r.dir).cell(s)
     cell.path.mkdir(parents=True, exist_ok=True)
-    VmRecord.append(cell.local_vm, VmRecord(node=vm_node(s), starts=1, timed_out=True, wall_s=14400.3,
-                                            returncode=None, console="console.0.1.log"))
+    VmRecord.append(
+        cell.local_vm,
+        VmRecord(
+            node=vm_node(s),
+            starts=1,
+            timed_out=True,
+            wall_s=14400.3,
+            returncode=None,
+            console="console.0.1.log",
+        ),
+    )
     _post_no_disk(r, s, 1)
     want[s] = "timeout"
     # timeout, local executor: the guest's result says it was still running when it was killed
@@ -104,9 +139,11 @@ def populate(r: ResultsRun) -> dict[str, str]:
     want[s] = "timeout"
     # infrastructure: no disk, three times; and a guest without network
     s = r.serial("rocky_9.aarch64", "Condor")
-    _post_no_disk(r, s, 3); want[s] = "infra"
+    _post_no_disk(r, s, 3)
+    want[s] = "infra"
     s = r.serial("rocky_9.x86_64", "Condor", update=True)
-    r.guest(s, "network", message="phase network failed with exit code 1"); want[s] = "infra"
+    r.guest(s, "network", message="phase network failed with exit code 1")
+    want[s] = "infra"
     # the rest never ran
     for c in r.cells:
         want.setdefault(c["serial"], "missing")
@@ -114,12 +151,12 @@ def populate(r: ResultsRun) -> dict[str, str]:
     states = {}
     for serial, outcome in want.items():
         names = [n.format() for n in NodeName.of_cell(serial)]
-        if outcome == "missing":          # its disk could not be made: nothing after it ran
-            states.update({names[0]: ERROR, **{n: FUTILE for n in names[1:]}})
+        if outcome == "missing":  # its disk could not be made: nothing after it ran
+            states.update({names[0]: ERROR, **dict.fromkeys(names[1:], FUTILE)})
         elif RunDir(r.dir).cell(serial).guest_result.is_file():
-            states.update({n: DONE for n in names})
-        else:                             # the VM node failed after its retries
-            states.update({names[0]: DONE, names[1]: ERROR, **{n: FUTILE for n in names[2:]}})
+            states.update(dict.fromkeys(names, DONE))
+        else:  # the VM node failed after its retries
+            states.update({names[0]: DONE, names[1]: ERROR, **dict.fromkeys(names[2:], FUTILE)})
     assert len(states) == len(want) * len(LAYERS)
     RunDir(r.dir).matrix_status.write_text(_status_file(states))
     (r.dir / "known-failures.yaml").write_text(KNOWN_FAILURES_2014)
@@ -130,14 +167,21 @@ def populate(r: ResultsRun) -> dict[str, str]:
 def _rerun(run: Path, dest: Path, *args: str) -> set[str]:
     res = condor_cli("rerun", str(run), "-o", str(dest), *args)
     assert res.exit_code == 0, res.output
-    return {c["serial"] for c in cellconfig.iter_cells(dest)}
+    return {c.serial for c in cellconfig.iter_cells(dest)}
 
 
 def test_every_view_agrees_on_every_cell(tmp_path):
     r = make_results_run(tmp_path)
     want = populate(r)
-    assert {Outcome(o) for o in want.values()} >= {Outcome.PASS, Outcome.FAIL, Outcome.INSTALL, Outcome.TIMEOUT,
-                                                   Outcome.INFRA, Outcome.WAIVED, Outcome.MISSING}
+    assert {Outcome(o) for o in want.values()} >= {
+        Outcome.PASS,
+        Outcome.FAIL,
+        Outcome.INSTALL,
+        Outcome.TIMEOUT,
+        Outcome.INFRA,
+        Outcome.WAIVED,
+        Outcome.MISSING,
+    }
 
     # before the analysis: status and the FINAL node decide from the evidence
     res = condor_cli("status", str(r.dir), "--json")
@@ -151,13 +195,17 @@ def test_every_view_agrees_on_every_cell(tmp_path):
     # rerun's selections, before the analysis
     product_failures = {s for s, o in want.items() if Outcome(o).product_failure}
     assert product_failures and _rerun(r.dir, tmp_path / "failed", "--failed") == product_failures
-    assert _rerun(r.dir, tmp_path / "all", ) == {s for s, o in want.items() if Outcome(o).needs_rerun}
-    assert _rerun(r.dir, tmp_path / "waived", "--outcome", "waived", "--outcome", "cleanup") == \
-        {s for s, o in want.items() if o in ("waived", "cleanup")}
+    assert _rerun(
+        r.dir,
+        tmp_path / "all",
+    ) == {s for s, o in want.items() if Outcome(o).needs_rerun}
+    assert _rerun(r.dir, tmp_path / "waived", "--outcome", "waived", "--outcome", "cleanup") == {
+        s for s, o in want.items() if o in ("waived", "cleanup")
+    }
 
     # the report
     doc = results.analyze_run(r.dir)
-    assert {c["serial"]: c["outcome"] for c in doc["cells"]} == want
+    assert {c["serial"]: c["outcome"] for c in doc.cells} == want
     lines = text_report.render(doc).splitlines()
     for serial, outcome in want.items():
         if outcome != "pass":
@@ -176,6 +224,11 @@ def test_timeouts_are_typed_not_worded(tmp_path):
     s = r.serial("rocky_8.x86_64", "XRootD")
     cell = RunDir(r.dir).cell(s)
     cell.path.mkdir(parents=True)
-    cell.post_vm.write_text(json.dumps(PostHistory((PostDecision(
-        attempt=0, verdict=Verdict.TIMEOUT, reason="whatever words", exit=1),)).to_json()))
+    cell.post_vm.write_text(
+        json.dumps(
+            PostHistory(
+                (PostDecision(attempt=0, verdict=Verdict.TIMEOUT, reason="whatever words", exit=1),)
+            ).to_json()
+        )
+    )
     assert results.cell_outcomes(r.dir, [s])[s][0] is Outcome.TIMEOUT

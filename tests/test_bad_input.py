@@ -11,44 +11,111 @@ GOOD = "platforms:\n  - rocky_9.x86_64\nsources:\n  - '24; osg'\n" + GOOD_PS
 
 # name -> ({file: text}, the file:line the message must name, words the message must contain)
 CASES = {
-    "yaml-syntax": ({"p.yaml": "platforms:\n  - rocky_9.x86_64\n sources: [\n"}, "p.yaml:3", "YAML syntax error"),
+    "yaml-syntax": (
+        {"p.yaml": "platforms:\n  - rocky_9.x86_64\n sources: [\n"},
+        "p.yaml:3",
+        "YAML syntax error",
+    ),
     "unknown-key": ({"p.yaml": GOOD + "platfroms: []\n"}, "p.yaml:8", "did you mean 'platforms'"),
-    "missing-key": ({"p.yaml": "platforms: [rocky_9.x86_64]\n" + GOOD_PS}, "p.yaml:1", "missing required key 'sources'"),
-    "platforms-scalar": ({"p.yaml": GOOD.replace("platforms:\n  - rocky_9.x86_64", "platforms: rocky_9.x86_64")},
-                         "p.yaml:1", "'platforms' must be a non-empty list"),
-    "platforms-empty": ({"p.yaml": GOOD.replace("platforms:\n  - rocky_9.x86_64", "platforms: []")},
-                        "p.yaml:1", "'platforms' must be a non-empty list"),
-    "unknown-platform": ({"p.yaml": GOOD.replace("rocky_9.x86_64", "rocky_9.x86-64")}, "p.yaml:2:5",
-                         "did you mean 'rocky_9.x86_64'"),
-    "platform-not-string": ({"p.yaml": GOOD.replace("rocky_9.x86_64", "9")}, "p.yaml:2:5", "platform must be a string"),
+    "missing-key": (
+        {"p.yaml": "platforms: [rocky_9.x86_64]\n" + GOOD_PS},
+        "p.yaml:1",
+        "missing required key 'sources'",
+    ),
+    "platforms-scalar": (
+        {"p.yaml": GOOD.replace("platforms:\n  - rocky_9.x86_64", "platforms: rocky_9.x86_64")},
+        "p.yaml:1",
+        "'platforms' must be a non-empty list",
+    ),
+    "platforms-empty": (
+        {"p.yaml": GOOD.replace("platforms:\n  - rocky_9.x86_64", "platforms: []")},
+        "p.yaml:1",
+        "'platforms' must be a non-empty list",
+    ),
+    "unknown-platform": (
+        {"p.yaml": GOOD.replace("rocky_9.x86_64", "rocky_9.x86-64")},
+        "p.yaml:2:5",
+        "did you mean 'rocky_9.x86_64'",
+    ),
+    "platform-not-string": (
+        {"p.yaml": GOOD.replace("rocky_9.x86_64", "9")},
+        "p.yaml:2:5",
+        "platform must be a string",
+    ),
     "source-no-semicolon": ({"p.yaml": GOOD.replace("24; osg", "24 osg")}, "p.yaml:4:6", "missing ';'"),
-    "source-two-updates": ({"p.yaml": GOOD.replace("24; osg", "24; osg > osg-testing > osg")}, "p.yaml:4:28",
-                           "more than one '>'"),
-    "source-empty-repo": ({"p.yaml": GOOD.replace("24; osg", "24; osg,, osg-testing")}, "p.yaml:4:14",
-                          "empty repository name"),
-    "source-unknown-repo": ({"p.yaml": GOOD.replace("24; osg", "24; osg-tseting")}, "p.yaml:4:10",
-                            "did you mean 'osg-testing'"),
-    "source-bad-test-source": ({"p.yaml": GOOD.replace("24; osg", "master; 24; osg")}, "p.yaml:4:6",
-                               "must be ACCOUNT:BRANCH"),
-    "source-empty-update": ({"p.yaml": GOOD.replace("24; osg", "24; osg >")}, "p.yaml:4:14", "nothing after '>'"),
+    "source-two-updates": (
+        {"p.yaml": GOOD.replace("24; osg", "24; osg > osg-testing > osg")},
+        "p.yaml:4:28",
+        "more than one '>'",
+    ),
+    "source-empty-repo": (
+        {"p.yaml": GOOD.replace("24; osg", "24; osg,, osg-testing")},
+        "p.yaml:4:14",
+        "empty repository name",
+    ),
+    "source-unknown-repo": (
+        {"p.yaml": GOOD.replace("24; osg", "24; osg-tseting")},
+        "p.yaml:4:10",
+        "did you mean 'osg-testing'",
+    ),
+    "source-bad-test-source": (
+        {"p.yaml": GOOD.replace("24; osg", "master; 24; osg")},
+        "p.yaml:4:6",
+        "must be ACCOUNT:BRANCH",
+    ),
+    "source-empty-update": (
+        {"p.yaml": GOOD.replace("24; osg", "24; osg >")},
+        "p.yaml:4:14",
+        "nothing after '>'",
+    ),
     "source-not-string": ({"p.yaml": GOOD.replace("'24; osg'", "24")}, "p.yaml:4:5", "expected a string"),
-    "package-set-no-label": ({"p.yaml": GOOD.replace("label: A", "label: ''")}, "p.yaml:6:13", "non-empty 'label'"),
+    "package-set-no-label": (
+        {"p.yaml": GOOD.replace("label: A", "label: ''")},
+        "p.yaml:6:13",
+        "non-empty 'label'",
+    ),
     "package-set-empty-packages": ({"p.yaml": GOOD.replace("[x]", "[]")}, "p.yaml:7:15", "non-empty list"),
-    "package-set-unknown-key": ({"p.yaml": GOOD + "    packges: [y]\n"}, "p.yaml:8:5", "did you mean 'packages'"),
-    "selinux-not-bool": ({"p.yaml": GOOD + "    selinux: maybe\n"}, "p.yaml:8:14", "'selinux' must be true or false"),
-    "package-name-with-space": ({"p.yaml": GOOD.replace("[x]", "['x y']")}, "p.yaml:7:17", "bad package name"),
-    "label-two-package-lists": ({"b.yaml": GOOD, "a.yaml": GOOD.replace("[x]", "[y]")}, "a.yaml:6",
-                                "names different packages here and at"),
-    "packages-two-labels": ({"b.yaml": GOOD, "a.yaml": GOOD.replace("label: A", "label: B")}, "a.yaml:6",
-                            "the same packages are labelled 'B' here and 'A'"),
+    "package-set-unknown-key": (
+        {"p.yaml": GOOD + "    packges: [y]\n"},
+        "p.yaml:8:5",
+        "did you mean 'packages'",
+    ),
+    "selinux-not-bool": (
+        {"p.yaml": GOOD + "    selinux: maybe\n"},
+        "p.yaml:8:14",
+        "'selinux' must be true or false",
+    ),
+    "package-name-with-space": (
+        {"p.yaml": GOOD.replace("[x]", "['x y']")},
+        "p.yaml:7:17",
+        "bad package name",
+    ),
+    "label-two-package-lists": (
+        {"b.yaml": GOOD, "a.yaml": GOOD.replace("[x]", "[y]")},
+        "a.yaml:6",
+        "names different packages here and at",
+    ),
+    "packages-two-labels": (
+        {"b.yaml": GOOD, "a.yaml": GOOD.replace("label: A", "label: B")},
+        "a.yaml:6",
+        "the same packages are labelled 'B' here and 'A'",
+    ),
     "duplicate-key": ({"p.yaml": GOOD + "sources: ['24; osg']\n"}, "p.yaml:8:1", "duplicate key 'sources'"),
     "empty-file": ({"p.yaml": "# nothing\n"}, "p.yaml:1", "empty parameter file"),
     "not-utf8": ({"p.yaml": b"platforms:\n  - rocky_9\xff\n"}, "p.yaml:2", "not valid UTF-8"),
     "two-documents": ({"p.yaml": GOOD + "---\n" + GOOD}, "p.yaml:9", "more than one YAML document"),
     "vm-bad-memory": ({"p.yaml": GOOD + "vm: {memory: lots}\n"}, "p.yaml:8:14", "bad memory size"),
     "vm-unknown-key": ({"p.yaml": GOOD + "vm: {memroy: 2048}\n"}, "p.yaml:8:6", "did you mean 'memory'"),
-    "exclude-unknown-key": ({"p.yaml": GOOD + "exclude: [{platfrom: 'x*'}]\n"}, "p.yaml:8:12", "did you mean 'platform'"),
-    "test-timeout-negative": ({"p.yaml": GOOD + "test_timeout: -5\n"}, "p.yaml:8:15", "positive number of seconds"),
+    "exclude-unknown-key": (
+        {"p.yaml": GOOD + "exclude: [{platfrom: 'x*'}]\n"},
+        "p.yaml:8:12",
+        "did you mean 'platform'",
+    ),
+    "test-timeout-negative": (
+        {"p.yaml": GOOD + "test_timeout: -5\n"},
+        "p.yaml:8:15",
+        "positive number of seconds",
+    ),
     "top-level-list": ({"p.yaml": "- a\n- b\n"}, "p.yaml:1", "must be a mapping"),
 }
 
@@ -68,8 +135,10 @@ def test_bad_input_is_a_clear_error(case, tmp_path, cli):
     r = cli("generate", d, "-o", tmp_path / "run")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
-    assert re.search(re.escape(str(d / where.split(":")[0])) + re.escape(where[len(where.split(":")[0]):]) + r"\b",
-                     r.stderr), r.stderr
+    assert re.search(
+        re.escape(str(d / where.split(":")[0])) + re.escape(where[len(where.split(":")[0]) :]) + r"\b",
+        r.stderr,
+    ), r.stderr
     assert words in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
@@ -97,7 +166,9 @@ def test_existing_run_dir_needs_force(tmp_path, cli):
 
 def test_missing_params_path(tmp_path, cli):
     r = cli("plan", tmp_path / "nope")
-    assert r.returncode == 2 and "no such file or directory" in r.stderr and str(tmp_path / "nope") in r.stderr
+    assert (
+        r.returncode == 2 and "no such file or directory" in r.stderr and str(tmp_path / "nope") in r.stderr
+    )
 
 
 def test_bad_only_key(tmp_path, cli):

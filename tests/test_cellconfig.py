@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from dataclasses import replace
 
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.plan import matrix
@@ -49,7 +50,7 @@ def test_osg_test_conf_matches_reference_for_every_fixture_cell(params_d, catalo
         if key in seen:
             continue
         seen.add(key)
-        cfg = cellconfig.cell_json(c, catalog, nightly=True)
+        cfg = cellconfig.cell_config(c, catalog, nightly=True)
         ours = cellconfig.osg_test_conf(cfg, base=BASE)
         ref = reference_osg_test_conf(c.source.raw, list(c.package_set.packages), c.package_set.selinux, True)
         assert ours == ref, c.serial
@@ -58,23 +59,28 @@ def test_osg_test_conf_matches_reference_for_every_fixture_cell(params_d, catalo
 
 def test_el_cell_resolves_release_packages_and_repos(params_d, catalog):
     m = matrix.build([params_d], catalog)
-    c = matrix.select(m.cells, matrix.parse_only(["serial=1104"]))[0]   # 23; osg-upcoming > 24/osg on rocky_9
-    cfg = cellconfig.cell_json(c, catalog)
-    init, upd = cfg["repositories"]["initial"], cfg["repositories"]["update"]
-    assert init["setup_packages"] == [
+    c = matrix.select(m.cells, matrix.parse_only(["serial=1104"]))[0]  # 23; osg-upcoming > 24/osg on rocky_9
+    cfg = cellconfig.cell_config(c, catalog)
+    init, upd = cfg.repositories.initial, cfg.repositories.update
+    assert upd is not None
+    assert init.setup_packages == (
         "https://dl.fedoraproject.org/pub/epel/epel-release-latest-9.noarch.rpm",
-        "https://repo.osg-htc.org/osg/23-main/osg-23-main-el9-release-latest.rpm"]
-    assert init["enable"] == ["osg-upcoming"]
-    assert upd["setup_packages"][1] == "https://repo.osg-htc.org/osg/24-main/osg-24-main-el9-release-latest.rpm"
-    assert upd["enable"] == ["osg"]
-    assert cfg["test"] == {"command": None, "timeout": 14400, "osg_test": True}
+        "https://repo.osg-htc.org/osg/23-main/osg-23-main-el9-release-latest.rpm",
+    )
+    assert init.enable == ("osg-upcoming",)
+    assert upd.setup_packages[1] == "https://repo.osg-htc.org/osg/24-main/osg-24-main-el9-release-latest.rpm"
+    assert upd.enable == ("osg",)
+    assert cfg.test.to_json() == {"command": None, "timeout": 14400, "osg_test": True}
 
 
 def test_cell_env_round_trips_through_sh(params_d, catalog):
     m = matrix.build([params_d], catalog)
-    cfg = cellconfig.cell_json(m.cells[0], catalog)
-    cfg["label"] = "it's \"quoted\" $HOME `x`"
+    cfg = replace(cellconfig.cell_config(m.cells[0], catalog), label='it\'s "quoted" $HOME `x`')
     env = cellconfig.cell_env(cfg)
-    out = subprocess.run(["sh", "-c", env + '\nprintf "%s|%s|%s" "$CELL_LABEL" "$CELL_PACKAGES" "$HAS_UPDATE"'],
-                         capture_output=True, text=True, check=True).stdout
-    assert out == f"{cfg['label']}|{' '.join(cfg['packages'])}|false"
+    out = subprocess.run(
+        ["sh", "-c", env + '\nprintf "%s|%s|%s" "$CELL_LABEL" "$CELL_PACKAGES" "$HAS_UPDATE"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out == f"{cfg.label}|{' '.join(cfg.packages)}|false"

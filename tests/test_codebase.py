@@ -45,22 +45,28 @@ def rel(name: str) -> str:
 def _run(*argv: str | Path) -> None:
     proc = subprocess.run([str(a) for a in argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        pytest.fail(f"{Path(argv[0]).name} {' '.join(map(str, argv[1:]))} exited {proc.returncode}:\n"
-                    f"{proc.stdout}{proc.stderr}", pytrace=False)
+        pytest.fail(
+            f"{Path(argv[0]).name} {' '.join(map(str, argv[1:]))} exited {proc.returncode}:\n"
+            f"{proc.stdout}{proc.stderr}",
+            pytrace=False,
+        )
 
 
 # --- the tools ---
 
+
 def test_ruff_check_passes():
-    _run(sys.executable, "-m", "ruff", "check", "osgtest_dag", "tests")
+    _run(sys.executable, "-m", "ruff", "check", "osgtest_dag", "tests", "benchmarks")
+
+
+def test_ruff_format_is_clean():
+    _run(sys.executable, "-m", "ruff", "format", "--check", "osgtest_dag", "tests", "benchmarks")
 
 
 def test_mypy_passes():
     _run(sys.executable, "-m", "mypy")  # its cache (.mypy_cache) makes a rerun take seconds
 
 
-@pytest.mark.xfail(strict=False, reason="analyze.results imports engine.local.executor's VM_RECORDS "
-                                        "(being moved into model/ in parallel)")
 def test_import_layers_hold():
     # lint-imports reads the contracts in pyproject.toml; it checks function-level imports too.
     _run(BIN / "lint-imports")
@@ -68,40 +74,52 @@ def test_import_layers_hold():
 
 # --- from the source alone ---
 
-@pytest.mark.xfail(strict=False, reason="devpool/pool.py, engine/condor/condor.py, analyze/extract.py "
-                                        "and engine/local/executor.py are being split in parallel")
+
 def test_no_module_over_the_line_limit():
     long = {rel(n): len(p.read_text().splitlines()) for n, p in SOURCES.items()}
     over = [f"{f}: {n} lines" for f, n in long.items() if n > MAX_MODULE_LINES]
     assert not over, "\n".join(over)
 
 
-@pytest.mark.xfail(strict=False, reason="engine/local/executor.py's Executor is being split in parallel")
 def test_no_class_over_the_line_limit():
-    big = [f"{rel(n)}:{c.lineno}: class {c.name}: {c.end_lineno - c.lineno + 1} lines"
-           for n, tree in TREES.items() for c in ast.walk(tree)
-           if isinstance(c, ast.ClassDef) and (c.end_lineno or c.lineno) - c.lineno + 1 > MAX_CLASS_LINES]
+    big = [
+        f"{rel(n)}:{c.lineno}: class {c.name}: {c.end_lineno - c.lineno + 1} lines"
+        for n, tree in TREES.items()
+        for c in ast.walk(tree)
+        if isinstance(c, ast.ClassDef) and (c.end_lineno or c.lineno) - c.lineno + 1 > MAX_CLASS_LINES
+    ]
     assert not big, "\n".join(big)
 
 
-@pytest.mark.xfail(strict=False, reason="run-directory files are being moved behind model/ in parallel")
 def test_raw_json_reading_in_few_modules():
-    readers = sorted(rel(n) for n, tree in TREES.items()
-                     if any(isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
-                            and c.func.attr in ("load", "loads")
-                            and isinstance(c.func.value, ast.Name) and c.func.value.id == "json"
-                            for c in ast.walk(tree)))
+    readers = sorted(
+        rel(n)
+        for n, tree in TREES.items()
+        if any(
+            isinstance(c, ast.Call)
+            and isinstance(c.func, ast.Attribute)
+            and c.func.attr in ("load", "loads")
+            and isinstance(c.func.value, ast.Name)
+            and c.func.value.id == "json"
+            for c in ast.walk(tree)
+        )
+    )
     assert len(readers) <= MAX_JSON_LOADING_MODULES, "json.load(s) in:\n" + "\n".join(readers)
 
 
 def _imports(tree: ast.Module):
     """(import node, inside a function or class) for every import statement of a module."""
+
     def walk(node: ast.AST, nested: bool):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 yield child, nested
-            yield from walk(child, nested or isinstance(
-                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)))
+            yield from walk(
+                child,
+                nested
+                or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)),
+            )
+
     yield from walk(tree, False)
 
 
@@ -139,7 +157,7 @@ def import_graph() -> nx.DiGraph:
 
 def test_import_graph_sees_imports_inside_functions(tmp_path):
     tree = ast.parse("import os\n\ndef f():\n    from osgtest_dag.base import errors\n")
-    (node, nested), = [(n, nested) for n, nested in _imports(tree) if isinstance(n, ast.ImportFrom)]
+    ((node, nested),) = [(n, nested) for n, nested in _imports(tree) if isinstance(n, ast.ImportFrom)]
     assert nested and _imported_modules("osgtest_dag.base.paths", node) == ["osgtest_dag.base.errors"]
 
 
@@ -149,13 +167,16 @@ def cycles(graph: nx.DiGraph) -> list[str]:
     for component in nx.strongly_connected_components(graph):
         if len(component) > 1:
             sub = graph.subgraph(component)
-            out.append(", ".join(f"{a} -> {b} (line {sub.edges[a, b]['line']})" for a, b in sorted(sub.edges)))
+            out.append(
+                ", ".join(f"{a} -> {b} (line {sub.edges[a, b]['line']})" for a, b in sorted(sub.edges))
+            )
     return out
 
 
 def test_cycles_are_found():
-    graph = nx.DiGraph([("a", "b", {"line": 1}), ("b", "c", {"line": 2}), ("c", "a", {"line": 3}),
-                        ("c", "d", {"line": 4})])
+    graph = nx.DiGraph(
+        [("a", "b", {"line": 1}), ("b", "c", {"line": 2}), ("c", "a", {"line": 3}), ("c", "d", {"line": 4})]
+    )
     assert cycles(graph) == ["a -> b (line 1), b -> c (line 2), c -> a (line 3)"]
 
 
@@ -164,10 +185,7 @@ def test_no_import_cycles():
     assert not found, "\n".join(found)
 
 
-@pytest.mark.parametrize("stage", [
-    pytest.param(s, marks=pytest.mark.xfail(strict=False, reason=f"{s}/ is being reworked in parallel"))
-    if s in ("analyze", "devpool", "engine", "nodes", "ops") else s
-    for s in STAGES])
+@pytest.mark.parametrize("stage", STAGES)
 def test_imports_inside_functions_are_optional_and_marked(stage):
     bad = []
     for name, tree in TREES.items():
@@ -177,7 +195,7 @@ def test_imports_inside_functions_are_optional_and_marked(stage):
         for node, nested in _imports(tree):
             if not nested:
                 continue
-            text = "\n".join(lines[node.lineno - 1:node.end_lineno])
+            text = "\n".join(lines[node.lineno - 1 : node.end_lineno])
             where = f"{rel(name)}:{node.lineno}: {lines[node.lineno - 1].strip()}"
             if _imported_modules(name, node):
                 bad.append(f"{where}  (project module: import it at the top)")

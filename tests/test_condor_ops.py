@@ -11,8 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import condor_cli
+
+from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo"
@@ -21,9 +22,11 @@ DATA = Path(__file__).resolve().parent / "data" / "condor"
 
 @pytest.fixture
 def demo_run(tmp_path):
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.manifest import WorkflowOptions
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+
     catalog = Catalog.load(image_dir="/images")
     m = matrix.build([DEMO], catalog)
     return write_run(tmp_path / "run1", list(m.cells), catalog, WorkflowOptions(), param_files=list(m.files))
@@ -31,9 +34,23 @@ def demo_run(tmp_path):
 
 # --- submit ---------------------------------------------------------------------------------
 
+
 def test_submit_dry_run_writes_the_dagman_submit_file(demo_run):
-    r = condor_cli("submit", str(demo_run), "--dry-run", "--maxjobs", "4", "--maxidle", "7",
-                   "--batch-name", "nightly-x", "--append", "accounting_group = ops", "--append", "+Foo = 1")
+    r = condor_cli(
+        "submit",
+        str(demo_run),
+        "--dry-run",
+        "--maxjobs",
+        "4",
+        "--maxidle",
+        "7",
+        "--batch-name",
+        "nightly-x",
+        "--append",
+        "accounting_group = ops",
+        "--append",
+        "+Foo = 1",
+    )
     assert r.exit_code == 0, r.output
     sub = demo_run / "workflow.dag.condor.sub"
     assert sub.is_file()
@@ -116,7 +133,8 @@ DOC_STATUS = """\
 
 
 def test_node_status_file_as_documented():
-    from osgtest_dag.engine.condor.condor import parse_node_status
+    from osgtest_dag.engine.condor.status import parse_node_status
+
     nsf = parse_node_status(DOC_STATUS)
     assert nsf.state == "submitted"
     assert nsf.dag["NodesTotal"] == 12 and nsf.dag["DagFiles"] == ["diamond.dag"]
@@ -125,7 +143,8 @@ def test_node_status_file_as_documented():
 
 
 def test_half_written_node_status_file(tmp_path):
-    from osgtest_dag.engine.condor.condor import read_node_status
+    from osgtest_dag.engine.condor.status import read_node_status
+
     p = tmp_path / "x.status"
     p.write_text(DOC_STATUS[:200])
     assert read_node_status(p, tries=1) is None
@@ -142,6 +161,7 @@ def _real(name: str) -> Path:
 def test_real_node_status_file_of_the_injected_dag():
     """Recorded from HTCondor 23.9's DAGMan (tests/test_pool.py::test_differential...)."""
     from pooltest import EXPECTED, final_node_states
+
     assert final_node_states(_real("injected/injected.dag.status")) == EXPECTED
 
 
@@ -156,7 +176,8 @@ def test_status_of_a_finished_real_run(tmp_path):
     """A run directory shaped like ours (workflow.dag -> SUBDAG matrix.dag, logs/jobs.log,
     *.status, *.nodes.log, *.dagman.log) that the test pool ran: cells by state, held jobs
     with their codes, retries, elapsed time."""
-    from osgtest_dag.engine.condor.condor import format_progress, progress
+    from osgtest_dag.engine.condor.status import format_progress, progress
+
     run = _copy_run(tmp_path, "shaped/finished")
     p = progress(run)
     assert p.finished and p.dag_state == "done" and p.dagman_exit == 0
@@ -170,7 +191,8 @@ def test_status_of_a_finished_real_run(tmp_path):
 
 
 def test_status_of_a_running_real_run_with_a_held_job(tmp_path):
-    from osgtest_dag.engine.condor.condor import progress
+    from osgtest_dag.engine.condor.status import progress
+
     run = _copy_run(tmp_path, "shaped/held")
     p = progress(run)
     assert not p.finished and p.dag_state == "running"
@@ -180,7 +202,8 @@ def test_status_of_a_running_real_run_with_a_held_job(tmp_path):
 
 
 def test_watch_plain_lines_until_the_end(tmp_path):
-    from osgtest_dag.engine.condor.condor import watch
+    from osgtest_dag.engine.condor.status import watch
+
     run = _copy_run(tmp_path, "shaped/finished")
     out = io.StringIO()
     p = watch(run, interval=0.01, tty=False, out=out, sleep=lambda s: None)
@@ -190,7 +213,8 @@ def test_watch_plain_lines_until_the_end(tmp_path):
 
 
 def test_watch_tty_redraws(tmp_path):
-    from osgtest_dag.engine.condor.condor import watch
+    from osgtest_dag.engine.condor.status import watch
+
     run = _copy_run(tmp_path, "shaped/finished")
     out = io.StringIO()
     watch(run, interval=0.01, tty=True, out=out, sleep=lambda s: None)
@@ -212,22 +236,32 @@ def test_status_cli_json(tmp_path):
 
 # --- rerun ----------------------------------------------------------------------------------
 
+
 def _result(run: Path, serial: str, status: str) -> None:
     d = run / "cells" / serial / "output"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "result.json").write_text(json.dumps({"schema": "osgtest-dag/guest-result", "version": 1,
-                                               "serial": serial, "status": status}))
+    (d / "result.json").write_text(
+        json.dumps({"schema": "osgtest-dag/guest-result", "version": 1, "serial": serial, "status": status})
+    )
 
 
 def _post(run: Path, serial: str, verdict: str, reason: str = "x") -> None:
     d = run / "cells" / serial
     d.mkdir(parents=True, exist_ok=True)
-    (d / "post-vm.json").write_text(json.dumps({"schema": "osgtest-dag/post-vm", "version": 1, "decisions": [
-        {"attempt": 0, "verdict": verdict, "reason": reason, "exit": 1}]}))
+    (d / "post-vm.json").write_text(
+        json.dumps(
+            {
+                "schema": "osgtest-dag/post-vm",
+                "version": 1,
+                "decisions": [{"attempt": 0, "verdict": verdict, "reason": reason, "exit": 1}],
+            }
+        )
+    )
 
 
 def test_rerun_everything_not_passed_keeps_serials_and_inputs(demo_run, tmp_path):
     from osgtest_dag.generate.cellconfig import iter_cells
+
     _result(demo_run, "000", "pass")
     _result(demo_run, "001", "test")
     _result(demo_run, "002", "install")
@@ -238,11 +272,11 @@ def test_rerun_everything_not_passed_keeps_serials_and_inputs(demo_run, tmp_path
     new = tmp_path / "rerun"
     r = condor_cli("rerun", str(demo_run), "-o", str(new))
     assert r.exit_code == 0, r.output
-    cells = {c["serial"]: c for c in iter_cells(new)}
+    cells = {c.serial: c for c in iter_cells(new)}
     assert sorted(cells) == ["001", "002", "003", "007"]
-    orig = {c["serial"]: c for c in iter_cells(demo_run)}
+    orig = {c.serial: c for c in iter_cells(demo_run)}
     for s, c in cells.items():
-        assert c == orig[s]                      # the same cell, byte for byte in meaning
+        assert c == orig[s]  # the same cell, byte for byte in meaning
     manifest = json.loads((new / "run.json").read_text())
     old = json.loads((demo_run / "run.json").read_text())
     for k in ("max_wall", "vm_retries", "max_starts", "tool", "iodisk_size_mb"):
@@ -255,26 +289,39 @@ def test_rerun_everything_not_passed_keeps_serials_and_inputs(demo_run, tmp_path
 
 def test_rerun_failed_only_and_only(demo_run, tmp_path):
     from osgtest_dag.generate.cellconfig import iter_cells
+
     _result(demo_run, "001", "test")
     _result(demo_run, "005", "update")
     _post(demo_run, "003", "infra")
     new = tmp_path / "r2"
     r = condor_cli("rerun", str(demo_run), "-o", str(new), "--failed", "--only", "platform=debian_12*")
     assert r.exit_code == 0, r.output
-    assert [c["serial"] for c in iter_cells(new)] == ["005"]
+    assert [c.serial for c in iter_cells(new)] == ["005"]
 
 
 def test_rerun_reads_results_json(demo_run, tmp_path):
     from osgtest_dag.generate.cellconfig import iter_cells
+    from osgtest_dag.model.outcome import Outcome
+    from osgtest_dag.model.results import KnownFailuresInfo, ResultsDocument, RunInfo
+
     cells = [{"serial": f"{i:03d}", "outcome": "pass"} for i in range(8)]
     cells[6]["outcome"] = "timeout"
-    (demo_run / "results.json").write_text(json.dumps({"schema": "osgtest-dag/results", "version": 1,
-                                                       "cells": cells}))
-    _result(demo_run, "001", "test")            # results.json wins over the cell files
+    doc = ResultsDocument(
+        generated="2026-11-21T23:00:00Z",
+        tool_version="0",
+        worst=Outcome.TIMEOUT,
+        run=RunInfo(name="run1", dir=str(demo_run), generated=None, cells=8),
+        counts={},
+        known_failures=KnownFailuresInfo(),
+        component_tags=None,
+        cells=tuple(cells),
+    )
+    (demo_run / "results.json").write_text(json.dumps(doc.to_json()))
+    _result(demo_run, "001", "test")  # results.json wins over the cell files
     new = tmp_path / "r3"
     r = condor_cli("rerun", str(demo_run), "-o", str(new))
     assert r.exit_code == 0, r.output
-    assert [c["serial"] for c in iter_cells(new)] == ["006"]
+    assert [c.serial for c in iter_cells(new)] == ["006"]
 
 
 def test_rerun_nothing_to_do(demo_run, tmp_path):
@@ -287,11 +334,17 @@ def test_rerun_nothing_to_do(demo_run, tmp_path):
 
 # --- cleanup --------------------------------------------------------------------------------
 
+
 def _fake_run(root: Path, name: str, generated: str, size: int) -> Path:
     d = root / name
     d.mkdir(parents=True)
-    (d / "run.json").write_text(json.dumps({"schema": "osgtest-dag/run", "version": 1,
-                                            "generated": generated, "run_name": name}))
+    (d / "run.json").write_text(
+        json.dumps(
+            RunManifest(
+                generated=generated, tool_version="0", run_name=name, cells=1, options=WorkflowOptions()
+            ).to_json()
+        )
+    )
     (d / "blob").write_bytes(b"x" * size)
     return d
 
@@ -304,7 +357,10 @@ class FakeDisk:
 
     def __call__(self, path):
         from osgtest_dag.ops.runs import _tree_size
-        used = self.base + sum(_tree_size(p) for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
+
+        used = self.base + sum(
+            _tree_size(p) for p in self.root.iterdir() if p.is_dir() and not p.is_symlink()
+        )
         return self.total, used
 
 
@@ -322,14 +378,17 @@ def runs_root(tmp_path):
     (bad / "run.json").write_text("{")
     other = root / "other-schema"
     other.mkdir()
-    (other / "run.json").write_text(json.dumps({"schema": "something/else", "generated": "2020-01-01T00:00:00Z"}))
+    (other / "run.json").write_text(
+        json.dumps({"schema": "something/else", "generated": "2020-01-01T00:00:00Z"})
+    )
     (root / "link").symlink_to(root / "b-oldest")
     return root
 
 
 def test_cleanup_dry_run_deletes_nothing(runs_root):
     from osgtest_dag.ops.runs import cleanup
-    disk = FakeDisk(runs_root, base=300_000)      # ~73 % used
+
+    disk = FakeDisk(runs_root, base=300_000)  # ~73 % used
     before = sorted(p.name for p in runs_root.iterdir())
     plan = cleanup(runs_root, keep_at_least=1, max_usage=70, usage=disk)
     assert [r.path.name for r in plan.delete] == ["b-oldest"]
@@ -339,6 +398,7 @@ def test_cleanup_dry_run_deletes_nothing(runs_root):
 
 def test_cleanup_yes_deletes_oldest_until_under_limit(runs_root):
     from osgtest_dag.ops.runs import cleanup
+
     disk = FakeDisk(runs_root, base=300_000)
     plan = cleanup(runs_root, keep_at_least=1, max_usage=55, yes=True, usage=disk)
     assert [r.path.name for r in plan.delete] == ["b-oldest", "a-middle"]
@@ -349,7 +409,8 @@ def test_cleanup_yes_deletes_oldest_until_under_limit(runs_root):
 
 def test_cleanup_never_below_keep_at_least(runs_root):
     from osgtest_dag.ops.runs import cleanup
-    disk = FakeDisk(runs_root, base=900_000)      # never under 10 %
+
+    disk = FakeDisk(runs_root, base=900_000)  # never under 10 %
     plan = cleanup(runs_root, keep_at_least=2, max_usage=10, yes=True, usage=disk)
     assert [r.path.name for r in plan.delete] == ["b-oldest"]
     assert {r.path.name for r in plan.keep} == {"a-middle", "c-newest"}
@@ -358,6 +419,7 @@ def test_cleanup_never_below_keep_at_least(runs_root):
 
 def test_cleanup_skips_a_running_dag(runs_root):
     from osgtest_dag.ops.runs import cleanup
+
     (runs_root / "b-oldest" / "workflow.dag.lock").write_text("")
     plan = cleanup(runs_root, keep_at_least=0, max_usage=60, yes=True, usage=FakeDisk(runs_root, 300_000))
     assert [r.path.name for r in plan.skipped_active] == ["b-oldest"]
@@ -377,27 +439,43 @@ def test_cleanup_cli_real_usage_under_limit(runs_root):
 
 # --- schedule -------------------------------------------------------------------------------
 
+
 def test_schedule_units_pass_systemd_analyze_verify(tmp_path):
     exe = shutil.which("systemd-analyze")
     if not exe:
         pytest.skip("systemd-analyze is not installed (scripts/setup installs the systemd package)")
     units = tmp_path / "units"
-    r = condor_cli("schedule", "install", "--at", "4:05", "--params", str(DEMO), "--runs-root",
-                   str(tmp_path / "runs dir"), "--unit-dir", str(units))
+    r = condor_cli(
+        "schedule",
+        "install",
+        "--at",
+        "4:05",
+        "--params",
+        str(DEMO),
+        "--runs-root",
+        str(tmp_path / "runs dir"),
+        "--unit-dir",
+        str(units),
+    )
     assert r.exit_code == 0, r.output
     service = (units / "osgtest-dag-nightly.service").read_text()
     timer = (units / "osgtest-dag-nightly.timer").read_text()
     assert "OnCalendar=*-*-* 04:05:00" in timer
-    assert " nightly --params " in service and '"' in service     # the space is quoted
+    assert " nightly --params " in service and '"' in service  # the space is quoted
     assert "CONDOR_CONFIG=/dev/null" not in service
     assert "5 4 * * * " in r.output and "nightly --params" in r.output
     # systemd-analyze verify works without systemd as PID 1 (it only loads the units)
-    proc = subprocess.run([exe, "verify", str(units / "osgtest-dag-nightly.service"),
-                           str(units / "osgtest-dag-nightly.timer")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [exe, "verify", str(units / "osgtest-dag-nightly.service"), str(units / "osgtest-dag-nightly.timer")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     # and it does catch a broken unit
     (units / "osgtest-dag-nightly.timer").write_text(timer.replace("04:05:00", "25:99:00"))
-    proc = subprocess.run([exe, "verify", str(units / "osgtest-dag-nightly.timer")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [exe, "verify", str(units / "osgtest-dag-nightly.timer")], capture_output=True, text=True
+    )
     assert proc.returncode != 0
 
 
@@ -409,10 +487,20 @@ def test_schedule_bad_time(tmp_path):
 def test_nightly_generates_a_dated_run(tmp_path, monkeypatch):
     monkeypatch.setenv("OSGTEST_DAG_IMAGES", "/images")
     excl = tmp_path / "excluded.yaml"
-    excl.write_text("hosts:\n  - host: bad.example.org\n    until: 2999-01-01\n"
-                    "  - host: old.example.org\n    until: 2000-01-01\n")
-    r = condor_cli("nightly", "--params", str(DEMO), "--runs-root", str(tmp_path / "runs"),
-                   "--excluded-hosts", str(excl), "--no-submit")
+    excl.write_text(
+        "hosts:\n  - host: bad.example.org\n    until: 2999-01-01\n"
+        "  - host: old.example.org\n    until: 2000-01-01\n"
+    )
+    r = condor_cli(
+        "nightly",
+        "--params",
+        str(DEMO),
+        "--runs-root",
+        str(tmp_path / "runs"),
+        "--excluded-hosts",
+        str(excl),
+        "--no-submit",
+    )
     assert r.exit_code == 0, r.output
     [run] = list((tmp_path / "runs").iterdir())
     assert run.name == dt.date.today().isoformat()
@@ -426,19 +514,24 @@ def test_nightly_generates_a_dated_run(tmp_path, monkeypatch):
 
 # --- hosts ----------------------------------------------------------------------------------
 
+
 def test_excluded_hosts_file(tmp_path):
     from osgtest_dag.ops import hosts
+
     f = tmp_path / "ex.yaml"
-    now = dt.datetime(2026, 11, 21, tzinfo=dt.timezone.utc)
-    f.write_text("hosts:\n  - host: a.example\n    until: 2026-11-30\n    reason: VMGAHP\n"
-                 "  - host: b.example\n    until: 2026-11-01T00:00:00Z\n  - c.example\n")
+    now = dt.datetime(2026, 11, 21, tzinfo=dt.UTC)
+    f.write_text(
+        "hosts:\n  - host: a.example\n    until: 2026-11-30\n    reason: VMGAHP\n"
+        "  - host: b.example\n    until: 2026-11-01T00:00:00Z\n  - c.example\n"
+    )
     assert hosts.active_excluded_hosts(f, now=now) == ("a.example", "c.example")
     hosts.exclude_hosts(f, ["b.example", "a.example"], days=3, reason="r", now=now)
     got = {e.host: e for e in hosts.load_exclusions(f)}
-    assert got["b.example"].until == dt.datetime(2026, 11, 24, tzinfo=dt.timezone.utc)
-    assert got["a.example"].until.day == 30      # a longer exclusion is not shortened
+    assert got["b.example"].until == dt.datetime(2026, 11, 24, tzinfo=dt.UTC)
+    assert got["a.example"].until.day == 30  # a longer exclusion is not shortened
     f.write_text("hosts:\n  - host: a\n    until: someday\n")
     from osgtest_dag.base.errors import UserError
+
     with pytest.raises(UserError) as e:
         hosts.load_exclusions(f)
     assert ":2" in str(e.value.where)
@@ -468,7 +561,7 @@ def test_host_report_from_real_vm_job_logs(tmp_path):
     rep = json.loads(r.output)
     assert rep["runs"] == ["r1", "r2"]
     [h] = rep["hosts"]
-    assert h["host"] == "vm"                    # the pool machine's name, from SlotName
+    assert h["host"] == "vm"  # the pool machine's name, from SlotName
     assert (h["jobs"], h["ok"], h["failures"], h["vmgahp_errors"]) == (6, 2, 4, 4)
     assert "VMGAHP_ERR_INTERNAL" in h["last_failure"]
     assert rep["never_started"] == 2
@@ -476,6 +569,7 @@ def test_host_report_from_real_vm_job_logs(tmp_path):
     r = condor_cli("hosts", str(root), "--exclude-above", "0.3", "--days", "2", "--excluded-hosts", str(excl))
     assert r.exit_code == 0, r.output
     from osgtest_dag.ops import hosts
+
     assert hosts.active_excluded_hosts(excl) == (h["host"],)
 
 
@@ -483,10 +577,14 @@ def test_host_events_of_a_vm_held_at_its_wall_clock_limit():
     """HTCondor logs a held running job's eviction before its hold: the execution counts as
     held (with its codes) on its host, not as an eviction."""
     from osgtest_dag.ops import hosts
+
     events = hosts.run_host_events(_real("shaped/held"))
     assert [(e["node"], e["job"], e["host"], e["result"]) for e in events] == [
-        ("TestRun000", "150.0", "vm", "ok"), ("TestRun001", "151.0", "vm", "ok"),
-        ("TestRun002", "152.0", "vm", "hold"), ("TestRun001", "154.0", "vm", "ok")]
+        ("TestRun000", "150.0", "vm", "ok"),
+        ("TestRun001", "151.0", "vm", "ok"),
+        ("TestRun002", "152.0", "vm", "hold"),
+        ("TestRun001", "154.0", "vm", "ok"),
+    ]
     assert events[2]["reason"] == "[3/1] osgtest-dag: VM ran longer than 3 s"
 
 
@@ -494,6 +592,7 @@ def test_recorded_final_states_json_is_the_expected_contract():
     """final-states.json (recorded from DAGMan 23.9 by tests/test_pool.py) is what the local
     executor's run of tests/pooltest.py's DAG must reproduce."""
     from pooltest import EXPECTED
+
     doc = json.loads(_real("injected/final-states.json").read_text())
     assert doc["engine"] == "dagman" and doc["version"].startswith("23.")
     assert doc["nodes"] == EXPECTED

@@ -14,26 +14,58 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from osgtest_dag.cli import results as cli_results
+from osgtest_dag.analyze import extract, results
 from osgtest_dag.base import command
-from osgtest_dag.analyze import extract
-from osgtest_dag.analyze import results
+from osgtest_dag.cli import results as cli_results
 
 pytestmark = pytest.mark.vm
 
-GUEST_PASS = {"schema": "osgtest-dag/guest-result", "version": 1, "serial": "x",
-              "started": "2026-11-21T22:00:00Z", "finished": "2026-11-21T22:10:00Z",
-              "phases": [{"name": "test", "start": "2026-11-21T22:00:00Z", "end": "2026-11-21T22:05:00Z",
-                          "exit_code": 0, "status": "ok", "log": "test.log"}],
-              "status": "pass", "exit_code": 0}
+GUEST_PASS = {
+    "schema": "osgtest-dag/guest-result",
+    "version": 1,
+    "serial": "x",
+    "started": "2026-11-21T22:00:00Z",
+    "finished": "2026-11-21T22:10:00Z",
+    "phases": [
+        {
+            "name": "test",
+            "start": "2026-11-21T22:00:00Z",
+            "end": "2026-11-21T22:05:00Z",
+            "exit_code": 0,
+            "status": "ok",
+            "log": "test.log",
+        }
+    ],
+    "status": "pass",
+    "exit_code": 0,
+}
 MANY = 10_000
 
 
-def _mkfs(tree: Path, dest_qcow2: Path, size: str = "64M", label: str = extract.IO_LABEL,
-          fmt: str = "qcow2") -> Path:
+def _mkfs(
+    tree: Path, dest_qcow2: Path, size: str = "64M", label: str = extract.IO_LABEL, fmt: str = "qcow2"
+) -> Path:
     raw = dest_qcow2.with_suffix(".raw")
-    command.run(["mkfs.ext4", "-q", "-F", "-L", label, "-N", str(MANY + 2000), "-m", "0",
-                 "-E", "root_owner=0:0", "-d", tree, raw, size], timeout=300)
+    command.run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            label,
+            "-N",
+            str(MANY + 2000),
+            "-m",
+            "0",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            tree,
+            raw,
+            size,
+        ],
+        timeout=300,
+    )
     if fmt == "raw":
         os.replace(raw, dest_qcow2)
     else:
@@ -63,7 +95,7 @@ def _hostile_tree(root: Path) -> Path:
         f.write(b"not utf-8 name")
     (out / "new\nline").write_text("control character in the name")
     (out / "%41literal").write_text("a percent sign in the name")
-    (out / "sub" / "..." ).write_text("three dots is a fine name")
+    (out / "sub" / "...").write_text("three dots is a fine name")
     return root
 
 
@@ -96,8 +128,10 @@ def corpus(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("making device nodes for the corpus needs root")
     import sys
+
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import make_results_run
+
     tmp = tmp_path_factory.mktemp("extract")
     r = make_results_run(tmp)
     stage = tmp / "stage"
@@ -115,8 +149,21 @@ def corpus(tmp_path_factory):
     # garbage bytes named .qcow2
     disk_for("corrupt", "rocky_9.x86_64", "XRootD").write_bytes(os.urandom(1 << 20))
     # a qcow2 whose backing file is a host file
-    command.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw",
-                 disk_for("backed", "rocky_9.x86_64", "Condor"), "64M"])
+    command.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "/etc/passwd",
+            "-F",
+            "raw",
+            disk_for("backed", "rocky_9.x86_64", "Condor"),
+            "64M",
+        ]
+    )
     # a raw ext4 image with output/ in it, named .qcow2 (the format is never probed)
     (stage / "raw" / "output").mkdir(parents=True)
     (stage / "raw" / "output" / "result.json").write_text(json.dumps(GUEST_PASS))
@@ -126,23 +173,37 @@ def corpus(tmp_path_factory):
     _mkfs(stage / "empty", disk_for("no-output", "rocky_9.aarch64", "Condor"))
     # the result disk path is a symlink to a host file
     os.symlink("/etc/passwd", disk_for("symlink", "alma_10.x86_64", "XRootD"))
-    hashes = {k: hashlib.sha256(p.read_bytes()).hexdigest()
-              for k, p in ((k, extract.result_disk(r.dir, s)) for k, s in cells.items()) if not p.is_symlink()}
+    hashes = {
+        k: hashlib.sha256(p.read_bytes()).hexdigest()
+        for k, p in ((k, extract.result_disk(r.dir, s)) for k, s in cells.items())
+        if not p.is_symlink()
+    }
     shadow_before = os.stat("/etc/shadow")
     before = _snapshot(tmp, skip={r.dir / "cells" / s / "output" for s in cells.values()})
     reports = extract.extract_cells(r.dir, list(cells.values()))
     after = _snapshot(tmp, skip={r.dir / "cells" / s / "output" for s in cells.values()})
     doc = results.analyze_run(r.dir)
-    return {"run": r, "cells": cells, "reports": reports, "doc": doc, "before": before,
-            "after": after, "hashes": hashes, "shadow_before": shadow_before, "tmp": tmp}
+    return {
+        "run": r,
+        "cells": cells,
+        "reports": reports,
+        "doc": doc,
+        "before": before,
+        "after": after,
+        "hashes": hashes,
+        "shadow_before": shadow_before,
+        "tmp": tmp,
+    }
 
 
 def test_outcomes(corpus):
-    by = {c["serial"]: c for c in corpus["doc"]["cells"]}
+    by = {c["serial"]: c for c in corpus["doc"].cells}
     cells = corpus["cells"]
     got = {k: (by[s]["outcome"], by[s]["reason"]) for k, s in cells.items()}
     assert got["hostile"][0] == "pass" and got["many"][0] == "pass"
-    assert got["corrupt"] == ("infra", got["corrupt"][1]) and "not a readable qcow2 image" in got["corrupt"][1]
+    assert (
+        got["corrupt"] == ("infra", got["corrupt"][1]) and "not a readable qcow2 image" in got["corrupt"][1]
+    )
     assert got["backed"][0] == "infra" and "backing file (/etc/passwd): refused" in got["backed"][1]
     assert got["raw"][0] == "infra" and "not a readable qcow2" in got["raw"][1]
     assert got["no-output"][0] == "infra" and "output/" in got["no-output"][1]
@@ -156,8 +217,9 @@ def test_outcomes(corpus):
 def test_nothing_leaks_or_lands_outside(corpus):
     r, cells = corpus["run"], corpus["cells"]
     new = set(corpus["after"]) - set(corpus["before"])
-    allowed = ({str(r.dir / "cells" / s / "extraction.json") for s in cells.values()}
-               | {str(r.dir / "cells" / s / "output") for s in cells.values()})
+    allowed = {str(r.dir / "cells" / s / "extraction.json") for s in cells.values()} | {
+        str(r.dir / "cells" / s / "output") for s in cells.values()
+    }
     assert new <= allowed, sorted(new - allowed)[:10]
     changed = {p for p in corpus["before"] if corpus["after"].get(p) != corpus["before"][p]}
     assert changed <= {str(r.dir / "cells" / s) for s in cells.values()}, sorted(changed)[:10]
@@ -186,13 +248,16 @@ def test_hostile_disk_report(corpus):
     assert json.loads((r.dir / "cells" / s / "extraction.json").read_text()) == rep
     kinds = {(e["path"], e["kind"]): e for e in rep["skipped"]}
     assert kinds[("shadow", "symlink")]["detail"] == "/etc/shadow"
-    assert ("escape", "symlink") in kinds and ("sub/up", "symlink") in kinds and ("linkdir", "symlink") in kinds
+    assert (
+        ("escape", "symlink") in kinds and ("sub/up", "symlink") in kinds and ("linkdir", "symlink") in kinds
+    )
     assert kinds[("dev", "device")]["detail"] == "char 1,3"
     assert ("fifo", "fifo") in kinds and ("sock", "socket") in kinds
     assert kinds[("sparse.img", "too-large")]["size"] == 1 << 30
     out = r.dir / "cells" / s / "output"
-    assert sorted(os.listdir(out)) == sorted(["result.json", "test.log", "hard", "bad%FFname",
-                                              "new%0Aline", "%2541literal", "sub"])
+    assert sorted(os.listdir(out)) == sorted(
+        ["result.json", "test.log", "hard", "bad%FFname", "new%0Aline", "%2541literal", "sub"]
+    )
     assert os.listdir(out / "sub") == ["..."]
     assert (out / "hard").read_text() == (out / "result.json").read_text()
     assert (out / "bad%FFname").read_bytes() == b"not utf-8 name"
@@ -210,8 +275,11 @@ def test_file_cap(corpus):
     assert len(rep["skipped"]) == extract.SKIPPED_LIST_CAP
     assert (r.dir / "cells" / s / "output" / "result.json").is_file()
     # the cell's summary in results.json keeps the extraction report short
-    cell = next(c for c in corpus["doc"]["cells"] if c["serial"] == s)
-    assert cell["extraction"]["skipped_count"] == MANY + 1 - lim.max_files and len(cell["extraction"]["skipped"]) == 20
+    cell = next(c for c in corpus["doc"].cells if c["serial"] == s)
+    assert (
+        cell["extraction"]["skipped_count"] == MANY + 1 - lim.max_files
+        and len(cell["extraction"]["skipped"]) == 20
+    )
 
 
 def test_cli_extract(corpus, tmp_path):
@@ -220,15 +288,33 @@ def test_cli_extract(corpus, tmp_path):
     good = extract.result_disk(r.dir, cells["hostile"])
     bad = extract.result_disk(r.dir, cells["backed"])
     from click import Group
+
     group = Group()
     cli_results.register(group)
-    res = CliRunner().invoke(group, ["extract", str(good), str(bad), "-o", str(tmp_path / "x"),
-                                     "--max-file-bytes", "1K", "--max-files", "3"])
+    res = CliRunner().invoke(
+        group,
+        [
+            "extract",
+            str(good),
+            str(bad),
+            "-o",
+            str(tmp_path / "x"),
+            "--max-file-bytes",
+            "1K",
+            "--max-files",
+            "3",
+        ],
+    )
     assert res.exit_code == 1
     assert "backing file" in res.output
     rep = json.loads((tmp_path / "x" / good.stem / "extraction.json").read_text())
     # the three smallest top-level files; the rest (and everything the listing could not
     # name) past the file cap
     assert rep["ok"] and rep["files"] == 3 and rep["skipped_by_kind"]["file-cap"] >= 3
-    assert sorted(os.listdir(tmp_path / "x" / good.stem / "output")) == ["%2541literal", "result.json", "sub", "test.log"]
+    assert sorted(os.listdir(tmp_path / "x" / good.stem / "output")) == [
+        "%2541literal",
+        "result.json",
+        "sub",
+        "test.log",
+    ]
     assert not json.loads((tmp_path / "x" / bad.stem / "extraction.json").read_text())["ok"]

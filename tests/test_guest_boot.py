@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import extract_output
+
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.guest import iodisk, qemu
 
-BOOT_LIMIT_S = 600   # a boot takes ~40-80 s under TCG on an idle 2-core host; much more when loaded
+BOOT_LIMIT_S = 600  # a boot takes ~40-80 s under TCG on an idle 2-core host; much more when loaded
 
 
 @dataclass(frozen=True)
@@ -36,40 +36,61 @@ def run_cell(tmp_path, debian12_image, make_cell_input):
     def run(*, networking: bool = True, base: Path = debian12_image, **cell) -> Outcome:
         inp = make_cell_input(**cell)
         disk = iodisk.make_iodisk(inp, tmp_path / "io.qcow2")
-        res = qemu.boot(base, [qemu.Disk(disk, "qcow2")], memory_mb=1024, vcpus=2,
-                        networking=networking, timeout_s=BOOT_LIMIT_S,
-                        console_log=tmp_path / "console.log", workdir=tmp_path / "vm")
-        print(f"boot: {res.wall_s:.1f} s rc={res.returncode} timed_out={res.timed_out} "
-              f"accel={res.accel}")
+        res = qemu.boot(
+            base,
+            [qemu.Disk(disk, "qcow2")],
+            memory_mb=1024,
+            vcpus=2,
+            networking=networking,
+            timeout_s=BOOT_LIMIT_S,
+            console_log=tmp_path / "console.log",
+            workdir=tmp_path / "vm",
+        )
+        print(f"boot: {res.wall_s:.1f} s rc={res.returncode} timed_out={res.timed_out} accel={res.accel}")
         out = extract_output(disk, tmp_path / "extracted")
         result = json.loads((out / "result.json").read_text())
         return Outcome(res, result, int((out / "exit-status").read_text()), out)
+
     return run
 
 
 def _explain(o: Outcome) -> str:
-    logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
-                   for p in sorted(o.output.glob("*.log")))
+    logs = "".join(
+        f"\n--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in sorted(o.output.glob("*.log"))
+    )
     return json.dumps(o.result, indent=1) + logs
 
 
 @pytest.mark.vm
 def test_success_installs_and_tests_hello(run_cell, debian12_image):
     before = (debian12_image.stat().st_mtime_ns, debian12_image.stat().st_size)
-    o = run_cell(packages=["hello"], test_command='hello | grep -q "Hello, world"',
-                 update_apt_sources=["deb http://deb.debian.org/debian bookworm main",
-                                     "deb http://deb.debian.org/debian bookworm-updates main"])
+    o = run_cell(
+        packages=["hello"],
+        test_command='hello | grep -q "Hello, world"',
+        update_apt_sources=[
+            "deb http://deb.debian.org/debian bookworm main",
+            "deb http://deb.debian.org/debian bookworm-updates main",
+        ],
+    )
     assert o.boot.ok and not o.boot.timed_out, o.boot
     assert o.boot.wall_s < BOOT_LIMIT_S
     assert (o.result["status"], o.result["exit_code"], o.exit_status) == ("pass", 0, 0), _explain(o)
     assert set(o.phases().values()) == {"ok"}
-    assert list(o.phases()) == ["environment", "network", "hostname", "repositories", "install",
-                                "test", "update", "collect"]
+    assert list(o.phases()) == [
+        "environment",
+        "network",
+        "hostname",
+        "repositories",
+        "install",
+        "test",
+        "update",
+        "collect",
+    ]
     assert o.result["serial"] == "001" and o.result["current_phase"] is None
     # What collect gathered.
     assert "hello\t" in (o.output / "packages-end.txt").read_text()
     assert "hello\t" not in (o.output / "packages-start.txt").read_text()
-    assert 'VERSION_CODENAME=bookworm' in (o.output / "os-release").read_text()
+    assert "VERSION_CODENAME=bookworm" in (o.output / "os-release").read_text()
     for f in ("journal.txt", "dmesg.txt", "var-log.tar.gz", "etc.tar.gz", "console-hook.log"):
         assert (o.output / f).stat().st_size > 0, f
     assert "osgtest-001.osgtest.test" in (o.output / "hostname.log").read_text()
@@ -83,9 +104,13 @@ def test_success_installs_and_tests_hello(run_cell, debian12_image):
 @pytest.mark.vm
 def test_failing_test_command_on_trixie(run_cell, debian13_image):
     """A test that fails, on the local builder's trixie image (so both Debian releases boot)."""
-    o = run_cell(base=debian13_image, platform_id="debian_13.x86_64", packages=["hello"],
-                 apt_sources=["deb http://deb.debian.org/debian trixie main"],
-                 test_command='hello | grep -q "Goodbye"')
+    o = run_cell(
+        base=debian13_image,
+        platform_id="debian_13.x86_64",
+        packages=["hello"],
+        apt_sources=["deb http://deb.debian.org/debian trixie main"],
+        test_command='hello | grep -q "Goodbye"',
+    )
     assert o.boot.ok, o.boot
     assert "VERSION_CODENAME=trixie" in (o.output / "os-release").read_text()
     assert (o.result["status"], o.exit_status) == ("test", 1), _explain(o)
@@ -154,7 +179,7 @@ def test_accel_probe_boots_a_real_linux_kernel():
     ok, why = qemu._probe("tcg", 90)
     assert ok, why
     assert "Linux kernel booted" in why
-    ok, why = qemu._probe("tcg", 0.5)          # a kernel that cannot finish: not trusted
+    ok, why = qemu._probe("tcg", 0.5)  # a kernel that cannot finish: not trusted
     assert not ok and "did not finish booting" in why
 
 
@@ -165,19 +190,25 @@ def test_accel_probe_answer_is_kept_per_host_boot(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(qemu, "_probe", lambda accel, timeout: calls.append(accel) or (False, "hung"))
     assert qemu.detect_accel() == "tcg"
-    monkeypatch.setattr(qemu, "_accel_cache", None)            # a new process, same boot
+    monkeypatch.setattr(qemu, "_accel_cache", None)  # a new process, same boot
     assert qemu.detect_accel() == "tcg" and calls == ["kvm"]
     key, accel, why = (tmp_path / "accel-probe.txt").read_text().rstrip("\n").split("\t")
     assert (accel, why) == ("tcg", "hung")
-    (tmp_path / "accel-probe.txt").write_text(f"another-boot\tkvm\tok\n")
+    (tmp_path / "accel-probe.txt").write_text("another-boot\tkvm\tok\n")
     monkeypatch.setattr(qemu, "_accel_cache", None)
     assert qemu.detect_accel() == "tcg" and calls == ["kvm", "kvm"]
 
 
 def test_qemu_argv(tmp_path):
-    argv = qemu.qemu_argv(tmp_path / "ov,1.qcow2", [qemu.Disk(tmp_path / "io.qcow2", "qcow2")],
-                          accel="tcg", memory_mb=2048, vcpus=2, networking=True,
-                          console_log=tmp_path / "c.log")
+    argv = qemu.qemu_argv(
+        tmp_path / "ov,1.qcow2",
+        [qemu.Disk(tmp_path / "io.qcow2", "qcow2")],
+        accel="tcg",
+        memory_mb=2048,
+        vcpus=2,
+        networking=True,
+        console_log=tmp_path / "c.log",
+    )
     s = " ".join(argv)
     assert "-machine q35,accel=tcg -cpu max" in s
     assert "-smp 2 -m 2048" in s and "-no-reboot" in s and "-display none -monitor none" in s
@@ -185,8 +216,15 @@ def test_qemu_argv(tmp_path):
     assert f"file={tmp_path}/ov,,1.qcow2,format=qcow2,if=none,id=vda" in s
     assert f"file={tmp_path}/io.qcow2,format=qcow2,if=none,id=vdb" in s
     assert "-nic user,model=virtio-net-pci" in s
-    off = qemu.qemu_argv(tmp_path / "o.qcow2", [], accel="kvm", memory_mb=512, vcpus=1,
-                         networking=False, console_log=tmp_path / "c.log")
+    off = qemu.qemu_argv(
+        tmp_path / "o.qcow2",
+        [],
+        accel="kvm",
+        memory_mb=512,
+        vcpus=1,
+        networking=False,
+        console_log=tmp_path / "c.log",
+    )
     assert "-nic none" in " ".join(off) and "accel=kvm" in " ".join(off)
 
 

@@ -6,15 +6,26 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import extract_output
+
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.guest import debian_builder, gfs, image, iodisk, oz_builder, payload, qemu
 from osgtest_dag.plan.catalog import Catalog
 
-PLATFORMS = ["alma_8", "alma_9", "alma_10", "rocky_8", "rocky_9", "rocky_10", "centos_stream_9",
-             "centos_stream_10", "debian_11", "debian_12", "debian_13"]
+PLATFORMS = [
+    "alma_8",
+    "alma_9",
+    "alma_10",
+    "rocky_8",
+    "rocky_9",
+    "rocky_10",
+    "centos_stream_9",
+    "centos_stream_10",
+    "debian_11",
+    "debian_12",
+    "debian_13",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +35,12 @@ def cat():
 
 # --- Oz templates -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("os_id", PLATFORMS)
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
 def test_template_parses_with_oz(cat, os_id, arch):
     import oz.TDL
+
     plat = cat.platform(f"{os_id}.{arch}")
     text = oz_builder.render_template(plat)
     tdl = oz.TDL.TDL(text)  # Oz's own parser
@@ -70,8 +83,9 @@ def test_oz_support_is_checked_against_installed_oz(cat, os_id, tmp_path):
 
 def test_oz_install_invocation(tmp_path):
     cfg = oz_builder.write_oz_config(tmp_path, data_dir=tmp_path / "oz-data")
-    argv = oz_builder.oz_install_argv(tmp_path / "t.tdl", tmp_path / "out.qcow2", cfg,
-                                      tmp_path / "l.xml", timeout_s=1234)
+    argv = oz_builder.oz_install_argv(
+        tmp_path / "t.tdl", tmp_path / "out.qcow2", cfg, tmp_path / "l.xml", timeout_s=1234
+    )
     assert argv[0] == "oz-install" and argv[-1] == str(tmp_path / "t.tdl")
     assert argv[argv.index("-s") + 1] == str(tmp_path / "out.qcow2")
     assert argv[argv.index("-c") + 1] == str(cfg)
@@ -95,13 +109,18 @@ def test_choose_builder(cat):
 
 # --- Oz-path customization on a real image ----------------------------------------------------
 
+
 def _updated_with_usr(g) -> bool:
     """/etc/.updated and /var/.updated are there and no older than /usr (no
     ConditionNeedsUpdate work on boot)."""
+
     def mtime(p):
         st = g.statns(p)
         return (st["st_mtime_sec"], st["st_mtime_nsec"])
-    return all(g.is_file(f"{d}/.updated") and mtime(f"{d}/.updated") >= mtime("/usr") for d in ("/etc", "/var"))
+
+    return all(
+        g.is_file(f"{d}/.updated") and mtime(f"{d}/.updated") >= mtime("/usr") for d in ("/etc", "/var")
+    )
 
 
 def _strip_customization(disk: Path) -> dict:
@@ -111,23 +130,34 @@ def _strip_customization(disk: Path) -> dict:
     """
     with gfs.open_disks([(disk, "qcow2")], readonly=False) as g:
         g.mount("/dev/sda1", "/")
-        seen = {"stamp": g.cat("/etc/osgtest-image-release"),
-                "hook_enabled": g.is_symlink("/etc/systemd/system/multi-user.target.wants/osgtest-boot.service"),
-                "fstab": g.cat("/etc/fstab"), "ldlinux": g.exists("/boot/extlinux/ldlinux.sys"),
-                "extlinux": g.cat("/boot/extlinux/extlinux.conf"),
-                "apt_conf": g.cat("/etc/apt/apt.conf.d/90osgtest"),
-                "updated": _updated_with_usr(g)}
-        for f in ("/usr/local/sbin/osgtest-boot", "/etc/systemd/system/osgtest-boot.service",
-                  "/etc/systemd/system/multi-user.target.wants/osgtest-boot.service",
-                  "/etc/osgtest-image-release", "/etc/systemd/network/80-osgtest-dhcp.network",
-                  "/etc/.updated", "/var/.updated"):
+        seen = {
+            "stamp": g.cat("/etc/osgtest-image-release"),
+            "hook_enabled": g.is_symlink("/etc/systemd/system/multi-user.target.wants/osgtest-boot.service"),
+            "fstab": g.cat("/etc/fstab"),
+            "ldlinux": g.exists("/boot/extlinux/ldlinux.sys"),
+            "extlinux": g.cat("/boot/extlinux/extlinux.conf"),
+            "apt_conf": g.cat("/etc/apt/apt.conf.d/90osgtest"),
+            "updated": _updated_with_usr(g),
+        }
+        for f in (
+            "/usr/local/sbin/osgtest-boot",
+            "/etc/systemd/system/osgtest-boot.service",
+            "/etc/systemd/system/multi-user.target.wants/osgtest-boot.service",
+            "/etc/osgtest-image-release",
+            "/etc/systemd/network/80-osgtest-dhcp.network",
+            "/etc/.updated",
+            "/var/.updated",
+        ):
             g.rm_f(f)
         conf = g.cat("/boot/extlinux/extlinux.conf")
-        g.write("/boot/extlinux/extlinux.conf",
-                conf.replace("console=ttyS0,115200 panic=-1", "quiet").encode())
+        g.write(
+            "/boot/extlinux/extlinux.conf", conf.replace("console=ttyS0,115200 panic=-1", "quiet").encode()
+        )
         g.mkdir_p("/etc/network")
-        g.write("/etc/network/interfaces",
-                b"auto lo\niface lo inet loopback\nallow-hotplug ens3\niface ens3 inet dhcp\n")
+        g.write(
+            "/etc/network/interfaces",
+            b"auto lo\niface lo inet loopback\nallow-hotplug ens3\niface ens3 inet dhcp\n",
+        )
         g.write("/etc/udev/rules.d/70-persistent-net.rules", b'SUBSYSTEM=="net", NAME="eth0"\n')
         g.write("/etc/machine-id", b"0123456789abcdef0123456789abcdef\n")
         g.umount_all()
@@ -167,10 +197,14 @@ def test_oz_customization_result(customized):
         hook = "/usr/local/sbin/osgtest-boot"
         assert g.read_file(hook) == payload.payload_file(payload.BOOT_HOOK).read_bytes()
         assert g.statns(hook)["st_mode"] & 0o777 == 0o755
-        assert g.read_file("/etc/systemd/system/osgtest-boot.service") == \
-            payload.payload_file(payload.BOOT_UNIT).read_bytes()
-        assert g.readlink("/etc/systemd/system/multi-user.target.wants/osgtest-boot.service") == \
-            "/etc/systemd/system/osgtest-boot.service"
+        assert (
+            g.read_file("/etc/systemd/system/osgtest-boot.service")
+            == payload.payload_file(payload.BOOT_UNIT).read_bytes()
+        )
+        assert (
+            g.readlink("/etc/systemd/system/multi-user.target.wants/osgtest-boot.service")
+            == "/etc/systemd/system/osgtest-boot.service"
+        )
         assert g.cat("/etc/systemd/network/80-osgtest-dhcp.network") == debian_builder.NETWORK_FILE
         assert "allow-hotplug" not in g.cat("/etc/network/interfaces")
         assert g.is_symlink("/etc/systemd/system/multi-user.target.wants/systemd-networkd.service")
@@ -191,8 +225,14 @@ def test_customized_image_runs_the_hook(customized, make_cell_input, tmp_path):
     disk = customized[0]
     inp = make_cell_input(network_retries=1, test_command="true")
     io = iodisk.make_iodisk(inp, tmp_path / "io.qcow2")
-    res = qemu.boot(disk, [qemu.Disk(io, "qcow2")], networking=False, timeout_s=600,
-                    workdir=tmp_path / "vm", console_log=tmp_path / "console.log")
+    res = qemu.boot(
+        disk,
+        [qemu.Disk(io, "qcow2")],
+        networking=False,
+        timeout_s=600,
+        workdir=tmp_path / "vm",
+        console_log=tmp_path / "console.log",
+    )
     assert res.ok, res
     out = extract_output(io, tmp_path / "x")
     result = json.loads((out / "result.json").read_text())
@@ -201,6 +241,7 @@ def test_customized_image_runs_the_hook(customized, make_cell_input, tmp_path):
 
 
 # --- the image store --------------------------------------------------------------------------
+
 
 def test_stored_image_is_reused(debian12_image, guest_image_store):
     out = image.build_image("debian_12", guest_image_store)
@@ -226,6 +267,7 @@ def fake_local_builder(monkeypatch):
             raise UserError("simulated build failure")
         command.run(["qemu-img", "create", "-q", "-f", "qcow2", dest, "16M"])
         return ["pkg\t1.0\tamd64"]
+
     monkeypatch.setattr(debian_builder, "build", fake_build)
     fake_build.calls = calls
     return fake_build

@@ -9,14 +9,12 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from conftest import extract_output
+
 from osgtest_dag.analyze.extract import ExtractJob, extract_disks
 from osgtest_dag.base import command
-from osgtest_dag.guest import gfs
-from osgtest_dag.guest import iodisk
-from osgtest_dag.guest import payload
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.guest import gfs, iodisk, payload
 
 
 def _read_tree(disk: Path) -> dict:
@@ -66,8 +64,15 @@ def test_backend_contents(backend, cell_input, tmp_path):
     for name in ("cell.json", "cell.env", "extra/data.txt"):
         assert e[f"input/{name}"][2] == (cell_input / name).read_bytes()
     # Nothing else: exactly the staged tree.
-    assert set(e) == {"run-job", "input", "input/cell.json", "input/cell.env", "input/extra",
-                      "input/extra/data.txt", "output"}
+    assert set(e) == {
+        "run-job",
+        "input",
+        "input/cell.json",
+        "input/cell.env",
+        "input/extra",
+        "input/extra/data.txt",
+        "output",
+    }
     if backend == "mke2fs":  # (one appliance launch less for the slow backend)
         out = extract_output(disk, tmp_path / f"read-{backend}")
         assert out.is_dir() and list(out.iterdir()) == []
@@ -142,8 +147,9 @@ def test_foreign_disks_are_refused(tmp_path):
     command.run(["mkfs.ext4", "-q", "-F", "-L", "SOMETHING", raw, "8M"])
     foreign = tmp_path / "other.qcow2"
     command.run(["qemu-img", "convert", "-O", "qcow2", raw, foreign])
-    as_raw, as_qcow2 = extract_disks([ExtractJob(raw, tmp_path / "raw" / "output"),
-                                      ExtractJob(foreign, tmp_path / "qcow2" / "output")])
+    as_raw, as_qcow2 = extract_disks(
+        [ExtractJob(raw, tmp_path / "raw" / "output"), ExtractJob(foreign, tmp_path / "qcow2" / "output")]
+    )
     assert not as_raw["ok"] and "not a readable qcow2" in as_raw["error"]
     assert not as_qcow2["ok"] and "nor one labelled OSGTEST-IO" in as_qcow2["error"]
     assert not (tmp_path / "raw" / "output").exists() and not (tmp_path / "qcow2" / "output").exists()

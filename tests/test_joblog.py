@@ -22,8 +22,10 @@ from osgtest_dag.model.joblog import (
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data" / "condor"
-VMGAHP = ("An internal error prevented HTCondor from starting the VM.  This job will be rescheduled.  "
-          "(VMGAHP_ERR_INTERNAL).")
+VMGAHP = (
+    "An internal error prevented HTCondor from starting the VM.  This job will be rescheduled.  "
+    "(VMGAHP_ERR_INTERNAL)."
+)
 
 
 def _t(text: str) -> int:
@@ -34,28 +36,84 @@ def _t(text: str) -> int:
 def test_vm_jobs_one_retried_after_a_vmgahp_error_one_removed_one_never_started():
     jobs = read_job_log(DATA / "vm" / "jobs.log")
     assert jobs == (
-        JobRecord(cluster=159, proc=0, node="TestRun000", state=JobState.DONE,
-                  submitted=_t("2026-11-21 23:10:25"), ended=_t("2026-11-21 23:16:28"),
-                  exit_code=0, exit_signal=None,
-                  attempts=(Attempt(host="vm", start=_t("2026-11-21 23:10:31"), end=_t("2026-11-21 23:10:44"),
-                                    ending=AttemptEnd.REMOTE_ERROR, reason=VMGAHP),
-                            Attempt(host="vm", start=_t("2026-11-21 23:13:36"), end=_t("2026-11-21 23:16:28"),
-                                    ending=AttemptEnd.EXITED, exit_code=0)),
-                  holds=(), released=0, evicted=1, aborted=False, removed_reason="",
-                  shadow_exceptions=(), events=14),
-        JobRecord(cluster=162, proc=0, node="TestRun001", state=JobState.REMOVED,
-                  submitted=_t("2026-11-21 23:26:50"), ended=_t("2026-11-21 23:27:06"),
-                  exit_code=None, exit_signal=None,
-                  attempts=(Attempt(host="vm", start=_t("2026-11-21 23:26:54"), end=_t("2026-11-21 23:27:06"),
-                                    ending=AttemptEnd.REMOTE_ERROR, reason=VMGAHP),),
-                  holds=(), released=0, evicted=1, aborted=True, removed_reason="via condor_rm (by user condor)",
-                  shadow_exceptions=(), events=7),
-        JobRecord(cluster=163, proc=0, node="TestRun002", state=JobState.REMOVED,
-                  submitted=_t("2026-11-21 23:26:50"), ended=_t("2026-11-21 23:26:58"),
-                  exit_code=None, exit_signal=None, attempts=(), holds=(), released=0, evicted=0, aborted=True,
-                  removed_reason="The job attribute PeriodicRemove expression "
-                                 "'(JobStatus == 1) && (time() - QDate > 5)' evaluated to TRUE",
-                  shadow_exceptions=(), events=2),
+        JobRecord(
+            cluster=159,
+            proc=0,
+            node="TestRun000",
+            state=JobState.DONE,
+            submitted=_t("2026-11-21 23:10:25"),
+            ended=_t("2026-11-21 23:16:28"),
+            exit_code=0,
+            exit_signal=None,
+            attempts=(
+                Attempt(
+                    host="vm",
+                    start=_t("2026-11-21 23:10:31"),
+                    end=_t("2026-11-21 23:10:44"),
+                    ending=AttemptEnd.REMOTE_ERROR,
+                    reason=VMGAHP,
+                ),
+                Attempt(
+                    host="vm",
+                    start=_t("2026-11-21 23:13:36"),
+                    end=_t("2026-11-21 23:16:28"),
+                    ending=AttemptEnd.EXITED,
+                    exit_code=0,
+                ),
+            ),
+            holds=(),
+            released=0,
+            evicted=1,
+            aborted=False,
+            removed_reason="",
+            shadow_exceptions=(),
+            events=14,
+        ),
+        JobRecord(
+            cluster=162,
+            proc=0,
+            node="TestRun001",
+            state=JobState.REMOVED,
+            submitted=_t("2026-11-21 23:26:50"),
+            ended=_t("2026-11-21 23:27:06"),
+            exit_code=None,
+            exit_signal=None,
+            attempts=(
+                Attempt(
+                    host="vm",
+                    start=_t("2026-11-21 23:26:54"),
+                    end=_t("2026-11-21 23:27:06"),
+                    ending=AttemptEnd.REMOTE_ERROR,
+                    reason=VMGAHP,
+                ),
+            ),
+            holds=(),
+            released=0,
+            evicted=1,
+            aborted=True,
+            removed_reason="via condor_rm (by user condor)",
+            shadow_exceptions=(),
+            events=7,
+        ),
+        JobRecord(
+            cluster=163,
+            proc=0,
+            node="TestRun002",
+            state=JobState.REMOVED,
+            submitted=_t("2026-11-21 23:26:50"),
+            ended=_t("2026-11-21 23:26:58"),
+            exit_code=None,
+            exit_signal=None,
+            attempts=(),
+            holds=(),
+            released=0,
+            evicted=0,
+            aborted=True,
+            removed_reason="The job attribute PeriodicRemove expression "
+            "'(JobStatus == 1) && (time() - QDate > 5)' evaluated to TRUE",
+            shadow_exceptions=(),
+            events=2,
+        ),
     )
     assert jobs[0].id == "159.0" and jobs[0].host == "vm" and jobs[0].hosts == ("vm", "vm")
     assert jobs[0].executed == (_t("2026-11-21 23:10:31"), _t("2026-11-21 23:13:36"))
@@ -67,30 +125,71 @@ def test_a_vm_held_at_its_wall_clock_limit():
     the hold of the template's periodic_hold (code 3, subcode 1); the hold ended the execution."""
     jobs = read_job_log(DATA / "shaped" / "held" / "logs" / "jobs.log")
     [held] = [j for j in jobs if j.state == JobState.HELD]
-    hold = Hold(time=_t("2026-11-21 22:54:23"), reason="osgtest-dag: VM ran longer than 3 s", code=3, subcode=1,
-                host="vm")
+    hold = Hold(
+        time=_t("2026-11-21 22:54:23"),
+        reason="osgtest-dag: VM ran longer than 3 s",
+        code=3,
+        subcode=1,
+        host="vm",
+    )
     assert held == JobRecord(
-        cluster=152, proc=0, node="TestRun002", state=JobState.HELD, submitted=_t("2026-11-21 22:53:41"),
-        ended=None, exit_code=None, exit_signal=None,
-        attempts=(Attempt(host="vm", start=_t("2026-11-21 22:53:46"), end=_t("2026-11-21 22:54:23"),
-                          ending=AttemptEnd.HELD, reason=hold.reason, hold=hold),),
-        holds=(hold,), released=0, evicted=1, aborted=False, removed_reason="", shadow_exceptions=(), events=4)
+        cluster=152,
+        proc=0,
+        node="TestRun002",
+        state=JobState.HELD,
+        submitted=_t("2026-11-21 22:53:41"),
+        ended=None,
+        exit_code=None,
+        exit_signal=None,
+        attempts=(
+            Attempt(
+                host="vm",
+                start=_t("2026-11-21 22:53:46"),
+                end=_t("2026-11-21 22:54:23"),
+                ending=AttemptEnd.HELD,
+                reason=hold.reason,
+                hold=hold,
+            ),
+        ),
+        holds=(hold,),
+        released=0,
+        evicted=1,
+        aborted=False,
+        removed_reason="",
+        shadow_exceptions=(),
+        events=4,
+    )
     assert held.held_at_wall_clock_limit and held.last_hold == hold and hold.at_wall_clock_limit
     others = [j for j in jobs if j is not held]
     assert not any(j.held_at_wall_clock_limit or j.holds for j in others)
     assert all(j.state == JobState.DONE and j.exit_code == 0 and j.host == "vm" for j in others)
     by_node = jobs_by_node(jobs)
-    assert sorted(by_node) == ["CleanOutput000", "CreateDisk000", "CreateDisk001", "CreateDisk002",
-                               "ProcessResult000", "ProcessResult001", "TestRun000", "TestRun001", "TestRun002"]
-    assert [j.id for j in by_node["TestRun001"]] == ["151.0", "154.0"]     # a retry is a new job
+    assert sorted(by_node) == [
+        "CleanOutput000",
+        "CreateDisk000",
+        "CreateDisk001",
+        "CreateDisk002",
+        "ProcessResult000",
+        "ProcessResult001",
+        "TestRun000",
+        "TestRun001",
+        "TestRun002",
+    ]
+    assert [j.id for j in by_node["TestRun001"]] == ["151.0", "154.0"]  # a retry is a new job
     assert by_node["TestRun000"][0].attempts == (
-        Attempt(host="vm", start=_t("2026-11-21 22:53:46"), end=_t("2026-11-21 22:53:47"),
-                ending=AttemptEnd.EXITED, exit_code=0),)
+        Attempt(
+            host="vm",
+            start=_t("2026-11-21 22:53:46"),
+            end=_t("2026-11-21 22:53:47"),
+            ending=AttemptEnd.EXITED,
+            exit_code=0,
+        ),
+    )
 
 
 def test_the_wall_clock_hold_codes_are_the_submit_templates():
     text = (ROOT / "submit_templates" / "test-run.sub.j2").read_text()
-    assert re.search(r"^periodic_hold\s*=", text, re.M)          # a JobPolicy hold: code 3
+    assert re.search(r"^periodic_hold\s*=", text, re.M)  # a JobPolicy hold: code 3
     assert WALL_CLOCK_HOLD_CODE == 3
     assert re.search(r"^periodic_hold_subcode\s*=\s*(\d+)\s*$", text, re.M)[1] == str(WALL_CLOCK_HOLD_SUBCODE)
 
@@ -99,7 +198,7 @@ def test_injected_dag_retries_and_exit_codes():
     """DAGMan's run of the differential-test DAG (failures injected by exit code)."""
     jobs = read_job_log(DATA / "injected" / "jobs.log")
     by_node = jobs_by_node(jobs)
-    assert len(by_node["TestRun004"]) == 3          # RETRY 2: three attempts, three jobs
+    assert len(by_node["TestRun004"]) == 3  # RETRY 2: three attempts, three jobs
     assert [j.exit_code for j in by_node["CreateDisk005"]] == [3, 3]
     assert [j.state for j in by_node["CreateDisk005"]] == [JobState.FAILED, JobState.FAILED]
     [t2] = by_node["TestRun002"]
@@ -113,9 +212,15 @@ def test_the_dagman_jobs_own_log():
     assert (done.id, done.node, done.state, done.exit_code) == ("128.0", None, JobState.DONE, 0)
     assert (done.submitted, done.ended) == (_t("2026-11-21 22:51:49"), _t("2026-11-21 22:53:13"))
     [running] = read_job_log(DATA / "shaped" / "held" / "workflow.dag.dagman.log")
-    assert (running.id, running.state, running.ended, running.exit_code) == ("145.0", JobState.RUNNING, None, None)
-    assert running.attempts == (Attempt(host="vm", start=_t("2026-11-21 22:53:18"), end=None,
-                                        ending=AttemptEnd.RUNNING),)
+    assert (running.id, running.state, running.ended, running.exit_code) == (
+        "145.0",
+        JobState.RUNNING,
+        None,
+        None,
+    )
+    assert running.attempts == (
+        Attempt(host="vm", start=_t("2026-11-21 22:53:18"), end=None, ending=AttemptEnd.RUNNING),
+    )
 
 
 def test_shadow_exception_hold_while_idle_release_and_a_signal(tmp_path):
@@ -155,17 +260,46 @@ def test_shadow_exception_hold_while_idle_release_and_a_signal(tmp_path):
 \t0  -  Total Bytes Received By Job
 ...
 """)
-    hold = Hold(time=_t("2026-11-21 22:02:00"), reason="Failed to transfer files", code=13, subcode=2, host=None)
+    hold = Hold(
+        time=_t("2026-11-21 22:02:00"), reason="Failed to transfer files", code=13, subcode=2, host=None
+    )
     shadow = "Error from slot1_1@exec01.example.org: Failed to start the VM"
-    assert read_job_log(log) == (JobRecord(
-        cluster=41, proc=0, node="TestRun007", state=JobState.FAILED, submitted=_t("2026-11-21 22:00:00"),
-        ended=_t("2026-11-21 22:09:00"), exit_code=None, exit_signal=9,
-        attempts=(Attempt(host="exec01.example.org", start=_t("2026-11-21 22:00:05"), end=_t("2026-11-21 22:01:00"),
-                          ending=AttemptEnd.SHADOW_EXCEPTION, reason=shadow),
-                  Attempt(host="10.0.0.6", start=_t("2026-11-21 22:04:00"), end=_t("2026-11-21 22:09:00"),
-                          ending=AttemptEnd.SIGNALED, reason="signal 9", exit_signal=9)),
-        holds=(hold,), released=1, evicted=0, aborted=False, removed_reason="", shadow_exceptions=(shadow,),
-        events=7),)
+    assert read_job_log(log) == (
+        JobRecord(
+            cluster=41,
+            proc=0,
+            node="TestRun007",
+            state=JobState.FAILED,
+            submitted=_t("2026-11-21 22:00:00"),
+            ended=_t("2026-11-21 22:09:00"),
+            exit_code=None,
+            exit_signal=9,
+            attempts=(
+                Attempt(
+                    host="exec01.example.org",
+                    start=_t("2026-11-21 22:00:05"),
+                    end=_t("2026-11-21 22:01:00"),
+                    ending=AttemptEnd.SHADOW_EXCEPTION,
+                    reason=shadow,
+                ),
+                Attempt(
+                    host="10.0.0.6",
+                    start=_t("2026-11-21 22:04:00"),
+                    end=_t("2026-11-21 22:09:00"),
+                    ending=AttemptEnd.SIGNALED,
+                    reason="signal 9",
+                    exit_signal=9,
+                ),
+            ),
+            holds=(hold,),
+            released=1,
+            evicted=0,
+            aborted=False,
+            removed_reason="",
+            shadow_exceptions=(shadow,),
+            events=7,
+        ),
+    )
     assert not read_job_log(log)[0].held_at_wall_clock_limit
 
 
@@ -176,7 +310,7 @@ def test_no_log_an_empty_log_and_a_log_being_written(tmp_path):
     # cut inside the first job's termination event: what came before it is read
     text = (DATA / "vm" / "jobs.log").read_text()
     cut = tmp_path / "cut.log"
-    cut.write_text(text[:text.index("Job terminated.") + 40])
+    cut.write_text(text[: text.index("Job terminated.") + 40])
     [job] = read_job_log(cut)
     assert (job.id, job.state, job.ended) == ("159.0", JobState.RUNNING, None)
     assert [a.ending for a in job.attempts] == [AttemptEnd.REMOTE_ERROR, AttemptEnd.RUNNING]

@@ -65,8 +65,13 @@ def test_matrix_runs_resumes_and_reports(tmp_path, cli, debian12_image):
     run = _generate(cli, tmp_path, MATRIX, "run", debian12_image)
     exe = Path(sys.executable).parent / "osgtest-dag"
     # start, kill -9 once the first cell's VM node has finished, then resume
-    p = subprocess.Popen([str(exe), "run", str(run), "-j", "2", "--no-progress"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    p = subprocess.Popen(
+        [str(exe), "run", str(run), "-j", "2", "--no-progress"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     state = run / "matrix.dag.local-state.json"
     deadline = time.time() + 600
     killed_after = None
@@ -79,17 +84,17 @@ def test_matrix_runs_resumes_and_reports(tmp_path, cli, debian12_image):
             done = [n for n, s in nodes.items() if n.startswith("TestRun") and s["status"] == "done"]
             if done:
                 killed_after = done
-                os.killpg(p.pid, signal.SIGKILL)   # the executor and what it started
+                os.killpg(p.pid, signal.SIGKILL)  # the executor and what it started
                 break
         time.sleep(0.5)
     p.wait()
     assert killed_after, "no VM node finished before the deadline"
-    finished_serials = [n[len("TestRun"):] for n in killed_after]
+    finished_serials = [n[len("TestRun") :] for n in killed_after]
     starts_before = {s: _vm_starts(run, s) for s in ("000", "001", "002")}
 
     r = cli("run", run, "-j", "2", "--no-progress")
     assert r.returncode == 0, r.stdout + r.stderr
-    for s in finished_serials:                   # a finished cell never boots again
+    for s in finished_serials:  # a finished cell never boots again
         assert _vm_starts(run, s) == starts_before[s] == 1
     summary = json.loads((run / "matrix-summary.json").read_text())
     got = {c["serial"]: (c["outcome"], c["exit_code"]) for c in summary["cells"]}
@@ -109,17 +114,28 @@ def test_matrix_runs_resumes_and_reports(tmp_path, cli, debian12_image):
 
 
 def test_hung_vm_is_killed_at_its_limit(tmp_path, cli, debian12_image):
-    run = _generate(cli, tmp_path, HUNG, "hung", debian12_image, "--max-wall", "90", "--max-starts", "1",
-                    "--vm-retries", "0")
+    run = _generate(
+        cli,
+        tmp_path,
+        HUNG,
+        "hung",
+        debian12_image,
+        "--max-wall",
+        "90",
+        "--max-starts",
+        "1",
+        "--vm-retries",
+        "0",
+    )
     t0 = time.time()
     r = cli("run", run, "--no-progress")
     wall = time.time() - t0
-    assert r.returncode == 0, r.stdout + r.stderr   # the FINAL node completes the run
+    assert r.returncode == 0, r.stdout + r.stderr  # the FINAL node completes the run
     assert wall < 300
     vm = [json.loads(x) for x in (run / "cells" / "000" / "local-vm.json").read_text().splitlines()]
     assert len(vm) == 1 and vm[0]["timed_out"] and vm[0]["returncode"] is None
     console = run / "cells" / "000" / vm[0]["console"]
-    assert console.stat().st_size > 0               # the serial console is kept
+    assert console.stat().st_size > 0  # the serial console is kept
     summary = json.loads((run / "matrix-summary.json").read_text())
     (cell,) = summary["cells"]
     assert cell["outcome"] == "timeout" and "wall-clock limit" in cell["reason"]

@@ -45,23 +45,29 @@ def test_file_order_is_reverse_sorted(params_d, catalog):
 
 def test_duplicates_dropped_first_wins(tmp_path, catalog):
     a = tmp_path / "b.yaml"
-    a.write_text("platforms: [rocky_9.x86_64]\nsources: ['24; osg']\n"
-                 "package_sets: [{label: A, packages: [x]}]\n")
+    a.write_text(
+        "platforms: [rocky_9.x86_64]\nsources: ['24; osg']\npackage_sets: [{label: A, packages: [x]}]\n"
+    )
     b = tmp_path / "a.yaml"
-    b.write_text("platforms: [rocky_9.x86_64, alma_9.x86_64]\nsources: ['24; osg']\n"
-                 "package_sets: [{label: A, packages: [x]}, {label: B, packages: [y]}]\n")
+    b.write_text(
+        "platforms: [rocky_9.x86_64, alma_9.x86_64]\nsources: ['24; osg']\n"
+        "package_sets: [{label: A, packages: [x]}, {label: B, packages: [y]}]\n"
+    )
     m = matrix.build([tmp_path], catalog)
     got = [(c.serial, c.platform.id, c.package_set.label, c.origin.name) for c in m.cells]
-    assert got == [("000", "rocky_9.x86_64", "A", "b.yaml"),
-                   ("001", "rocky_9.x86_64", "B", "a.yaml"),
-                   ("002", "alma_9.x86_64", "A", "a.yaml"),
-                   ("003", "alma_9.x86_64", "B", "a.yaml")]
+    assert got == [
+        ("000", "rocky_9.x86_64", "A", "b.yaml"),
+        ("001", "rocky_9.x86_64", "B", "a.yaml"),
+        ("002", "alma_9.x86_64", "A", "a.yaml"),
+        ("003", "alma_9.x86_64", "B", "a.yaml"),
+    ]
 
 
 def test_selinux_difference_is_a_distinct_cell(tmp_path, catalog):
     (tmp_path / "p.yaml").write_text(
         "platforms: [rocky_9.x86_64]\nsources: ['24; osg']\n"
-        "package_sets: [{label: A, packages: [x]}, {label: A, packages: [x], selinux: false}]\n")
+        "package_sets: [{label: A, packages: [x]}, {label: A, packages: [x], selinux: false}]\n"
+    )
     m = matrix.build([tmp_path], catalog)
     assert [c.package_set.selinux for c in m.cells] == [True, False]
 
@@ -76,7 +82,18 @@ def test_only_selects_without_renumbering(params_d, catalog):
     m = matrix.build([params_d], catalog)
     only = matrix.parse_only(["platform=rocky_9.*", "label=XRootD", "series=24", "series=23"])
     cells = matrix.select(m.cells, only)
-    assert [c.serial for c in cells] == ["347", "1060", "1071", "1082", "1093", "1104", "1115", "1126", "1137", "1148"]
+    assert [c.serial for c in cells] == [
+        "347",
+        "1060",
+        "1071",
+        "1082",
+        "1093",
+        "1104",
+        "1115",
+        "1126",
+        "1137",
+        "1148",
+    ]
     assert matrix.select(m.cells, matrix.parse_only(["package=osdf-cache"]))
 
 
@@ -86,19 +103,24 @@ def test_include_exclude_rules_shape_matrix(tmp_path, catalog):
         "sources: ['24; osg']\n"
         "package_sets: [{label: A, packages: [x]}, {label: B, packages: [y]}]\n"
         "exclude: [{platform: 'alma_*', label: B}]\n"
-        "include: [{family: el}]\n")
+        "include: [{family: el}]\n"
+    )
     # debian with an EL repository name is an error, so use a Debian-free variant
     (tmp_path / "p.yaml").write_text((tmp_path / "p.yaml").read_text().replace(", debian_12.x86_64", ""))
     m = matrix.build([tmp_path], catalog)
     assert [(c.serial, c.platform.id, c.package_set.label) for c in m.cells] == [
-        ("000", "rocky_9.x86_64", "A"), ("001", "rocky_9.x86_64", "B"), ("002", "alma_9.x86_64", "A")]
+        ("000", "rocky_9.x86_64", "A"),
+        ("001", "rocky_9.x86_64", "B"),
+        ("002", "alma_9.x86_64", "A"),
+    ]
 
 
 def test_vm_profile_per_file_and_platform(tmp_path, catalog):
     (tmp_path / "p.yaml").write_text(
         "platforms: [rocky_9.x86_64, rocky_9.aarch64]\nsources: ['24; osg']\n"
         "package_sets: [{label: A, packages: [x]}]\n"
-        "vm: {memory: 4GB, vcpus: 4}\nvm_per_platform: {'*.aarch64': {memory: 8192, disk: 20G}}\n")
+        "vm: {memory: 4GB, vcpus: 4}\nvm_per_platform: {'*.aarch64': {memory: 8192, disk: 20G}}\n"
+    )
     m = matrix.build([tmp_path], catalog)
     assert [(c.vm.memory, c.vm.vcpus, c.vm.disk) for c in m.cells] == [(4096, 4, 8192), (8192, 4, 20480)]
 
@@ -110,11 +132,19 @@ def test_plan_json_fields(params_d, cli):
     r = cli("plan", params_d, "--format", "json", "--only", "serial=1104")
     assert r.returncode == 0, r.stderr
     (cell,) = json.loads(r.stdout)
-    assert cell == {**cell, "serial": "1104", "platform": "rocky_9.x86_64",
-                    "source": "opensciencegrid:master; 23; osg-upcoming > 24/osg",
-                    "test_source": "opensciencegrid:master", "series": "23",
-                    "repos": ["osg-upcoming"], "update_series": "24", "update_repos": ["osg"],
-                    "label": "XRootD", "selinux": True}
+    assert cell == {
+        **cell,
+        "serial": "1104",
+        "platform": "rocky_9.x86_64",
+        "source": "opensciencegrid:master; 23; osg-upcoming > 24/osg",
+        "test_source": "opensciencegrid:master",
+        "series": "23",
+        "repos": ["osg-upcoming"],
+        "update_series": "24",
+        "update_repos": ["osg"],
+        "label": "XRootD",
+        "selinux": True,
+    }
     assert cell["packages"] == PACKAGES_XROOTD
 
 

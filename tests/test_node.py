@@ -9,7 +9,8 @@ def test_post_vm_accepts_negative_return_and_asks_for_retry(tmp_path, cli):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "m.yaml").write_text(
         "platforms: [debian_12.x86_64]\nsources: ['stable; main']\n"
-        "package_sets: [{label: A, packages: [hello], test_command: hello}]\n")
+        "package_sets: [{label: A, packages: [hello], test_command: hello}]\n"
+    )
     assert cli("generate", tmp_path / "p", "-o", tmp_path / "run").returncode == 0
     cell = tmp_path / "run" / "cells" / "000"
     cell.mkdir()
@@ -21,9 +22,20 @@ def test_post_vm_accepts_negative_return_and_asks_for_retry(tmp_path, cli):
     assert decision["verdict"] == "infra" and decision["job_exit"] == -1004
     assert decision["reason"] == "no result disk came back"
     # a VM the local executor killed at its limit is a time-out
-    (cell / "local-vm.json").write_text(json.dumps({"schema": "osgtest-dag/local-vm", "version": 1,
-                                                    "node": "TestRun000", "starts": 1, "wall_s": 90.2,
-                                                    "timed_out": True, "console": "console.0.1.log"}) + "\n")
+    (cell / "local-vm.json").write_text(
+        json.dumps(
+            {
+                "schema": "osgtest-dag/local-vm",
+                "version": 1,
+                "node": "TestRun000",
+                "starts": 1,
+                "wall_s": 90.2,
+                "timed_out": True,
+                "console": "console.0.1.log",
+            }
+        )
+        + "\n"
+    )
     r = cli("node", "post-vm", "TestRun000", "-1004", "1", "2", cwd=tmp_path / "run")
     assert r.returncode == 1
     history = json.loads((cell / "post-vm.json").read_text())["decisions"]

@@ -23,13 +23,30 @@ PHASES = ["environment", "network", "hostname", "repositories", "install", "test
 
 def sh(script: str, shell: str = "dash", env: dict | None = None) -> subprocess.CompletedProcess:
     argv = [shell, "sh", "-c", script] if shell == "busybox" else [shell, "-c", script]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "RUN_JOB_LIB": "1", **(env or {})})
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "RUN_JOB_LIB": "1", **(env or {})},
+    )
 
 
-TRICKY = ["plain", "", "quote \" and backslash \\ end\\", "tab\there", "new\nline\n\n",
-          "cr\r\n", "ctrl\x01\x02\x1fgone", "unicode é ü 漢", "{\"json\": [1, 2]}", "$HOME `x` $(y)",
-          "%s %d %%", "-n", "x" * 5000]
+TRICKY = [
+    "plain",
+    "",
+    'quote " and backslash \\ end\\',
+    "tab\there",
+    "new\nline\n\n",
+    "cr\r\n",
+    "ctrl\x01\x02\x1fgone",
+    "unicode é ü 漢",
+    '{"json": [1, 2]}',
+    "$HOME `x` $(y)",
+    "%s %d %%",
+    "-n",
+    "x" * 5000,
+]
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -43,20 +60,29 @@ def test_json_str_round_trips(shell):
 
 
 def test_null_and_int_helpers():
-    r = sh(f". {RUN_JOB}; json_str_or_null ''; echo; json_str_or_null a; echo; "
-           "json_int_or_null 0; echo; json_int_or_null 12; echo; json_int_or_null -1; echo; "
-           "json_int_or_null ''")
+    r = sh(
+        f". {RUN_JOB}; json_str_or_null ''; echo; json_str_or_null a; echo; "
+        "json_int_or_null 0; echo; json_int_or_null 12; echo; json_int_or_null -1; echo; "
+        "json_int_or_null ''"
+    )
     assert r.stdout.split("\n") == ["null", '"a"', "0", "12", "null", "null"]
 
 
-def _fake_run(tmp_path: Path, fail: str | None = None, cell_env: str | None = None,
-              has_update: bool = False, extra: str = "") -> tuple[dict, str, subprocess.CompletedProcess]:
+def _fake_run(
+    tmp_path: Path,
+    fail: str | None = None,
+    cell_env: str | None = None,
+    has_update: bool = False,
+    extra: str = "",
+) -> tuple[dict, str, subprocess.CompletedProcess]:
     """Run run-job's main with fake phases; `fail` names the phase that exits 3."""
     inp, out = tmp_path / "input", tmp_path / "output"
     inp.mkdir()
     if cell_env is None:
-        cell_env = (f"CELL_SERIAL='007'\nCELL_PLATFORM='debian_12.x86_64'\nCELL_FAMILY='debian'\n"
-                    f"HAS_UPDATE='{'true' if has_update else 'false'}'\n")
+        cell_env = (
+            f"CELL_SERIAL='007'\nCELL_PLATFORM='debian_12.x86_64'\nCELL_FAMILY='debian'\n"
+            f"HAS_UPDATE='{'true' if has_update else 'false'}'\n"
+        )
     (inp / "cell.env").write_text(cell_env)
     fakes = []
     for p in PHASES:
@@ -94,17 +120,25 @@ def test_result_rewritten_before_each_phase(tmp_path):
     assert not list((tmp_path / "output").glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("phase,status,code", [
-    ("network", "network", 5), ("hostname", "payload", 6), ("repositories", "repos", 4),
-    ("install", "install", 2), ("test", "test", 1), ("update", "update", 3),
-    ("environment", "payload", 6)])
+@pytest.mark.parametrize(
+    "phase,status,code",
+    [
+        ("network", "network", 5),
+        ("hostname", "payload", 6),
+        ("repositories", "repos", 4),
+        ("install", "install", 2),
+        ("test", "test", 1),
+        ("update", "update", 3),
+        ("environment", "payload", 6),
+    ],
+)
 def test_failure_maps_to_status(tmp_path, phase, status, code):
     res, exit_status, r = _fake_run(tmp_path, fail=phase, has_update=True)
     assert r.returncode == code
     assert (res["status"], res["exit_code"], exit_status) == (status, code, f"{code}\n")
     st = {p["name"]: p for p in res["phases"]}
     assert st[phase]["status"] == "failed" and st[phase]["exit_code"] == 3
-    after = PHASES[PHASES.index(phase) + 1:-1]
+    after = PHASES[PHASES.index(phase) + 1 : -1]
     assert all(st[p]["status"] == "skipped" and st[p]["start"] is None for p in after)
     assert st["collect"]["status"] == "ok"
     assert f"phase {phase} failed" in res["message"]
@@ -116,11 +150,14 @@ def test_collect_failure_keeps_pass(tmp_path):
     assert res["phases"][-1]["status"] == "failed"
 
 
-@pytest.mark.parametrize("env,msg", [
-    ("CELL_SERIAL='1'\nCELL_FAMILY='suse'\n", "CELL_FAMILY must be"),
-    ("CELL_FAMILY='debian'\n", "does not set CELL_SERIAL"),
-    ("CELL_SERIAL='1\nif then\n", "not valid shell"),
-])
+@pytest.mark.parametrize(
+    "env,msg",
+    [
+        ("CELL_SERIAL='1'\nCELL_FAMILY='suse'\n", "CELL_FAMILY must be"),
+        ("CELL_FAMILY='debian'\n", "does not set CELL_SERIAL"),
+        ("CELL_SERIAL='1\nif then\n", "not valid shell"),
+    ],
+)
 def test_bad_configuration_is_payload(tmp_path, env, msg):
     res, code, r = _fake_run(tmp_path, cell_env=env)
     assert (res["status"], res["exit_code"], code) == ("payload", 6, "6\n")
@@ -138,16 +175,32 @@ def test_boot_hook_and_unit():
     hook = payload.payload_file(payload.BOOT_HOOK)
     assert subprocess.run(["sh", "-n", str(hook)]).returncode == 0
     text = hook.read_text()
-    for needle in ("blkid -L", "OSGTEST-IO", "env -i", "console-hook.log", "systemctl --no-block poweroff",
-                   "poweroff -f", "umount"):
+    for needle in (
+        "blkid -L",
+        "OSGTEST-IO",
+        "env -i",
+        "console-hook.log",
+        "systemctl --no-block poweroff",
+        "poweroff -f",
+        "umount",
+    ):
         assert needle in text
     unit = payload.payload_file(payload.BOOT_UNIT).read_text()
-    for needle in ("After=network-online.target", "Wants=network-online.target",
-                   "ExecStart=/usr/local/sbin/osgtest-boot", "WantedBy=multi-user.target",
-                   "StandardOutput=journal+console", "TimeoutStartSec=", "Type=oneshot"):
+    for needle in (
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "ExecStart=/usr/local/sbin/osgtest-boot",
+        "WantedBy=multi-user.target",
+        "StandardOutput=journal+console",
+        "TimeoutStartSec=",
+        "Type=oneshot",
+    ):
         assert needle in unit
     if shutil.which("systemd-analyze"):
         # verify the unit's syntax (it may complain that ExecStart is absent on the host).
-        r = subprocess.run(["systemd-analyze", "verify", str(payload.payload_file(payload.BOOT_UNIT))],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["systemd-analyze", "verify", str(payload.payload_file(payload.BOOT_UNIT))],
+            capture_output=True,
+            text=True,
+        )
         assert "Unknown" not in r.stderr and "Invalid" not in r.stderr, r.stderr

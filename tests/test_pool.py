@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import PARAMS_D, condor_cli
 
 pytestmark = pytest.mark.pool
@@ -42,6 +41,7 @@ def vm_lock():
 
 def test_pool_is_up_with_a_vm_slot(test_pool):
     from osgtest_dag.devpool import pool
+
     p, info = test_pool
     st = pool.status(p)
     assert st.up and st.daemons["condor_master"] and st.daemons["libvirtd"]
@@ -55,8 +55,10 @@ def test_pool_is_up_with_a_vm_slot(test_pool):
 
 # --- (1) generated files against the real condor_submit / condor_submit_dag / condor_dagman --
 
+
 def _first_vars_per_submit_file(run_dir: Path) -> dict[str, dict]:
     from osgtest_dag.model import dagfile
+
     out: dict[str, dict] = {}
     for name in ("workflow.dag", "matrix.dag"):
         for node in dagfile.parse(run_dir / name).nodes.values():
@@ -71,11 +73,14 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
     -no_submit` and parsed by condor_dagman itself."""
     from osgtest_dag.devpool import inside, pool
     from osgtest_dag.devpool.chroot import POOL_UID
+
     p, _ = test_pool
     run = pool_workdir / "nightly"
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.manifest import WorkflowOptions
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+
     catalog = Catalog.load()
     m = matrix.build([PARAMS_D], catalog)
     write_run(run, list(m.cells), catalog, WorkflowOptions(), param_files=list(m.files))
@@ -83,7 +88,7 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
     per_file = _first_vars_per_submit_file(run)
     assert len(per_file) == 8
     for sub, macros in sorted(per_file.items()):
-        if "serial" in macros:   # what the CreateDisk node makes before the node is submitted
+        if "serial" in macros:  # what the CreateDisk node makes before the node is submitted
             d = run / "cells" / macros["serial"]
             d.mkdir(parents=True, exist_ok=True)
             shutil.chown(d, POOL_UID, POOL_UID)
@@ -111,8 +116,9 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
 
 
 def test_dagman_parse_check_catches_errors(test_pool, pool_workdir):
-    from osgtest_dag.devpool import inside, pool
     from osgtest_dag.base.errors import UserError
+    from osgtest_dag.devpool import inside, pool
+
     p, _ = test_pool
     (pool_workdir / "bad.dag").write_text("JOB A a.sub\nRETRY A x\n")
     (pool_workdir / "a.sub").write_text("universe = local\nexecutable = /bin/true\nqueue\n")
@@ -123,32 +129,53 @@ def test_dagman_parse_check_catches_errors(test_pool, pool_workdir):
 
 # --- (3) differential: the injected-failures DAG on the real DAGMan ---------------------------
 
+
 def test_differential_injected_dag_on_real_dagman(test_pool, pool_workdir):
     import pooltest
+
     d = pool_workdir / "injected"
     pooltest.write_injected_dag(d)
     t0 = time.monotonic()
     states = pooltest.run_on_pool(d, timeout=300)
     seconds = time.monotonic() - t0
     metrics = json.loads((d / "injected.dag.metrics").read_text())
-    (d / "final-states.json").write_text(json.dumps({"engine": "dagman", "version": metrics["version"],
-                                                      "seconds": round(seconds, 1), "nodes": states}, indent=1))
+    (d / "final-states.json").write_text(
+        json.dumps(
+            {
+                "engine": "dagman",
+                "version": metrics["version"],
+                "seconds": round(seconds, 1),
+                "nodes": states,
+            },
+            indent=1,
+        )
+    )
     if RECORD:
         dst = DATA / "injected"
         dst.mkdir(parents=True, exist_ok=True)
-        for name in ("injected.dag", "injected.dag.status", "injected.dag.nodes.log", "injected.dag.dagman.log",
-                     "injected.dag.metrics", "jobs.log", "post.log", "attempts.log", "final-states.json"):
+        for name in (
+            "injected.dag",
+            "injected.dag.status",
+            "injected.dag.nodes.log",
+            "injected.dag.dagman.log",
+            "injected.dag.metrics",
+            "jobs.log",
+            "post.log",
+            "attempts.log",
+            "final-states.json",
+        ):
             shutil.copy(d / name, dst / name)
     assert states == pooltest.EXPECTED
     # the same DAG on the local executor: the same final node states and retry counts
     from osgtest_dag.engine.local import executor
+
     local = pool_workdir / "injected-local"
     dag = pooltest.write_injected_dag(local)
-    assert executor.run_dag(dag, executor.Options(local_jobs=4)) is True   # FINAL succeeded
+    assert executor.run_dag(dag, executor.Options(local_jobs=4)) is True  # FINAL succeeded
     ours = json.loads(dag.with_name(dag.name + ".local-state.json").read_text())["nodes"]
     assert {n: {"status": s["status"], "retries": s["retries"]} for n, s in ours.items()} == states
     assert (local / "post.log").read_text().count("TestRun004 ") == 3
-    assert metrics["exitcode"] == 0          # the FINAL node succeeded
+    assert metrics["exitcode"] == 0  # the FINAL node succeeded
     assert metrics["jobs_failed"] == 3
     post = (d / "post.log").read_text().splitlines()
     assert sum(1 for line in post if line.startswith("TestRun004 ")) == 3
@@ -158,6 +185,7 @@ def test_differential_injected_dag_on_real_dagman(test_pool, pool_workdir):
 def test_differential_via_condor_submit_dag_inside(test_pool, pool_workdir):
     """The fallback path (condor_submit_dag inside the pool, as its user) gives the same."""
     import pooltest
+
     d = pool_workdir / "injected-inside"
     pooltest.write_injected_dag(d)
     assert pooltest.run_on_pool(d, timeout=300, via="inside") == pooltest.EXPECTED
@@ -200,9 +228,11 @@ queue
 
 
 def _shaped_run(workdir: Path, name: str, *, max_wall: int) -> Path:
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.manifest import WorkflowOptions
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+
     tool = workdir / "fake-osgtest-dag"
     tool.write_text(FAKE_TOOL)
     tool.chmod(0o755)
@@ -222,14 +252,18 @@ def _record_run(run: Path, dest: Path) -> None:
     dest.mkdir(parents=True)
     (dest / "logs").mkdir()
     for f in run.iterdir():
-        if f.is_file() and (f.name in ("run.json", "cells.jsonl", "workflow.dag", "matrix.dag", "submission.json")
-                            or f.suffix in (".status", ".metrics") or f.name.endswith((".nodes.log", ".dagman.log"))):
+        if f.is_file() and (
+            f.name in ("run.json", "cells.jsonl", "workflow.dag", "matrix.dag", "submission.json")
+            or f.suffix in (".status", ".metrics")
+            or f.name.endswith((".nodes.log", ".dagman.log"))
+        ):
             shutil.copy(f, dest / f.name)
     shutil.copy(run / "logs" / "jobs.log", dest / "logs" / "jobs.log")
 
 
 def test_shaped_run_submit_watch_status(test_pool, pool_workdir):
-    from osgtest_dag.engine.condor.condor import progress
+    from osgtest_dag.engine.condor.status import progress
+
     run = _shaped_run(pool_workdir, "finished", max_wall=14400)
     r = condor_cli("submit", run, "--test-pool")
     assert r.exit_code == 0, r.output
@@ -246,7 +280,8 @@ def test_shaped_run_submit_watch_status(test_pool, pool_workdir):
 
 
 def test_shaped_run_held_job(test_pool, pool_workdir):
-    from osgtest_dag.engine.condor.condor import progress
+    from osgtest_dag.engine.condor.status import progress
+
     p_, _ = test_pool
     run = _shaped_run(pool_workdir, "held", max_wall=3)
     r = condor_cli("submit", run, "--test-pool")
@@ -294,15 +329,20 @@ queue
 """
 
 
-def _vm_job_dir(workdir: Path, name: str, image: Path, make_cell_input, *, memory=1024, idle_limit=3600,
-                serial="000"):
+def _vm_job_dir(
+    workdir: Path, name: str, image: Path, make_cell_input, *, memory=1024, idle_limit=3600, serial="000"
+):
     from osgtest_dag.guest import iodisk
+
     d = workdir / name
     (d / "logs").mkdir(parents=True)
     cell_input = make_cell_input(name, packages=("hello",), test_command="hello")
     iodisk.make_iodisk(cell_input, d / "io.qcow2", size_mb=64)
-    (d / "vm.sub").write_text(VM_SUB.format(name=name, memory=memory, image=image, image_name=image.name,
-                                            idle_limit=idle_limit, serial=serial))
+    (d / "vm.sub").write_text(
+        VM_SUB.format(
+            name=name, memory=memory, image=image, image_name=image.name, idle_limit=idle_limit, serial=serial
+        )
+    )
     return d
 
 
@@ -310,6 +350,7 @@ def _submit_inside(p, d: Path) -> int:
     proc = p.run(["sh", "-c", f"cd {d} && condor_submit vm.sub"], user="osgtest", check=False, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     import re
+
     return int(re.search(r"submitted to cluster (\d+)", proc.stdout).group(1))
 
 
@@ -329,8 +370,9 @@ def _wait_job_gone(p, cluster: int, timeout: float, fail_on_hold: bool = True) -
 @pytest.fixture
 def vm_image():
     """The debian_12 base image (osgtest_dag.guest.image.build_image, cached in the image store)."""
-    from osgtest_dag.guest import image
     from osgtest_dag.base.paths import default_image_dir
+    from osgtest_dag.guest import image
+
     with vm_lock():
         return image.build_image("debian_12.x86_64", default_image_dir(), builder="local").image.path
 
@@ -340,13 +382,15 @@ def test_vm_job_failures_for_host_health(test_pool, pool_workdir, vm_image, make
     """A VMGAHP failure (a domain libvirt refuses: an IO disk that is not a disk) and a job
     that never starts (more memory than any slot: removed while idle) — recorded for the
     host-health tests together with a good run."""
-    from osgtest_dag.ops import hosts
     from osgtest_dag.devpool import pool
+    from osgtest_dag.ops import hosts
+
     p, _ = test_pool
     bad = _vm_job_dir(pool_workdir, "vmbad", Path(vm_image), make_cell_input, serial="001")
     (bad / "io.qcow2").write_bytes(b"this is not a qcow2 image\n" * 100)
-    never = _vm_job_dir(pool_workdir, "vmnever", Path(vm_image), make_cell_input, memory=200000, idle_limit=5,
-                        serial="002")
+    never = _vm_job_dir(
+        pool_workdir, "vmnever", Path(vm_image), make_cell_input, memory=200000, idle_limit=5, serial="002"
+    )
     for d in (bad, never):
         pool.prepare_run_dir(d, p)
     with vm_lock():
@@ -371,7 +415,7 @@ def test_vm_job_failures_for_host_health(test_pool, pool_workdir, vm_image, make
     results = [e["result"] for e in events]
     assert "vmgahp_error" in results, events
     assert [e["result"] for e in hosts.run_host_events(never)] == ["never_started"]
-    ok_log = p.work / "last-vm-ok-jobs.log"   # left by the end-to-end test of an earlier session
+    ok_log = p.work / "last-vm-ok-jobs.log"  # left by the end-to-end test of an earlier session
     if RECORD and ok_log.is_file():
         parts = [ok_log, bad / "logs" / "jobs.log", never / "logs" / "jobs.log"]
         dst = DATA / "vm"
@@ -405,11 +449,13 @@ def test_two_cell_debian_matrix_end_to_end(test_pool, pool_workdir, vm_image):
     """generate (a passing cell and one whose package does not exist) -> `submit --test-pool`
     -> `watch`: real CreateDisk, VM jobs with IO disks, POST scripts, extraction, FINAL,
     Analyze/Report/Publish on HTCondor 23.9; the results say pass and install."""
+    from osgtest_dag.engine.condor.status import progress
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.joblog import JobState, read_job_log
+    from osgtest_dag.model.manifest import WorkflowOptions
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.engine.condor.condor import progress
-    from osgtest_dag.model.joblog import JobState, read_job_log
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
+
     catalog = Catalog.load()
     params = pool_workdir / "params"
     params.mkdir()
@@ -423,15 +469,21 @@ def test_two_cell_debian_matrix_end_to_end(test_pool, pool_workdir, vm_image):
         r = condor_cli("watch", run, "--interval", "5", "--timeout", "1800")
     assert r.exit_code == 0, r.output
     p = progress(run)
-    assert p.cells_finished == 2 and p.cell_counts == {"done": 2}, p   # product failures are done nodes
+    assert p.cells_finished == 2 and p.cell_counts == {"done": 2}, p  # product failures are done nodes
     assert p.outcomes == {"pass": 1, "install": 1}, p
     results = json.loads((run / "results.json").read_text())
-    assert {c["label"]: c["outcome"] for c in results["cells"]} == {"Hello": "pass", "Missing package": "install"}
-    assert (run / "report.txt").read_text().strip()      # the Report node ran (its text is the report module's)
+    assert {c["label"]: c["outcome"] for c in results["cells"]} == {
+        "Hello": "pass",
+        "Missing package": "install",
+    }
+    assert (run / "report.txt").read_text().strip()  # the Report node ran (its text is the report module's)
     # The VM jobs: real VM-universe jobs whose result disks came back (transfer_output_remaps).
     vm_jobs = [j for j in read_job_log(run / "logs" / "jobs.log") if (j.node or "").startswith("TestRun")]
     assert len(vm_jobs) == 2 and all(j.state == JobState.DONE and j.host for j in vm_jobs), vm_jobs
     for serial in ("000", "001"):
         assert json.loads((run / "cells" / serial / "output" / "result.json").read_text())["serial"] == serial
-    print("VM jobs (submit -> terminate):", ", ".join(f"{j.node} {j.ended - j.submitted:.0f} s" for j in vm_jobs))
-    shutil.copy(run / "logs" / "jobs.log", test_pool[0].work / "last-vm-ok-jobs.log")   # for RECORD
+    print(
+        "VM jobs (submit -> terminate):",
+        ", ".join(f"{j.node} {j.ended - j.submitted:.0f} s" for j in vm_jobs),
+    )
+    shutil.copy(run / "logs" / "jobs.log", test_pool[0].work / "last-vm-ok-jobs.log")  # for RECORD

@@ -8,7 +8,6 @@ import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from conftest import condor_cli
 
 VM_AD = """\
@@ -24,12 +23,14 @@ VM_WORKING_DIR = "/var/lib/condor/execute/dir_77"
 
 def _xml(tmp_path, accel: str, ad: str = VM_AD) -> ET.Element:
     from osgtest_dag.devpool import config
+
     if not shutil.which("awk"):
         pytest.skip("awk is not installed")
     script = tmp_path / "x.awk"
     script.write_text(config.libvirt_xml_script())
-    out = subprocess.run(["awk", "-f", str(script), accel, "/consoles"], input=ad, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["awk", "-f", str(script), accel, "/consoles"], input=ad, capture_output=True, text=True, check=True
+    ).stdout
     return ET.fromstring(out)
 
 
@@ -41,7 +42,9 @@ def test_xml_script_tcg(tmp_path):
     disks = dom.findall("devices/disk")
     assert [d.find("source").get("file") for d in disks] == [
         "/var/lib/condor/execute/dir_77/debian_12.x86_64.qcow2",
-        "/var/lib/condor/execute/dir_77/io-000.qcow2", "/abs/data.raw"]
+        "/var/lib/condor/execute/dir_77/io-000.qcow2",
+        "/abs/data.raw",
+    ]
     assert [d.find("driver").get("type") for d in disks] == ["qcow2", "qcow2", "raw"]
     assert disks[2].find("readonly") is not None and disks[0].find("readonly") is None
     nic = dom.find("devices/interface")
@@ -58,19 +61,33 @@ def test_xml_script_kvm_without_network(tmp_path):
 
 def test_pool_config_text():
     from osgtest_dag.devpool import config
+
     text = config.pool_config(accel="tcg")
-    for line in ("MOUNT_UNDER_SCRATCH =", "USE_PID_NAMESPACES = false", "BASE_CGROUP =",
-                 "VM_TYPE = kvm", f"LIBVIRT_XML_SCRIPT = {config.XML_SCRIPT}", "LIBVIRT_XML_SCRIPT_ARGS = tcg",
-                 "SLOT_TYPE_1_PARTITIONABLE = TRUE", "COLLECTOR_HOST = 127.0.0.1:9618"):
+    for line in (
+        "MOUNT_UNDER_SCRATCH =",
+        "USE_PID_NAMESPACES = false",
+        "BASE_CGROUP =",
+        "VM_TYPE = kvm",
+        f"LIBVIRT_XML_SCRIPT = {config.XML_SCRIPT}",
+        "LIBVIRT_XML_SCRIPT_ARGS = tcg",
+        "SLOT_TYPE_1_PARTITIONABLE = TRUE",
+        "COLLECTOR_HOST = 127.0.0.1:9618",
+    ):
         assert line in text
     assert "VM_MAX_NUMBER" not in text.replace("VM_MAX_NUMBER stays unset", "")
-    assert "CLAIMTOBE" not in config.pool_config(claimtobe=False).split("SEC_DEFAULT_AUTHENTICATION_METHODS")[1].splitlines()[0]
+    assert (
+        "CLAIMTOBE"
+        not in config.pool_config(claimtobe=False)
+        .split("SEC_DEFAULT_AUTHENTICATION_METHODS")[1]
+        .splitlines()[0]
+    )
 
 
 def test_test_pool_submit_options():
     from osgtest_dag.devpool import pool
     from osgtest_dag.devpool.chroot import POOL_USER
     from osgtest_dag.engine.condor.condor import SubmitOptions
+
     o = pool.submit_options(SubmitOptions(maxjobs=3))
     assert o.maxjobs == 3 and o.pool == "127.0.0.1:9618" and o.dagman == "/usr/bin/condor_dagman"
     assert ("SEC_CLAIMTOBE_USER", POOL_USER) in o.client_config
@@ -79,6 +96,7 @@ def test_test_pool_submit_options():
 
 def test_not_root_is_a_clear_error(monkeypatch):
     from osgtest_dag.devpool import pool
+
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     r = condor_cli("pool", "up")
     assert r.exit_code == 2 and "needs root" in r.output and "Traceback" not in r.output
@@ -90,8 +108,10 @@ def test_not_root_is_a_clear_error(monkeypatch):
 def test_submit_to_the_test_pool_when_it_is_down(tmp_path, monkeypatch):
     from osgtest_dag.devpool import pool
     from osgtest_dag.devpool.chroot import Pool
+
     monkeypatch.setenv("OSGTEST_DAG_CACHE", str(tmp_path / "cache"))
     from osgtest_dag.base.errors import UserError
+
     with pytest.raises(UserError, match="not up"):
         pool.prepare_run_dir(tmp_path, Pool())
 
@@ -100,10 +120,13 @@ def test_dry_run_for_the_test_pool(tmp_path):
     """What `submit --test-pool` would send: the pool's condor_dagman, and no CONDOR_CONFIG
     from this host in DAGMan's environment (the bindings set it to /dev/null in-process when
     the host has no HTCondor configuration)."""
+    from conftest import ROOT
+
+    from osgtest_dag.generate.workflow import write_run
+    from osgtest_dag.model.manifest import WorkflowOptions
     from osgtest_dag.plan import matrix
     from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
-    from conftest import ROOT
+
     catalog = Catalog.load(image_dir="/images")
     m = matrix.build([ROOT / "examples" / "demo"], catalog)
     run = write_run(tmp_path / "r", list(m.cells)[:2], catalog, WorkflowOptions(), param_files=list(m.files))

@@ -24,6 +24,7 @@ from osgtest_dag.analyze import results
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.cli import results as cli_results
+from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.report import compare
 from osgtest_dag.report import email as report_email
 from osgtest_dag.report import html as report_html
@@ -39,17 +40,33 @@ def doc(results_run):
     return results.analyze_run(r.dir)
 
 
+def _copy(doc: ResultsDocument) -> ResultsDocument:
+    """A deep copy, through the document's JSON, to change without touching `doc`."""
+    return ResultsDocument.from_json(json.loads(json.dumps(doc.to_json())), "copy")
+
+
 @pytest.fixture
 def hostile_doc(results_run):
     """The same run, with markup, quotes and control characters in the places users write."""
     r, _ = results_run
     d = results.analyze_run(r.dir)
-    c = d["cells"][0]
+    c = d.cells[0]
     c["label"] = '<script>alert("x")</script> & "XRootD"'
     c["reason"] = "<img src=x onerror=alert(1)>\x1b[31m red \x00"
-    c["failures"] = [{"test": "t<1>", "module": "m&m", "class": None, "kind": "FAIL",
-                      "category": "fail", "message": "</pre><b>bold</b>\x07", "detail": "x\x0by",
-                      "line": 1, "tags": [], "waived_by": None}]
+    c["failures"] = [
+        {
+            "test": "t<1>",
+            "module": "m&m",
+            "class": None,
+            "kind": "FAIL",
+            "category": "fail",
+            "message": "</pre><b>bold</b>\x07",
+            "detail": "x\x0by",
+            "line": 1,
+            "tags": [],
+            "waived_by": None,
+        }
+    ]
     c["outcome"] = "fail"
     return d
 
@@ -58,9 +75,16 @@ def hostile_doc(results_run):
 def test_text_tables(doc):
     text = report_text.render(doc)
     lines = text.splitlines()
-    assert lines[1].startswith("Overall: 4 pass, 1 cleanup, 1 waived, 1 fail, 1 update, 2 install, 2 timeout, 4 infra, 1 missing")
-    os_table = lines[lines.index(next(x for x in lines if x.startswith("OS release"))):]
-    assert [x.split()[0:2] for x in os_table[2:6]] == [["Debian", "12"], ["Rocky", "8"], ["Rocky", "9"], ["Alma", "10"]]
+    assert lines[1].startswith(
+        "Overall: 4 pass, 1 cleanup, 1 waived, 1 fail, 1 update, 2 install, 2 timeout, 4 infra, 1 missing"
+    )
+    os_table = lines[lines.index(next(x for x in lines if x.startswith("OS release"))) :]
+    assert [x.split()[0:2] for x in os_table[2:6]] == [
+        ["Debian", "12"],
+        ["Rocky", "8"],
+        ["Rocky", "9"],
+        ["Alma", "10"],
+    ]
     assert any(x.startswith("Package set") for x in lines) and any(x.startswith("Source") for x in lines)
     assert "Cells that did not pass (13):" in text
     # worst first: missing, then infra ...
@@ -69,9 +93,17 @@ def test_text_tables(doc):
 
 
 # ------------------------------------------------------------------------------ HTML
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--enable-logging=stderr", "--v=0"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--enable-logging=stderr",
+    "--v=0",
+]
 
 
 def _chromium(tmp_path: Path, *args) -> subprocess.CompletedProcess:
@@ -95,13 +127,13 @@ def test_html_renders_in_chromium_without_js_errors(doc, tmp_path):
     assert 'data-js="ok"' in dom, "the page's script did not finish"
     assert 'data-js-error="' not in dom
     assert "Uncaught" not in proc.stderr
-    assert dom.count('td class="cell') == 2 * 17        # both views, every cell
+    assert dom.count('td class="cell') == 2 * 17  # both views, every cell
     assert 'id="grid-by-source"' in dom and 'id="grid-by-package-set"' in dom
     # columns grouped by OS release, versions sorted numerically: EL 8, EL 9, EL 10
     head = dom.split('id="grid-by-source"')[1].split("</thead>")[0]
     assert head.index("EL 8") < head.index("EL 9") < head.index("EL 10")
     # links to the logs work relative to where the page is
-    rel = f"../run/cells/{doc['cells'][0]['serial']}/output/test.log"
+    rel = f"../run/cells/{doc.cells[0]['serial']}/output/test.log"
     assert f'href="{rel}"' in page and (out.parent / rel).resolve().is_file()
     # a screenshot renders too (looked at by hand when changing the page)
     shot = tmp_path / "shot.png"
@@ -134,8 +166,8 @@ def test_html_escapes_everything(hostile_doc, tmp_path):
 
 
 def test_html_changes_first(tmp_path, doc):
-    prev = json.loads(json.dumps(doc))
-    target = next(c for c in prev["cells"] if c["outcome"] == "fail")
+    prev = _copy(doc)
+    target = next(c for c in prev.cells if c["outcome"] == "fail")
     target["outcome"] = "pass"
     diff = compare.compare(prev, doc)
     page = report_html.render(doc, diff)
@@ -147,6 +179,7 @@ def test_html_changes_first(tmp_path, doc):
 def test_junit_valid_and_readable(doc, hostile_doc, tmp_path):
     from junitparser import Error, Failure, JUnitXml, Skipped
     from lxml import etree
+
     schema = etree.XMLSchema(etree.parse(str(XSD)))
     for d in (doc, hostile_doc):
         xml = report_junit.render(d)
@@ -158,13 +191,13 @@ def test_junit_valid_and_readable(doc, hostile_doc, tmp_path):
     (tmp_path / "junit.xml").write_text(xml)
     suites = {s.name.split()[0]: s for s in JUnitXml.fromfile(str(tmp_path / "junit.xml"))}
     assert len(suites) == 17
-    by = {c["serial"]: c for c in doc["cells"]}
+    by = {c["serial"]: c for c in doc.cells}
     ok = next(s for k, s in suites.items() if by[k]["outcome"] == "pass" and by[k]["counts"]["run"])
     assert ok.tests == 293 + 8 and ok.failures == 0 and ok.errors == 0 and ok.skipped == 30
     fail = next(s for k, s in suites.items() if by[k]["outcome"] == "fail")
     results_of = [type(r) for case in fail for r in case.result]
-    assert results_of.count(Failure) == 10 + 2 + 1   # 10 failures, 2 bad skips, the test phase
-    assert results_of.count(Skipped) == 13 + 2 + 1   # ok skips, 2 waived, the skipped update phase
+    assert results_of.count(Failure) == 10 + 2 + 1  # 10 failures, 2 bad skips, the test phase
+    assert results_of.count(Skipped) == 13 + 2 + 1  # ok skips, 2 waived, the skipped update phase
     missing = next(s for k, s in suites.items() if by[k]["outcome"] == "missing")
     assert missing.errors == 1 and [type(r) for c in missing for r in c.result] == [Error]
 
@@ -175,12 +208,13 @@ def _second_run(tmp_path):
     params = {"el.yaml": RESULTS_PARAMS["el.yaml"].replace("platforms: [", "platforms: [rocky_8.aarch64, ")}
     r = make_results_run(tmp_path, "run-b", params)
     populate_results_run(r)
-    s = r.serial("rocky_8.x86_64", "XRootD")           # pass -> fail, with newer packages
+    s = r.serial("rocky_8.x86_64", "XRootD")  # pass -> fail, with newer packages
     r.guest(s, "test")
     r.osgtest_log(s, "fail.log")
-    r.packages(s, {"bash": "5.1-2"}, {"bash": "5.1-2", "osg-xrootd-standalone": "24-2.el8",
-                                       "xrootd": "5.7.2-1.el8"})
-    s = r.serial("rocky_9.x86_64", "Condor")           # install -> pass
+    r.packages(
+        s, {"bash": "5.1-2"}, {"bash": "5.1-2", "osg-xrootd-standalone": "24-2.el8", "xrootd": "5.7.2-1.el8"}
+    )
+    s = r.serial("rocky_9.x86_64", "Condor")  # install -> pass
     r.guest(s, "pass")
     r.osgtest_log(s, "pass.log")
     return r
@@ -193,12 +227,16 @@ def test_compare_matches_by_what_cells_test(results_run, tmp_path):
     assert a.serial("rocky_8.x86_64", "XRootD") != b.serial("rocky_8.x86_64", "XRootD")
     diff = compare.compare(da, db)
     assert [(c["platform"], c["label"], c["before"], c["after"]) for c in diff["regressions"]] == [
-        ("rocky_8.x86_64", "XRootD", "pass", "fail")]
+        ("rocky_8.x86_64", "XRootD", "pass", "fail")
+    ]
     reg = diff["regressions"][0]
     assert reg["packages"] == [
         {"name": "osg-xrootd-standalone", "before": "24-1.el8", "after": "24-2.el8"},
-        {"name": "xrootd", "before": "5.7.1-1.el8", "after": "5.7.2-1.el8"}]
-    assert [(c["platform"], c["label"], c["before"]) for c in diff["fixes"]] == [("rocky_9.x86_64", "Condor", "install")]
+        {"name": "xrootd", "before": "5.7.1-1.el8", "after": "5.7.2-1.el8"},
+    ]
+    assert [(c["platform"], c["label"], c["before"]) for c in diff["fixes"]] == [
+        ("rocky_9.x86_64", "Condor", "install")
+    ]
     assert {c["platform"] for c in diff["new"]} == {"rocky_8.aarch64"} and len(diff["new"]) == 4
     assert [c["platform"] for c in diff["vanished"]] == ["debian_12.x86_64"]
     assert diff["unchanged"] == 14
@@ -226,6 +264,7 @@ class _Sink:
 
 def _smtpd(**kwargs):
     from aiosmtpd.controller import Controller
+
     sink = _Sink()
     ctl = Controller(sink, hostname="127.0.0.1", port=_free_port(), **kwargs)
     ctl.start()
@@ -239,8 +278,13 @@ def _parse(raw: bytes):
 def test_email_plain_smtp(doc, tmp_path):
     ctl, sink = _smtpd()
     try:
-        s = report_email.SmtpSettings.from_env({}, host="127.0.0.1", port=ctl.port,
-                                               sender="nightly@example.org", recipients=("a@example.org", "b@example.org"))
+        s = report_email.SmtpSettings.from_env(
+            {},
+            host="127.0.0.1",
+            port=ctl.port,
+            sender="nightly@example.org",
+            recipients=("a@example.org", "b@example.org"),
+        )
         msg = report_email.build_message(doc, s)
         report_email.send(msg, s)
         assert sink.event.wait(10)
@@ -260,9 +304,28 @@ def test_email_plain_smtp(doc, tmp_path):
 
 def test_email_starttls_login_and_changes_first(doc, tmp_path, results_run):
     from aiosmtpd.smtp import AuthResult
+
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    command.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                 "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+    command.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ]
+    )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(cert), str(key))
     logins = []
@@ -271,23 +334,28 @@ def test_email_starttls_login_and_changes_first(doc, tmp_path, results_run):
         logins.append((auth_data.login, auth_data.password))
         return AuthResult(success=auth_data.login == b"bot" and auth_data.password == b"s3cret")
 
-    ctl, sink = _smtpd(tls_context=ctx, require_starttls=True, auth_require_tls=True,
-                       authenticator=auth)
-    prev = json.loads(json.dumps(doc))
-    next(c for c in prev["cells"] if c["outcome"] == "fail")["outcome"] = "pass"
+    ctl, sink = _smtpd(tls_context=ctx, require_starttls=True, auth_require_tls=True, authenticator=auth)
+    prev = _copy(doc)
+    next(c for c in prev.cells if c["outcome"] == "fail")["outcome"] = "pass"
     diff = compare.compare(prev, doc)
     try:
-        env = {"OSGTEST_DAG_SMTP_HOST": "127.0.0.1", "OSGTEST_DAG_SMTP_PORT": str(ctl.port),
-               "OSGTEST_DAG_SMTP_STARTTLS": "1", "OSGTEST_DAG_SMTP_USER": "bot",
-               "OSGTEST_DAG_SMTP_PASSWORD": "s3cret", "OSGTEST_DAG_SMTP_TO": "team@example.org",
-               "OSGTEST_DAG_SMTP_CAFILE": str(cert)}
+        env = {
+            "OSGTEST_DAG_SMTP_HOST": "127.0.0.1",
+            "OSGTEST_DAG_SMTP_PORT": str(ctl.port),
+            "OSGTEST_DAG_SMTP_STARTTLS": "1",
+            "OSGTEST_DAG_SMTP_USER": "bot",
+            "OSGTEST_DAG_SMTP_PASSWORD": "s3cret",
+            "OSGTEST_DAG_SMTP_TO": "team@example.org",
+            "OSGTEST_DAG_SMTP_CAFILE": str(cert),
+        }
         s = report_email.SmtpSettings.from_env(env)
         report_email.send(report_email.build_message(doc, s, diff), s)
         assert sink.event.wait(10)
         # wrong password: a clear UserError
         # (aiosmtpd does not answer a refused login; the client's time-out ends it)
-        bad = dataclasses.replace(report_email.SmtpSettings.from_env(
-            {**env, "OSGTEST_DAG_SMTP_PASSWORD": "nope"}), timeout=3)
+        bad = dataclasses.replace(
+            report_email.SmtpSettings.from_env({**env, "OSGTEST_DAG_SMTP_PASSWORD": "nope"}), timeout=3
+        )
         with pytest.raises(UserError, match="sending the mail"):
             report_email.send(report_email.build_message(doc, bad), bad)
     finally:
@@ -305,8 +373,9 @@ def test_email_settings_errors():
     with pytest.raises(UserError, match="no recipients"):
         report_email.SmtpSettings.from_env({"OSGTEST_DAG_SMTP_HOST": "127.0.0.1"})
     with pytest.raises(UserError, match="password"):
-        report_email.SmtpSettings.from_env({"OSGTEST_DAG_SMTP_HOST": "127.0.0.1", "OSGTEST_DAG_SMTP_TO": "a@b",
-                                            "OSGTEST_DAG_SMTP_USER": "u"})
+        report_email.SmtpSettings.from_env(
+            {"OSGTEST_DAG_SMTP_HOST": "127.0.0.1", "OSGTEST_DAG_SMTP_TO": "a@b", "OSGTEST_DAG_SMTP_USER": "u"}
+        )
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -315,6 +384,7 @@ def cli_group():
     @click.group()
     def group():
         pass
+
     cli_results.register(group)
     return group
 
@@ -331,15 +401,39 @@ def test_cli_analyze_report_compare_email(cli_group, results_run, tmp_path):
         assert res.exit_code == 0, res.output
         assert out.stat().st_size > 1000
     assert json.loads((tmp_path / "report.json").read_text())["schema"] == "osgtest-dag/results"
-    res = run.invoke(cli_group, ["report", str(r.dir), "-f", "html", "--previous", str(r.dir),
-                                 "--link-base", "https://example.org/runs/x/"])
+    res = run.invoke(
+        cli_group,
+        [
+            "report",
+            str(r.dir),
+            "-f",
+            "html",
+            "--previous",
+            str(r.dir),
+            "--link-base",
+            "https://example.org/runs/x/",
+        ],
+    )
     assert res.exit_code == 0 and 'href="https://example.org/runs/x/cells/' in res.output
     res = run.invoke(cli_group, ["compare", str(r.dir), str(r.dir / "results.json"), "-f", "json"])
     assert res.exit_code == 0 and json.loads(res.output)["unchanged"] == 17
     ctl, sink = _smtpd()
     try:
-        res = run.invoke(cli_group, ["email", str(r.dir), "--smtp-host", "127.0.0.1", "--smtp-port",
-                                     str(ctl.port), "--to", "x@example.org", "--save", str(tmp_path / "m.eml")])
+        res = run.invoke(
+            cli_group,
+            [
+                "email",
+                str(r.dir),
+                "--smtp-host",
+                "127.0.0.1",
+                "--smtp-port",
+                str(ctl.port),
+                "--to",
+                "x@example.org",
+                "--save",
+                str(tmp_path / "m.eml"),
+            ],
+        )
         assert res.exit_code == 0, res.output
         assert sink.event.wait(10)
     finally:

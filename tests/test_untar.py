@@ -23,8 +23,9 @@ def test_escape_name():
     assert untar.components("./a/./b") == [b"a", b"b"]
 
 
-def _member(tf: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"",
-            linkname: str = "") -> None:
+def _member(
+    tf: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = ""
+) -> None:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = linkname
@@ -42,7 +43,7 @@ def _hostile_stream() -> io.BytesIO:
         _member(tf, "./../escape", data=b"x")
         _member(tf, "/etc/evil", data=b"x")
         _member(tf, "./link", tarfile.SYMTYPE, linkname="/etc/passwd")
-        _member(tf, "./sub/log", tarfile.SYMTYPE, linkname="/etc/shadow")   # a clash, as a link
+        _member(tf, "./sub/log", tarfile.SYMTYPE, linkname="/etc/shadow")  # a clash, as a link
         _member(tf, "./dev", tarfile.CHRTYPE)
         _member(tf, "./pipe", tarfile.FIFOTYPE)
         _member(tf, "./copy", tarfile.LNKTYPE, linkname="./sub/log")
@@ -57,16 +58,24 @@ def test_hostile_stream_lands_only_files_and_dirs_inside(tmp_path):
     dest = tmp_path / "out"
     dest.mkdir()
     rep = untar.ExtractionReport(disk="d", dest=str(dest))
-    untar.Unpacker(dest, rep, budget=1 << 20, max_files=10, max_bytes=1 << 20,
-                   max_file_bytes=50).run(_hostile_stream())
-    landed = sorted(os.path.relpath(os.path.join(d, n), dest)
-                    for d, dirs, files in os.walk(dest) for n in dirs + files)
+    untar.Unpacker(dest, rep, budget=1 << 20, max_files=10, max_bytes=1 << 20, max_file_bytes=50).run(
+        _hostile_stream()
+    )
+    landed = sorted(
+        os.path.relpath(os.path.join(d, n), dest) for d, dirs, files in os.walk(dest) for n in dirs + files
+    )
     assert landed == ["100%25%07", "copy", "result.json", "sub", "sub/log"]
     assert not any(os.path.islink(dest / n) for n in landed)
     assert (dest / "copy").read_bytes() == b"log\n" and not os.path.samefile(dest / "copy", dest / "sub/log")
     assert not (tmp_path / "escape").exists()
-    assert rep.skipped_by_kind == {"unsafe-name": 2, "symlink": 2, "device": 1, "fifo": 1,
-                                   "hardlink": 1, "too-large": 1}
+    assert rep.skipped_by_kind == {
+        "unsafe-name": 2,
+        "symlink": 2,
+        "device": 1,
+        "fifo": 1,
+        "hardlink": 1,
+        "too-large": 1,
+    }
     assert rep.files == 4 and rep.dirs == 1 and rep.renamed_count == 1
     doc = rep.to_json()
     assert doc["schema"] == untar.REPORT_SCHEMA and doc["ok"]
@@ -76,10 +85,17 @@ def test_file_cap_and_budget(tmp_path):
     dest = tmp_path / "out"
     dest.mkdir()
     rep = untar.ExtractionReport(disk="d", dest=str(dest))
-    untar.Unpacker(dest, rep, budget=1 << 20, max_files=2, max_bytes=1 << 20,
-                   max_file_bytes=1 << 20).run(_hostile_stream())
+    untar.Unpacker(dest, rep, budget=1 << 20, max_files=2, max_bytes=1 << 20, max_file_bytes=1 << 20).run(
+        _hostile_stream()
+    )
     assert rep.files == 2 and rep.skipped_by_kind["file-cap"] >= 1
     (tmp_path / "again").mkdir()
     with pytest.raises(untar.Cancel, match="budget"):
-        untar.Unpacker(tmp_path / "again", untar.ExtractionReport(disk="d", dest=""), budget=4096,
-                       max_files=10, max_bytes=1 << 20, max_file_bytes=1 << 20).run(_hostile_stream())
+        untar.Unpacker(
+            tmp_path / "again",
+            untar.ExtractionReport(disk="d", dest=""),
+            budget=4096,
+            max_files=10,
+            max_bytes=1 << 20,
+            max_file_bytes=1 << 20,
+        ).run(_hostile_stream())

@@ -26,14 +26,19 @@ def small_run(tmp_path):
     (tmp_path / "p" / "small.yaml").write_text(SMALL.replace("'stable; main'", "'stable; main > updates'"))
     cat = Catalog.load(image_dir="/images")
     m = matrix.build([tmp_path / "p"], cat)
-    opts = workflow.WorkflowOptions(tool="/opt/osgtest/bin/osgtest-dag", excluded_hosts=("bad1.example.org",),
-                                    extra_requirements="TARGET.HasVirshDefaultNetwork == True")
+    opts = workflow.WorkflowOptions(
+        tool="/opt/osgtest/bin/osgtest-dag",
+        excluded_hosts=("bad1.example.org",),
+        extra_requirements="TARGET.HasVirshDefaultNetwork == True",
+    )
     return workflow.write_run(tmp_path / "run", list(m.cells), cat, opts, param_files=list(m.files))
 
 
 def test_matrix_dag_exact_lines(small_run):
     text = (small_run / "matrix.dag").read_text()
-    assert text == """\
+    assert (
+        text
+        == """\
 # BEGIN META
 CONFIG matrix.config
 NODE_STATUS_FILE matrix.status 30
@@ -77,12 +82,16 @@ VARS CleanOutput001 serial="001"
 FINAL MatrixFinal submit/matrix-final.sub
 # END FINAL NODE
 """
-    assert (small_run / "matrix.config").read_text() == \
-        "DAGMAN_MAX_JOBS_IDLE = 1000\nDAGMAN_USER_LOG_SCAN_INTERVAL = 5\n"
+    )
+    assert (
+        small_run / "matrix.config"
+    ).read_text() == "DAGMAN_MAX_JOBS_IDLE = 1000\nDAGMAN_USER_LOG_SCAN_INTERVAL = 5\n"
 
 
 def test_outer_dag_exact_lines(small_run):
-    assert (small_run / "workflow.dag").read_text() == """\
+    assert (
+        (small_run / "workflow.dag").read_text()
+        == """\
 # BEGIN META
 NODE_STATUS_FILE workflow.status 30
 # END META
@@ -96,6 +105,7 @@ PARENT Report CHILD Publish
 JOB Publish submit/publish.sub
 # END NODES AND EDGES
 """
+    )
 
 
 def test_vm_submit_with_node_vars_parses_and_expands(small_run):
@@ -114,7 +124,8 @@ def test_vm_submit_with_node_vars_parses_and_expands(small_run):
     assert sub.expand("initialdir") == "cells/000"
     assert sub.expand("requirements") == (
         '(TARGET.Arch == "X86_64") && (TARGET.HasVM =?= True) && '
-        '(TARGET.HasVirshDefaultNetwork == True) && !member(TARGET.Machine, {"bad1.example.org"})')
+        '(TARGET.HasVirshDefaultNetwork == True) && !member(TARGET.Machine, {"bad1.example.org"})'
+    )
     assert sub["vm_networking"] == "true"
     assert "14400" in sub["periodic_hold"]
     assert "NumJobStarts < 3" in sub["periodic_release"]
@@ -144,18 +155,21 @@ def test_every_submit_file_parses_fixture_run(params_d, tmp_path, cli):
 
 def test_cell_config_is_complete(small_run):
     from osgtest_dag.generate.cellconfig import read_cell
+
     dag = dagfile.parse(small_run / "matrix.dag")
     off = int(dag.nodes["CreateDisk001"].vars["offset"])
-    assert read_cell(small_run, "001", off)["serial"] == "001"
-    assert read_cell(small_run, "001", 0)["serial"] == "001"  # a wrong offset falls back to a scan
-    cfg = read_cell(small_run, "000")
-    assert cfg["schema"] == "osgtest-dag/cell" and cfg["version"] == 1
-    assert cfg["platform"]["codename"] == "bookworm"
-    assert cfg["repositories"]["initial"]["apt_sources"] == ["deb http://deb.debian.org/debian bookworm main"]
-    assert cfg["repositories"]["update"]["apt_sources"] == [
-        "deb http://deb.debian.org/debian bookworm main", "deb http://deb.debian.org/debian bookworm-updates main"]
+    assert read_cell(small_run, "001", off).serial == "001"
+    assert read_cell(small_run, "001", 0).serial == "001"  # a wrong offset falls back to a scan
+    doc = read_cell(small_run, "000").to_json()
+    assert doc["schema"] == "osgtest-dag/cell" and doc["version"] == 1
+    assert doc["platform"]["codename"] == "bookworm"
+    assert doc["repositories"]["initial"]["apt_sources"] == ["deb http://deb.debian.org/debian bookworm main"]
+    assert doc["repositories"]["update"]["apt_sources"] == [
+        "deb http://deb.debian.org/debian bookworm main",
+        "deb http://deb.debian.org/debian bookworm-updates main",
+    ]
     cfg1 = read_cell(small_run, "001", off)
-    assert cfg1["repositories"]["initial"]["apt_sources"] == ["deb http://deb.debian.org/debian trixie main"]
+    assert cfg1.repositories.initial.apt_sources == ("deb http://deb.debian.org/debian trixie main",)
 
 
 def test_dag_cycle_and_missing_file_are_caught(tmp_path):
@@ -176,10 +190,16 @@ def test_generate_is_atomic_when_a_late_step_fails(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full")
+
     monkeypatch.setattr(workflow, "outer_dag", boom)
     with pytest.raises(OSError):
-        workflow.write_run(tmp_path / "run", list(m.cells), cat, workflow.WorkflowOptions(tool="/x"),
-                           param_files=list(m.files))
+        workflow.write_run(
+            tmp_path / "run",
+            list(m.cells),
+            cat,
+            workflow.WorkflowOptions(tool="/x"),
+            param_files=list(m.files),
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
 
 
@@ -187,10 +207,20 @@ def test_generate_feeds_excluded_hosts_file_into_requirements(tmp_path, cli):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "s.yaml").write_text(SMALL)
     hosts = tmp_path / "excluded.yaml"
-    hosts.write_text("hosts:\n  - host: bad2.example.org\n    until: 2999-01-01\n    reason: VMGAHP errors\n"
-                     "  - host: old.example.org\n    until: 2001-01-01\n    reason: fixed long ago\n")
-    r = cli("generate", tmp_path / "p", "-o", tmp_path / "run", "--exclude-host", "bad1.example.org",
-            "--excluded-hosts", hosts)
+    hosts.write_text(
+        "hosts:\n  - host: bad2.example.org\n    until: 2999-01-01\n    reason: VMGAHP errors\n"
+        "  - host: old.example.org\n    until: 2001-01-01\n    reason: fixed long ago\n"
+    )
+    r = cli(
+        "generate",
+        tmp_path / "p",
+        "-o",
+        tmp_path / "run",
+        "--exclude-host",
+        "bad1.example.org",
+        "--excluded-hosts",
+        hosts,
+    )
     assert r.returncode == 0, r.stderr
     sub = htcondor2.Submit((tmp_path / "run" / "submit" / "test-run.sub").read_text())
     assert sub["requirements"].endswith('!member(TARGET.Machine, {"bad1.example.org", "bad2.example.org"})')

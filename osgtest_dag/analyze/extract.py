@@ -37,18 +37,17 @@ from pathlib import Path
 from osgtest_dag.analyze.untar import ExtractionReport, Unpacker
 from osgtest_dag.base import command
 from osgtest_dag.base.atomic import write_json_atomic
-from osgtest_dag.base.errors import CommandError
+from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.guest import gfs
-from osgtest_dag.base.errors import UserError
 from osgtest_dag.guest.iodisk import IO_LABEL
-from osgtest_dag.model.rundir import RunDir
 from osgtest_dag.model.documents import parse_json
+from osgtest_dag.model.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 MOUNT_OPTIONS = "ro,nosuid,nodev,noexec"
 LSTAT_CHUNK = 500
-FIRST = ("result.json", "exit-status")   # kept before anything else when the caps bite
+FIRST = ("result.json", "exit-status")  # kept before anything else when the caps bite
 _STATE_READY = 2
 
 
@@ -56,12 +55,12 @@ _STATE_READY = 2
 class ExtractLimits:
     """Per-disk caps. Defaults fit the payload's output (a few MiB of logs and lists)."""
 
-    max_bytes: int = 512 << 20          # bytes of regular files written per disk
-    max_files: int = 5000               # regular files written per disk
-    max_file_bytes: int = 256 << 20     # one file
-    max_entries: int = 200_000          # inodes in use on the disk's filesystem; more: refused
-    subdir: str = "output"              # the tree to extract
-    label: str = IO_LABEL               # the filesystem label to look for
+    max_bytes: int = 512 << 20  # bytes of regular files written per disk
+    max_files: int = 5000  # regular files written per disk
+    max_file_bytes: int = 256 << 20  # one file
+    max_entries: int = 200_000  # inodes in use on the disk's filesystem; more: refused
+    subdir: str = "output"  # the tree to extract
+    label: str = IO_LABEL  # the filesystem label to look for
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,10 @@ def _inspect_disk(disk: Path) -> tuple[str | None, int | None]:
         return f"format is {info.get('format')!r}, not qcow2", None
     for key in ("backing-filename", "full-backing-filename", "backing-filename-format"):
         if info.get(key):
-            return f"the qcow2 has a backing file ({str(info.get('backing-filename') or info[key])[:200]}): refused", None
+            return (
+                f"the qcow2 has a backing file ({str(info.get('backing-filename') or info[key])[:200]}): refused",
+                None,
+            )
     data = (info.get("format-specific") or {}).get("data") or {}
     if data.get("data-file"):
         return f"the qcow2 has an external data file ({str(data['data-file'])[:200]}): refused", None
@@ -149,8 +151,9 @@ def _walk_readdir(g, top: str, max_entries: int) -> list[bytes] | None:
     return out
 
 
-def _plan(g, top: str, rep: ExtractionReport, limits: ExtractLimits,
-          tmpdir: str) -> tuple[list[str], int, dict[str, int]]:
+def _plan(
+    g, top: str, rep: ExtractionReport, limits: ExtractLimits, tmpdir: str
+) -> tuple[list[str], int, dict[str, int]]:
     """List the tree without following links; return (tar excludes, stream budget, the files
     planned to come out: relative path -> size)."""
     names = _walk_readdir(g, top, limits.max_entries)
@@ -167,7 +170,7 @@ def _plan(g, top: str, rep: ExtractionReport, limits: ExtractLimits,
         try:
             text = n.decode("utf-8")
         except UnicodeDecodeError:
-            unlisted += 1          # not passable to the API; the tar stream still carries it
+            unlisted += 1  # not passable to the API; the tar stream still carries it
             continue
         if any(ord(ch) < 32 for ch in text):
             unlisted += 1
@@ -178,12 +181,12 @@ def _plan(g, top: str, rep: ExtractionReport, limits: ExtractLimits,
     for d, bases in by_dir.items():
         path = f"{top}/{d}" if d else top
         for i in range(0, len(bases), LSTAT_CHUNK):
-            chunk = bases[i:i + LSTAT_CHUNK]
-            for base, st in zip(chunk, g.lstatnslist(path, chunk)):
+            chunk = bases[i : i + LSTAT_CHUNK]
+            for base, st in zip(chunk, g.lstatnslist(path, chunk), strict=True):
                 rel = f"{d}/{base}" if d else base
                 mode = st["st_mode"]
                 if stat.S_ISSOCK(mode):
-                    rep.skip(rel, "socket")      # tar leaves sockets out; say so here
+                    rep.skip(rel, "socket")  # tar leaves sockets out; say so here
                 elif stat.S_ISREG(mode):
                     files.append((st["st_size"], rel))
     # Keep what matters most when the caps bite: the guest's result, then shallow files (the
@@ -249,8 +252,15 @@ def _extract_one(g, dev: str, mp: str, job: ExtractJob, limits: ExtractLimits, r
     tmp = Path(tempfile.mkdtemp(prefix=f".{job.dest.name}.extract-", dir=parent))
     try:
         excludes, budget, planned = _plan(g, top, rep, limits, str(tmp))
-        unpack = Unpacker(tmp, rep, budget, planned, max_files=limits.max_files,
-                          max_bytes=limits.max_bytes, max_file_bytes=limits.max_file_bytes)
+        unpack = Unpacker(
+            tmp,
+            rep,
+            budget,
+            planned,
+            max_files=limits.max_files,
+            max_bytes=limits.max_bytes,
+            max_file_bytes=limits.max_file_bytes,
+        )
         r, w = os.pipe()
         failure: list[str] = []
 
@@ -264,7 +274,7 @@ def _extract_one(g, dev: str, mp: str, job: ExtractJob, limits: ExtractLimits, r
                         g.user_cancel()
                     except RuntimeError:
                         pass
-                while f.read(1 << 20):      # drain, so the writer never blocks
+                while f.read(1 << 20):  # drain, so the writer never blocks
                     pass
 
         th = threading.Thread(target=reader, name=f"untar-{job.disk.name}", daemon=True)
@@ -313,7 +323,7 @@ def _devices(g, sizes: list[int | None]) -> list[str]:
     under TCG (it waits for udev), so compute the names and check each one's size instead."""
     names = [_device_name(i) for i in range(len(sizes))]
     try:
-        if all(sz is None or g.blockdev_getsize64(n) == sz for n, sz in zip(names, sizes)):
+        if all(sz is None or g.blockdev_getsize64(n) == sz for n, sz in zip(names, sizes, strict=True)):
             return names
     except RuntimeError:
         pass
@@ -321,8 +331,13 @@ def _devices(g, sizes: list[int | None]) -> list[str]:
     return g.list_devices()
 
 
-def _run_batch(jobs: list[ExtractJob], reports: dict[int, ExtractionReport], order: list[int],
-               limits: ExtractLimits, sizes: dict[int, int | None]) -> None:
+def _run_batch(
+    jobs: list[ExtractJob],
+    reports: dict[int, ExtractionReport],
+    order: list[int],
+    limits: ExtractLimits,
+    sizes: dict[int, int | None],
+) -> None:
     """Extract `order` (indexes into jobs) with one appliance; relaunch after a crash."""
     remaining = list(order)
     while remaining:
@@ -345,7 +360,7 @@ def _run_batch(jobs: list[ExtractJob], reports: dict[int, ExtractionReport], ord
         log.info("appliance up with %d disk(s) in %.1f s", len(batch), time.monotonic() - t0)
         remaining = []
         try:
-            g.set_autosync(False)      # read-only: nothing to sync; saves ~10 s at close
+            g.set_autosync(False)  # read-only: nothing to sync; saves ~10 s at close
             devices = _devices(g, [sizes.get(i) for i in batch])
             for pos in range(len(batch)):
                 g.mkmountpoint(f"/d{pos}")
@@ -358,7 +373,7 @@ def _run_batch(jobs: list[ExtractJob], reports: dict[int, ExtractionReport], ord
                     rep.fail(f"reading the disk failed: {str(e)[:300]}")
                     if not _alive(g):
                         rep.error = f"the appliance died while reading this disk: {str(e)[:200]}"
-                        remaining = batch[pos + 1:]
+                        remaining = batch[pos + 1 :]
                         break
                 finally:
                     rep.seconds += time.monotonic() - t1
@@ -401,8 +416,9 @@ def result_disk(run_dir: Path, serial: str) -> Path:
     return RunDir(run_dir).cell(serial).result_disk
 
 
-def extract_cells(run_dir: Path | str, serials: Sequence[str],
-                  limits: ExtractLimits = ExtractLimits()) -> dict[str, dict]:
+def extract_cells(
+    run_dir: Path | str, serials: Sequence[str], limits: ExtractLimits = ExtractLimits()
+) -> dict[str, dict]:
     """The ProcessResult work for any number of cells in one appliance: each cell's result
     disk -> cells/<serial>/output/ and cells/<serial>/extraction.json. Cells without a result
     disk are left alone (their outcome comes from the node events)."""
@@ -414,7 +430,7 @@ def extract_cells(run_dir: Path | str, serials: Sequence[str],
             jobs.append(ExtractJob(disk, RunDir(run_dir).cell(s).output))
             which.append(s)
     out = {}
-    for s, rep in zip(which, extract_disks(jobs, limits)):
+    for s, rep in zip(which, extract_disks(jobs, limits), strict=True):
         write_report(RunDir(run_dir).cell(s).extraction, rep)
         out[s] = rep
     return out

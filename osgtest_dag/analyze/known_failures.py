@@ -41,8 +41,20 @@ from osgtest_dag.base.errors import Location, UserError
 
 log = logging.getLogger(__name__)
 
-EXTENDED_KEYS = {"test", "module", "platform", "source", "label", "message", "ticket", "start",
-                 "expires", "end", "reason", "kinds"}
+EXTENDED_KEYS = {
+    "test",
+    "module",
+    "platform",
+    "source",
+    "label",
+    "message",
+    "ticket",
+    "start",
+    "expires",
+    "end",
+    "reason",
+    "kinds",
+}
 KINDS = ("FAIL", "ERROR", "TIMEOUT")
 
 
@@ -74,7 +86,7 @@ class KnownFailure:
     expires: dt.date | None = None
     reason: str | None = None
     kinds: tuple[str, ...] = ("FAIL",)
-    where: str = ""                      # file:line of the entry, for messages
+    where: str = ""  # file:line of the entry, for messages
 
     @property
     def key(self) -> str:
@@ -89,8 +101,9 @@ class KnownFailure:
             return False
         if self.module != "*" and not fnmatch.fnmatchcase(ctx.module or "", self.module):
             return False
-        if self.platform != "*" and not (fnmatch.fnmatchcase(ctx.platform, self.platform)
-                                         or fnmatch.fnmatchcase(ctx.os, self.platform)):
+        if self.platform != "*" and not (
+            fnmatch.fnmatchcase(ctx.platform, self.platform) or fnmatch.fnmatchcase(ctx.os, self.platform)
+        ):
             return False
         if not fnmatch.fnmatchcase(ctx.source, self.source):
             return False
@@ -108,9 +121,14 @@ class KnownFailure:
         return True
 
     def to_json(self) -> dict:
-        return {"test": self.test, "module": self.module, "ticket": self.ticket,
-                "reason": self.reason, "expires": self.expires.isoformat() if self.expires else None,
-                "where": self.where}
+        return {
+            "test": self.test,
+            "module": self.module,
+            "ticket": self.ticket,
+            "reason": self.reason,
+            "expires": self.expires.isoformat() if self.expires else None,
+            "where": self.where,
+        }
 
 
 @dataclass(frozen=True)
@@ -163,11 +181,14 @@ def load_known_failures(paths: Iterable[Path | str]) -> KnownFailures:
         doc = yamlsrc.load(path)
         files.append(str(path))
         data = doc.data
-        if data is None:                 # only comments, as the reference file ships
+        if data is None:  # only comments, as the reference file ships
             continue
         if not isinstance(data, list):
-            raise UserError("a known-failures file is a list of entries", where=doc.where(),
-                            hint="- [test_function, test_module, start_date, end_date]")
+            raise UserError(
+                "a known-failures file is a list of entries",
+                where=doc.where(),
+                hint="- [test_function, test_module, start_date, end_date]",
+            )
         for i, item in enumerate(data):
             where = doc.where(i)
             if isinstance(item, list):
@@ -175,31 +196,43 @@ def load_known_failures(paths: Iterable[Path | str]) -> KnownFailures:
             elif isinstance(item, dict):
                 entries.append(_extended_entry(item, where, doc, i))
             else:
-                raise UserError(f"entry {i + 1} is neither a list nor a mapping", where=where,
-                                hint="- [test_function, test_module, start_date, end_date]")
+                raise UserError(
+                    f"entry {i + 1} is neither a list nor a mapping",
+                    where=where,
+                    hint="- [test_function, test_module, start_date, end_date]",
+                )
     return KnownFailures(tuple(entries), tuple(files))
 
 
 def _reference_entry(item: list, where: Location, doc, i: int) -> KnownFailure:
     if len(item) != 4:
-        raise UserError(f"a reference entry has 4 items, this one has {len(item)}", where=where,
-                        hint="- [test_function, test_module, start_date, end_date]")
+        raise UserError(
+            f"a reference entry has 4 items, this one has {len(item)}",
+            where=where,
+            hint="- [test_function, test_module, start_date, end_date]",
+        )
     test, module, start, end = item
     start_d = _date(start, doc.where(i, 2), "the start")
     end_d = _date(end, doc.where(i, 3), "the end")
     if start_d and end_d and end_d < start_d:
         raise UserError(f"the end {end_d} is before the start {start_d}", where=doc.where(i, 3))
-    return KnownFailure(test=_glob(test, doc.where(i, 0), "the test function"),
-                        module=_glob(module, doc.where(i, 1), "the test module"),
-                        start=start_d, expires=end_d, where=str(where))
+    return KnownFailure(
+        test=_glob(test, doc.where(i, 0), "the test function"),
+        module=_glob(module, doc.where(i, 1), "the test module"),
+        start=start_d,
+        expires=end_d,
+        where=str(where),
+    )
 
 
 def _extended_entry(item: dict, where: Location, doc, i: int) -> KnownFailure:
     unknown = sorted(set(item) - EXTENDED_KEYS)
     if unknown:
-        raise UserError(f"unknown key {unknown[0]!r} in a known-failure entry",
-                        where=doc.key_where(i, unknown[0]),
-                        hint=f"known keys: {', '.join(sorted(EXTENDED_KEYS))}")
+        raise UserError(
+            f"unknown key {unknown[0]!r} in a known-failure entry",
+            where=doc.key_where(i, unknown[0]),
+            hint=f"known keys: {', '.join(sorted(EXTENDED_KEYS))}",
+        )
     if "test" not in item:
         raise UserError("a known-failure entry needs `test`", where=where)
     if "end" in item and "expires" in item:
@@ -209,8 +242,9 @@ def _extended_entry(item: dict, where: Location, doc, i: int) -> KnownFailure:
         try:
             re.compile(str(message))
         except re.error as e:
-            raise UserError(f"`message` is not a valid regular expression: {e}",
-                            where=doc.where(i, "message")) from None
+            raise UserError(
+                f"`message` is not a valid regular expression: {e}", where=doc.where(i, "message")
+            ) from None
     kinds = item.get("kinds", ["FAIL"])
     if isinstance(kinds, str):
         kinds = [kinds]
@@ -232,9 +266,12 @@ def _extended_entry(item: dict, where: Location, doc, i: int) -> KnownFailure:
         label=_glob(item.get("label"), doc.where(i, "label"), "`label`"),
         message=str(message) if message is not None else None,
         ticket=str(ticket) if ticket is not None else None,
-        start=start_d, expires=exp_d,
+        start=start_d,
+        expires=exp_d,
         reason=str(item["reason"]) if item.get("reason") is not None else None,
-        kinds=tuple(kinds), where=str(where))
+        kinds=tuple(kinds),
+        where=str(where),
+    )
 
 
 @dataclass(frozen=True)
@@ -294,14 +331,14 @@ def load_component_tags(path: Path | str | None) -> ComponentTags:
     return ComponentTags(tags, str(path))
 
 
-def review(known: KnownFailures, today: dt.date,
-           passing: Mapping[tuple[str, str], list[FailureContext]]) -> list[str]:
+def review(
+    known: KnownFailures, today: dt.date, passing: Mapping[tuple[str, str], list[FailureContext]]
+) -> list[str]:
     """Warnings about the known-failures file: entries that expired, and entries whose test
     now passes somewhere they apply (`passing`: (test, module) -> contexts where it passed)."""
     warnings = []
     for e in known.expired(today):
-        warnings.append(f"{e.where}: known failure {e.key} expired on {e.expires}; remove it "
-                        "or extend it")
+        warnings.append(f"{e.where}: known failure {e.key} expired on {e.expires}; remove it or extend it")
     for e in known.entries:
         if e.expires is not None and e.expires < today:
             continue
@@ -313,8 +350,7 @@ def review(known: KnownFailures, today: dt.date,
         if where_ok:
             where_ok = sorted(set(where_ok))
             shown = ", ".join(where_ok[:5]) + (f" and {len(where_ok) - 5} more" if len(where_ok) > 5 else "")
-            warnings.append(f"{e.where}: known failure {e.key} now passes on {shown}; "
-                            "is it fixed?")
+            warnings.append(f"{e.where}: known failure {e.key} now passes on {shown}; is it fixed?")
     for w in warnings:
         log.warning("%s", w)
     return warnings

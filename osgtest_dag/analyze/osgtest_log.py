@@ -44,11 +44,10 @@ STATUSES = ("ok", "okskip", "FAIL", "ERROR", "BADSKIP", "TIMEOUT", "excluded")
 PROBLEM_KINDS = ("FAIL", "ERROR", "TIMEOUT")
 SKIP_BLOCKS = {"BAD SKIPS": "bad", "OK SKIPS": "ok", "EXCLUDED": "excluded"}
 YUM_TIMEOUT_MARKER = "AssertionError: Retries terminated after timeout period"
-DETAIL_CAP = 8192        # characters of a failure section kept (head and tail)
+DETAIL_CAP = 8192  # characters of a failure section kept (head and tail)
 MESSAGE_CAP = 500
 
-_TEST_LINE = re.compile(r"^(?P<desc>.+?) \.\.\. (?:.*? \.\.\. )?(?P<status>"
-                        + "|".join(STATUSES) + r")$")
+_TEST_LINE = re.compile(r"^(?P<desc>.+?) \.\.\. (?:.*? \.\.\. )?(?P<status>" + "|".join(STATUSES) + r")$")
 _TEST_START = re.compile(r"^(?P<desc>\S.*?) \.\.\. ")
 _PAREN_ID = re.compile(r"^(?P<name>\w+) \((?P<path>[\w.]+)\)$")
 _FILE_ID = re.compile(r"^(?P<module>\w+)\.py: (?P<name>\w+)$")
@@ -79,7 +78,7 @@ class TestId:
         m = _PAREN_ID.match(desc)
         if m:
             parts = m["path"].split(".")
-            if len(parts) >= 2 and parts[-1] == m["name"]:      # Python 3.12: ...Class.name
+            if len(parts) >= 2 and parts[-1] == m["name"]:  # Python 3.12: ...Class.name
                 parts = parts[:-1]
             klass = parts[-1] if len(parts) >= 2 else None
             mod_parts = parts[:-1] if klass else parts
@@ -90,7 +89,7 @@ class TestId:
         m = _FILE_ID.match(desc)
         if m:
             return cls(m["name"], m["module"], None)
-        return cls(desc)                  # a docstring description: no module to tell
+        return cls(desc)  # a docstring description: no module to tell
 
     @property
     def is_osgtest(self) -> bool:
@@ -102,8 +101,8 @@ class TestResult:
     __test__ = False
 
     test: TestId
-    status: str          # one of STATUSES
-    line: int            # 1-based
+    status: str  # one of STATUSES
+    line: int  # 1-based
 
 
 @dataclass(frozen=True)
@@ -112,8 +111,8 @@ class Problem:
 
     kind: str
     test: TestId
-    message: str         # the exception line(s), capped
-    detail: str          # the section, head and tail kept
+    message: str  # the exception line(s), capped
+    detail: str  # the section, head and tail kept
     line: int
 
 
@@ -157,7 +156,7 @@ class OsgTestLog:
     start_time: str | None
     alarm: Alarm | None
     yum_timeout: bool
-    unfinished: TestId | None       # a test line with no result (the run stopped in it)
+    unfinished: TestId | None  # a test line with no result (the run stopped in it)
 
     @property
     def date(self) -> dt.date | None:
@@ -174,14 +173,27 @@ class OsgTestLog:
         s = self.summary
         if s is not None:
             bad = s.failures + s.errors + s.bad_skips + s.timeouts + s.ok_skips
-            return {"run": s.ran, "ok": max(s.ran - bad, 0), "failed": s.failures,
-                    "error": s.errors, "bad_skips": s.bad_skips, "ok_skips": s.ok_skips,
-                    "timeouts": s.timeouts}
+            return {
+                "run": s.ran,
+                "ok": max(s.ran - bad, 0),
+                "failed": s.failures,
+                "error": s.errors,
+                "bad_skips": s.bad_skips,
+                "ok_skips": s.ok_skips,
+                "timeouts": s.timeouts,
+            }
         by = dict.fromkeys(STATUSES, 0)
         for t in self.tests:
             by[t.status] += 1
-        return {"run": len(self.tests), "ok": by["ok"], "failed": by["FAIL"], "error": by["ERROR"],
-                "bad_skips": by["BADSKIP"], "ok_skips": by["okskip"], "timeouts": by["TIMEOUT"]}
+        return {
+            "run": len(self.tests),
+            "ok": by["ok"],
+            "failed": by["FAIL"],
+            "error": by["ERROR"],
+            "bad_skips": by["BADSKIP"],
+            "ok_skips": by["okskip"],
+            "timeouts": by["TIMEOUT"],
+        }
 
 
 def _cap(text: str, limit: int = DETAIL_CAP) -> str:
@@ -195,8 +207,9 @@ def _message(body: list[str]) -> str:
     """The exception of a failure section: the first unindented line after the traceback,
     with its continuation lines, up to osg-test's EXIT STATUS/STANDARD OUTPUT blocks."""
     i = 0
-    while i < len(body) and (body[i].startswith("Traceback") or body[i].startswith(" ")
-                             or not body[i].strip()):
+    while i < len(body) and (
+        body[i].startswith("Traceback") or body[i].startswith(" ") or not body[i].strip()
+    ):
         i += 1
     out = []
     for line in body[i:]:
@@ -229,8 +242,12 @@ def parse(text: str, path: str | None = None) -> OsgTestLog:
     i = 0
     while i < len(top):
         line = top[i]
-        if line == SEP1 and i + 2 < len(top) and top[i + 2] == SEP2 and (
-                _SECTION.match(top[i + 1]) or top[i + 1].rstrip(":") in SKIP_BLOCKS):
+        if (
+            line == SEP1
+            and i + 2 < len(top)
+            and top[i + 2] == SEP2
+            and (_SECTION.match(top[i + 1]) or top[i + 1].rstrip(":") in SKIP_BLOCKS)
+        ):
             break
         if line == SEP2 and i + 1 < len(top) and _RAN.match(top[i + 1]):
             break
@@ -269,10 +286,17 @@ def parse(text: str, path: str | None = None) -> OsgTestLog:
             key, _, val = part.partition("=")
             if val.strip().isdigit():
                 counts[key.strip()] = int(val)
-        summary = Summary(ran=int(m["n"]), seconds=float(m["secs"]), ok=r["ok"] == "OK",
-                          failures=counts.get("failures", 0), errors=counts.get("errors", 0),
-                          bad_skips=counts.get("badSkips", 0), timeouts=counts.get("timeouts", 0),
-                          ok_skips=counts.get("okSkips", 0), line=j + 1)
+        summary = Summary(
+            ran=int(m["n"]),
+            seconds=float(m["secs"]),
+            ok=r["ok"] == "OK",
+            failures=counts.get("failures", 0),
+            errors=counts.get("errors", 0),
+            bad_skips=counts.get("badSkips", 0),
+            timeouts=counts.get("timeouts", 0),
+            ok_skips=counts.get("okSkips", 0),
+            line=j + 1,
+        )
         summary_at = j - 1 if j > 0 and top[j - 1] == SEP2 else j
         break
 
@@ -315,7 +339,7 @@ def parse(text: str, path: str | None = None) -> OsgTestLog:
                 m = re.match(r"^(?P<id>\w+ \([\w.]+\)|\w+\.py: \w+) ?(?P<reason>.*)$", entry)
                 if m and target is not None:
                     target.append(Skip(TestId.parse(m["id"]), m["reason"].strip(), k + 1))
-                elif target is not None and target:          # a reason spanning lines
+                elif target is not None and target:  # a reason spanning lines
                     last = target[-1]
                     target[-1] = Skip(last.test, f"{last.reason}\n{entry}".strip(), last.line)
                 k += 1
@@ -332,7 +356,7 @@ def parse(text: str, path: str | None = None) -> OsgTestLog:
 
     # From the whole file: start time, alarm, yum time-out.
     start_time = None
-    for line in lines[top_end:top_end + 10]:
+    for line in lines[top_end : top_end + 10]:
         m = _START_TIME.match(line)
         if m:
             start_time = m[1]
@@ -356,10 +380,18 @@ def parse(text: str, path: str | None = None) -> OsgTestLog:
                     break
             alarm = Alarm(when, running or unfinished, a + 1)
             break
-    return OsgTestLog(path=path, tests=tuple(tests), problems=tuple(problems),
-                      bad_skips=tuple(bad_skips), ok_skips=tuple(ok_skips), summary=summary,
-                      start_time=start_time, alarm=alarm, yum_timeout=YUM_TIMEOUT_MARKER in text,
-                      unfinished=unfinished)
+    return OsgTestLog(
+        path=path,
+        tests=tuple(tests),
+        problems=tuple(problems),
+        bad_skips=tuple(bad_skips),
+        ok_skips=tuple(ok_skips),
+        summary=summary,
+        start_time=start_time,
+        alarm=alarm,
+        yum_timeout=YUM_TIMEOUT_MARKER in text,
+        unfinished=unfinished,
+    )
 
 
 def parse_file(path: Path | str) -> OsgTestLog:
@@ -371,8 +403,9 @@ def parse_file(path: Path | str) -> OsgTestLog:
 def looks_like_osgtest(text: str) -> bool:
     """Whether a phase log holds osg-test output (the payload's test.log holds whatever the
     test command printed)."""
-    return bool(re.search(r"^\w+ \(osgtest\.tests\.[\w.]+\) \.\.\. ", text, re.M)
-                or "\nOSG-TEST LOG\n" in text)
+    return bool(
+        re.search(r"^\w+ \(osgtest\.tests\.[\w.]+\) \.\.\. ", text, re.M) or "\nOSG-TEST LOG\n" in text
+    )
 
 
 # ------------------------------------------------------------------------------ classify
@@ -381,8 +414,8 @@ class Failure:
     """One problem of a log, classified, with its waiver if one applies."""
 
     test: TestId
-    kind: str                   # FAIL / ERROR / TIMEOUT / BADSKIP
-    category: Outcome           # what this failure alone would make of the cell
+    kind: str  # FAIL / ERROR / TIMEOUT / BADSKIP
+    category: Outcome  # what this failure alone would make of the cell
     message: str
     detail: str
     line: int
@@ -390,10 +423,18 @@ class Failure:
     waived_by: dict | None = None
 
     def to_json(self) -> dict:
-        return {"test": self.test.name, "module": self.test.module, "class": self.test.cls,
-                "kind": self.kind, "category": self.category.value, "message": self.message,
-                "detail": self.detail, "line": self.line, "tags": list(self.tags),
-                "waived_by": self.waived_by}
+        return {
+            "test": self.test.name,
+            "module": self.test.module,
+            "class": self.test.cls,
+            "kind": self.kind,
+            "category": self.category.value,
+            "message": self.message,
+            "detail": self.detail,
+            "line": self.line,
+            "tags": list(self.tags),
+            "waived_by": self.waived_by,
+        }
 
 
 @dataclass(frozen=True)
@@ -415,8 +456,13 @@ def category_of(test: TestId, kind: str) -> Outcome:
     return Outcome.FAIL
 
 
-def classify(parsed: OsgTestLog, *, known: KnownFailures | None = None,
-             tags: ComponentTags | None = None, context: FailureContext | None = None) -> Classification:
+def classify(
+    parsed: OsgTestLog,
+    *,
+    known: KnownFailures | None = None,
+    tags: ComponentTags | None = None,
+    context: FailureContext | None = None,
+) -> Classification:
     """The run's outcome from its log: the worst of its failures' categories (a waived
     failure counts as `waived`), a timeout when osg-test's alarm fired, bad skips with no
     failure behind them as `fail`."""
@@ -428,23 +474,46 @@ def classify(parsed: OsgTestLog, *, known: KnownFailures | None = None,
         category = category_of(p.test, p.kind)
         waived = None
         if known and category is Outcome.FAIL:
-            entry = known.match(FailureContext(
-                test=p.test.name, module=p.test.module, kind=p.kind, platform=ctx.platform,
-                os=ctx.os, source=ctx.source, label=ctx.label, message=p.detail, date=date))
+            entry = known.match(
+                FailureContext(
+                    test=p.test.name,
+                    module=p.test.module,
+                    kind=p.kind,
+                    platform=ctx.platform,
+                    os=ctx.os,
+                    source=ctx.source,
+                    label=ctx.label,
+                    message=p.detail,
+                    date=date,
+                )
+            )
             if entry is not None:
                 category = Outcome.WAIVED
                 waived = entry.to_json()
-        failures.append(Failure(p.test, p.kind, category, p.message, p.detail, p.line,
-                                tags.for_module(p.test.module), waived))
+        failures.append(
+            Failure(
+                p.test, p.kind, category, p.message, p.detail, p.line, tags.for_module(p.test.module), waived
+            )
+        )
     # A reported FAIL/ERROR with no section (a truncated log) still counts.
     sectioned = {(str(p.test), p.kind) for p in parsed.problems}
     for t in parsed.tests:
         if t.status in PROBLEM_KINDS and (str(t.test), t.status) not in sectioned:
-            failures.append(Failure(t.test, t.status, category_of(t.test, t.status),
-                                    "(no failure section in the log)", "", t.line,
-                                    tags.for_module(t.test.module)))
-    bad = [Failure(s.test, "BADSKIP", Outcome.FAIL, s.reason, "", s.line,
-                   tags.for_module(s.test.module)) for s in parsed.bad_skips]
+            failures.append(
+                Failure(
+                    t.test,
+                    t.status,
+                    category_of(t.test, t.status),
+                    "(no failure section in the log)",
+                    "",
+                    t.line,
+                    tags.for_module(t.test.module),
+                )
+            )
+    bad = [
+        Failure(s.test, "BADSKIP", Outcome.FAIL, s.reason, "", s.line, tags.for_module(s.test.module))
+        for s in parsed.bad_skips
+    ]
     okskip_tags: dict[str, int] = {}
     for t in parsed.tests:
         if t.status == "okskip":
@@ -458,17 +527,23 @@ def classify(parsed: OsgTestLog, *, known: KnownFailures | None = None,
     if parsed.alarm is not None:
         what = f" in {parsed.alarm.test}" if parsed.alarm.test else ""
         reason = f"osg-test's time-out alarm fired{what}"
-        return Classification(Outcome.TIMEOUT, "; ".join([reason] + notes), tuple(failures + bad),
-                              okskip_tags)
+        return Classification(
+            Outcome.TIMEOUT, "; ".join([reason] + notes), tuple(failures + bad), okskip_tags
+        )
     if failures:
         outcome = Outcome.worst(f.category for f in failures)
         assert outcome is not None  # worst of a non-empty list
         worst = [f for f in failures if f.category is outcome]
-        names = ", ".join(str(f.test) for f in worst[:3]) + (f" and {len(worst) - 3} more" if len(worst) > 3 else "")
+        names = ", ".join(str(f.test) for f in worst[:3]) + (
+            f" and {len(worst) - 3} more" if len(worst) > 3 else ""
+        )
         n = len(failures)
         if outcome is Outcome.WAIVED:
-            reason = f"{n} failure{'s' if n != 1 else ''}, all known ({names})" if n == len(worst) else \
-                f"{len(worst)} known failure(s) ({names}); the rest in osg-test's clean-up"
+            reason = (
+                f"{n} failure{'s' if n != 1 else ''}, all known ({names})"
+                if n == len(worst)
+                else f"{len(worst)} known failure(s) ({names}); the rest in osg-test's clean-up"
+            )
         elif outcome is Outcome.CLEANUP:
             reason = f"only osg-test's clean-up failed ({names})"
         elif outcome is Outcome.INSTALL:
@@ -480,13 +555,22 @@ def classify(parsed: OsgTestLog, *, known: KnownFailures | None = None,
         return Classification(outcome, "; ".join([reason] + notes), tuple(failures + bad), okskip_tags)
     if bad:
         names = ", ".join(str(f.test) for f in bad[:3])
-        return Classification(Outcome.FAIL, "; ".join([f"{len(bad)} bad skip(s): {names}"] + notes),
-                              tuple(bad), okskip_tags)
+        return Classification(
+            Outcome.FAIL, "; ".join([f"{len(bad)} bad skip(s): {names}"] + notes), tuple(bad), okskip_tags
+        )
     if parsed.summary is None:
         where = f"; it stopped in {parsed.unfinished}" if parsed.unfinished else ""
-        return Classification(Outcome.FAIL, "; ".join([f"osg-test did not finish (no summary line){where}"] + notes),
-                              (), okskip_tags)
+        return Classification(
+            Outcome.FAIL,
+            "; ".join([f"osg-test did not finish (no summary line){where}"] + notes),
+            (),
+            okskip_tags,
+        )
     if counts["ok"] == 0:
         return Classification(Outcome.FAIL, "; ".join(["no test passed"] + notes), (), okskip_tags)
-    return Classification(Outcome.PASS, "; ".join([f"{counts['ok']} tests passed, {counts['ok_skips']} skipped"] + notes),
-                          (), okskip_tags)
+    return Classification(
+        Outcome.PASS,
+        "; ".join([f"{counts['ok']} tests passed, {counts['ok_skips']} skipped"] + notes),
+        (),
+        okskip_tags,
+    )

@@ -15,116 +15,45 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from osgtest_dag import __version__
-from osgtest_dag.generate import cellconfig
-from osgtest_dag.generate.workflow import load_manifest
 from osgtest_dag.analyze import osgtest_log
+from osgtest_dag.analyze.guest_output import (
+    LOG_READ_CAP,
+    durations,
+    image_stamp,
+    package_summary,
+    parse_time,
+    read_text,
+)
+from osgtest_dag.analyze.known_failures import (
+    ComponentTags,
+    FailureContext,
+    KnownFailures,
+    load_component_tags,
+    load_known_failures,
+    review,
+)
+from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.analyze.known_failures import (ComponentTags, FailureContext, KnownFailures, load_component_tags,
-                             load_known_failures, review)
-from osgtest_dag.model.documents import GuestResult, read_bytes_nofollow, read_document
+from osgtest_dag.generate import cellconfig
+from osgtest_dag.model.cell import CellConfig, CellPlatform, CellSource
 from osgtest_dag.model.evidence import gather, read_extraction
 from osgtest_dag.model.joblog import JobRecord, jobs_by_node, read_job_log
+from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.outcome import ORDERED, JobFacts, Outcome, derive
-from osgtest_dag.model.rundir import OUTPUT_DIR, RESULTS, RunDir, vm_node
-from osgtest_dag.base.atomic import write_json_atomic
+from osgtest_dag.model.results import KnownFailuresInfo, ResultsDocument, RunInfo
+from osgtest_dag.model.rundir import OUTPUT_DIR, RunDir, vm_node
+from osgtest_dag.plan.sources import Source, TestSource
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "osgtest-dag/results"
-VERSION = 1
-RESULTS_FILE = RESULTS
-LOG_READ_CAP = 64 << 20            # bytes of one log we parse (extraction caps them anyway)
-PACKAGE_LIST_CAP = 16 << 20
 # Files a run directory may carry to be picked up without options.
 DEFAULT_KNOWN_FAILURES = ("known-failures.yaml", "test-exceptions.yaml")
 DEFAULT_COMPONENT_TAGS = ("component-tags.yaml",)
-ARCHES = ("x86_64", "aarch64", "i686", "noarch", "amd64", "arm64", "i386", "all")
-
-
-# ------------------------------------------------------------------------------ small readers
-def _read_text(path: Path, cap: int) -> str:
-    return read_bytes_nofollow(path, cap).decode("utf-8", errors="replace")
-
-
-def _parse_time(value) -> dt.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def durations(guest: GuestResult) -> dict:
-    """Seconds per phase (and `total`) from result.json's timestamps."""
-    out: dict[str, float] = {}
-    for p in guest.phases:
-        a, b = _parse_time(p.start), _parse_time(p.end)
-        if a and b:
-            out[p.name] = round((b - a).total_seconds(), 1)
-    a, b = _parse_time(guest.started), _parse_time(guest.finished)
-    if a and b:
-        out["total"] = round((b - a).total_seconds(), 1)
-    return out
-
-
-_NVRA = re.compile(r"^(?P<name>.+)-(?P<ver>[^-]+)-(?P<rel>[^-]+)\.(?P<arch>[^.]+)$")
-
-
-def parse_package_list(text: str) -> dict[str, str]:
-    """Installed packages -> version. Reads what the payload writes (`name<TAB>version<TAB>arch`
-    from dpkg-query or rpm, `(none):` epochs dropped), two-column `dpkg-query -W` output, and
-    plain `rpm -qa` NEVRA lines. A name seen with two architectures is kept as `name.arch`."""
-    seen: dict[str, list[tuple[str, str]]] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split("\t")
-        if len(parts) >= 2:
-            name, version = parts[0].strip(), parts[1].strip()
-            arch = parts[2].strip() if len(parts) > 2 else ""
-        else:
-            m = _NVRA.match(line)
-            if not m:
-                continue
-            name, version, arch = m["name"], f"{m['ver']}-{m['rel']}", m["arch"]
-        for prefix in ("(none):", "0:"):
-            if version.startswith(prefix):
-                version = version[len(prefix):]
-        name = name.split(":")[0] if ":" in name and arch else name   # dpkg's name:arch
-        seen.setdefault(name, []).append((arch, version))
-    out: dict[str, str] = {}
-    for name, variants in seen.items():
-        if len({a for a, _ in variants}) > 1:
-            for arch, version in variants:
-                out[f"{name}.{arch}"] = version
-        else:
-            out[name] = variants[-1][1]
-    return out
-
-
-def package_changes(start: dict[str, str], end: dict[str, str]) -> dict[str, str]:
-    """What the cell installed or changed: packages at the end that are new or differ."""
-    return {n: v for n, v in sorted(end.items()) if start.get(n) != v}
-
-
-def image_stamp(environment_log: str) -> dict:
-    """The `== image` section of environment.log: the base image's /etc/osgtest-image-release."""
-    m = re.search(r"^== image\n(.*?)(?:\n== |\Z)", environment_log, re.S | re.M)
-    if not m:
-        return {}
-    out = {}
-    for line in m[1].splitlines():
-        k, sep, v = line.partition("=")
-        if sep and re.fullmatch(r"[a-z_]+", k):
-            out[k] = v.strip()
-    return out
 
 
 # ------------------------------------------------------------------------------ one cell
@@ -144,7 +73,7 @@ def _osgtest_logs(out_dir: Path) -> list[tuple[str, Path]]:
         p = out_dir / f"{phase}.log"
         if p.is_file() and not p.is_symlink():
             try:
-                head = _read_text(p, LOG_READ_CAP)
+                head = read_text(p, LOG_READ_CAP)
             except OSError:
                 continue
             if osgtest_log.looks_like_osgtest(head):
@@ -152,23 +81,30 @@ def _osgtest_logs(out_dir: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def platform_json(p: dict) -> dict:
-    return {"id": p.get("id"), "name": p.get("name") or p.get("id"), "os": p.get("os"),
-            "family": p.get("family"), "distro": p.get("distro"), "major": p.get("major"),
-            "arch": p.get("arch")}
+def platform_json(p: CellPlatform) -> dict:
+    return {
+        "id": p.id,
+        "name": p.name or p.id,
+        "os": p.os,
+        "family": p.family,
+        "distro": p.distro,
+        "major": p.major,
+        "arch": p.arch,
+    }
 
 
-def source_display(s: dict) -> str:
+def source_display(s: CellSource) -> str:
     """The readable source, as sources.Source.display() writes it."""
-    from osgtest_dag.plan.sources import Source, TestSource
-    ts = s.get("test_source")
-    test_source = TestSource(*ts.split(":", 1)) if isinstance(ts, str) and ":" in ts else None
-    try:
-        return Source(raw=s.get("raw", ""), test_source=test_source, series=s.get("series") or "?",
-                      repos=tuple(s.get("repos") or ()), update_series=s.get("update_series"),
-                      update_repos=tuple(s.get("update_repos") or ())).display()
-    except (TypeError, ValueError):
-        return str(s.get("raw", "?"))
+    ts = s.test_source
+    test_source = TestSource(*ts.split(":", 1)) if ts and ":" in ts else None
+    return Source(
+        raw=s.raw,
+        test_source=test_source,
+        series=s.series,
+        repos=s.repos,
+        update_series=s.update_series,
+        update_repos=s.update_repos,
+    ).display()
 
 
 def job_facts(vm_jobs: Sequence[JobRecord]) -> JobFacts | None:
@@ -182,38 +118,71 @@ def job_facts(vm_jobs: Sequence[JobRecord]) -> JobFacts | None:
         reason = f"VM job held: {holds[-1].reason or 'no reason given'}"
     elif any(j.aborted for j in vm_jobs):
         reason = "VM job removed"
-    return JobFacts(starts=sum(len(j.executed) for j in vm_jobs),
-                    hosts=tuple(h for j in vm_jobs for h in j.hosts),
-                    timed_out=any(j.held_at_wall_clock_limit for j in vm_jobs), reason=reason)
+    return JobFacts(
+        starts=sum(len(j.executed) for j in vm_jobs),
+        hosts=tuple(h for j in vm_jobs for h in j.hosts),
+        timed_out=any(j.held_at_wall_clock_limit for j in vm_jobs),
+        reason=reason,
+    )
 
 
-def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
-                 node_jobs: dict[str, tuple[JobRecord, ...]] | None = None,
-                 passing: dict | None = None) -> dict:
+def analyze_cell(
+    run_dir: Path,
+    cfg: CellConfig,
+    opts: AnalysisOptions,
+    node_jobs: dict[str, tuple[JobRecord, ...]] | None = None,
+    passing: dict | None = None,
+) -> dict:
     """One cell's entry of results.json."""
-    serial = cfg["serial"]
+    serial = cfg.serial
     cd = RunDir(run_dir).cell(serial)
     d = cd.path
     out_dir = cd.output
-    plat = platform_json(cfg.get("platform") or {})
-    src = cfg.get("source") or {}
+    plat = platform_json(cfg.platform)
     cell: dict = {
-        "serial": serial, "platform": plat,
-        "source": {"raw": src.get("raw", ""), "display": source_display(src)},
-        "label": cfg.get("label", ""), "packages": list(cfg.get("packages") or ()),
-        "outcome": Outcome.MISSING.value, "reason": "", "guest_status": None, "exit_code": None,
-        "counts": None, "failures": [], "bad_skips": [], "ok_skips_by_tag": {},
-        "durations": {}, "started": None, "finished": None, "host": None, "image": None,
-        "image_digest": None, "package_versions": {}, "packages_installed": {},
-        "attempts": 0, "attempt_history": [], "timeout": None, "yum_timeout": False,
-        "extraction": None, "logs": {"dir": None, "main": None, "files": []},
-        "tests": [], "phases": [],
+        "serial": serial,
+        "platform": plat,
+        "source": {"raw": cfg.source.raw, "display": source_display(cfg.source)},
+        "label": cfg.label,
+        "packages": list(cfg.packages),
+        "outcome": Outcome.MISSING.value,
+        "reason": "",
+        "guest_status": None,
+        "exit_code": None,
+        "counts": None,
+        "failures": [],
+        "bad_skips": [],
+        "ok_skips_by_tag": {},
+        "durations": {},
+        "started": None,
+        "finished": None,
+        "host": None,
+        "image": None,
+        "image_digest": None,
+        "package_versions": {},
+        "packages_installed": {},
+        "attempts": 0,
+        "attempt_history": [],
+        "timeout": None,
+        "yum_timeout": False,
+        "extraction": None,
+        "logs": {"dir": None, "main": None, "files": []},
+        "tests": [],
+        "phases": [],
     }
 
     facts = job_facts((node_jobs or {}).get(vm_node(serial), ()))
     evidence = gather(cd, job=facts)
-    cell["attempt_history"] = [{"attempt": p.attempt, "verdict": p.verdict.value, "reason": p.reason,
-                                "job_exit": p.job_exit, "time": p.time} for p in evidence.post_vm]
+    cell["attempt_history"] = [
+        {
+            "attempt": p.attempt,
+            "verdict": p.verdict.value,
+            "reason": p.reason,
+            "job_exit": p.job_exit,
+            "time": p.time,
+        }
+        for p in evidence.post_vm
+    ]
     cell["attempts"] = evidence.attempts
     if facts and facts.hosts:
         cell["host"] = facts.hosts[-1]
@@ -233,23 +202,31 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
         cell["guest_status"] = guest.status
         cell["exit_code"] = guest.exit_code
         cell["durations"] = durations(guest)
-        cell["phases"] = [{"name": ph.name, "status": ph.status, "exit_code": ph.exit_code}
-                          for ph in guest.phases]
+        cell["phases"] = [
+            {"name": ph.name, "status": ph.status, "exit_code": ph.exit_code} for ph in guest.phases
+        ]
         cell["started"], cell["finished"] = guest.started, guest.finished
 
     # The osg-test log(s).
     log_outcome = log_reason = None
     run_date = opts.run_date
     if guest is not None:
-        started = _parse_time(guest.started)
+        started = parse_time(guest.started)
         run_date = started.date() if started else run_date
-    ctx = FailureContext(test="", module=None, platform=plat["id"] or "", os=plat["os"] or "",
-                         source=cell["source"]["raw"], label=cell["label"], date=run_date)
+    ctx = FailureContext(
+        test="",
+        module=None,
+        platform=plat["id"] or "",
+        os=plat["os"] or "",
+        source=cell["source"]["raw"],
+        label=cell["label"],
+        date=run_date,
+    )
     if out_dir.is_dir():
         logs = _osgtest_logs(out_dir)
         for phase, path in logs:
             try:
-                parsed = osgtest_log.parse(_read_text(path, LOG_READ_CAP), str(path))
+                parsed = osgtest_log.parse(read_text(path, LOG_READ_CAP), str(path))
             except OSError as e:
                 log.warning("cell %s: cannot read %s: %s", serial, path, e)
                 continue
@@ -259,7 +236,7 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
                 entry = f.to_json()
                 entry.update(phase=phase, log=rel)
                 (cell["bad_skips"] if f.kind == "BADSKIP" else cell["failures"]).append(entry)
-            if log_outcome is None:     # the test phase's run decides; the update run adds
+            if log_outcome is None:  # the test phase's run decides; the update run adds
                 log_outcome, log_reason = cls.outcome, cls.reason
                 cell["counts"] = parsed.counts()
                 cell["tests"] = _tests(parsed)
@@ -267,8 +244,10 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
                 cell["logs"]["main"] = rel
                 cell["yum_timeout"] = parsed.yum_timeout
                 if parsed.alarm is not None:
-                    cell["timeout"] = {"test": str(parsed.alarm.test) if parsed.alarm.test else None,
-                                       "at": parsed.alarm.time}
+                    cell["timeout"] = {
+                        "test": str(parsed.alarm.test) if parsed.alarm.test else None,
+                        "at": parsed.alarm.time,
+                    }
             elif cls.outcome > Outcome.PASS and phase == "update":
                 log_reason = f"{log_reason}; after the update: {cls.reason}"
             if passing is not None:
@@ -278,9 +257,9 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
                 if (out_dir / name).is_file():
                     cell["logs"]["main"] = str(cd.rel / OUTPUT_DIR / name)
                     break
-        cell.update(_packages(out_dir, cell["packages"]))
+        cell.update(package_summary(out_dir, cell["packages"]))
         try:
-            stamp = image_stamp(_read_text(out_dir / "environment.log", 1 << 20))
+            stamp = image_stamp(read_text(out_dir / "environment.log", 1 << 20))
         except OSError:
             stamp = {}
         if stamp:
@@ -290,8 +269,15 @@ def analyze_cell(run_dir: Path, cfg: dict, opts: AnalysisOptions,
     outcome, reason = derive(replace(evidence, log_outcome=log_outcome, log_reason=log_reason))
     cell["outcome"], cell["reason"] = outcome.value, reason
     if cell["counts"] is None:
-        cell["counts"] = {"run": 0, "ok": 0, "failed": 0, "error": 0, "bad_skips": 0,
-                          "ok_skips": 0, "timeouts": 0}
+        cell["counts"] = {
+            "run": 0,
+            "ok": 0,
+            "failed": 0,
+            "error": 0,
+            "bad_skips": 0,
+            "ok_skips": 0,
+            "timeouts": 0,
+        }
     if cell["logs"]["main"] is None and d.is_dir():
         cell["logs"]["dir"] = cell["logs"]["dir"] or str(cd.rel)
     return cell
@@ -316,34 +302,30 @@ def _collect_passing(parsed, ctx: FailureContext, passing: dict) -> None:
     for t in parsed.tests:
         if t.status == "ok" and pattern.match(t.test.name):
             passing.setdefault((t.test.name, t.test.module), []).append(
-                FailureContext(test=t.test.name, module=t.test.module, platform=ctx.platform,
-                               os=ctx.os, source=ctx.source, label=ctx.label,
-                               date=parsed.date or ctx.date))
-
-
-def _packages(out_dir: Path, package_set: list[str]) -> dict:
-    lists = {}
-    for which in ("start", "end"):
-        p = out_dir / f"packages-{which}.txt"
-        if p.is_file() and not p.is_symlink():
-            try:
-                lists[which] = parse_package_list(_read_text(p, PACKAGE_LIST_CAP))
-            except OSError:
-                pass
-    end = lists.get("end") or {}
-    start = lists.get("start") or {}
-    wanted = {}
-    for name in package_set:
-        for key in (name, *(f"{name}.{arch}" for arch in ARCHES)):
-            if key in end:
-                wanted[key] = end[key]
-    return {"package_versions": wanted,
-            "packages_installed": package_changes(start, end) if "end" in lists else {}}
+                FailureContext(
+                    test=t.test.name,
+                    module=t.test.module,
+                    platform=ctx.platform,
+                    os=ctx.os,
+                    source=ctx.source,
+                    label=ctx.label,
+                    date=parsed.date or ctx.date,
+                )
+            )
 
 
 def _extraction_summary(rep: dict) -> dict:
-    keep = ("ok", "error", "files", "bytes", "dirs", "skipped_count", "skipped_by_kind",
-            "renamed_count", "seconds")
+    keep = (
+        "ok",
+        "error",
+        "files",
+        "bytes",
+        "dirs",
+        "skipped_count",
+        "skipped_by_kind",
+        "renamed_count",
+        "seconds",
+    )
     out = {k: rep.get(k) for k in keep if k in rep}
     out["skipped"] = (rep.get("skipped") or [])[:20]
     return out
@@ -366,7 +348,7 @@ def platform_sort_key(p: dict) -> list:
     """Family, then version numerically (EL 8 before EL 10), then distro and arch."""
     major = p.get("major")
     try:
-        major_n = int(str(major))       # an int or a numeric string; None is not a version
+        major_n = int(str(major))  # an int or a numeric string; None is not a version
     except (TypeError, ValueError):
         major_n = 1 << 30
     return [p.get("family") or "", major_n, p.get("distro") or "", p.get("arch") or "", p.get("id") or ""]
@@ -374,7 +356,7 @@ def platform_sort_key(p: dict) -> list:
 
 def _os_name(p: dict) -> str:
     name = p.get("name") or p.get("os") or "?"
-    return re.sub(r"\s*\([^)]*\)$", "", name)      # "Rocky 9 (x86_64)" -> "Rocky 9"
+    return re.sub(r"\s*\([^)]*\)$", "", name)  # "Rocky 9 (x86_64)" -> "Rocky 9"
 
 
 def summarize(cells: list[dict]) -> dict:
@@ -398,8 +380,7 @@ def summarize(cells: list[dict]) -> dict:
             else:
                 g["name"] = key
         for g in groups.values():
-            g["worst"] = Outcome.worst((Outcome(o) for o, n in g["counts"].items() if n),
-                                       Outcome.PASS).value
+            g["worst"] = Outcome.worst((Outcome(o) for o, n in g["counts"].items() if n), Outcome.PASS).value
         ordered = sorted(groups.values(), key=lambda g: g.get("sort") or [g["key"]])
         counts[f"by_{by}"] = ordered
     return counts
@@ -411,14 +392,18 @@ def default_inputs(run_dir: Path) -> tuple[list[Path], Path | None]:
     return kf, tags
 
 
-def analysis_options(run_dir: Path, manifest: dict, known_failures: Iterable[Path | str] | None = None,
-                     component_tags: Path | str | None = None) -> AnalysisOptions:
+def analysis_options(
+    run_dir: Path,
+    manifest: RunManifest,
+    known_failures: Iterable[Path | str] | None = None,
+    component_tags: Path | str | None = None,
+) -> AnalysisOptions:
     """The known failures and component tags given (default: those the run directory
     carries), and the run's date."""
     d_kf, d_tags = default_inputs(run_dir)
     known = load_known_failures(list(known_failures) if known_failures is not None else d_kf)
     tags = load_component_tags(component_tags if component_tags is not None else d_tags)
-    generated = _parse_time(manifest.get("generated"))
+    generated = parse_time(manifest.generated)
     return AnalysisOptions(known=known, tags=tags, run_date=generated.date() if generated else None)
 
 
@@ -427,17 +412,19 @@ def analyze_cells(run_dir: Path | str, serials: Iterable[str] | None = None) -> 
     cells' evidence with the run's own known failures: what status, rerun and the FINAL node
     see before the run is analyzed."""
     run_dir = Path(run_dir)
-    manifest = load_manifest(run_dir)
+    manifest = RunManifest.read(run_dir)
     opts = analysis_options(run_dir, manifest)
     wanted = None if serials is None else set(serials)
-    configs = [c for c in cellconfig.iter_cells(run_dir) if wanted is None or c["serial"] in wanted]
+    configs = [c for c in cellconfig.iter_cells(run_dir) if wanted is None or c.serial in wanted]
     if not configs:
         return []
     node_jobs = jobs_by_node(read_job_log(RunDir(run_dir).job_log))
     return [analyze_cell(run_dir, cfg, opts, node_jobs) for cfg in configs]
 
 
-def cell_outcomes(run_dir: Path | str, serials: Iterable[str] | None = None) -> dict[str, tuple[Outcome, str]]:
+def cell_outcomes(
+    run_dir: Path | str, serials: Iterable[str] | None = None
+) -> dict[str, tuple[Outcome, str]]:
     """serial -> (outcome, reason), decided as results.json decides it (analyze_cells)."""
     return {c["serial"]: (Outcome(c["outcome"]), c["reason"]) for c in analyze_cells(run_dir, serials)}
 
@@ -447,15 +434,19 @@ def run_outcomes(run_dir: Path | str) -> dict[str, Outcome]:
     the report says), else decided now from the evidence (cell_outcomes)."""
     run_dir = Path(run_dir)
     if RunDir(run_dir).results.is_file():
-        doc = load_results(run_dir)
-        found = {str(c["serial"]): Outcome.parse(str(c["outcome"])) for c in doc.get("cells", [])}
-        return {cfg["serial"]: found.get(cfg["serial"], Outcome.MISSING) for cfg in cellconfig.iter_cells(run_dir)}
+        found = ResultsDocument.read(run_dir).outcomes()
+        return {cfg.serial: found.get(cfg.serial, Outcome.MISSING) for cfg in cellconfig.iter_cells(run_dir)}
     return {s: o for s, (o, _) in cell_outcomes(run_dir).items()}
 
 
-def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | None = None,
-                component_tags: Path | str | None = None, write: bool = True,
-                today: dt.date | None = None) -> dict:
+def analyze_run(
+    run_dir: Path | str,
+    *,
+    known_failures: Iterable[Path | str] | None = None,
+    component_tags: Path | str | None = None,
+    write: bool = True,
+    today: dt.date | None = None,
+) -> ResultsDocument:
     """Build (and by default write, atomically) RUN_DIR/results.json; return the document.
 
     `known_failures`: files in the reference or extended format (default: known-failures.yaml
@@ -464,14 +455,15 @@ def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | N
     """
     t0 = time.monotonic()
     run_dir = Path(run_dir)
-    manifest = load_manifest(run_dir)
+    manifest = RunManifest.read(run_dir)
     opts = analysis_options(run_dir, manifest, known_failures, component_tags)
     known, tags = opts.known, opts.tags
     node_jobs = jobs_by_node(read_job_log(RunDir(run_dir).job_log))
     passing: dict = {}
     if known.entries:
-        passing["__pattern__"] = re.compile("|".join(f"(?:{fnmatch.translate(e.test)})"
-                                                     for e in known.entries))
+        passing["__pattern__"] = re.compile(
+            "|".join(f"(?:{fnmatch.translate(e.test)})" for e in known.entries)
+        )
     try:
         configs = list(cellconfig.iter_cells(run_dir))
     except FileNotFoundError:
@@ -483,33 +475,31 @@ def analyze_run(run_dir: Path | str, *, known_failures: Iterable[Path | str] | N
     warnings = review(known, today, passing) if known.entries else []
     counts = summarize(cells)
     worst = Outcome.worst((Outcome(c["outcome"]) for c in cells), Outcome.PASS)
-    doc = {
-        "schema": SCHEMA, "version": VERSION,
-        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "tool_version": __version__,
-        "run": {"name": manifest.get("run_name") or run_dir.resolve().name,
-                "dir": str(run_dir.resolve()), "generated": manifest.get("generated"),
-                "cells": len(cells), "param_files": manifest.get("param_files", [])},
-        "outcomes": [{"name": o.value, "severity": o.severity, "description": o.description,
-                      "acceptable": o.acceptable} for o in ORDERED],
-        "worst": worst.value,
-        "counts": counts,
-        "known_failures": {"files": list(known.files), "entries": len(known.entries),
-                           "warnings": warnings},
-        "component_tags": tags.file,
-        "cells": cells,
-    }
+    doc = ResultsDocument(
+        generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        tool_version=__version__,
+        run=RunInfo(
+            name=manifest.run_name or run_dir.resolve().name,
+            dir=str(run_dir.resolve()),
+            generated=manifest.generated,
+            cells=len(cells),
+            param_files=manifest.param_files,
+        ),
+        worst=worst,
+        counts=counts,
+        known_failures=KnownFailuresInfo(
+            files=tuple(known.files), entries=len(known.entries), warnings=tuple(warnings)
+        ),
+        component_tags=tags.file,
+        cells=tuple(cells),
+    )
     if write:
-        write_json_atomic(run_dir / RESULTS_FILE, doc)
-    log.info("analyzed %d cells of %s in %.2f s: %s", len(cells), run_dir, time.monotonic() - t0,
-             ", ".join(f"{k} {v}" for k, v in counts["by_outcome"].items() if v))
+        write_json_atomic(RunDir(run_dir).results, doc.to_json())
+    log.info(
+        "analyzed %d cells of %s in %.2f s: %s",
+        len(cells),
+        run_dir,
+        time.monotonic() - t0,
+        ", ".join(f"{k} {v}" for k, v in counts["by_outcome"].items() if v),
+    )
     return doc
-
-
-def load_results(path: Path | str) -> dict:
-    """Read a results.json (or the one of a run directory), checking its schema and version."""
-    path = Path(path)
-    if path.is_dir():
-        path = RunDir(path).results
-    return read_document(path, SCHEMA, VERSION, missing="no results.json",
-                         hint="run `osgtest-dag analyze RUN_DIR` (again, with this version) first")

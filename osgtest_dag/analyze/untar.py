@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPORT_SCHEMA = "osgtest-dag/extraction"
 REPORT_VERSION = 1
-SKIPPED_LIST_CAP = 500      # entries kept in a report's lists (the counts are complete)
+SKIPPED_LIST_CAP = 500  # entries kept in a report's lists (the counts are complete)
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ExtractionReport:
                 entry["size"] = size
             self.skipped.append(entry)
 
-    def rename(self, raw: builtins.bytes, as_: str) -> None:   # `bytes` is a field here
+    def rename(self, raw: builtins.bytes, as_: str) -> None:  # `bytes` is a field here
         self.renamed_count += 1
         if len(self.renamed) < SKIPPED_LIST_CAP:
             self.renamed.append({"raw": raw.hex(), "as": as_})
@@ -63,16 +63,27 @@ class ExtractionReport:
         self.error = error
 
     def to_json(self) -> dict:
-        return {"schema": REPORT_SCHEMA, "version": REPORT_VERSION, "disk": self.disk,
-                "dest": self.dest, "ok": self.ok, "error": self.error, "files": self.files,
-                "dirs": self.dirs, "bytes": self.bytes, "skipped_count": self.skipped_count,
-                "skipped_by_kind": self.skipped_by_kind, "skipped": self.skipped,
-                "renamed_count": self.renamed_count, "renamed": self.renamed,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "schema": REPORT_SCHEMA,
+            "version": REPORT_VERSION,
+            "disk": self.disk,
+            "dest": self.dest,
+            "ok": self.ok,
+            "error": self.error,
+            "files": self.files,
+            "dirs": self.dirs,
+            "bytes": self.bytes,
+            "skipped_count": self.skipped_count,
+            "skipped_by_kind": self.skipped_by_kind,
+            "skipped": self.skipped,
+            "renamed_count": self.renamed_count,
+            "renamed": self.renamed,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 # ------------------------------------------------------------------------------ names
-_SAFE_BYTE = re.compile(rb"[\x21-\x24\x26-\x7e]|[\x20]")   # printable ASCII except '%'
+_SAFE_BYTE = re.compile(rb"[\x21-\x24\x26-\x7e]|[\x20]")  # printable ASCII except '%'
 
 
 def escape_name(raw: bytes) -> str:
@@ -87,18 +98,18 @@ def escape_name(raw: bytes) -> str:
     out = []
     i = 0
     while i < len(raw):
-        b = raw[i:i + 1]
+        b = raw[i : i + 1]
         if _SAFE_BYTE.fullmatch(b):
             out.append(b.decode())
             i += 1
             continue
-        if raw[i] < 0x80:                   # ASCII control characters and '%'
+        if raw[i] < 0x80:  # ASCII control characters and '%'
             out.append(f"%{raw[i]:02X}")
             i += 1
             continue
         # a whole valid UTF-8 character that is printable stays as it is
         for n in (2, 3, 4):
-            chunk = raw[i:i + n]
+            chunk = raw[i : i + n]
             try:
                 ch = chunk.decode("utf-8")
             except UnicodeDecodeError:
@@ -145,7 +156,7 @@ class _Budget:
 
 def _write_member(tf: tarfile.TarFile, m: tarfile.TarInfo, target: str, size: int) -> None:
     src = tf.extractfile(m)
-    if src is None:                  # only regular members are written, and they have data
+    if src is None:  # only regular members are written, and they have data
         raise Cancel(f"tar member {m.name!r} has no data")
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "wb") as out:
@@ -161,9 +172,17 @@ def _write_member(tf: tarfile.TarFile, m: tarfile.TarInfo, target: str, size: in
 class Unpacker:
     """Reads the tar stream of one disk and writes what is safe under `root`."""
 
-    def __init__(self, root: Path, report: ExtractionReport, budget: int,
-                 planned: dict[str, int] | None = None, *, max_files: int, max_bytes: int,
-                 max_file_bytes: int):
+    def __init__(
+        self,
+        root: Path,
+        report: ExtractionReport,
+        budget: int,
+        planned: dict[str, int] | None = None,
+        *,
+        max_files: int,
+        max_bytes: int,
+        max_file_bytes: int,
+    ):
         self.root = os.path.realpath(root)
         self.max_files, self.max_bytes, self.max_file_bytes = max_files, max_bytes, max_file_bytes
         self.report = report
@@ -176,7 +195,7 @@ class Unpacker:
         self.reserved_bytes = sum(self.planned.values())
         self.extra_files = 0
         self.extra_bytes = 0
-        self.extracted: dict[str, str] = {}      # member name -> host path (for hard links)
+        self.extracted: dict[str, str] = {}  # member name -> host path (for hard links)
         self.made_dirs: set[str] = {self.root}
         self.error: str | None = None
 
@@ -222,7 +241,7 @@ class Unpacker:
                 rep.skip(escape_name(shown_raw), "unsafe-name")
                 continue
             if not parts:
-                continue                      # the root "."
+                continue  # the root "."
             target, shown = self._host_path(parts)
             if not target.startswith(self.root + os.sep):
                 rep.skip(shown, "unsafe-name")
@@ -243,7 +262,9 @@ class Unpacker:
                 rep.skip(shown, "symlink", detail=escape_name(target_raw))
                 continue
             if m.ischr() or m.isblk():
-                rep.skip(shown, "device", detail=f"{'char' if m.ischr() else 'block'} {m.devmajor},{m.devminor}")
+                rep.skip(
+                    shown, "device", detail=f"{'char' if m.ischr() else 'block'} {m.devmajor},{m.devminor}"
+                )
                 continue
             if m.isfifo():
                 rep.skip(shown, "fifo")
@@ -252,7 +273,9 @@ class Unpacker:
                 src = self.extracted.get(m.linkname)
                 size = os.path.getsize(src) if src else 0
                 if src is None:
-                    rep.skip(shown, "hardlink", detail=escape_name(m.linkname.encode("utf-8", "surrogateescape")))
+                    rep.skip(
+                        shown, "hardlink", detail=escape_name(m.linkname.encode("utf-8", "surrogateescape"))
+                    )
                 elif not self._fits(shown, size):
                     pass
                 elif self._parent_ok(target):

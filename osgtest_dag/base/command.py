@@ -25,10 +25,16 @@ def _merged_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
     return {**os.environ, **env} if env else None
 
 
-def run(argv: Sequence[str | os.PathLike[str]], *, check: bool = True, timeout: float | None = None,
-        env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
-        input: str | bytes | None = None, capture: bool = True,
-        ) -> subprocess.CompletedProcess[Any]:
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    input: str | bytes | None = None,
+    capture: bool = True,
+) -> subprocess.CompletedProcess[Any]:
     """Run `argv`; raise CommandError on failure when `check` (the default).
 
     `env` is added to the current environment, not a replacement for it.
@@ -39,10 +45,17 @@ def run(argv: Sequence[str | os.PathLike[str]], *, check: bool = True, timeout: 
     full_env = _merged_env(env)
     text = not isinstance(input, bytes)
     try:
-        proc = subprocess.run(args, check=False, timeout=timeout, env=full_env, cwd=cwd,
-                              input=input, text=text,
-                              stdout=subprocess.PIPE if capture else None,
-                              stderr=subprocess.PIPE if capture else None)
+        proc = subprocess.run(
+            args,
+            check=False,
+            timeout=timeout,
+            env=full_env,
+            cwd=cwd,
+            input=input,
+            text=text,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+        )
     except FileNotFoundError as e:
         raise CommandError(args, None, reason=f"not found ({e.strerror}); run `make setup`") from None
     except subprocess.TimeoutExpired as e:
@@ -64,9 +77,14 @@ def which(name: str) -> Path | None:
     return Path(found) if found else None
 
 
-def spawn(argv: Sequence[str | os.PathLike[str]], *, stdout: int | IO[Any] | None = None,
-          stderr: int | IO[Any] | None = None, cwd: str | os.PathLike[str] | None = None,
-          env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """Start `argv` in the background in its own session (process group), for long-lived
     children such as a VM that the caller waits on and may have to kill as a group.
 
@@ -76,7 +94,14 @@ def spawn(argv: Sequence[str | os.PathLike[str]], *, stdout: int | IO[Any] | Non
     log.debug("spawn: %s", shlex.join(args))
     full_env = _merged_env(env)
     try:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                cwd=cwd, env=full_env, start_new_session=True)
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd,
+            env=full_env,
+            start_new_session=True,
+        )
     except FileNotFoundError as e:
         raise CommandError(args, None, reason=f"not found ({e.strerror}); run `make setup`") from None

@@ -39,8 +39,9 @@ class UserError(OsgtestDagError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, where: Location | Path | str | None = None,
-                 hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, where: Location | Path | str | None = None, hint: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.where = where
@@ -56,13 +57,13 @@ class UserError(OsgtestDagError):
 class CommandError(OsgtestDagError):
     """An external command failed (non-zero exit, missing binary or time-out)."""
 
-    def __init__(self, argv: list[str], returncode: int | None, output: str = "",
-                 reason: str | None = None) -> None:
+    def __init__(
+        self, argv: list[str], returncode: int | None, output: str = "", reason: str | None = None
+    ) -> None:
         self.argv = list(argv)
         self.returncode = returncode
         self.output = output
         self.reason = reason
         what = reason or f"exited with status {returncode}"
         tail = "\n".join(output.strip().splitlines()[-15:])
-        super().__init__(f"command {argv[0]!r} {what}: {' '.join(argv)}"
-                         + (f"\n{tail}" if tail else ""))
+        super().__init__(f"command {argv[0]!r} {what}: {' '.join(argv)}" + (f"\n{tail}" if tail else ""))

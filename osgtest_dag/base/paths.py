@@ -29,6 +29,6 @@ SHIPPED = ("payload", "image_templates", "submit_templates")
 def shipped_dir(name: str) -> Path:
     """The shipped directory `name` (one of SHIPPED), wherever this installation keeps it."""
     assert name in SHIPPED, name
-    package = Path(__file__).resolve().parent.parent   # osgtest_dag/ (this file is base/paths.py)
+    package = Path(__file__).resolve().parent.parent  # osgtest_dag/ (this file is base/paths.py)
     inside = package / f"_{name}"
     return inside if inside.is_dir() else package.parent / name

@@ -56,21 +56,28 @@ def load(path: Path, text: str | None = None) -> Document:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             line = raw[: e.start].count(b"\n") + 1
-            raise UserError("not valid UTF-8 text", where=Location(path, line),
-                            hint="save the file as UTF-8") from None
+            raise UserError(
+                "not valid UTF-8 text", where=Location(path, line), hint="save the file as UTF-8"
+            ) from None
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = Location(path, mark.line + 1, mark.column + 1) if mark else Location(path)
         problem = e.problem or e.context or "YAML syntax error"
-        raise UserError(f"YAML syntax error: {problem}", where=where,
-                        hint="check indentation, and quote values that contain ': ' or start with special characters") from None
+        raise UserError(
+            f"YAML syntax error: {problem}",
+            where=where,
+            hint="check indentation, and quote values that contain ': ' or start with special characters",
+        ) from None
     except yaml.YAMLError as e:
         raise UserError(f"YAML error: {e}", where=path) from None
     if len(nodes) > 1:
-        raise UserError("more than one YAML document in the file", where=_loc(path, nodes[1]),
-                        hint="keep one document per parameter file (remove the extra '---')")
+        raise UserError(
+            "more than one YAML document in the file",
+            where=_loc(path, nodes[1]),
+            hint="keep one document per parameter file (remove the extra '---')",
+        )
     locations: dict[Key, Location] = {}
     if not nodes or nodes[0] is None:
         return Document(path, None, locations)
@@ -85,12 +92,14 @@ def load(path: Path, text: str | None = None) -> Document:
                     raise UserError("mapping keys must be plain names", where=_loc(path, knode))
                 k = constructor.construct_object(knode, deep=True)
                 if k == "<<":
-                    raise UserError("YAML merge keys ('<<') are not supported here",
-                                    where=_loc(path, knode))
+                    raise UserError("YAML merge keys ('<<') are not supported here", where=_loc(path, knode))
                 if k in out:
                     first = locations[("__key__",) + key + (k,)]
-                    raise UserError(f"duplicate key {k!r} (first at line {first.line})",
-                                    where=_loc(path, knode), hint="remove or merge one of them")
+                    raise UserError(
+                        f"duplicate key {k!r} (first at line {first.line})",
+                        where=_loc(path, knode),
+                        hint="remove or merge one of them",
+                    )
                 locations[("__key__",) + key + (k,)] = _loc(path, knode)
                 out[k] = convert(vnode, key + (k,))
             return out
@@ -102,6 +111,7 @@ def load(path: Path, text: str | None = None) -> Document:
         data = convert(nodes[0], ())
     except yaml.constructor.ConstructorError as e:
         mark = e.problem_mark
-        raise UserError(f"YAML error: {e.problem}",
-                        where=Location(path, mark.line + 1, mark.column + 1) if mark else path) from None
+        raise UserError(
+            f"YAML error: {e.problem}", where=Location(path, mark.line + 1, mark.column + 1) if mark else path
+        ) from None
     return Document(path, data, locations)

@@ -10,8 +10,12 @@ import click
 from osgtest_dag.base import paths
 from osgtest_dag.guest import image, iodisk
 
-STORE = click.option("--store", type=click.Path(path_type=Path, file_okay=False), default=None,
-                     help="Image store (default: $OSGTEST_DAG_IMAGES or ~/.cache/osgtest-dag/images).")
+STORE = click.option(
+    "--store",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Image store (default: $OSGTEST_DAG_IMAGES or ~/.cache/osgtest-dag/images).",
+)
 
 
 @click.group("image")
@@ -21,9 +25,14 @@ def image_group():
 
 @image_group.command("build")
 @click.argument("platform")
-@click.option("--builder", type=click.Choice(["auto", "local", "oz"]), default="auto", show_default=True,
-              help="local: mmdebstrap, Debian only, no install media; oz: oz-install from "
-                   "image_templates/; auto: local for Debian, oz otherwise.")
+@click.option(
+    "--builder",
+    type=click.Choice(["auto", "local", "oz"]),
+    default="auto",
+    show_default=True,
+    help="local: mmdebstrap, Debian only, no install media; oz: oz-install from "
+    "image_templates/; auto: local for Debian, oz otherwise.",
+)
 @STORE
 @click.option("--force", is_flag=True, help="Rebuild even if the inputs did not change.")
 def image_build(platform: str, builder: str, store: Path | None, force: bool):
@@ -31,8 +40,9 @@ def image_build(platform: str, builder: str, store: Path | None, force: bool):
     out = image.build_image(platform, store, builder=builder, force=force)
     info = out.image
     if out.built:
-        click.echo(f"built {info.path} ({info.builder}, {info.build_seconds:.0f} s; "
-                   f"{', '.join(out.reasons)})")
+        click.echo(
+            f"built {info.path} ({info.builder}, {info.build_seconds:.0f} s; {', '.join(out.reasons)})"
+        )
     else:
         click.echo(f"up to date: {info.path} ({info.builder}, built {info.built})")
 
@@ -46,17 +56,24 @@ def image_list(store: Path | None):
         click.echo(f"no images in {store or paths.default_image_dir()}")
         return
     for i in infos:
-        click.echo(f"{i.platform:<28} {i.builder:<6} {i.built:<21} {i.size / 2**20:8.0f} MiB  "
-                   f"{len(i.packages):4d} packages  {i.path}")
+        click.echo(
+            f"{i.platform:<28} {i.builder:<6} {i.built:<21} {i.size / 2**20:8.0f} MiB  "
+            f"{len(i.packages):4d} packages  {i.path}"
+        )
 
 
 @click.command("iodisk")
 @click.argument("cell_input_dir", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "disk", type=click.Path(path_type=Path, dir_okay=False), required=True,
-              help="The qcow2 IO disk to write.")
+@click.option(
+    "-o",
+    "--output",
+    "disk",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The qcow2 IO disk to write.",
+)
 @click.option("--size-mb", type=int, default=64, show_default=True)
-@click.option("--backend", type=click.Choice(["mke2fs", "virt-make-fs"]), default="mke2fs",
-              show_default=True)
+@click.option("--backend", type=click.Choice(["mke2fs", "virt-make-fs"]), default="mke2fs", show_default=True)
 def iodisk_cmd(cell_input_dir: Path, disk: Path, size_mb: int, backend: str):
     """Make a cell's IO disk (ext4 labelled OSGTEST-IO: run-job, input/, output/)."""
     click.echo(iodisk.make_iodisk(cell_input_dir, disk, size_mb=size_mb, backend=backend))

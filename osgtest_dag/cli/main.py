@@ -30,13 +30,27 @@ from osgtest_dag.plan.catalog import Catalog
 log = logging.getLogger("osgtest_dag")
 
 PARAMS = click.argument("params", nargs=-1, required=True, type=click.Path(path_type=Path))
-ONLY = click.option("--only", "only", multiple=True, metavar="KEY=GLOB",
-                    help="Select cells: serial, platform, os, arch, family, source, series, label, "
-                         "package. Repeat for more (same key: any; different keys: all).")
-CATALOG = click.option("--catalog", "catalogs", multiple=True, type=click.Path(path_type=Path),
-                       help="Extra platform/repository catalog (YAML) overriding the shipped one.")
-IMAGE_DIR = click.option("--image-dir", type=click.Path(path_type=Path), default=None,
-                         help="Where base images live (default: $OSGTEST_DAG_IMAGES or ~/.cache/osgtest-dag/images).")
+ONLY = click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="KEY=GLOB",
+    help="Select cells: serial, platform, os, arch, family, source, series, label, "
+    "package. Repeat for more (same key: any; different keys: all).",
+)
+CATALOG = click.option(
+    "--catalog",
+    "catalogs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Extra platform/repository catalog (YAML) overriding the shipped one.",
+)
+IMAGE_DIR = click.option(
+    "--image-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where base images live (default: $OSGTEST_DAG_IMAGES or ~/.cache/osgtest-dag/images).",
+)
 
 
 class _Group(click.Group):
@@ -110,55 +124,137 @@ def plan(params, only, catalogs, image_dir, fmt):
 
 @main.command()
 @PARAMS
-@click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path),
-              help="The run directory to create.")
+@click.option(
+    "-o",
+    "--output",
+    "run_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The run directory to create.",
+)
 @ONLY
 @CATALOG
 @IMAGE_DIR
 @click.option("--force", is_flag=True, help="Replace an existing run directory.")
-@click.option("--template-dir", type=click.Path(path_type=Path),
-              help="Directory whose *.sub.j2 templates override the shipped ones.")
-@click.option("--max-wall", type=click.IntRange(60), default=14400, show_default=True,
-              help="Seconds a VM may run before it is held (and, locally, killed).")
-@click.option("--max-starts", type=click.IntRange(1), default=3, show_default=True,
-              help="Job starts before a held VM job is removed.")
-@click.option("--max-queue-time", type=click.IntRange(60), default=43200, show_default=True,
-              help="Seconds a VM job may stay in the queue.")
-@click.option("--vm-retries", type=click.IntRange(0), default=2, show_default=True,
-              help="DAG retries of a VM node after an infrastructure failure.")
-@click.option("--local-io-maxjobs", type=click.IntRange(1), default=10, show_default=True,
-              help="Disk creation / extraction nodes at once (MAXJOBS LocalIO).")
-@click.option("--requirements", "extra_requirements", default=None,
-              help="Extra ClassAd requirements for the VM jobs.")
-@click.option("--exclude-host", "excluded_hosts", multiple=True, metavar="MACHINE",
-              help="Execute host the VM jobs must avoid (repeatable).")
-@click.option("--excluded-hosts", "excluded_hosts_file", type=click.Path(path_type=Path), default=None,
-              help="Excluded-hosts list with expiries (default: ~/.config/osgtest-dag/excluded-hosts.yaml, "
-                   "maintained by `osgtest-dag hosts`).")
+@click.option(
+    "--template-dir",
+    type=click.Path(path_type=Path),
+    help="Directory whose *.sub.j2 templates override the shipped ones.",
+)
+@click.option(
+    "--max-wall",
+    type=click.IntRange(60),
+    default=14400,
+    show_default=True,
+    help="Seconds a VM may run before it is held (and, locally, killed).",
+)
+@click.option(
+    "--max-starts",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Job starts before a held VM job is removed.",
+)
+@click.option(
+    "--max-queue-time",
+    type=click.IntRange(60),
+    default=43200,
+    show_default=True,
+    help="Seconds a VM job may stay in the queue.",
+)
+@click.option(
+    "--vm-retries",
+    type=click.IntRange(0),
+    default=2,
+    show_default=True,
+    help="DAG retries of a VM node after an infrastructure failure.",
+)
+@click.option(
+    "--local-io-maxjobs",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Disk creation / extraction nodes at once (MAXJOBS LocalIO).",
+)
+@click.option(
+    "--requirements", "extra_requirements", default=None, help="Extra ClassAd requirements for the VM jobs."
+)
+@click.option(
+    "--exclude-host",
+    "excluded_hosts",
+    multiple=True,
+    metavar="MACHINE",
+    help="Execute host the VM jobs must avoid (repeatable).",
+)
+@click.option(
+    "--excluded-hosts",
+    "excluded_hosts_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Excluded-hosts list with expiries (default: ~/.config/osgtest-dag/excluded-hosts.yaml, "
+    "maintained by `osgtest-dag hosts`).",
+)
 @click.option("--vm-type", type=click.Choice(["kvm", "xen"]), default="kvm", show_default=True)
 @click.option("--tool", default="", help="Path of osgtest-dag for the DAG's nodes (default: this one).")
 @click.option("--batch-name", default="", help="HTCondor batch name (default: the run directory's name).")
 @click.option("--nightly", is_flag=True, help="Mark the run as the nightly run.")
-def generate(params, run_dir, only, catalogs, image_dir, force, template_dir, max_wall, max_starts,
-             max_queue_time, vm_retries, local_io_maxjobs, extra_requirements, excluded_hosts,
-             excluded_hosts_file, vm_type, tool, batch_name, nightly):
+@click.option(
+    "--publish-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Directory the Publish node copies the results and reports into (under the run's name).",
+)
+def generate(
+    params,
+    run_dir,
+    only,
+    catalogs,
+    image_dir,
+    force,
+    template_dir,
+    max_wall,
+    max_starts,
+    max_queue_time,
+    vm_retries,
+    local_io_maxjobs,
+    extra_requirements,
+    excluded_hosts,
+    excluded_hosts_file,
+    vm_type,
+    tool,
+    batch_name,
+    nightly,
+    publish_dir,
+):
     """Write a self-contained run directory (DAGs, submit files, per-cell configuration)."""
     catalog, m, cells = _matrix(params, catalogs, image_dir, only)
     if excluded_hosts_file and not excluded_hosts_file.is_file():
-        raise UserError("excluded-hosts file not found", where=excluded_hosts_file,
-                        hint="`osgtest-dag hosts RUNS_ROOT --exclude-above ...` writes one")
+        raise UserError(
+            "excluded-hosts file not found",
+            where=excluded_hosts_file,
+            hint="`osgtest-dag hosts RUNS_ROOT --exclude-above ...` writes one",
+        )
     excluded_hosts = tuple(dict.fromkeys([*excluded_hosts, *active_excluded_hosts(excluded_hosts_file)]))
-    opts = WorkflowOptions(tool=tool, vm_type=vm_type, max_wall=max_wall, max_starts=max_starts,
-                           max_queue_time=max_queue_time, vm_retries=vm_retries,
-                           local_io_maxjobs=local_io_maxjobs, extra_requirements=extra_requirements,
-                           excluded_hosts=tuple(excluded_hosts),
-                           template_dir=str(template_dir) if template_dir else None,
-                           batch_name=batch_name, nightly=nightly)
+    opts = WorkflowOptions(
+        tool=tool,
+        vm_type=vm_type,
+        max_wall=max_wall,
+        max_starts=max_starts,
+        max_queue_time=max_queue_time,
+        vm_retries=vm_retries,
+        local_io_maxjobs=local_io_maxjobs,
+        extra_requirements=extra_requirements,
+        excluded_hosts=tuple(excluded_hosts),
+        template_dir=str(template_dir) if template_dir else None,
+        batch_name=batch_name,
+        nightly=nightly,
+        publish_dir=str(Path(publish_dir).resolve()) if publish_dir else None,
+    )
     write_run(run_dir, cells, catalog, opts, param_files=list(m.files), force=force)
-    click.echo(f"wrote {run_dir}: {len(cells)} cells; submit with "
-               f"`condor_submit_dag {run_dir}/workflow.dag` or run here with `osgtest-dag run {run_dir}`")
-
-
+    click.echo(
+        f"wrote {run_dir}: {len(cells)} cells; submit with "
+        f"`condor_submit_dag {run_dir}/workflow.dag` or run here with `osgtest-dag run {run_dir}`"
+    )
 
 
 @main.command()
@@ -166,17 +262,29 @@ def generate(params, run_dir, only, catalogs, image_dir, force, template_dir, ma
 def check(run_dir):
     """Check a run directory: DAGs acyclic with their files present, submit files parse."""
     c = check_run(run_dir)
-    click.echo(f"ok: {c['dags']} DAG(s), {c['nodes']} nodes, {c['submit_files']} submit files "
-               "accepted by HTCondor's parser")
+    click.echo(
+        f"ok: {c['dags']} DAG(s), {c['nodes']} nodes, {c['submit_files']} submit files "
+        "accepted by HTCondor's parser"
+    )
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("-j", "--jobs", type=click.IntRange(0), default=0,
-              help="VMs at once (default: what this machine's cores and memory hold).")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(0),
+    default=0,
+    help="VMs at once (default: what this machine's cores and memory hold).",
+)
 @ONLY
-@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
-              help="qemu acceleration; auto probes KVM and falls back to TCG.")
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    default="auto",
+    show_default=True,
+    help="qemu acceleration; auto probes KVM and falls back to TCG.",
+)
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
 def run(run_dir, jobs, only, accel, no_progress):
     """Run a generated run directory on this machine (VMs under qemu), then report
@@ -185,14 +293,15 @@ def run(run_dir, jobs, only, accel, no_progress):
     Interrupted (Ctrl-C, or a killed process), the same command resumes: finished nodes
     are not run again.
     """
-    r = run_local(run_dir, jobs=jobs, only=matrix.parse_only(only), accel=accel,
-                  progress=not no_progress)
+    r = run_local(run_dir, jobs=jobs, only=matrix.parse_only(only), accel=accel, progress=not no_progress)
     if r.report:
         click.echo(r.report.read_text(), nl=False)
     html = Path(run_dir) / "report.html"
-    click.echo(f"{'finished' if r.ok else 'FAILED'} in {r.wall_s:.0f} s; run directory: {run_dir}"
-               + (f"; reports: {r.report}" if r.report else "")
-               + (f", {html}" if html.is_file() else ""))
+    click.echo(
+        f"{'finished' if r.ok else 'FAILED'} in {r.wall_s:.0f} s; run directory: {run_dir}"
+        + (f"; reports: {r.report}" if r.report else "")
+        + (f", {html}" if html.is_file() else "")
+    )
     if not r.ok:
         raise SystemExit(1)
 

@@ -12,8 +12,13 @@ import click
 
 from osgtest_dag.nodes import node as node_work
 
-RUN_DIR = click.option("--run-dir", type=click.Path(path_type=Path, file_okay=False), default=".",
-                       show_default=True, help="The run directory.")
+RUN_DIR = click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=".",
+    show_default=True,
+    help="The run directory.",
+)
 
 
 @click.group(hidden=True)
@@ -68,7 +73,7 @@ def matrix_final(run_dir):
 @RUN_DIR
 def analyze(run_dir):
     doc = node_work.analyze(run_dir)
-    click.echo(f"results.json: {len(doc.get('cells', []))} cells")
+    click.echo(f"results.json: {len(doc.cells)} cells")
 
 
 @node.command("report")

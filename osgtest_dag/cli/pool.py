@@ -20,9 +20,13 @@ def pool():
 
 
 @pool.command("up")
-@click.option("--bind", "binds", multiple=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Work directory to share at the same path inside the pool (repeatable; "
-                   "default: <cache>/pool/work).")
+@click.option(
+    "--bind",
+    "binds",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Work directory to share at the same path inside the pool (repeatable; default: <cache>/pool/work).",
+)
 @click.option("--rebuild", is_flag=True, help="Rebuild the cached root first.")
 def pool_up(binds, rebuild):
     """Build the root once (cached), then start libvirtd and HTCondor in it. Idempotent."""
@@ -44,9 +48,11 @@ def _show(st) -> None:
     click.echo(f"root: {st.root} ({'built' if st.built else 'not built'})")
     click.echo("daemons: " + (", ".join(f"{k} {v if v else '-'}" for k, v in st.daemons.items()) or "-"))
     for s in st.slots:
-        click.echo(f"slot {s.get('Name')}: {s.get('State')}/{s.get('Activity')} cpus {s.get('Cpus')} "
-                   f"memory {s.get('Memory')} MB HasVM {s.get('HasVM')}"
-                   + (f" offline {s.get('OfflineUniverses')}" if s.get("OfflineUniverses") else ""))
+        click.echo(
+            f"slot {s.get('Name')}: {s.get('State')}/{s.get('Activity')} cpus {s.get('Cpus')} "
+            f"memory {s.get('Memory')} MB HasVM {s.get('HasVM')}"
+            + (f" offline {s.get('OfflineUniverses')}" if s.get("OfflineUniverses") else "")
+        )
     click.echo(f"work directories: {', '.join(st.binds) or '-'}")
     click.echo(f"status: {'up' if st.up else 'down'}" + ("" if st.has_vm is None else f", HasVM={st.has_vm}"))
 

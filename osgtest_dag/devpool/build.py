@@ -27,17 +27,33 @@ log = logging.getLogger("osgtest_dag.devpool.build")
 SUITE = "trixie"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PACKAGES = (
-    "condor", "condor-vm-gahp", "minicondor",
-    "libvirt-daemon-system", "libvirt-clients", "qemu-system-x86", "qemu-utils",
-    "e2fsprogs", "procps", "passwd", "ca-certificates",
-    "python3", "python3-venv",
+    "condor",
+    "condor-vm-gahp",
+    "minicondor",
+    "libvirt-daemon-system",
+    "libvirt-clients",
+    "qemu-system-x86",
+    "qemu-utils",
+    "e2fsprogs",
+    "procps",
+    "passwd",
+    "ca-certificates",
+    "python3",
+    "python3-venv",
     # what the local-universe nodes need: they read result disks with libguestfs
-    "python3-guestfs", "libguestfs-tools", "linux-image-amd64",
+    "python3-guestfs",
+    "libguestfs-tools",
+    "linux-image-amd64",
 )
 # Bump when the build recipe changes in a way the package list does not show.
 RECIPE_VERSION = 2
-EXCLUDES = ("/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*",
-            "/usr/share/doc/*", "/usr/share/lintian/*")
+EXCLUDES = (
+    "/usr/share/man/*",
+    "/usr/share/locale/*",
+    "/usr/share/info/*",
+    "/usr/share/doc/*",
+    "/usr/share/lintian/*",
+)
 
 
 def host_mirror() -> str:
@@ -72,8 +88,14 @@ def _pip_requirements() -> list[str]:
 
 
 def recipe(mirror: str) -> dict:
-    return {"recipe": RECIPE_VERSION, "suite": SUITE, "mirror": mirror,
-            "packages": sorted(PACKAGES), "pip": _pip_requirements(), "user": [POOL_USER, POOL_UID]}
+    return {
+        "recipe": RECIPE_VERSION,
+        "suite": SUITE,
+        "mirror": mirror,
+        "packages": sorted(PACKAGES),
+        "pip": _pip_requirements(),
+        "user": [POOL_USER, POOL_UID],
+    }
 
 
 def _digest(doc: dict) -> str:
@@ -103,10 +125,14 @@ def build_root(pool: Pool | None = None, *, force: bool = False, mirror: str | N
         if not force and is_built(pool, mirror):
             return {"built": False, "seconds": 0.0, "root": str(pool.root)}
         if mounted_under(pool.root):
-            raise UserError("the pool is up; cannot rebuild its root while it runs",
-                            hint="run `osgtest-dag pool down` first")
+            raise UserError(
+                "the pool is up; cannot rebuild its root while it runs",
+                hint="run `osgtest-dag pool down` first",
+            )
         if not command.which("mmdebstrap"):
-            raise UserError("mmdebstrap is not installed", hint="run `make setup` (scripts/setup installs it)")
+            raise UserError(
+                "mmdebstrap is not installed", hint="run `make setup` (scripts/setup installs it)"
+            )
         tmp = pool.base / "root.tmp"
         t0 = time.monotonic()
         apt_doc = {k: doc[k] for k in ("recipe", "suite", "mirror", "packages", "user")}
@@ -124,9 +150,18 @@ def build_root(pool: Pool | None = None, *, force: bool = False, mirror: str | N
         _python_stage(tmp, doc["pip"])
         seconds = round(time.monotonic() - t0, 1)
         apt_stamp.unlink()
-        (tmp / pool.stamp.name).write_text(json.dumps(
-            {**doc, "digest": _digest(doc), "build_seconds": seconds,
-             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1) + "\n")
+        (tmp / pool.stamp.name).write_text(
+            json.dumps(
+                {
+                    **doc,
+                    "digest": _digest(doc),
+                    "build_seconds": seconds,
+                    "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+                indent=1,
+            )
+            + "\n"
+        )
         old = pool.base / "root.old"
         _remove_tree(old)
         if pool.root.exists():
@@ -138,10 +173,11 @@ def build_root(pool: Pool | None = None, *, force: bool = False, mirror: str | N
 
 
 def _apt_stage(tmp: Path, mirror: str) -> None:
-    hooks = [f'chroot "$1" useradd -m -u {POOL_UID} -s /bin/bash {POOL_USER}',
-             f'chroot "$1" python3 -m venv --system-site-packages {VENV}']
-    argv = ["mmdebstrap", "--variant=apt", "--mode=root", "--quiet",
-            "--include=" + ",".join(PACKAGES)]
+    hooks = [
+        f'chroot "$1" useradd -m -u {POOL_UID} -s /bin/bash {POOL_USER}',
+        f'chroot "$1" python3 -m venv --system-site-packages {VENV}',
+    ]
+    argv = ["mmdebstrap", "--variant=apt", "--mode=root", "--quiet", "--include=" + ",".join(PACKAGES)]
     argv += [f"--dpkgopt=path-exclude={p}" for p in EXCLUDES]
     argv += ["--dpkgopt=path-include=/usr/share/doc/*/copyright"]
     argv += [f"--customize-hook={h}" for h in hooks]
@@ -150,8 +186,10 @@ def _apt_stage(tmp: Path, mirror: str) -> None:
         command.run(argv, timeout=3600)
     except CommandError as e:
         _remove_tree(tmp)
-        raise UserError(f"building the pool root failed (mmdebstrap): {e}",
-                        hint=f"check the network to the Debian mirror {mirror}") from None
+        raise UserError(
+            f"building the pool root failed (mmdebstrap): {e}",
+            hint=f"check the network to the Debian mirror {mirror}",
+        ) from None
 
 
 def _python_stage(tmp: Path, pip_reqs: list[str]) -> None:
@@ -161,14 +199,37 @@ def _python_stage(tmp: Path, pip_reqs: list[str]) -> None:
     settings; the host's other PIP_* settings (find-links dirs ...) do not apply there."""
     shutil.copy2(_host_ca_bundle(), tmp / "opt/osgtest-dag/host-ca.pem")
     env = ["PATH=/usr/bin:/bin", "HOME=/root", "LANG=C.UTF-8"]
-    env += [f"{k}={v}" for k, v in sorted(os.environ.items())
-            if k.lower() in ("http_proxy", "https_proxy", "no_proxy", "pip_index_url")]
+    env += [
+        f"{k}={v}"
+        for k, v in sorted(os.environ.items())
+        if k.lower() in ("http_proxy", "https_proxy", "no_proxy", "pip_index_url")
+    ]
     venv_py = f"{VENV}/bin/python3"
 
     def pip(reqs: list[str]):
-        return command.run(["chroot", str(tmp), "env", "-i", *env, venv_py, "-m", "pip", "install", "-q",
-                            "--disable-pip-version-check", "--no-cache-dir", "--only-binary=:all:",
-                            "--cert", "/opt/osgtest-dag/host-ca.pem", *reqs], check=False, timeout=1800)
+        return command.run(
+            [
+                "chroot",
+                str(tmp),
+                "env",
+                "-i",
+                *env,
+                venv_py,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-cache-dir",
+                "--only-binary=:all:",
+                "--cert",
+                "/opt/osgtest-dag/host-ca.pem",
+                *reqs,
+            ],
+            check=False,
+            timeout=1800,
+        )
+
     # the same versions as this venv where the root's Python has wheels for them, else the
     # newest (--upgrade: Debian's python3-htcondor 23.9 in the system site must not satisfy
     # "htcondor": the tool needs htcondor2.dags, which 23.9 lacks)
@@ -180,11 +241,14 @@ def _python_stage(tmp: Path, pip_reqs: list[str]) -> None:
             log.info("%s is not installable in the root; trying %s", req, loose)
             proc = pip(["--upgrade", loose])
         if proc.returncode != 0:
-            raise UserError(f"installing {req} into the pool root failed:\n"
-                            + (proc.stderr or proc.stdout).strip()[-1500:],
-                            hint="check the network to PyPI; the Debian stage is kept for the next try")
-    purelib = command.run(["chroot", str(tmp), venv_py, "-c",
-                           "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
+            raise UserError(
+                f"installing {req} into the pool root failed:\n"
+                + (proc.stderr or proc.stdout).strip()[-1500:],
+                hint="check the network to PyPI; the Debian stage is kept for the next try",
+            )
+    purelib = command.run(
+        ["chroot", str(tmp), venv_py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+    ).stdout.strip()
     (tmp / SRC.lstrip("/")).mkdir(parents=True, exist_ok=True)
     (tmp / purelib.lstrip("/") / "osgtest_dag_src.pth").write_text(SRC + "\n")
     # libguestfs in the local-universe nodes runs as the job owner and boots the root's own
@@ -208,6 +272,9 @@ def _remove_tree(path: Path) -> None:
     if not path.exists():
         return
     if mounted_under(path):
-        raise UserError("refusing to delete a tree with mounts under it", where=path,
-                        hint="run `osgtest-dag pool down` first")
+        raise UserError(
+            "refusing to delete a tree with mounts under it",
+            where=path,
+            hint="run `osgtest-dag pool down` first",
+        )
     command.run(["rm", "-rf", "--one-file-system", str(path)], timeout=600)

@@ -23,8 +23,12 @@ VENV = "/opt/osgtest-dag/venv"
 SRC = "/opt/osgtest-dag/src"
 POOL_USER = "osgtest"
 POOL_UID = 4242
-CHROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-              "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"}
+CHROOT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root",
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+}
 
 
 def pool_dir() -> Path:
@@ -86,19 +90,37 @@ class Pool:
         env = [f"{k}={v}" for k, v in CHROOT_ENV.items()]
         if user and user != "root":
             # runuser (util-linux) needs no PAM session config and no password.
-            inner = ["runuser", "-u", user, "--", "env", f"HOME=/home/{user}", f"USER={user}",
-                     f"LOGNAME={user}", *argv]
+            inner = [
+                "runuser",
+                "-u",
+                user,
+                "--",
+                "env",
+                f"HOME=/home/{user}",
+                f"USER={user}",
+                f"LOGNAME={user}",
+                *argv,
+            ]
         else:
             inner = list(argv)
         return ["chroot", str(self.root), "env", "-i", *env, *inner]
 
-    def run(self, argv: Sequence[str], *, user: str | None = None, check: bool = True,
-            timeout: float | None = 120, input: str | None = None):
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        check: bool = True,
+        timeout: float | None = 120,
+        input: str | None = None,
+    ):
         """command.run inside the root."""
         return command.run(self.chroot_argv(argv, user), check=check, timeout=timeout, input=input)
 
 
 def require_root(what: str = "the test pool") -> None:
     if os.geteuid() != 0:
-        raise UserError(f"{what} needs root (it builds a chroot, mounts and starts daemons)",
-                        hint="run as root, e.g. `sudo osgtest-dag pool up`")
+        raise UserError(
+            f"{what} needs root (it builds a chroot, mounts and starts daemons)",
+            hint="run as root, e.g. `sudo osgtest-dag pool up`",
+        )

@@ -88,9 +88,11 @@ ALLOW_ADMINISTRATOR = root@osgtest-pool/127.0.0.1, condor@osgtest-pool/127.0.0.1
 
 
 def qemu_conf() -> str:
-    return ('user = "root"\ngroup = "root"\ndynamic_ownership = 0\nremember_owner = 0\n'
-            'security_driver = "none"\ncgroup_controllers = [ ]\nnamespaces = [ ]\n'
-            'stdio_handler = "file"\n')
+    return (
+        'user = "root"\ngroup = "root"\ndynamic_ownership = 0\nremember_owner = 0\n'
+        'security_driver = "none"\ncgroup_controllers = [ ]\nnamespaces = [ ]\n'
+        'stdio_handler = "file"\n'
+    )
 
 
 def libvirt_xml_script() -> str:
@@ -125,8 +127,11 @@ def configure(pool: Pool, accel: str, *, tool: str | None = None, claimtobe: boo
     # the starter runs `$(LIBVIRT_XML_SCRIPT) $(LIBVIRT_XML_SCRIPT_ARGS)`: our awk wants
     # its arguments, so the configured script is a tiny sh wrapper
     _write(pool.inside(XML_SCRIPT + ".awk"), libvirt_xml_script())
-    _write(pool.inside(XML_SCRIPT),
-           f'#!/bin/sh\nexec awk -f {XML_SCRIPT}.awk "${{1:-{accel}}}" {CONSOLE_DIR}\n', 0o755)
+    _write(
+        pool.inside(XML_SCRIPT),
+        f'#!/bin/sh\nexec awk -f {XML_SCRIPT}.awk "${{1:-{accel}}}" {CONSOLE_DIR}\n',
+        0o755,
+    )
     # HTCondor's log directory belongs to condor; the Debian package leaves it to the
     # daemons to make it, so make it here before the VM console directory inside it.
     pool.run(["install", "-d", "-o", "condor", "-g", "condor", "-m", "755", "/var/log/condor"])
@@ -136,19 +141,32 @@ def configure(pool: Pool, accel: str, *, tool: str | None = None, claimtobe: boo
     tool = tool or default_tool()
     if tool:
         shim = pool.inside(tool)
-        if not shim.exists() or shim.read_text(errors="replace").startswith("#!/bin/sh\n# osgtest-dag pool shim"):
-            _write(shim, f'#!/bin/sh\n# osgtest-dag pool shim: the pool root\'s own osgtest-dag\n'
-                         f'exec {VENV}/bin/osgtest-dag "$@"\n', 0o755)
+        if not shim.exists() or shim.read_text(errors="replace").startswith(
+            "#!/bin/sh\n# osgtest-dag pool shim"
+        ):
+            _write(
+                shim,
+                f"#!/bin/sh\n# osgtest-dag pool shim: the pool root's own osgtest-dag\n"
+                f'exec {VENV}/bin/osgtest-dag "$@"\n',
+                0o755,
+            )
 
 
 def client_config() -> tuple[tuple[str, str], ...]:
     """htcondor2.param settings for a client on the host talking to the test pool: the
     collector on 127.0.0.1, CLAIMTOBE as the pool's job owner (test pool only)."""
-    return (("COLLECTOR_HOST", "127.0.0.1:9618"), ("CONDOR_HOST", "127.0.0.1"),
-            ("NETWORK_INTERFACE", "127.0.0.1"), ("ENABLE_IPV6", "false"),
-            ("UID_DOMAIN", "osgtest-pool"),
-            ("SEC_CLIENT_AUTHENTICATION_METHODS", "CLAIMTOBE"),
-            ("SEC_DEFAULT_AUTHENTICATION_METHODS", "CLAIMTOBE"),
-            ("SEC_CLAIMTOBE_USER", POOL_USER), ("SEC_CLAIMTOBE_INCLUDE_DOMAIN", "true"),
-            ("SEC_CLIENT_INTEGRITY", "OPTIONAL"), ("SEC_CLIENT_ENCRYPTION", "OPTIONAL"),
-            ("SEC_DEFAULT_INTEGRITY", "OPTIONAL"), ("SEC_DEFAULT_ENCRYPTION", "OPTIONAL"))
+    return (
+        ("COLLECTOR_HOST", "127.0.0.1:9618"),
+        ("CONDOR_HOST", "127.0.0.1"),
+        ("NETWORK_INTERFACE", "127.0.0.1"),
+        ("ENABLE_IPV6", "false"),
+        ("UID_DOMAIN", "osgtest-pool"),
+        ("SEC_CLIENT_AUTHENTICATION_METHODS", "CLAIMTOBE"),
+        ("SEC_DEFAULT_AUTHENTICATION_METHODS", "CLAIMTOBE"),
+        ("SEC_CLAIMTOBE_USER", POOL_USER),
+        ("SEC_CLAIMTOBE_INCLUDE_DOMAIN", "true"),
+        ("SEC_CLIENT_INTEGRITY", "OPTIONAL"),
+        ("SEC_CLIENT_ENCRYPTION", "OPTIONAL"),
+        ("SEC_DEFAULT_INTEGRITY", "OPTIONAL"),
+        ("SEC_DEFAULT_ENCRYPTION", "OPTIONAL"),
+    )

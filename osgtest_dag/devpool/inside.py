@@ -18,24 +18,35 @@ from osgtest_dag.base.errors import UserError
 from osgtest_dag.devpool.chroot import POOL_USER, Pool
 
 
-def submit_dag_inside(dag: Path, pool: Pool | None = None, *, args: Sequence[str] = (),
-                      timeout: float = 120) -> int:
+def submit_dag_inside(
+    dag: Path, pool: Pool | None = None, *, args: Sequence[str] = (), timeout: float = 120
+) -> int:
     """condor_submit_dag run inside the root as the pool's job owner (the fallback when the
     host's bindings cannot submit). Returns the DAGMan job's cluster."""
     pool = pool or Pool()
     dag = Path(dag).resolve()
-    proc = pool.run(["sh", "-c", f"cd {shlex.quote(str(dag.parent))} && condor_submit_dag -batch-name "
-                     f"{shlex.quote(dag.parent.name)} {' '.join(shlex.quote(a) for a in args)} {shlex.quote(dag.name)}"],
-                    user=POOL_USER, check=False, timeout=timeout)
+    proc = pool.run(
+        [
+            "sh",
+            "-c",
+            f"cd {shlex.quote(str(dag.parent))} && condor_submit_dag -batch-name "
+            f"{shlex.quote(dag.parent.name)} {' '.join(shlex.quote(a) for a in args)} {shlex.quote(dag.name)}",
+        ],
+        user=POOL_USER,
+        check=False,
+        timeout=timeout,
+    )
     m = re.search(r"submitted to cluster (\d+)", proc.stdout)
     if proc.returncode != 0 or not m:
-        raise UserError(f"condor_submit_dag failed in the pool: {(proc.stdout + proc.stderr).strip()[-800:]}",
-                        where=dag)
+        raise UserError(
+            f"condor_submit_dag failed in the pool: {(proc.stdout + proc.stderr).strip()[-800:]}", where=dag
+        )
     return int(m.group(1))
 
 
-def condor_submit_dry_run(pool: Pool, run_dir: Path, submit_file: str, macros: dict[str, str],
-                          timeout: float = 60) -> str:
+def condor_submit_dry_run(
+    pool: Pool, run_dir: Path, submit_file: str, macros: dict[str, str], timeout: float = 60
+) -> str:
     """`condor_submit -dry-run` of one submit file in the run directory, with the node's VARS
     as macros, as the pool's user. Returns the job ad text; raises UserError with
     condor_submit's message when it refuses."""
@@ -43,8 +54,10 @@ def condor_submit_dry_run(pool: Pool, run_dir: Path, submit_file: str, macros: d
     cmd = f"cd {shlex.quote(str(run_dir))} && condor_submit -dry-run - {shlex.quote(submit_file)} {args}"
     proc = pool.run(["sh", "-c", cmd], user=POOL_USER, check=False, timeout=timeout)
     if proc.returncode != 0 or "ERROR" in proc.stderr:
-        raise UserError(f"condor_submit -dry-run refused {submit_file}: "
-                        f"{(proc.stderr + proc.stdout).strip()[-1000:]}", where=Path(run_dir) / submit_file)
+        raise UserError(
+            f"condor_submit -dry-run refused {submit_file}: {(proc.stderr + proc.stdout).strip()[-1000:]}",
+            where=Path(run_dir) / submit_file,
+        )
     return proc.stdout + proc.stderr
 
 
@@ -54,8 +67,10 @@ def condor_submit_dag_no_submit(pool: Pool, dag: Path, timeout: float = 60) -> s
     cmd = f"cd {shlex.quote(str(dag.parent))} && condor_submit_dag -no_submit -force {shlex.quote(dag.name)}"
     proc = pool.run(["sh", "-c", cmd], user=POOL_USER, check=False, timeout=timeout)
     if proc.returncode != 0:
-        raise UserError(f"condor_submit_dag -no_submit refused {dag.name}: "
-                        f"{(proc.stderr + proc.stdout).strip()[-1000:]}", where=dag)
+        raise UserError(
+            f"condor_submit_dag -no_submit refused {dag.name}: {(proc.stderr + proc.stdout).strip()[-1000:]}",
+            where=dag,
+        )
     return proc.stdout
 
 
@@ -68,11 +83,16 @@ def dagman_parse(pool: Pool, dag: Path, timeout: float = 60) -> str:
     out = dag.with_name(f"{dag.name}.parse-check.out")
     out.unlink(missing_ok=True)
     version = pool.run(["condor_version"], timeout=30).stdout.splitlines()[0].strip()
-    inner = (f"cd {shlex.quote(str(dag.parent))} && _CONDOR_DAGMAN_LOG={shlex.quote(out.name)} "
-             f"exec condor_dagman -p 0 -f -l . -Dag {shlex.quote(dag.name)} "
-             f"-Lockfile {shlex.quote(dag.name)}.parse-check.lock -CsdVersion {shlex.quote(version)} -DryRun")
-    proc = command.spawn(pool.chroot_argv(["sh", "-c", inner], user=POOL_USER),
-                         stdout=open(os.devnull, "w"), stderr=open(os.devnull, "w"))
+    inner = (
+        f"cd {shlex.quote(str(dag.parent))} && _CONDOR_DAGMAN_LOG={shlex.quote(out.name)} "
+        f"exec condor_dagman -p 0 -f -l . -Dag {shlex.quote(dag.name)} "
+        f"-Lockfile {shlex.quote(dag.name)}.parse-check.lock -CsdVersion {shlex.quote(version)} -DryRun"
+    )
+    proc = command.spawn(
+        pool.chroot_argv(["sh", "-c", inner], user=POOL_USER),
+        stdout=open(os.devnull, "w"),
+        stderr=open(os.devnull, "w"),
+    )
     end = time.monotonic() + timeout
     text = ""
     try:
@@ -85,8 +105,10 @@ def dagman_parse(pool: Pool, dag: Path, timeout: float = 60) -> str:
                 if "Bootstrapping..." in text:
                     return text
                 errors = [line for line in text.splitlines() if "ERROR" in line]
-                raise UserError("condor_dagman could not parse the DAG: "
-                                + ("; ".join(errors[:5]) or text[-800:]), where=dag)
+                raise UserError(
+                    "condor_dagman could not parse the DAG: " + ("; ".join(errors[:5]) or text[-800:]),
+                    where=dag,
+                )
             time.sleep(0.2)
         raise UserError(f"condor_dagman did not finish parsing in {timeout:g} s", where=dag)
     finally:

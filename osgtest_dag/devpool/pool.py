@@ -55,7 +55,7 @@ class PoolStatus:
     up: bool
     root: str
     built: bool
-    daemons: dict[str, int | None]      # name -> pid (None: not running)
+    daemons: dict[str, int | None]  # name -> pid (None: not running)
     slots: list[dict]
     has_vm: bool | None
     binds: list[str]
@@ -70,8 +70,9 @@ def _tree_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def up(pool: Pool | None = None, *, binds: Sequence[Path] = (), build: bool = True,
-       timeout: float = 120) -> dict:
+def up(
+    pool: Pool | None = None, *, binds: Sequence[Path] = (), build: bool = True, timeout: float = 120
+) -> dict:
     """Build (if needed), mount, configure and start the pool; wait for a slot. Returns
     timings and what was done. Idempotent: an up pool is left as it is."""
     pool = pool or Pool()
@@ -97,9 +98,14 @@ def up(pool: Pool | None = None, *, binds: Sequence[Path] = (), build: bool = Tr
         # default: the work directory, and the image store (VM jobs transfer base images
         # from the path the run names)
         binds = [Path(b) for b in binds] or [pool.work, default_image_dir()]
-        state = {"root": str(pool.root), "mounts": state.get("mounts", []), "pids": {},
-                 "binds": [str(Path(b).resolve()) for b in binds], "accel": accel,
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        state = {
+            "root": str(pool.root),
+            "mounts": state.get("mounts", []),
+            "pids": {},
+            "binds": [str(Path(b).resolve()) for b in binds],
+            "accel": accel,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         pool.save_state(state)
         try:
             mount_all(pool, state, binds, _tree_root())
@@ -128,14 +134,19 @@ def _start_libvirtd(pool: Pool, state: dict) -> None:
     end = time.monotonic() + 60
     while time.monotonic() < end:
         pid = read_pid(pidfile)
-        if pid and pool.run(["virsh", "-c", "qemu:///system", "version"], check=False,
-                            timeout=30).returncode == 0:
+        if (
+            pid
+            and pool.run(["virsh", "-c", "qemu:///system", "version"], check=False, timeout=30).returncode
+            == 0
+        ):
             state["pids"]["libvirtd"] = pid
             pool.save_state(state)
             return
         time.sleep(0.5)
-    raise UserError("libvirtd did not become ready in 60 s",
-                    hint=f"see {pool.inside('/var/log/libvirt')} and try `osgtest-dag pool down; pool up`")
+    raise UserError(
+        "libvirtd did not become ready in 60 s",
+        hint=f"see {pool.inside('/var/log/libvirt')} and try `osgtest-dag pool down; pool up`",
+    )
 
 
 def _start_master(pool: Pool, state: dict) -> None:
@@ -148,15 +159,21 @@ def _start_master(pool: Pool, state: dict) -> None:
             pool.save_state(state)
             return
         time.sleep(0.2)
-    raise UserError("condor_master did not start",
-                    hint=f"see {pool.inside('/var/log/condor/MasterLog')}")
+    raise UserError("condor_master did not start", hint=f"see {pool.inside('/var/log/condor/MasterLog')}")
 
 
 def condor_status_slots(pool: Pool) -> list[dict]:
     """Slot ads from the pool's collector (via condor_status in the root: same version)."""
-    proc = pool.run(["condor_status", "-json", "-attributes",
-                     "Name,State,Activity,Cpus,Memory,HasVM,VM_Type,OfflineUniverses,VM_AvailNum,StartdIpAddr"],
-                    check=False, timeout=30)
+    proc = pool.run(
+        [
+            "condor_status",
+            "-json",
+            "-attributes",
+            "Name,State,Activity,Cpus,Memory,HasVM,VM_Type,OfflineUniverses,VM_AvailNum,StartdIpAddr",
+        ],
+        check=False,
+        timeout=30,
+    )
     if proc.returncode != 0 or not proc.stdout.strip():
         return []
     try:
@@ -177,8 +194,10 @@ def wait_ready(pool: Pool, timeout: float = 120, need_vm: bool = False) -> list[
                 return slots
         time.sleep(1)
     log_hint = pool.inside("/var/log/condor")
-    raise UserError(f"the pool did not come up in {timeout:g} s (slots seen: {len(slots)})",
-                    hint=f"see the daemon logs in {log_hint}")
+    raise UserError(
+        f"the pool did not come up in {timeout:g} s (slots seen: {len(slots)})",
+        hint=f"see the daemon logs in {log_hint}",
+    )
 
 
 def status(pool: Pool | None = None) -> PoolStatus:
@@ -203,9 +222,16 @@ def status(pool: Pool | None = None) -> PoolStatus:
     is_up = bool(daemons["condor_master"] and daemons["libvirtd"])
     slots = condor_status_slots(pool) if is_up else []
     has_vm = any(bool(s.get("HasVM")) for s in slots) if slots else None
-    return PoolStatus(up=is_up, root=str(pool.root), built=is_built(pool), daemons=daemons,
-                      slots=slots, has_vm=has_vm, binds=state.get("binds", []),
-                      accel=state.get("accel"))
+    return PoolStatus(
+        up=is_up,
+        root=str(pool.root),
+        built=is_built(pool),
+        daemons=daemons,
+        slots=slots,
+        has_vm=has_vm,
+        binds=state.get("binds", []),
+        accel=state.get("accel"),
+    )
 
 
 def _stop(pool: Pool, state: dict, timeout: float = 60) -> dict:
@@ -250,13 +276,18 @@ def restart_startd(pool: Pool) -> None:
 
 # --- submitting to the test pool ------------------------------------------------------------
 
+
 def submit_options(base: SubmitOptions | None = None) -> SubmitOptions:
     """condor.SubmitOptions for the test pool: its collector, CLAIMTOBE, the pool's
     condor_dagman, and no host-only environment passed to DAGMan."""
     base = base or SubmitOptions()
-    return replace(base, pool=base.pool or "127.0.0.1:9618", dagman=base.dagman or "/usr/bin/condor_dagman",
-                   client_config=client_config() + tuple(base.client_config),
-                   getenv_exclude=tuple(base.getenv_exclude) + ("CONDOR_CONFIG",))
+    return replace(
+        base,
+        pool=base.pool or "127.0.0.1:9618",
+        dagman=base.dagman or "/usr/bin/condor_dagman",
+        client_config=client_config() + tuple(base.client_config),
+        getenv_exclude=tuple(base.getenv_exclude) + ("CONDOR_CONFIG",),
+    )
 
 
 def _bind_of(pool: Pool, path: Path) -> str | None:
@@ -277,8 +308,11 @@ def prepare_run_dir(run_dir: Path, pool: Pool | None = None) -> None:
     bind_dir = _bind_of(pool, run_dir)
     if bind_dir is None:
         binds = ", ".join(pool.load_state().get("binds", [])) or "-"
-        raise UserError("the run directory is not in one of the pool's work directories", where=run_dir,
-                        hint=f"generate it under {binds}, or restart the pool with `pool up --bind DIR`")
+        raise UserError(
+            "the run directory is not in one of the pool's work directories",
+            where=run_dir,
+            hint=f"generate it under {binds}, or restart the pool with `pool up --bind DIR`",
+        )
     command.run(["chown", "-R", f"{POOL_UID}:{POOL_UID}", str(run_dir)], timeout=300)
     # and the job owner must get there: directories on the way from the work directory
     bind = Path(bind_dir)

@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.plan.catalog import Catalog
-from osgtest_dag.plan.matrix import Cell
-from osgtest_dag.model.documents import check_document, parse_json, read_document
+from osgtest_dag.model.cell import (
+    CellConfig,
+    CellPlatform,
+    CellSource,
+    CellTest,
+    NetworkCheck,
+    RepoRetries,
+    RepoSetup,
+    Repositories,
+    VmSize,
+)
+from osgtest_dag.model.documents import parse_json
 from osgtest_dag.model.rundir import RunDir
-
-SCHEMA = "osgtest-dag/cell"
-VERSION = 1
+from osgtest_dag.plan.catalog import Catalog
+from osgtest_dag.plan.catalog import RepoSetup as PlanRepoSetup
+from osgtest_dag.plan.matrix import Cell
 
 # osg-test's base configuration; each cell's keys are appended as the reference tool does.
 OSG_TEST_BASE = """[Config]
@@ -32,47 +42,70 @@ hostcert = True
 """
 
 
-def cell_json(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> dict:
+def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellConfig:
     p, s = cell.platform, cell.source
     initial = catalog.resolve(p, s.series, s.repos)
     update = catalog.resolve(p, s.effective_update_series, s.update_repos) if s.has_update else None
-    osg_test = cell.test_command is None
-    return {
-        "schema": SCHEMA, "version": VERSION,
-        "serial": cell.serial,
-        "platform": p.to_json(),
-        "source": s.to_json(),
-        "label": cell.package_set.label,
-        "packages": list(cell.package_set.packages),
-        "selinux": cell.package_set.selinux,
-        "repositories": {"initial": initial.to_json(),
-                         "update": update.to_json() if update else None},
-        "test": {"command": cell.test_command, "timeout": cell.test_timeout, "osg_test": osg_test},
-        "vm": {"memory": cell.vm.memory, "vcpus": cell.vm.vcpus, "disk": cell.vm.disk},
-        "network": {"check_host": catalog.network_check_host(p.family), "retries": 5},
-        "retries": {"count": 3, "backoff": 10},
-        "nightly": nightly,
-        "param_file": cell.origin.name,
-    }
+    return CellConfig(
+        serial=cell.serial,
+        platform=CellPlatform(
+            id=p.id,
+            os=p.os,
+            family=p.family,
+            distro=p.distro,
+            major=p.major,
+            arch=p.arch,
+            name=p.name,
+            codename=p.codename,
+            image=p.image,
+            image_format=p.image_format,
+        ),
+        source=CellSource(
+            raw=s.raw,
+            test_source=str(s.test_source) if s.test_source else None,
+            series=s.series,
+            repos=s.repos,
+            update_series=s.update_series,
+            update_repos=s.update_repos,
+        ),
+        label=cell.package_set.label,
+        packages=tuple(cell.package_set.packages),
+        selinux=cell.package_set.selinux,
+        repositories=Repositories(
+            initial=_repo_setup(initial), update=_repo_setup(update) if update else None
+        ),
+        test=CellTest(
+            command=cell.test_command, timeout=cell.test_timeout, osg_test=cell.test_command is None
+        ),
+        vm=VmSize(memory=cell.vm.memory, vcpus=cell.vm.vcpus, disk=cell.vm.disk),
+        network=NetworkCheck(check_host=catalog.network_check_host(p.family), retries=5),
+        retries=RepoRetries(count=3, backoff=10),
+        nightly=nightly,
+        param_file=cell.origin.name,
+    )
 
 
+def _repo_setup(r: PlanRepoSetup) -> RepoSetup:
+    return RepoSetup(
+        setup_packages=tuple(r.setup_packages), enable=tuple(r.enable), apt_sources=tuple(r.apt_sources)
+    )
 
 
-def write_store(path: Path, configs) -> list[int]:
+def write_store(path: Path, configs: Iterable[CellConfig]) -> list[int]:
     """Write configurations one per line; return each line's byte offset."""
     offsets = []
     pos = 0
     dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     with open(path, "wb") as f:
         for cfg in configs:
-            line = (dumps(cfg) + "\n").encode()
+            line = (dumps(cfg.to_json()) + "\n").encode()
             offsets.append(pos)
             f.write(line)
             pos += len(line)
     return offsets
 
 
-def read_cell(run_dir: Path, serial: str, offset: int | None = None) -> dict:
+def read_cell(run_dir: Path, serial: str, offset: int | None = None) -> CellConfig:
     """One cell's configuration from the run's store: at `offset` if given, else by scanning."""
     path = RunDir(run_dir).cell_store
     try:
@@ -80,109 +113,106 @@ def read_cell(run_dir: Path, serial: str, offset: int | None = None) -> dict:
             if offset is not None:
                 f.seek(offset)
                 cfg = _check(f.readline(), path)
-                if cfg["serial"] == serial:
+                if cfg.serial == serial:
                     return cfg
                 f.seek(0)
             key = f'"serial":"{serial}"'.encode()
             for line in f:
                 if key in line:
                     cfg = _check(line, path)
-                    if cfg["serial"] == serial:
+                    if cfg.serial == serial:
                         return cfg
     except FileNotFoundError:
-        raise UserError("not a run directory (no cells.jsonl)", where=run_dir,
-                        hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`") from None
-    raise UserError(f"no cell {serial!r} in this run", where=run_dir,
-                    hint="`osgtest-dag plan` or cells.jsonl list the serials")
+        raise UserError(
+            "not a run directory (no cells.jsonl)",
+            where=run_dir,
+            hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`",
+        ) from None
+    raise UserError(
+        f"no cell {serial!r} in this run",
+        where=run_dir,
+        hint="`osgtest-dag plan` or cells.jsonl list the serials",
+    )
 
 
-def iter_cells(run_dir: Path):
+def iter_cells(run_dir: Path) -> Iterator[CellConfig]:
     path = RunDir(run_dir).cell_store
     with open(path, "rb") as f:
         for line in f:
             yield _check(line, path)
 
 
-_HINT = "regenerate the run with this version of osgtest-dag"
+def _check(line: bytes, path: Path) -> CellConfig:
+    return CellConfig.from_json(parse_json(line, path), path)
 
 
-def _check(line: bytes, path: Path) -> dict:
-    return check_document(parse_json(line, path), SCHEMA, VERSION, path, hint=_HINT)
-
-
-def fields(cfg: dict) -> dict:
-    """The values `--only` globs match, as matrix.Cell.fields() gives them."""
-    return {"serial": cfg["serial"], "platform": cfg["platform"]["id"], "os": cfg["platform"]["os"],
-            "arch": cfg["platform"]["arch"], "family": cfg["platform"]["family"],
-            "source": cfg["source"]["raw"], "series": cfg["source"]["series"],
-            "label": cfg["label"], "package": cfg["packages"]}
-
-
-def load(path: Path) -> dict:
-    return read_document(path, SCHEMA, VERSION, missing="cell configuration not found",
-                         hint="is this a run directory written by `osgtest-dag generate`?")
-
-
-def cell_env(cfg: dict) -> str:
+def cell_env(cfg: CellConfig) -> str:
     """The shell view of cell.json: `KEY='value'` lines, every value quoted."""
-    p, s = cfg["platform"], cfg["source"]
-    init = cfg["repositories"]["initial"]
-    upd = cfg["repositories"]["update"] or {"setup_packages": [], "enable": [], "apt_sources": []}
-    test = cfg["test"]
+    p, s = cfg.platform, cfg.source
+    init = cfg.repositories.initial
+    upd = cfg.repositories.update or RepoSetup()
     values = {
-        "CELL_SERIAL": cfg["serial"], "CELL_PLATFORM": p["id"], "CELL_FAMILY": p["family"],
-        "CELL_MAJOR": str(p["major"]), "CELL_ARCH": p["arch"], "CELL_CODENAME": p["codename"] or "",
-        "CELL_LABEL": cfg["label"], "CELL_PACKAGES": " ".join(cfg["packages"]),
-        "CELL_SELINUX": "true" if cfg["selinux"] else "false",
-        "CELL_SERIES": s["series"], "CELL_TEST_SOURCE": s["test_source"] or "",
-        "INITIAL_SETUP_PACKAGES": " ".join(init["setup_packages"]),
-        "INITIAL_ENABLE": " ".join(init["enable"]),
-        "INITIAL_APT_SOURCES": "\n".join(init["apt_sources"]),
-        "HAS_UPDATE": "true" if cfg["repositories"]["update"] else "false",
-        "UPDATE_SERIES": s["update_series"] or s["series"],
-        "UPDATE_SETUP_PACKAGES": " ".join(upd["setup_packages"]),
-        "UPDATE_ENABLE": " ".join(upd["enable"]),
-        "UPDATE_APT_SOURCES": "\n".join(upd["apt_sources"]),
-        "TEST_COMMAND": test["command"] or "", "TEST_TIMEOUT": str(test["timeout"]),
-        "OSG_TEST": "true" if test["osg_test"] else "false",
-        "NETWORK_CHECK_HOST": cfg["network"]["check_host"],
-        "NETWORK_RETRIES": str(cfg["network"]["retries"]),
-        "REPO_RETRIES": str(cfg["retries"]["count"]), "REPO_BACKOFF": str(cfg["retries"]["backoff"]),
+        "CELL_SERIAL": cfg.serial,
+        "CELL_PLATFORM": p.id,
+        "CELL_FAMILY": p.family,
+        "CELL_MAJOR": str(p.major),
+        "CELL_ARCH": p.arch,
+        "CELL_CODENAME": p.codename or "",
+        "CELL_LABEL": cfg.label,
+        "CELL_PACKAGES": " ".join(cfg.packages),
+        "CELL_SELINUX": "true" if cfg.selinux else "false",
+        "CELL_SERIES": s.series,
+        "CELL_TEST_SOURCE": s.test_source or "",
+        "INITIAL_SETUP_PACKAGES": " ".join(init.setup_packages),
+        "INITIAL_ENABLE": " ".join(init.enable),
+        "INITIAL_APT_SOURCES": "\n".join(init.apt_sources),
+        "HAS_UPDATE": "true" if cfg.repositories.update else "false",
+        "UPDATE_SERIES": s.update_series or s.series,
+        "UPDATE_SETUP_PACKAGES": " ".join(upd.setup_packages),
+        "UPDATE_ENABLE": " ".join(upd.enable),
+        "UPDATE_APT_SOURCES": "\n".join(upd.apt_sources),
+        "TEST_COMMAND": cfg.test.command or "",
+        "TEST_TIMEOUT": str(cfg.test.timeout),
+        "OSG_TEST": "true" if cfg.test.osg_test else "false",
+        "NETWORK_CHECK_HOST": cfg.network.check_host,
+        "NETWORK_RETRIES": str(cfg.network.retries),
+        "REPO_RETRIES": str(cfg.retries.count),
+        "REPO_BACKOFF": str(cfg.retries.backoff),
     }
-    lines = [f"# osgtest-dag cell {cfg['serial']}: generated from cell.json, do not edit"]
+    lines = [f"# osgtest-dag cell {cfg.serial}: generated from cell.json, do not edit"]
     lines += [f"{k}={shlex.quote(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
 
 
-def osg_test_conf(cfg: dict, base: str = OSG_TEST_BASE) -> str:
+def osg_test_conf(cfg: CellConfig, base: str = OSG_TEST_BASE) -> str:
     """osg-test's configuration for the cell, composed as vm-test-runs' generate-dag does."""
-    s = cfg["source"]
+    s = cfg.source
     out = base.rstrip("\n") + "\n"
-    if s["test_source"]:
-        out += f"testsource = {s['test_source']}\n"
-    extra = [r for r in s["repos"] if r != "osg"]  # the release repository is on by default
+    if s.test_source:
+        out += f"testsource = {s.test_source}\n"
+    extra = [r for r in s.repos if r != "osg"]  # the release repository is on by default
     if extra:
         out += f"extrarepos = {', '.join(extra)}\n"
-    if s["update_repos"]:
-        if s["update_series"]:
-            out += f"updaterelease = {s['update_series']}\n"
-            if s["update_repos"] != ["osg"]:
-                out += f"updaterepos = {', '.join(s['update_repos'])}\n"
+    if s.update_repos:
+        if s.update_series:
+            out += f"updaterelease = {s.update_series}\n"
+            if s.update_repos != ("osg",):
+                out += f"updaterepos = {', '.join(s.update_repos)}\n"
         else:
-            out += f"updaterepos = {', '.join(s['update_repos'])}\n"
-    out += f"packages = {', '.join(cfg['packages'])}\n"
-    out += f"series = {s['series']}\n"
-    out += f"sources = {s['raw']}\n"
-    out += f"selinux = {cfg['selinux']}\n"
-    out += f"nightly = {cfg.get('nightly', False)}\n"
+            out += f"updaterepos = {', '.join(s.update_repos)}\n"
+    out += f"packages = {', '.join(cfg.packages)}\n"
+    out += f"series = {s.series}\n"
+    out += f"sources = {s.raw}\n"
+    out += f"selinux = {cfg.selinux}\n"
+    out += f"nightly = {cfg.nightly}\n"
     return out
 
 
-def write_input_dir(cfg: dict, dest: Path) -> Path:
+def write_input_dir(cfg: CellConfig, dest: Path) -> Path:
     """Write the IO disk's `input/` tree for one cell: cell.json, cell.env, osg-test.conf."""
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "cell.json").write_text(json.dumps(cfg, indent=1) + "\n")
+    (dest / "cell.json").write_text(json.dumps(cfg.to_json(), indent=1) + "\n")
     (dest / "cell.env").write_text(cell_env(cfg))
-    if cfg["test"]["osg_test"]:
+    if cfg.test.osg_test:
         (dest / "osg-test.conf").write_text(osg_test_conf(cfg))
     return dest

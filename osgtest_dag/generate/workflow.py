@@ -19,12 +19,11 @@ The DAG model and writer are htcondor2.dags'. Its writer has bugs we work around
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import htcondor2
@@ -33,17 +32,15 @@ import jinja2
 
 from osgtest_dag import __version__
 from osgtest_dag.base import paths
+from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.generate.cellconfig import cell_json, write_store
-from osgtest_dag.model import dagfile
+from osgtest_dag.generate.cellconfig import cell_config, write_store
+from osgtest_dag.model import dagfile, rundir
+from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
+from osgtest_dag.model.rundir import NodeName, cell_rel
 from osgtest_dag.plan.catalog import Catalog
 from osgtest_dag.plan.matrix import Cell
-from osgtest_dag.model import rundir
-from osgtest_dag.model.documents import read_document
-from osgtest_dag.model.rundir import NodeName, cell_rel
 
-RUN_SCHEMA = "osgtest-dag/run"
-RUN_VERSION = 1
 SHIPPED_TEMPLATES = paths.shipped_dir("submit_templates")
 
 # Exit codes of the VM node's POST script (`osgtest-dag node post-vm`): a guest that finished
@@ -52,37 +49,6 @@ SHIPPED_TEMPLATES = paths.shipped_dir("submit_templates")
 POST_OK = 0
 POST_INFRA_RETRY = 1
 POST_INFRA_FATAL = 2
-
-
-@dataclass(frozen=True)
-class WorkflowOptions:
-    tool: str = ""                       # absolute path of the osgtest-dag executable for nodes
-    vm_type: str = "kvm"
-    max_wall: int = 14400                # s a VM may run before it is held (and, locally, killed)
-    max_starts: int = 3                  # job starts before a held VM job is removed
-    max_queue_time: int = 43200          # s in the queue before a VM job is removed
-    vm_retries: int = 2                  # DAG retries of a VM node after an infrastructure failure
-    disk_retries: int = 3
-    local_io_maxjobs: int = 10
-    extra_requirements: str | None = None
-    excluded_hosts: tuple[str, ...] = ()
-    template_dir: str | None = None
-    node_status_interval: int = 30
-    iodisk_size_mb: int = 64
-    iodisk_backend: str = "mke2fs"
-    batch_name: str = ""
-    nightly: bool = False
-    keep_disks: bool = False
-    environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-
-    def requirements(self, arch_macro: str = "$(condor_arch)") -> str:
-        parts = [f'(TARGET.Arch == "{arch_macro}")', "(TARGET.HasVM =?= True)"]
-        if self.extra_requirements:
-            parts.append(f"({self.extra_requirements})")
-        if self.excluded_hosts:
-            hosts = ", ".join(f'"{h}"' for h in self.excluded_hosts)
-            parts.append(f"!member(TARGET.Machine, {{{hosts}}})")
-        return " && ".join(parts)
 
 
 def default_tool() -> str:
@@ -129,7 +95,7 @@ class _Writer(dags.writer.DAGWriter):
     def yield_dag_meta_lines(self):
         for line in super().yield_dag_meta_lines():
             if line.startswith("CATEGORY "):
-                line = "MAXJOBS " + line[len("CATEGORY "):]
+                line = "MAXJOBS " + line[len("CATEGORY ") :]
             elif line == f"CONFIG {dags.CONFIG_FILE_NAME}":
                 line = f"CONFIG {self.config_name}"
             yield line
@@ -161,10 +127,17 @@ class _Writer(dags.writer.DAGWriter):
 
 def cell_vars(cell: Cell) -> dict:
     p = cell.platform
-    return {"serial": cell.serial, "platform": p.id, "image": p.image,
-            "image_name": os.path.basename(p.image.rstrip("/")), "image_format": p.image_format,
-            "condor_arch": p.condor_arch, "vm_memory": str(cell.vm.memory),
-            "vm_vcpus": str(cell.vm.vcpus), "request_disk": f"{cell.vm.disk}MB"}
+    return {
+        "serial": cell.serial,
+        "platform": p.id,
+        "image": p.image,
+        "image_name": os.path.basename(p.image.rstrip("/")),
+        "image_format": p.image_format,
+        "condor_arch": p.condor_arch,
+        "vm_memory": str(cell.vm.memory),
+        "vm_vcpus": str(cell.vm.vcpus),
+        "request_disk": f"{cell.vm.disk}MB",
+    }
 
 
 def matrix_dag(cells: list[Cell], opts: WorkflowOptions, offsets: list[int]) -> dags.DAG:
@@ -174,18 +147,37 @@ def matrix_dag(cells: list[Cell], opts: WorkflowOptions, offsets: list[int]) -> 
         node_status_file=dags.NodeStatusFile(Path(rundir.MATRIX_STATUS), opts.node_status_interval),
     )
     serial_vars = [{"serial": c.serial} for c in cells]
-    create = dag.layer(name=rundir.CREATE_DISK, submit_description=Path("submit/create-io-disk.sub"),
-                       vars=[{"serial": c.serial, "offset": str(o)} for c, o in zip(cells, offsets, strict=True)], retries=opts.disk_retries, category="LocalIO")
+    create = dag.layer(
+        name=rundir.CREATE_DISK,
+        submit_description=Path("submit/create-io-disk.sub"),
+        vars=[{"serial": c.serial, "offset": str(o)} for c, o in zip(cells, offsets, strict=True)],
+        retries=opts.disk_retries,
+        category="LocalIO",
+    )
     test = create.child_layer(
-        name=rundir.TEST_RUN, submit_description=Path("submit/test-run.sub"),
-        vars=[cell_vars(c) for c in cells], edge=dags.OneToOne(),
-        retries=opts.vm_retries, retry_unless_exit=POST_INFRA_FATAL,
-        post=dags.Script(executable=opts.tool,
-                         arguments=["node", "post-vm", "$JOB", "$RETURN", "$RETRY", "$MAX_RETRIES"]))
-    process = test.child_layer(name=rundir.PROCESS_RESULT, submit_description=Path("submit/process-result.sub"),
-                               vars=serial_vars, edge=dags.OneToOne(), category="LocalIO")
-    process.child_layer(name=rundir.CLEAN_OUTPUT, submit_description=Path("submit/clean-output.sub"),
-                        vars=serial_vars, edge=dags.OneToOne())
+        name=rundir.TEST_RUN,
+        submit_description=Path("submit/test-run.sub"),
+        vars=[cell_vars(c) for c in cells],
+        edge=dags.OneToOne(),
+        retries=opts.vm_retries,
+        retry_unless_exit=POST_INFRA_FATAL,
+        post=dags.Script(
+            executable=opts.tool, arguments=["node", "post-vm", "$JOB", "$RETURN", "$RETRY", "$MAX_RETRIES"]
+        ),
+    )
+    process = test.child_layer(
+        name=rundir.PROCESS_RESULT,
+        submit_description=Path("submit/process-result.sub"),
+        vars=serial_vars,
+        edge=dags.OneToOne(),
+        category="LocalIO",
+    )
+    process.child_layer(
+        name=rundir.CLEAN_OUTPUT,
+        submit_description=Path("submit/clean-output.sub"),
+        vars=serial_vars,
+        edge=dags.OneToOne(),
+    )
     # FINAL makes the matrix succeed whatever the cells did: their outcomes are results, and
     # the outer workflow must go on to analyze and report them.
     dag.final(name=rundir.MATRIX_FINAL, submit_description=Path("submit/matrix-final.sub"))
@@ -212,13 +204,30 @@ class _OuterFormatter(dags.NodeNameFormatter):
 LOCAL_NODES = {
     # file: (action, args, purpose, where its stdout/stderr go). CreateDisk runs before the
     # cell's directory exists (it makes it), so its output goes to logs/.
-    "create-io-disk.sub": ("create-io-disk", ["$(serial)", "--offset", "$(offset)"],
-                           "build the cell's IO disk", f"{rundir.LOGS_DIR}/create-io-disk.$(serial)"),
-    "process-result.sub": ("process-result", ["$(serial)"], "extract the returned disk",
-                           f"{cell_rel('$(serial)')}/process-result"),
-    "clean-output.sub": ("clean-output", ["$(serial)"], "remove disks no longer needed",
-                         f"{cell_rel('$(serial)')}/clean-output"),
-    "matrix-final.sub": ("matrix-final", [], "summarize the matrix (FINAL node)", f"{rundir.LOGS_DIR}/matrix-final"),
+    "create-io-disk.sub": (
+        "create-io-disk",
+        ["$(serial)", "--offset", "$(offset)"],
+        "build the cell's IO disk",
+        f"{rundir.LOGS_DIR}/create-io-disk.$(serial)",
+    ),
+    "process-result.sub": (
+        "process-result",
+        ["$(serial)"],
+        "extract the returned disk",
+        f"{cell_rel('$(serial)')}/process-result",
+    ),
+    "clean-output.sub": (
+        "clean-output",
+        ["$(serial)"],
+        "remove disks no longer needed",
+        f"{cell_rel('$(serial)')}/clean-output",
+    ),
+    "matrix-final.sub": (
+        "matrix-final",
+        [],
+        "summarize the matrix (FINAL node)",
+        f"{rundir.LOGS_DIR}/matrix-final",
+    ),
     "analyze.sub": ("analyze", [], "analyze every cell's results", f"{rundir.LOGS_DIR}/analyze"),
     "report.sub": ("report", [], "write the reports", f"{rundir.LOGS_DIR}/report"),
     "publish.sub": ("publish", [], "send or publish the report", f"{rundir.LOGS_DIR}/publish"),
@@ -233,29 +242,52 @@ def _jinja(opts: WorkflowOptions) -> jinja2.Environment:
             raise UserError("template directory not found", where=tdir)
         loaders.append(jinja2.FileSystemLoader(str(tdir)))
     loaders.append(jinja2.FileSystemLoader(str(SHIPPED_TEMPLATES)))
-    return jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, autoescape=False)
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
 
 
 def render_submit_files(opts: WorkflowOptions, run_name: str, generated: str) -> dict[str, str]:
     env = _jinja(opts)
-    common = {"generated": generated, "version": __version__, "tool": opts.tool,
-              "batch_name": opts.batch_name or run_name, "run_name": run_name,
-              "matrix_dag": rundir.MATRIX_DAG}
+    common = {
+        "generated": generated,
+        "version": __version__,
+        "tool": opts.tool,
+        "batch_name": opts.batch_name or run_name,
+        "run_name": run_name,
+        "matrix_dag": rundir.MATRIX_DAG,
+    }
     environment = " ".join(f"{k}={v}" for k, v in opts.environment)
     files = {}
     try:
         files["test-run.sub"] = env.get_template("test-run.sub.j2").render(
-            **common, vm_type=opts.vm_type, max_wall=opts.max_wall, max_starts=opts.max_starts,
-            max_queue_time=opts.max_queue_time, requirements=opts.requirements())
+            **common,
+            vm_type=opts.vm_type,
+            max_wall=opts.max_wall,
+            max_starts=opts.max_starts,
+            max_queue_time=opts.max_queue_time,
+            requirements=opts.requirements(),
+        )
         tmpl = env.get_template("local-node.sub.j2")
         for name, (action, args, purpose, stem) in LOCAL_NODES.items():
-            files[name] = tmpl.render(**common, action=action, args=args, purpose=purpose,
-                                      output=f"{stem}.out", error=f"{stem}.err",
-                                      environment=environment)
+            files[name] = tmpl.render(
+                **common,
+                action=action,
+                args=args,
+                purpose=purpose,
+                output=f"{stem}.out",
+                error=f"{stem}.err",
+                environment=environment,
+            )
     except jinja2.TemplateError as e:
-        raise UserError(f"submit template error: {e.message}", where=_template_location(e),
-                        hint="fix the template (or remove the override from --template-dir)") from None
+        raise UserError(
+            f"submit template error: {e.message}",
+            where=_template_location(e),
+            hint="fix the template (or remove the override from --template-dir)",
+        ) from None
     return files
 
 
@@ -278,26 +310,39 @@ def _check_submit(name: str, text: str) -> None:
     try:
         sub = htcondor2.Submit(text)
     except Exception as e:  # the bindings raise plain exceptions with HTCondor's message
-        raise UserError(f"generated submit file {name} does not parse: {e}",
-                        hint="check your submit template overrides") from None
+        raise UserError(
+            f"generated submit file {name} does not parse: {e}", hint="check your submit template overrides"
+        ) from None
     if not sub.keys():
         raise UserError(f"generated submit file {name} is empty")
 
 
-def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: WorkflowOptions, *,
-              param_files: list[Path], force: bool = False) -> Path:
+def write_run(
+    run_dir: Path,
+    cells: list[Cell],
+    catalog: Catalog,
+    opts: WorkflowOptions,
+    *,
+    param_files: list[Path],
+    force: bool = False,
+) -> Path:
     """Write a complete run directory atomically: all of it, or nothing."""
     run_dir = Path(run_dir)
     if not cells:
-        raise UserError("no cells to generate (the selection matched nothing)",
-                        hint="check --only and the include/exclude rules; `osgtest-dag plan` lists the cells")
+        raise UserError(
+            "no cells to generate (the selection matched nothing)",
+            hint="check --only and the include/exclude rules; `osgtest-dag plan` lists the cells",
+        )
     if run_dir.exists() and not force:
-        raise UserError("run directory already exists", where=run_dir,
-                        hint="choose another -o, or pass --force to replace it")
+        raise UserError(
+            "run directory already exists",
+            where=run_dir,
+            hint="choose another -o, or pass --force to replace it",
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError("exists and is not a directory", where=run_dir)
     if not opts.tool:
-        opts = WorkflowOptions(**{**asdict(opts), "tool": default_tool()})
+        opts = replace(opts, tool=default_tool())
     run_name = run_dir.resolve().name
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     submit_files = render_submit_files(opts, run_name, generated)
@@ -315,16 +360,24 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
             (layout.submit / name).write_text(text)
         for i, pf in enumerate(param_files):
             shutil.copy2(pf, layout.params / f"{i:02d}-{Path(pf).name}")
-        offsets = write_store(layout.cell_store, (cell_json(c, catalog, nightly=opts.nightly) for c in cells))
+        offsets = write_store(
+            layout.cell_store, (cell_config(c, catalog, nightly=opts.nightly) for c in cells)
+        )
         formatter = _SerialFormatter([c.serial for c in cells])
-        _Writer(matrix_dag(cells, opts, offsets), formatter, rundir.MATRIX_CONFIG).write(tmp, rundir.MATRIX_DAG)
+        _Writer(matrix_dag(cells, opts, offsets), formatter, rundir.MATRIX_CONFIG).write(
+            tmp, rundir.MATRIX_DAG
+        )
         _Writer(outer_dag(opts), _OuterFormatter()).write(tmp, rundir.OUTER_DAG)
-        manifest = {"schema": RUN_SCHEMA, "version": RUN_VERSION, "generated": generated,
-                    "tool_version": __version__, "run_name": run_name, "cells": len(cells),
-                    "options": {**asdict(opts), "environment": dict(opts.environment)},
-                    "param_files": [str(Path(p).resolve()) for p in param_files],
-                    "image_dir": catalog.image_dir}
-        layout.manifest.write_text(json.dumps(manifest, indent=1) + "\n")
+        manifest = RunManifest(
+            generated=generated,
+            tool_version=__version__,
+            run_name=run_name,
+            cells=len(cells),
+            options=opts,
+            param_files=tuple(str(Path(p).resolve()) for p in param_files),
+            image_dir=catalog.image_dir,
+        )
+        write_json_atomic(layout.manifest, manifest.to_json())
         if run_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{run_name}.old-", dir=parent))
             os.rename(run_dir, old / "run")
@@ -338,20 +391,11 @@ def write_run(run_dir: Path, cells: list[Cell], catalog: Catalog, opts: Workflow
     return run_dir
 
 
-def load_manifest(run_dir: Path) -> dict:
-    path = rundir.RunDir(run_dir).manifest
-    if not path.exists():
-        raise UserError("not a run directory (no run.json)", where=run_dir,
-                        hint="create one with `osgtest-dag generate PARAMS -o RUN_DIR`")
-    return read_document(path, RUN_SCHEMA, RUN_VERSION,
-                         hint="a run directory from an incompatible osgtest-dag version: regenerate it")
-
-
 def check_run(run_dir: Path) -> dict:
     """Validate a run directory: every DAG acyclic with its files present, every submit
     description accepted by HTCondor's parser. Returns counts."""
     run_dir = Path(run_dir)
-    load_manifest(run_dir)
+    RunManifest.read(run_dir)
     todo, seen, counts = [rundir.RunDir(run_dir).outer_dag], set(), {"dags": 0, "nodes": 0, "submit_files": 0}
     parsed: dict[str, str] = {}
     while todo:

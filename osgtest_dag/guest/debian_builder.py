@@ -26,14 +26,32 @@ log = logging.getLogger("osgtest_dag.guest.debian_builder")
 CODE_VERSION = "debian-local-4"
 
 ROOT_LABEL = "rootfs"
-PART_OFFSET = 1024 * 1024          # the one partition starts at 1 MiB
-DISK_SIZE_MB = 3072                # sparse; the qcow2 holds only what is used
+PART_OFFSET = 1024 * 1024  # the one partition starts at 1 MiB
+DISK_SIZE_MB = 3072  # sparse; the qcow2 holds only what is used
 MBR_BIN = Path("/usr/lib/EXTLINUX/mbr.bin")
 
 BASE_PACKAGES = (
-    "linux-image-cloud-amd64", "systemd-sysv", "udev", "e2fsprogs", "iproute2", "kmod",
-    "ca-certificates", "netbase", "procps", "util-linux", "hostname", "gzip", "tar",
-    "sed", "grep", "coreutils", "findutils", "mount", "apt", "gawk", "less",
+    "linux-image-cloud-amd64",
+    "systemd-sysv",
+    "udev",
+    "e2fsprogs",
+    "iproute2",
+    "kmod",
+    "ca-certificates",
+    "netbase",
+    "procps",
+    "util-linux",
+    "hostname",
+    "gzip",
+    "tar",
+    "sed",
+    "grep",
+    "coreutils",
+    "findutils",
+    "mount",
+    "apt",
+    "gawk",
+    "less",
 )
 # Packages that exist only from some release on (systemd split its resolver in bookworm).
 EXTRA_PACKAGES = {
@@ -104,8 +122,13 @@ UPDATED_STAMP = """\
 
 # Units that would write to the disk or the console behind the test's back.
 MASKED_UNITS = (
-    "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service",
-    "fstrim.timer", "serial-getty@ttyS0.service", "getty@tty1.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "serial-getty@ttyS0.service",
+    "getty@tty1.service",
 )
 
 
@@ -120,33 +143,56 @@ class Recipe:
 
     @property
     def sources(self) -> tuple[str, ...]:
-        return (f"deb {self.mirror} {self.codename} main",
-                f"deb {self.mirror} {self.codename}-updates main",
-                f"deb {self.security_mirror} {self.codename}-security main")
+        return (
+            f"deb {self.mirror} {self.codename} main",
+            f"deb {self.mirror} {self.codename}-updates main",
+            f"deb {self.security_mirror} {self.codename}-security main",
+        )
 
     def text(self) -> str:
         """The recipe as text: suites, sources, excludes, and the files we write."""
-        return json.dumps({"codename": self.codename, "sources": list(self.sources),
-                           "dpkg": list(DPKG_EXCLUDES), "network": NETWORK_FILE,
-                           "wait_online": WAIT_ONLINE_DROPIN, "extlinux": EXTLINUX_CONF,
-                           "fstab": FSTAB, "apt": APT_CONF, "masked": list(MASKED_UNITS)}, indent=1, sort_keys=True)
+        return json.dumps(
+            {
+                "codename": self.codename,
+                "sources": list(self.sources),
+                "dpkg": list(DPKG_EXCLUDES),
+                "network": NETWORK_FILE,
+                "wait_online": WAIT_ONLINE_DROPIN,
+                "extlinux": EXTLINUX_CONF,
+                "fstab": FSTAB,
+                "apt": APT_CONF,
+                "masked": list(MASKED_UNITS),
+            },
+            indent=1,
+            sort_keys=True,
+        )
 
 
-def recipe_for(codename: str | None, mirror: str = "http://deb.debian.org/debian",
-               security_mirror: str = "http://deb.debian.org/debian-security") -> Recipe:
+def recipe_for(
+    codename: str | None,
+    mirror: str = "http://deb.debian.org/debian",
+    security_mirror: str = "http://deb.debian.org/debian-security",
+) -> Recipe:
     """The recipe for one Debian release; UserError for releases this builder does not know."""
     if codename not in EXTRA_PACKAGES:
-        raise UserError(f"the local Debian builder does not know release {codename!r}",
-                        hint=f"known: {', '.join(SUPPORTED)}")
-    return Recipe(codename=codename, mirror=mirror.rstrip("/"),
-                  security_mirror=security_mirror.rstrip("/"),
-                  packages=BASE_PACKAGES + EXTRA_PACKAGES[codename])
+        raise UserError(
+            f"the local Debian builder does not know release {codename!r}",
+            hint=f"known: {', '.join(SUPPORTED)}",
+        )
+    return Recipe(
+        codename=codename,
+        mirror=mirror.rstrip("/"),
+        security_mirror=security_mirror.rstrip("/"),
+        packages=BASE_PACKAGES + EXTRA_PACKAGES[codename],
+    )
 
 
 def _check_tools() -> None:
     if os.geteuid() != 0:
-        raise UserError("the local Debian builder must run as root (mmdebstrap --mode=root, "
-                        "loop mounts)", hint="run it with sudo, or use a prebuilt image")
+        raise UserError(
+            "the local Debian builder must run as root (mmdebstrap --mode=root, loop mounts)",
+            hint="run it with sudo, or use a prebuilt image",
+        )
     for tool in ("mmdebstrap", "mkfs.ext4", "sfdisk", "extlinux", "qemu-img"):
         if command.which(tool) is None:
             raise UserError(f"{tool} is not installed", hint="run scripts/setup (make setup)")
@@ -156,9 +202,16 @@ def _check_tools() -> None:
 
 def bootstrap(recipe: Recipe, tree: Path) -> None:
     """mmdebstrap the minbase tree (the slow, network-bound step)."""
-    argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=directory",
-            "--components=main", "--include=" + ",".join(recipe.packages),
-            "--aptopt=Acquire::Retries \"3\"", "--aptopt=APT::Install-Recommends \"false\""]
+    argv = [
+        "mmdebstrap",
+        "--variant=minbase",
+        "--mode=root",
+        "--format=directory",
+        "--components=main",
+        "--include=" + ",".join(recipe.packages),
+        '--aptopt=Acquire::Retries "3"',
+        '--aptopt=APT::Install-Recommends "false"',
+    ]
     argv += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
     argv += [recipe.codename, str(tree), *recipe.sources]
     log.info("mmdebstrap %s into %s", recipe.codename, tree)
@@ -182,12 +235,14 @@ def kernel_and_initrd(tree: Path) -> tuple[str, str]:
     """File names (in /boot) of the newest kernel and its initrd in the tree."""
     kernels = sorted((tree / "boot").glob("vmlinuz-*"))
     for k in reversed(kernels):
-        version = k.name[len("vmlinuz-"):]
+        version = k.name[len("vmlinuz-") :]
         initrd = tree / "boot" / f"initrd.img-{version}"
         if initrd.is_file():
             return k.name, initrd.name
-    raise UserError(f"no kernel with an initrd in {tree / 'boot'}",
-                    hint="the recipe must include a linux-image package and initramfs-tools")
+    raise UserError(
+        f"no kernel with an initrd in {tree / 'boot'}",
+        hint="the recipe must include a linux-image package and initramfs-tools",
+    )
 
 
 def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
@@ -201,8 +256,10 @@ def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
     _write(etc / "apt" / "apt.conf.d" / "90osgtest", APT_CONF)
     # Networking: networkd + DHCP on any NIC name, resolved for DHCP-provided DNS.
     _write(etc / "systemd" / "network" / "80-osgtest-dhcp.network", NETWORK_FILE)
-    _write(etc / "systemd" / "system" / "systemd-networkd-wait-online.service.d" / "osgtest.conf",
-           WAIT_ONLINE_DROPIN)
+    _write(
+        etc / "systemd" / "system" / "systemd-networkd-wait-online.service.d" / "osgtest.conf",
+        WAIT_ONLINE_DROPIN,
+    )
     (etc / "udev" / "rules.d" / "70-persistent-net.rules").unlink(missing_ok=True)
     resolv = etc / "resolv.conf"
     if (tree / "lib" / "systemd" / "systemd-resolved").exists():
@@ -223,19 +280,28 @@ def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
     (tree / "usr" / "local" / "sbin" / payload.BOOT_HOOK).chmod(0o755)
     shutil.copyfile(unit, etc / "systemd" / "system" / payload.BOOT_UNIT)
     (etc / "systemd" / "system" / payload.BOOT_UNIT).chmod(0o644)
-    command.run(["systemctl", f"--root={tree}", "enable", payload.BOOT_UNIT,
-                 "systemd-networkd.service", "systemd-networkd-wait-online.service"]
-                + (["systemd-resolved.service"]
-                   if (tree / "lib" / "systemd" / "systemd-resolved").exists() else []),
-                timeout=60)
+    command.run(
+        [
+            "systemctl",
+            f"--root={tree}",
+            "enable",
+            payload.BOOT_UNIT,
+            "systemd-networkd.service",
+            "systemd-networkd-wait-online.service",
+        ]
+        + (["systemd-resolved.service"] if (tree / "lib" / "systemd" / "systemd-resolved").exists() else []),
+        timeout=60,
+    )
     for unit_name in MASKED_UNITS:
         _symlink(etc / "systemd" / "system" / unit_name, "/dev/null")
     # Stamp: what the image is and when it was made.
     _write(etc / "osgtest-image-release", "".join(f"{k}={v}\n" for k, v in stamp.items()))
     # Bootloader configuration (installed into the filesystem later).
     kernel, initrd = kernel_and_initrd(tree)
-    _write(tree / "boot" / "extlinux" / "extlinux.conf",
-           EXTLINUX_CONF.format(kernel=kernel, initrd=initrd, label=ROOT_LABEL))
+    _write(
+        tree / "boot" / "extlinux" / "extlinux.conf",
+        EXTLINUX_CONF.format(kernel=kernel, initrd=initrd, label=ROOT_LABEL),
+    )
     # Every VM boots this image fresh, so first-boot-after-update work would run on every
     # boot: mark /etc and /var as up to date with /usr, as systemd-update-done would (this
     # skips ldconfig.service, the journal catalog rebuild and friends: ~4 s per TCG boot here).
@@ -253,8 +319,15 @@ def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
 
 def installed_packages(tree: Path) -> list[str]:
     """`name<TAB>version<TAB>arch` for every package installed in the tree."""
-    out = command.run(["dpkg-query", f"--admindir={tree / 'var/lib/dpkg'}", "-W",
-                       "-f=${binary:Package}\t${Version}\t${Architecture}\n"], timeout=60).stdout
+    out = command.run(
+        [
+            "dpkg-query",
+            f"--admindir={tree / 'var/lib/dpkg'}",
+            "-W",
+            "-f=${binary:Package}\t${Version}\t${Architecture}\n",
+        ],
+        timeout=60,
+    ).stdout
     return sorted(line for line in out.splitlines() if line.strip())
 
 
@@ -265,8 +338,10 @@ def _install_extlinux(raw: Path, work: Path) -> None:
     try:
         command.run(["mount", "-o", f"loop,offset={PART_OFFSET}", raw, mnt], timeout=60)
     except CommandError as e:
-        log.info("loop mount failed (%s); installing EXTLINUX with libguestfs",
-                 (e.output.strip().splitlines() or ["?"])[-1])
+        log.info(
+            "loop mount failed (%s); installing EXTLINUX with libguestfs",
+            (e.output.strip().splitlines() or ["?"])[-1],
+        )
         with gfs.open_disks([(raw, "raw")], readonly=False) as g:
             g.mount("/dev/sda1", "/")
             g.extlinux("/boot/extlinux")
@@ -283,21 +358,38 @@ def make_disk(tree: Path, dest_qcow2: Path, work: Path, size_mb: int = DISK_SIZE
     raw = work / "disk.raw"
     with open(raw, "wb") as f:
         f.truncate(size_mb * 1024 * 1024)
-    command.run(["sfdisk", "--quiet", raw], input=f"label: dos\nstart={PART_OFFSET // 512}, "
-                "type=83, bootable\n", timeout=60)
+    command.run(
+        ["sfdisk", "--quiet", raw],
+        input=f"label: dos\nstart={PART_OFFSET // 512}, type=83, bootable\n",
+        timeout=60,
+    )
     part_kib = (size_mb * 1024 * 1024 - PART_OFFSET) // 1024
-    command.run(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-E", f"offset={PART_OFFSET}",
-                 "-d", tree, raw, f"{part_kib}k"], timeout=600)
+    command.run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            ROOT_LABEL,
+            "-E",
+            f"offset={PART_OFFSET}",
+            "-d",
+            tree,
+            raw,
+            f"{part_kib}k",
+        ],
+        timeout=600,
+    )
     with open(raw, "r+b") as f:
         f.write(MBR_BIN.read_bytes()[:440])
     _install_extlinux(raw, work)
-    command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, dest_qcow2],
-                timeout=600)
+    command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, dest_qcow2], timeout=600)
     raw.unlink()
 
 
-def build(recipe: Recipe, dest_qcow2: Path, *, stamp: dict[str, str],
-          workdir: Path | None = None) -> list[str]:
+def build(
+    recipe: Recipe, dest_qcow2: Path, *, stamp: dict[str, str], workdir: Path | None = None
+) -> list[str]:
     """Build the image into `dest_qcow2` (overwritten); return its installed package list.
 
     The caller (image.build_image) makes the result atomic and writes the metadata.
@@ -308,8 +400,10 @@ def build(recipe: Recipe, dest_qcow2: Path, *, stamp: dict[str, str],
         tree = work / "tree"
         bootstrap(recipe, tree)
         if not (tree / "lib" / "systemd" / "systemd-networkd").exists():
-            raise UserError(f"{recipe.codename}: the tree has no systemd-networkd",
-                            hint="add the package providing it to EXTRA_PACKAGES")
+            raise UserError(
+                f"{recipe.codename}: the tree has no systemd-networkd",
+                hint="add the package providing it to EXTRA_PACKAGES",
+            )
         customize(tree, recipe, stamp)
         packages = installed_packages(tree)
         log.info("%s: %d packages; making the disk", recipe.codename, len(packages))

@@ -30,9 +30,11 @@ def _module():
     try:
         import guestfs  # optional: Debian's python3-guestfs, needed only to read or write disks
     except ImportError:
-        raise UserError("the python module 'guestfs' is not importable",
-                        hint="install python3-guestfs (scripts/setup does) and use a venv made "
-                             "with --system-site-packages") from None
+        raise UserError(
+            "the python module 'guestfs' is not importable",
+            hint="install python3-guestfs (scripts/setup does) and use a venv made "
+            "with --system-site-packages",
+        ) from None
     return guestfs
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from osgtest_dag.base import paths
 from osgtest_dag.base.atomic import write_json_atomic
-from osgtest_dag.model.documents import read_document
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.guest import debian_builder, oz_builder, payload
+from osgtest_dag.model.documents import read_document
 from osgtest_dag.plan.catalog import Catalog, Platform
 
 log = logging.getLogger("osgtest_dag.guest.image")
@@ -33,9 +33,13 @@ META_SCHEMA = "osgtest-dag/image"
 META_VERSION = 1
 BUILDERS = ("auto", "local", "oz")
 # What each input is called when it changed (the order is the order of the log message).
-INPUT_NAMES = {"builder": "builder changed", "template": "template changed",
-               "packages": "package list changed", "payload": "payload changed",
-               "code": "builder code changed"}
+INPUT_NAMES = {
+    "builder": "builder changed",
+    "template": "template changed",
+    "packages": "package list changed",
+    "payload": "payload changed",
+    "code": "builder code changed",
+}
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,17 @@ class BuildInputs:
 
     def parts(self) -> dict[str, str]:
         """One sha256 per input, so a rebuild can say which one changed."""
+
         def h(s: str) -> str:
             return hashlib.sha256(s.encode()).hexdigest()
-        return {"builder": h(self.builder), "template": h(self.template),
-                "packages": h("\n".join(self.packages)), "payload": self.payload,
-                "code": h(self.code)}
+
+        return {
+            "builder": h(self.builder),
+            "template": h(self.template),
+            "packages": h("\n".join(self.packages)),
+            "payload": self.payload,
+            "code": h(self.code),
+        }
 
     @property
     def digest(self) -> str:
@@ -104,8 +114,10 @@ def choose_builder(platform: Platform, builder: str) -> str:
     if builder == "auto":
         return "local" if platform.family == "debian" else "oz"
     if builder == "local" and platform.family != "debian":
-        raise UserError(f"the local builder makes Debian images only, not {platform.name}",
-                        hint="use --builder oz for EL platforms")
+        raise UserError(
+            f"the local builder makes Debian images only, not {platform.name}",
+            hint="use --builder oz for EL platforms",
+        )
     return builder
 
 
@@ -115,8 +127,10 @@ def _local_recipe(platform: Platform, catalog: Catalog) -> debian_builder.Recipe
     return debian_builder.recipe_for(
         platform.codename,
         mirror=catalog.settings.get("debian_mirror", "http://deb.debian.org/debian"),
-        security_mirror=catalog.settings.get("debian_security_mirror",
-                                             "http://deb.debian.org/debian-security"))
+        security_mirror=catalog.settings.get(
+            "debian_security_mirror", "http://deb.debian.org/debian-security"
+        ),
+    )
 
 
 def build_inputs(platform: Platform, builder: str, catalog: Catalog | None = None) -> BuildInputs:
@@ -124,11 +138,21 @@ def build_inputs(platform: Platform, builder: str, catalog: Catalog | None = Non
     catalog = catalog or Catalog.load()
     if builder == "local":
         recipe = _local_recipe(platform, catalog)
-        return BuildInputs(builder="local", template=recipe.text(), packages=recipe.packages,
-                           payload=payload.files_hash(), code=debian_builder.CODE_VERSION)
+        return BuildInputs(
+            builder="local",
+            template=recipe.text(),
+            packages=recipe.packages,
+            payload=payload.files_hash(),
+            code=debian_builder.CODE_VERSION,
+        )
     tdl = oz_builder.render_template(platform)
-    return BuildInputs(builder="oz", template=tdl, packages=oz_builder.template_packages(tdl),
-                       payload=payload.files_hash(), code=oz_builder.CODE_VERSION)
+    return BuildInputs(
+        builder="oz",
+        template=tdl,
+        packages=oz_builder.template_packages(tdl),
+        payload=payload.files_hash(),
+        code=oz_builder.CODE_VERSION,
+    )
 
 
 def read_info(meta_path: Path) -> ImageInfo | None:
@@ -138,12 +162,19 @@ def read_info(meta_path: Path) -> ImageInfo | None:
     except UserError:
         return None
     try:
-        return ImageInfo(platform=doc["platform"], path=meta_path.with_suffix(".qcow2"),
-                         meta_path=meta_path, builder=doc["builder"], sha256=doc["sha256"],
-                         size=int(doc["size"]), inputs_hash=doc["inputs_hash"],
-                         inputs=dict(doc["inputs"]), built=doc["built"],
-                         build_seconds=float(doc.get("build_seconds", 0)),
-                         packages=tuple(doc.get("packages", ())))
+        return ImageInfo(
+            platform=doc["platform"],
+            path=meta_path.with_suffix(".qcow2"),
+            meta_path=meta_path,
+            builder=doc["builder"],
+            sha256=doc["sha256"],
+            size=int(doc["size"]),
+            inputs_hash=doc["inputs_hash"],
+            inputs=dict(doc["inputs"]),
+            built=doc["built"],
+            build_seconds=float(doc.get("build_seconds", 0)),
+            packages=tuple(doc.get("packages", ())),
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -181,8 +212,13 @@ def _lock(store: Path, platform_id: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build_image(platform_id: str, store: Path | str | None = None, builder: str = "auto",
-                force: bool = False, catalog: Catalog | None = None) -> BuildOutcome:
+def build_image(
+    platform_id: str,
+    store: Path | str | None = None,
+    builder: str = "auto",
+    force: bool = False,
+    catalog: Catalog | None = None,
+) -> BuildOutcome:
     """Build the base image of `platform_id` into `store` unless it is up to date."""
     catalog = catalog or Catalog.load()
     platform = resolve_platform(platform_id, catalog)
@@ -202,22 +238,38 @@ def build_image(platform_id: str, store: Path | str | None = None, builder: str 
             return BuildOutcome(image=info, built=False, reasons=())
         log.info("%s: building with the %s builder: %s", platform.id, which, ", ".join(reasons))
         built = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-        stamp = {"platform": platform.id, "name": platform.name, "builder": which,
-                 "created": built, "inputs_hash": inputs.digest}
+        stamp = {
+            "platform": platform.id,
+            "name": platform.name,
+            "builder": which,
+            "created": built,
+            "inputs_hash": inputs.digest,
+        }
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         t0 = time.monotonic()
         try:
             if which == "local":
-                packages = debian_builder.build(_local_recipe(platform, catalog), tmp,
-                                                stamp=stamp, workdir=store)
+                packages = debian_builder.build(
+                    _local_recipe(platform, catalog), tmp, stamp=stamp, workdir=store
+                )
             else:
                 packages = oz_builder.build(platform, tmp, stamp=stamp, workdir=store)
             seconds = round(time.monotonic() - t0, 1)
-            doc = {"schema": META_SCHEMA, "version": META_VERSION, "platform": platform.id,
-                   "builder": which, "sha256": sha256_file(tmp), "size": tmp.stat().st_size,
-                   "format": "qcow2", "inputs_hash": inputs.digest, "inputs": inputs.parts(),
-                   "built": built, "build_seconds": seconds, "packages": list(packages)}
-            meta.unlink(missing_ok=True)   # never a new image with old metadata
+            doc = {
+                "schema": META_SCHEMA,
+                "version": META_VERSION,
+                "platform": platform.id,
+                "builder": which,
+                "sha256": sha256_file(tmp),
+                "size": tmp.stat().st_size,
+                "format": "qcow2",
+                "inputs_hash": inputs.digest,
+                "inputs": inputs.parts(),
+                "built": built,
+                "build_seconds": seconds,
+                "packages": list(packages),
+            }
+            meta.unlink(missing_ok=True)  # never a new image with old metadata
             os.replace(tmp, dest)
             write_json_atomic(meta, doc, sort_keys=True)
         finally:

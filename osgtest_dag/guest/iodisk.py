@@ -33,20 +33,28 @@ MIN_SIZE_MB = 8
 def _validate_input(cell_input_dir: Path) -> None:
     """Refuse an input dir the payload could not use, naming the offending path."""
     if not cell_input_dir.is_dir():
-        raise UserError("cell input directory does not exist", where=cell_input_dir,
-                        hint="run `osgtest-dag generate` first; it writes cells/<serial>/input/")
+        raise UserError(
+            "cell input directory does not exist",
+            where=cell_input_dir,
+            hint="run `osgtest-dag generate` first; it writes cells/<serial>/input/",
+        )
     for name in REQUIRED_INPUTS:
         if not (cell_input_dir / name).is_file():
-            raise UserError(f"{name} is missing from the cell input directory",
-                            where=cell_input_dir / name,
-                            hint="a cell input directory holds cell.json, cell.env (and osg-test.conf)")
+            raise UserError(
+                f"{name} is missing from the cell input directory",
+                where=cell_input_dir / name,
+                hint="a cell input directory holds cell.json, cell.env (and osg-test.conf)",
+            )
     path = cell_input_dir / "cell.json"
     doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("schema") != CELL_SCHEMA:
         raise UserError(f"cell.json is not an {CELL_SCHEMA} document", where=path)
     if doc.get("version") != CELL_VERSION:
-        raise UserError(f"cell.json has version {doc.get('version')!r}; this tool reads version "
-                        f"{CELL_VERSION}", where=path, hint="regenerate the workflow with this tool")
+        raise UserError(
+            f"cell.json has version {doc.get('version')!r}; this tool reads version {CELL_VERSION}",
+            where=path,
+            hint="regenerate the workflow with this tool",
+        )
 
 
 def stage_tree(cell_input_dir: Path, tree: Path, payload_dir: Path | None = None) -> None:
@@ -63,24 +71,57 @@ def stage_tree(cell_input_dir: Path, tree: Path, payload_dir: Path | None = None
 def _mke2fs(tree: Path, dest_tmp: Path, size_mb: int, work: Path) -> None:
     raw = work / "io.raw"
     try:
-        command.run(["mkfs.ext4", "-q", "-F", "-L", IO_LABEL, "-m", "0",
-                     "-E", "root_owner=0:0", "-d", tree, raw, f"{size_mb}M"], timeout=120)
+        command.run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                IO_LABEL,
+                "-m",
+                "0",
+                "-E",
+                "root_owner=0:0",
+                "-d",
+                tree,
+                raw,
+                f"{size_mb}M",
+            ],
+            timeout=120,
+        )
     except CommandError as e:
         if "Could not allocate" in e.output or "No space left" in e.output:
-            raise UserError(f"the cell's files do not fit in a {size_mb} MiB IO disk",
-                            hint="raise --size-mb") from None
+            raise UserError(
+                f"the cell's files do not fit in a {size_mb} MiB IO disk", hint="raise --size-mb"
+            ) from None
         raise
     command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, dest_tmp], timeout=120)
 
 
 def _virt_make_fs(tree: Path, dest_tmp: Path, size_mb: int) -> None:
     gfs.prepare_environment()
-    command.run(["virt-make-fs", f"--label={IO_LABEL}", "--format=qcow2", "--type=ext4",
-                 f"--size={size_mb}M", tree, dest_tmp], timeout=600)
+    command.run(
+        [
+            "virt-make-fs",
+            f"--label={IO_LABEL}",
+            "--format=qcow2",
+            "--type=ext4",
+            f"--size={size_mb}M",
+            tree,
+            dest_tmp,
+        ],
+        timeout=600,
+    )
 
 
-def make_iodisk(cell_input_dir: Path | str, dest_qcow2: Path | str, *, size_mb: int = 64,
-                backend: str = "mke2fs", payload_dir: Path | str | None = None) -> Path:
+def make_iodisk(
+    cell_input_dir: Path | str,
+    dest_qcow2: Path | str,
+    *,
+    size_mb: int = 64,
+    backend: str = "mke2fs",
+    payload_dir: Path | str | None = None,
+) -> Path:
     """Create the cell's IO disk (qcow2) at `dest_qcow2`, atomically: on any error no file is
     left at the destination. Returns the destination path."""
     src = Path(cell_input_dir)

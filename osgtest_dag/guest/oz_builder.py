@@ -43,8 +43,13 @@ method=ignore
 """
 
 SERIAL_ARGS = ("console=tty0", "console=ttyS0,115200n8", "panic=-1")
-MASK_UNITS = ("dnf-makecache.timer", "apt-daily.timer", "apt-daily-upgrade.timer",
-              "fstrim.timer", "e2scrub_all.timer")
+MASK_UNITS = (
+    "dnf-makecache.timer",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "fstrim.timer",
+    "e2scrub_all.timer",
+)
 
 
 def template_dir() -> Path:
@@ -54,8 +59,11 @@ def template_dir() -> Path:
 def template_path(platform: Platform) -> Path:
     p = template_dir() / f"{platform.os}.tdl"
     if not p.is_file():
-        raise UserError(f"no Oz template for {platform.name}", where=p,
-                        hint=f"templates exist for: {', '.join(sorted(t.stem for t in template_dir().glob('*.tdl')))}")
+        raise UserError(
+            f"no Oz template for {platform.name}",
+            where=p,
+            hint=f"templates exist for: {', '.join(sorted(t.stem for t in template_dir().glob('*.tdl')))}",
+        )
     return p
 
 
@@ -63,8 +71,9 @@ def render_template(platform: Platform) -> str:
     """The platform's TDL with the architecture filled in (the root password stays a
     placeholder, so the text, and so the inputs hash, is the same on every build)."""
     text = template_path(platform).read_text()
-    return string.Template(text).safe_substitute(arch=platform.arch,
-                                                 debarch=DEBARCH.get(platform.arch, platform.arch))
+    return string.Template(text).safe_substitute(
+        arch=platform.arch, debarch=DEBARCH.get(platform.arch, platform.arch)
+    )
 
 
 def _oz():
@@ -72,10 +81,13 @@ def _oz():
         import oz.GuestFactory  # noqa: F401  # optional: Debian's python3-oz, only for Oz builds
         import oz.TDL  # optional: as above
     except ImportError:
-        raise UserError("Oz (python module 'oz') is not importable",
-                        hint="install the Debian package 'oz' (scripts/setup does) and use a "
-                             "venv made with --system-site-packages") from None
+        raise UserError(
+            "Oz (python module 'oz') is not importable",
+            hint="install the Debian package 'oz' (scripts/setup does) and use a "
+            "venv made with --system-site-packages",
+        ) from None
     import oz  # optional: as above
+
     return oz
 
 
@@ -132,8 +144,9 @@ def oz_supports(tdl) -> tuple[bool, str]:
     mod = importlib.import_module(f"oz.{module_name}")
     table = getattr(mod, "version_to_config", None)
     if table is not None and tdl.update not in table:
-        return False, (f"Oz's {module_name} module supports versions "
-                       f"{', '.join(sorted(table))}, not {tdl.update!r}")
+        return False, (
+            f"Oz's {module_name} module supports versions {', '.join(sorted(table))}, not {tdl.update!r}"
+        )
     return True, f"Oz module {module_name}"
 
 
@@ -144,13 +157,17 @@ def check_supported(platform: Platform) -> None:
     ok, why = oz_supports(tdl)
     if ok:
         return
-    hint = (f"this Oz ({oz_version()}) installs: {supported_string()}. ")
+    hint = f"this Oz ({oz_version()}) installs: {supported_string()}. "
     if platform.family == "debian":
-        hint += "For Debian use the local builder: `osgtest-dag image build " \
-                f"{platform.id} --builder local` (the default)."
+        hint += (
+            "For Debian use the local builder: `osgtest-dag image build "
+            f"{platform.id} --builder local` (the default)."
+        )
     else:
-        hint += "Install an Oz with support for it, or point the platform's `image` in a " \
-                "catalog file (--catalog) at a prebuilt qcow2."
+        hint += (
+            "Install an Oz with support for it, or point the platform's `image` in a "
+            "catalog file (--catalog) at a prebuilt qcow2."
+        )
     raise UserError(f"the installed Oz cannot build {platform.name}: {why}", hint=hint)
 
 
@@ -187,12 +204,26 @@ shutdown = 90
     return cfg
 
 
-def oz_install_argv(tdl_file: Path, output_disk: Path, config: Path, libvirt_xml: Path,
-                    timeout_s: int = INSTALL_TIMEOUT_S) -> list[str]:
+def oz_install_argv(
+    tdl_file: Path, output_disk: Path, config: Path, libvirt_xml: Path, timeout_s: int = INSTALL_TIMEOUT_S
+) -> list[str]:
     """oz-install: debug level 2, clean up a stale guest of the same name (-p), our config,
     an explicit output disk and libvirt XML; no Oz customization (-u): ours follows."""
-    return ["oz-install", "-d", "2", "-p", "-t", str(timeout_s), "-c", str(config),
-            "-s", str(output_disk), "-x", str(libvirt_xml), str(tdl_file)]
+    return [
+        "oz-install",
+        "-d",
+        "2",
+        "-p",
+        "-t",
+        str(timeout_s),
+        "-c",
+        str(config),
+        "-s",
+        str(output_disk),
+        "-x",
+        str(libvirt_xml),
+        str(tdl_file),
+    ]
 
 
 def _gwrite(g, path: str, data: str | bytes) -> None:
@@ -215,9 +246,11 @@ def _set_kernel_args(g) -> str:
     args = " ".join(SERIAL_ARGS)
     if g.is_file("/boot/extlinux/extlinux.conf"):
         text = g.cat("/boot/extlinux/extlinux.conf")
+
         def fix(m: re.Match) -> str:
             line = re.sub(r"\s*\b(console=\S+|panic=\S+)", "", m.group(0))
             return line.rstrip() + " " + args
+
         _gwrite(g, "/boot/extlinux/extlinux.conf", re.sub(r"(?m)^\s*APPEND\b.*$", fix, text))
         return "extlinux"
     how = "none"
@@ -225,8 +258,10 @@ def _set_kernel_args(g) -> str:
         text = g.cat("/etc/default/grub")
         text = re.sub(r"\s*\b(console=\S+|panic=\S+|rhgb|quiet)", "", text)
         if re.search(r"(?m)^GRUB_CMDLINE_LINUX=", text):
+
             def add_args(m: re.Match) -> str:
                 return f'GRUB_CMDLINE_LINUX="{(m.group(1) + " " + args).strip()}"'
+
             text = re.sub(r'(?m)^GRUB_CMDLINE_LINUX="(.*)"', add_args, text)
         else:
             text += f'\nGRUB_CMDLINE_LINUX="{args}"\n'
@@ -235,8 +270,11 @@ def _set_kernel_args(g) -> str:
         _gwrite(g, "/etc/default/grub", text)
         how = "grub defaults"
     # Regenerate what the bootloader reads (runs the guest's own tools in the appliance).
-    for tool in (["grubby", "--update-kernel=ALL", f"--args={args}", "--remove-args=rhgb quiet"],
-                 ["update-grub"], ["grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"]):
+    for tool in (
+        ["grubby", "--update-kernel=ALL", f"--args={args}", "--remove-args=rhgb quiet"],
+        ["update-grub"],
+        ["grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"],
+    ):
         for d in ("/usr/sbin/", "/sbin/", "/usr/bin/"):
             if g.is_file(d + tool[0]):
                 g.command([d + tool[0], *tool[1:]])
@@ -257,8 +295,9 @@ def _systemd_unit_dir(g) -> str:
     return "/lib/systemd/system"
 
 
-def customize_image(disk: Path, disk_format: str, *, stamp: dict[str, str],
-                    payload_dir: Path | None = None) -> list[str]:
+def customize_image(
+    disk: Path, disk_format: str, *, stamp: dict[str, str], payload_dir: Path | None = None
+) -> list[str]:
     """Turn an installed image into an osgtest base image, in place; return its packages.
 
     Installs and enables the boot hook, sets DHCP on any NIC name (NetworkManager keyfile on
@@ -271,8 +310,13 @@ def customize_image(disk: Path, disk_format: str, *, stamp: dict[str, str],
     with gfs.open_disks([(disk, disk_format)], readonly=False) as g:
         root = _mount_guest(g)
         osname = g.inspect_get_distro(root)
-        log.info("customizing %s (%s %s.%s)", disk.name, osname,
-                 g.inspect_get_major_version(root), g.inspect_get_minor_version(root))
+        log.info(
+            "customizing %s (%s %s.%s)",
+            disk.name,
+            osname,
+            g.inspect_get_major_version(root),
+            g.inspect_get_minor_version(root),
+        )
         # Boot hook + unit, enabled.
         g.mkdir_p("/usr/local/sbin")
         _gwrite(g, "/usr/local/sbin/osgtest-boot", hook)
@@ -295,18 +339,26 @@ def customize_image(disk: Path, disk_format: str, *, stamp: dict[str, str],
             g.mkdir_p("/etc/systemd/network")
             _gwrite(g, "/etc/systemd/network/80-osgtest-dhcp.network", debian_builder.NETWORK_FILE)
             g.mkdir_p("/etc/systemd/system/systemd-networkd-wait-online.service.d")
-            _gwrite(g, "/etc/systemd/system/systemd-networkd-wait-online.service.d/osgtest.conf",
-                    debian_builder.WAIT_ONLINE_DROPIN)
+            _gwrite(
+                g,
+                "/etc/systemd/system/systemd-networkd-wait-online.service.d/osgtest.conf",
+                debian_builder.WAIT_ONLINE_DROPIN,
+            )
             if g.is_file("/etc/network/interfaces"):
-                _gwrite(g, "/etc/network/interfaces",
-                        "# osgtest-dag: systemd-networkd configures the network\n"
-                        "auto lo\niface lo inet loopback\n")
+                _gwrite(
+                    g,
+                    "/etc/network/interfaces",
+                    "# osgtest-dag: systemd-networkd configures the network\n"
+                    "auto lo\niface lo inet loopback\n",
+                )
             _enable(g, "systemd-networkd.service", "multi-user.target", units)
             _enable(g, "systemd-networkd-wait-online.service", "network-online.target", units)
             if g.is_file(f"{units}/systemd-resolved.service"):
                 _enable(g, "systemd-resolved.service", "multi-user.target", units)
-        for rules in ("/etc/udev/rules.d/70-persistent-net.rules",
-                      "/etc/udev/rules.d/75-persistent-net-generator.rules"):
+        for rules in (
+            "/etc/udev/rules.d/70-persistent-net.rules",
+            "/etc/udev/rules.d/75-persistent-net-generator.rules",
+        ):
             g.rm_f(rules)
         if g.is_file("/etc/machine-id"):
             g.truncate("/etc/machine-id")
@@ -321,7 +373,8 @@ def customize_image(disk: Path, disk_format: str, *, stamp: dict[str, str],
             f"{a['app2_name']}\t{(a['app2_epoch'] and str(a['app2_epoch']) + ':' or '')}"
             f"{a['app2_version']}{('-' + a['app2_release']) if a['app2_release'] else ''}"
             f"\t{a.get('app2_arch', '')}"
-            for a in apps)
+            for a in apps
+        )
         if g.is_file("/etc/selinux/config"):
             ctx = "/etc/selinux/targeted/contexts/files/file_contexts"
             if g.is_file(ctx):
@@ -337,12 +390,18 @@ def _mark_updated(g) -> None:
     usr = g.statns("/usr")
     for d in ("/etc", "/var"):
         _gwrite(g, f"{d}/.updated", debian_builder.UPDATED_STAMP)
-        g.utimens(f"{d}/.updated", usr["st_mtime_sec"], usr["st_mtime_nsec"],
-                  usr["st_mtime_sec"], usr["st_mtime_nsec"])
+        g.utimens(
+            f"{d}/.updated",
+            usr["st_mtime_sec"],
+            usr["st_mtime_nsec"],
+            usr["st_mtime_sec"],
+            usr["st_mtime_nsec"],
+        )
 
 
-def build(platform: Platform, dest_qcow2: Path, *, stamp: dict[str, str],
-          workdir: Path | None = None) -> list[str]:
+def build(
+    platform: Platform, dest_qcow2: Path, *, stamp: dict[str, str], workdir: Path | None = None
+) -> list[str]:
     """oz-install the platform's template, customize the result, write qcow2 to `dest_qcow2`."""
     check_supported(platform)
     if command.which("oz-install") is None:
@@ -350,8 +409,7 @@ def build(platform: Platform, dest_qcow2: Path, *, stamp: dict[str, str],
     with tempfile.TemporaryDirectory(prefix="osgtest-oz-", dir=workdir) as tmp:
         work = Path(tmp)
         tdl = work / f"{platform.os}.tdl"
-        text = string.Template(render_template(platform)).safe_substitute(
-            rootpw=secrets.token_urlsafe(18))
+        text = string.Template(render_template(platform)).safe_substitute(rootpw=secrets.token_urlsafe(18))
         tdl.write_text(text)
         tdl.chmod(0o600)
         installed = work / f"{platform.id}.qcow2"

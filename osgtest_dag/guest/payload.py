@@ -27,8 +27,10 @@ def payload_file(name: str, directory: Path | None = None) -> Path:
     d = Path(directory) if directory else payload_dir()
     p = d / name
     if not p.is_file():
-        raise UserError(f"payload file {p} is missing",
-                        hint="pass the directory holding run-job, osgtest-boot and osgtest-boot.service")
+        raise UserError(
+            f"payload file {p} is missing",
+            hint="pass the directory holding run-job, osgtest-boot and osgtest-boot.service",
+        )
     return p
 
 

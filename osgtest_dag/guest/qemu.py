@@ -95,9 +95,24 @@ def _probe(accel: str, timeout: float) -> tuple[bool, str]:
     kernel = _probe_kernel()
     if kernel is None:
         return False, "no Linux kernel in /boot to probe with (run `make setup`)"
-    argv: list[str | Path] = [QEMU, *_ACCEL_ARGS[accel], "-m", "256", "-nodefaults", "-no-reboot",
-            "-display", "none", "-monitor", "none", "-serial", "stdio",
-            "-kernel", kernel, "-append", _PROBE_APPEND]
+    argv: list[str | Path] = [
+        QEMU,
+        *_ACCEL_ARGS[accel],
+        "-m",
+        "256",
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-kernel",
+        kernel,
+        "-append",
+        _PROBE_APPEND,
+    ]
     t0 = time.monotonic()
     try:
         proc = command.run(argv, check=False, timeout=timeout)
@@ -135,7 +150,7 @@ def _cached_probe() -> tuple[str, str] | None:
 
 
 def detect_accel(timeout: float = 20.0) -> str:
-    """"kvm" if a Linux guest really runs under KVM here, else "tcg".
+    """ "kvm" if a Linux guest really runs under KVM here, else "tcg".
 
     Cached per process and per host boot (`<cache>/accel-probe.txt`): a host where KVM hangs a
     Linux guest pays the probe's time-out once, not once per command.
@@ -145,8 +160,10 @@ def detect_accel(timeout: float = 20.0) -> str:
     forced = os.environ.get("OSGTEST_DAG_ACCEL", "").strip().lower()
     if forced:
         if forced not in ACCELS:
-            raise UserError(f"OSGTEST_DAG_ACCEL={forced!r} is not one of {', '.join(ACCELS)}",
-                            hint="unset it to detect the accelerator automatically")
+            raise UserError(
+                f"OSGTEST_DAG_ACCEL={forced!r} is not one of {', '.join(ACCELS)}",
+                hint="unset it to detect the accelerator automatically",
+            )
         return forced
     with _accel_lock:
         if _accel_cache is None:
@@ -169,21 +186,52 @@ def _q(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
-def qemu_argv(overlay: Path, disks: Sequence[Disk], *, accel: str, memory_mb: int, vcpus: int,
-              networking: bool, console_log: Path) -> list[str]:
+def qemu_argv(
+    overlay: Path,
+    disks: Sequence[Disk],
+    *,
+    accel: str,
+    memory_mb: int,
+    vcpus: int,
+    networking: bool,
+    console_log: Path,
+) -> list[str]:
     """The qemu command line; separate so tests and `--dry-run`-style callers can see it."""
-    argv = [QEMU, *_ACCEL_ARGS[accel], "-smp", str(vcpus), "-m", str(memory_mb),
-            "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none",
-            "-serial", f"file:{console_log}", "-rtc", "base=utc",
-            "-object", "rng-random,filename=/dev/urandom,id=rng0",
-            "-device", "virtio-rng-pci,rng=rng0",
-            "-drive", f"file={_q(overlay)},format=qcow2,if=none,id=vda,cache=unsafe",
-            "-device", "virtio-blk-pci,drive=vda,bootindex=1"]
+    argv = [
+        QEMU,
+        *_ACCEL_ARGS[accel],
+        "-smp",
+        str(vcpus),
+        "-m",
+        str(memory_mb),
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{console_log}",
+        "-rtc",
+        "base=utc",
+        "-object",
+        "rng-random,filename=/dev/urandom,id=rng0",
+        "-device",
+        "virtio-rng-pci,rng=rng0",
+        "-drive",
+        f"file={_q(overlay)},format=qcow2,if=none,id=vda,cache=unsafe",
+        "-device",
+        "virtio-blk-pci,drive=vda,bootindex=1",
+    ]
     for i, d in enumerate(disks):
         name = "vd" + chr(ord("b") + i)
         # writeback, not unsafe: the guest's result must really reach the file.
-        argv += ["-drive", f"file={_q(d.path)},format={d.format},if=none,id={name},cache=writeback",
-                 "-device", f"virtio-blk-pci,drive={name}"]
+        argv += [
+            "-drive",
+            f"file={_q(d.path)},format={d.format},if=none,id={name},cache=writeback",
+            "-device",
+            f"virtio-blk-pci,drive={name}",
+        ]
     argv += ["-nic", "user,model=virtio-net-pci"] if networking else ["-nic", "none"]
     return argv
 
@@ -194,9 +242,19 @@ class VM:
     The overlay lives in `workdir` and is removed when the VM has ended (unless `keep_overlay`).
     """
 
-    def __init__(self, proc: subprocess.Popen, *, argv: list[str], overlay: Path,
-                 console_log: Path, accel: str, timeout_s: float, started: float,
-                 keep_overlay: bool, stderr_path: Path) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        *,
+        argv: list[str],
+        overlay: Path,
+        console_log: Path,
+        accel: str,
+        timeout_s: float,
+        started: float,
+        keep_overlay: bool,
+        stderr_path: Path,
+    ) -> None:
         self.proc = proc
         self.argv = tuple(argv)
         self.overlay = overlay
@@ -273,12 +331,21 @@ class VM:
                 self.stderr_path.unlink(missing_ok=True)  # keep it only when qemu said something
             if rc != 0 and err and not self._killed_for_timeout:
                 log.warning("qemu exited %s: %s", rc, err.splitlines()[-1])
-            self._result = BootResult(returncode=None if self._killed_for_timeout else rc,
-                                      timed_out=self._killed_for_timeout, wall_s=round(wall, 3),
-                                      console_log=self.console_log, accel=self.accel,
-                                      argv=self.argv)
-            log.info("VM pid %d ended: rc=%s timed_out=%s %.1f s", self.pid, self._result.returncode,
-                     self._result.timed_out, wall)
+            self._result = BootResult(
+                returncode=None if self._killed_for_timeout else rc,
+                timed_out=self._killed_for_timeout,
+                wall_s=round(wall, 3),
+                console_log=self.console_log,
+                accel=self.accel,
+                argv=self.argv,
+            )
+            log.info(
+                "VM pid %d ended: rc=%s timed_out=%s %.1f s",
+                self.pid,
+                self._result.returncode,
+                self._result.timed_out,
+                wall,
+            )
         return self._result
 
     def __enter__(self) -> VM:
@@ -295,11 +362,20 @@ def _as_disk(d: Disk | Path | str) -> Disk:
     return Disk(p, image_format(p))
 
 
-def start(base_image: Path | str, disks: Sequence[Disk | Path | str] = (), *, memory_mb: int = 1024,
-          vcpus: int = 2, networking: bool = True, timeout_s: float = 600.0,
-          console_log: Path | str | None = None, workdir: Path | str,
-          base_format: str | None = None, accel: str | None = None,
-          keep_overlay: bool = False) -> VM:
+def start(
+    base_image: Path | str,
+    disks: Sequence[Disk | Path | str] = (),
+    *,
+    memory_mb: int = 1024,
+    vcpus: int = 2,
+    networking: bool = True,
+    timeout_s: float = 600.0,
+    console_log: Path | str | None = None,
+    workdir: Path | str,
+    base_format: str | None = None,
+    accel: str | None = None,
+    keep_overlay: bool = False,
+) -> VM:
     """Start a VM in the background and return its handle.
 
     The base image is never written: it backs a qcow2 overlay created in `workdir`. `disks`
@@ -307,8 +383,9 @@ def start(base_image: Path | str, disks: Sequence[Disk | Path | str] = (), *, me
     """
     base = Path(base_image).resolve()
     if not base.is_file():
-        raise UserError(f"base image {base} does not exist",
-                        hint="build it with `osgtest-dag image build PLATFORM`")
+        raise UserError(
+            f"base image {base} does not exist", hint="build it with `osgtest-dag image build PLATFORM`"
+        )
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     attach = [_as_disk(d) for d in disks]
@@ -322,10 +399,30 @@ def start(base_image: Path | str, disks: Sequence[Disk | Path | str] = (), *, me
     fd, name = tempfile.mkstemp(prefix="overlay-", suffix=".qcow2", dir=work)
     os.close(fd)
     overlay = Path(name)
-    command.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base,
-                 "-F", base_format or image_format(base), overlay], timeout=60)
-    argv = qemu_argv(overlay, attach, accel=accel, memory_mb=memory_mb, vcpus=vcpus,
-                     networking=networking, console_log=console.resolve())
+    command.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            base,
+            "-F",
+            base_format or image_format(base),
+            overlay,
+        ],
+        timeout=60,
+    )
+    argv = qemu_argv(
+        overlay,
+        attach,
+        accel=accel,
+        memory_mb=memory_mb,
+        vcpus=vcpus,
+        networking=networking,
+        console_log=console.resolve(),
+    )
     stderr_path = work / f"{overlay.stem}.qemu-stderr.log"
     with open(stderr_path, "wb") as err:
         started = time.monotonic()
@@ -334,21 +431,55 @@ def start(base_image: Path | str, disks: Sequence[Disk | Path | str] = (), *, me
         except BaseException:
             overlay.unlink(missing_ok=True)
             raise
-    log.info("VM pid %d started (%s, %d MiB, %d vCPU, net=%s, limit %g s): %s",
-             proc.pid, accel, memory_mb, vcpus, networking, timeout_s, base.name)
-    return VM(proc, argv=argv, overlay=overlay, console_log=console, accel=accel,
-              timeout_s=timeout_s, started=started, keep_overlay=keep_overlay,
-              stderr_path=stderr_path)
+    log.info(
+        "VM pid %d started (%s, %d MiB, %d vCPU, net=%s, limit %g s): %s",
+        proc.pid,
+        accel,
+        memory_mb,
+        vcpus,
+        networking,
+        timeout_s,
+        base.name,
+    )
+    return VM(
+        proc,
+        argv=argv,
+        overlay=overlay,
+        console_log=console,
+        accel=accel,
+        timeout_s=timeout_s,
+        started=started,
+        keep_overlay=keep_overlay,
+        stderr_path=stderr_path,
+    )
 
 
-def boot(base_image: Path | str, disks: Sequence[Disk | Path | str] = (), *, memory_mb: int = 1024,
-         vcpus: int = 2, networking: bool = True, timeout_s: float = 600.0,
-         console_log: Path | str | None = None, workdir: Path | str,
-         base_format: str | None = None, accel: str | None = None) -> BootResult:
+def boot(
+    base_image: Path | str,
+    disks: Sequence[Disk | Path | str] = (),
+    *,
+    memory_mb: int = 1024,
+    vcpus: int = 2,
+    networking: bool = True,
+    timeout_s: float = 600.0,
+    console_log: Path | str | None = None,
+    workdir: Path | str,
+    base_format: str | None = None,
+    accel: str | None = None,
+) -> BootResult:
     """Boot, wait for power-off or the wall-clock limit, return how it ended."""
-    vm = start(base_image, disks, memory_mb=memory_mb, vcpus=vcpus, networking=networking,
-               timeout_s=timeout_s, console_log=console_log, workdir=workdir,
-               base_format=base_format, accel=accel)
+    vm = start(
+        base_image,
+        disks,
+        memory_mb=memory_mb,
+        vcpus=vcpus,
+        networking=networking,
+        timeout_s=timeout_s,
+        console_log=console_log,
+        workdir=workdir,
+        base_format=base_format,
+        accel=accel,
+    )
     try:
         res = vm.wait()
     except BaseException:

@@ -20,8 +20,16 @@ import networkx as nx
 from osgtest_dag.base.errors import Location, UserError
 
 _VARS = re.compile(r'\s*([A-Za-z_+][\w.+]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
-IGNORED = {"DOT", "JOBSTATE_LOG", "NODE_STATUS_FILE", "SET_JOB_ATTR", "ENV", "REJECT",
-           "SAVE_POINT_FILE", "DONE"}
+IGNORED = {
+    "DOT",
+    "JOBSTATE_LOG",
+    "NODE_STATUS_FILE",
+    "SET_JOB_ATTR",
+    "ENV",
+    "REJECT",
+    "SAVE_POINT_FILE",
+    "DONE",
+}
 
 
 @dataclass
@@ -35,8 +43,8 @@ class Script:
 @dataclass
 class Node:
     name: str
-    submit_file: str | None          # None for SUBDAG EXTERNAL (see dag_file)
-    kind: str = "job"                # job | subdag | final
+    submit_file: str | None  # None for SUBDAG EXTERNAL (see dag_file)
+    kind: str = "job"  # job | subdag | final
     dag_file: str | None = None
     dir: str | None = None
     noop: bool = False
@@ -134,8 +142,16 @@ def parse(path: Path) -> Dag:
             maxjobs[toks[1]] = int(toks[2])
         elif word == "NODE_STATUS_FILE":
             status = toks[1] if len(toks) > 1 else None
-        elif word in ("VARS", "RETRY", "SCRIPT", "PRIORITY", "CATEGORY", "PARENT",
-                      "ABORT-DAG-ON", "PRE_SKIP"):
+        elif word in (
+            "VARS",
+            "RETRY",
+            "SCRIPT",
+            "PRIORITY",
+            "CATEGORY",
+            "PARENT",
+            "ABORT-DAG-ON",
+            "PRE_SKIP",
+        ):
             deferred.append((n, toks))
         elif word in IGNORED:
             continue
@@ -151,7 +167,7 @@ def parse(path: Path) -> Dag:
         word = toks[0].upper()
         if word == "VARS":
             if len(toks) < 3:
-                err(n, "VARS needs a node name and name=\"value\" pairs")
+                err(n, 'VARS needs a node name and name="value" pairs')
             pairs = {}
             text = toks[2]
             pos = 0
@@ -159,7 +175,7 @@ def parse(path: Path) -> Dag:
                 m = _VARS.match(text, pos)
                 if not m:
                     if text[pos:].strip():
-                        err(n, f"bad VARS syntax near {text[pos:pos + 30]!r}", 'write name="value"')
+                        err(n, f"bad VARS syntax near {text[pos : pos + 30]!r}", 'write name="value"')
                     break
                 pairs[m.group(1)] = re.sub(r"\\(.)", r"\1", m.group(2))
                 pos = m.end()
@@ -182,8 +198,12 @@ def parse(path: Path) -> Dag:
                 i += 3
             which = toks[i].upper()
             node = node_of(n, toks[i + 1])
-            script = Script(executable=toks[i + 2], arguments=toks[i + 3:],
-                            defer_status=defer[0] if defer else None, defer_time=defer[1] if defer else 0)
+            script = Script(
+                executable=toks[i + 2],
+                arguments=toks[i + 3 :],
+                defer_status=defer[0] if defer else None,
+                defer_time=defer[1] if defer else 0,
+            )
             if which == "PRE":
                 node.pre = script
             elif which == "POST":
@@ -204,7 +224,7 @@ def parse(path: Path) -> Dag:
             if "CHILD" not in upper:
                 err(n, "PARENT without CHILD")
             c = upper.index("CHILD")
-            parents, children = toks[1:c], toks[c + 1:]
+            parents, children = toks[1:c], toks[c + 1 :]
             if not parents or not children:
                 err(n, "PARENT ... CHILD ... needs nodes on both sides")
             for p in parents:
@@ -216,8 +236,15 @@ def parse(path: Path) -> Dag:
     if pending_all_vars:
         for node in nodes.values():
             node.vars = {**pending_all_vars, **node.vars}
-    return Dag(path=path, nodes=nodes, edges=edges, maxjobs=maxjobs, config=config,
-               node_status_file=status, final=final)
+    return Dag(
+        path=path,
+        nodes=nodes,
+        edges=edges,
+        maxjobs=maxjobs,
+        config=config,
+        node_status_file=status,
+        final=final,
+    )
 
 
 def check(dag: Dag, base: Path | None = None) -> None:
@@ -231,6 +258,8 @@ def check(dag: Dag, base: Path | None = None) -> None:
         f = node.dag_file if node.kind == "subdag" else node.submit_file
         d = base / node.dir if node.dir else base
         if f and not node.noop and not (d / f).is_file():
-            raise UserError(f"node {node.name} refers to a missing file {f}", where=Location(dag.path, node.line))
+            raise UserError(
+                f"node {node.name} refers to a missing file {f}", where=Location(dag.path, node.line)
+            )
     if dag.config and not (base / dag.config).is_file():
         raise UserError(f"missing DAGMan config file {dag.config}", where=dag.path)

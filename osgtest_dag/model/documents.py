@@ -22,7 +22,7 @@ from osgtest_dag.base.errors import UserError
 
 JsonObject = dict[str, Any]
 
-DOCUMENT_CAP = 16 << 20     # bytes of a JSON document we read (guest-written ones included)
+DOCUMENT_CAP = 16 << 20  # bytes of a JSON document we read (guest-written ones included)
 
 
 # ------------------------------------------------------------------------------ the reader
@@ -47,8 +47,9 @@ def parse_json(text: str | bytes, where: Path | str) -> Any:
         raise UserError(f"not valid JSON: {e}", where=where) from None
 
 
-def read_json(path: Path, *, missing: str | None = None, hint: str | None = None,
-              nofollow: bool = False) -> Any:
+def read_json(
+    path: Path, *, missing: str | None = None, hint: str | None = None, nofollow: bool = False
+) -> Any:
     """A JSON file's value. UserError naming the file when it is missing (`missing` says what
     that means), unreadable or not JSON. `nofollow`: refuse symlinks (files a guest wrote)."""
     path = Path(path)
@@ -61,26 +62,93 @@ def read_json(path: Path, *, missing: str | None = None, hint: str | None = None
     return parse_json(raw.decode("utf-8", errors="replace"), path)
 
 
-def check_document(data: Any, schema: str, version: int, where: Path | str,
-                   hint: str | None = None) -> JsonObject:
+def check_document(
+    data: Any, schema: str, version: int, where: Path | str, hint: str | None = None
+) -> JsonObject:
     """`data` when it is a `schema` document of `version`; else UserError naming `where`."""
     if not isinstance(data, dict) or data.get("schema") != schema:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise UserError(f"not an {schema} document (found {found!r})", where=where, hint=hint)
     if data.get("version") != version:
-        raise UserError(f"{schema} version {data.get('version')!r}; this tool reads version {version}",
-                        where=where, hint=hint)
+        raise UserError(
+            f"{schema} version {data.get('version')!r}; this tool reads version {version}",
+            where=where,
+            hint=hint,
+        )
     return data
 
 
-def read_document(path: Path, schema: str, version: int, *, missing: str | None = None,
-                  hint: str | None = None, nofollow: bool = False) -> JsonObject:
-    return check_document(read_json(path, missing=missing, hint=hint, nofollow=nofollow),
-                          schema, version, path, hint)
+def read_document(
+    path: Path,
+    schema: str,
+    version: int,
+    *,
+    missing: str | None = None,
+    hint: str | None = None,
+    nofollow: bool = False,
+) -> JsonObject:
+    return check_document(
+        read_json(path, missing=missing, hint=hint, nofollow=nofollow), schema, version, path, hint
+    )
 
 
 def dump_json(data: Any) -> str:
     return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+
+
+class Fields:
+    """Typed reads of one JSON object's fields, for the documents' from_json: a missing or
+    mistyped field is a UserError naming the file and the field (`repositories.initial.enable`)."""
+
+    def __init__(self, data: Any, where: Path | str, prefix: str = "") -> None:
+        if not isinstance(data, dict):
+            raise UserError(f"`{prefix.rstrip('.') or 'document'}` is not an object", where=where)
+        self.data: Mapping[str, Any] = data
+        self.where = where
+        self.prefix = prefix
+
+    def _bad(self, key: str, want: str) -> UserError:
+        if key not in self.data:
+            return UserError(f"`{self.prefix}{key}` is missing", where=self.where)
+        return UserError(f"`{self.prefix}{key}` is not {want} (found {self.data[key]!r})", where=self.where)
+
+    def text(self, key: str) -> str:
+        value = self.data.get(key)
+        if not isinstance(value, str):
+            raise self._bad(key, "a string")
+        return value
+
+    def opt_text(self, key: str) -> str | None:
+        return None if self.data.get(key) is None else self.text(key)
+
+    def integer(self, key: str) -> int:
+        value = self.data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self._bad(key, "an integer")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key)
+        if not isinstance(value, bool):
+            raise self._bad(key, "true or false")
+        return value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.data.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._bad(key, "a list of strings")
+        return tuple(value)
+
+    def obj(self, key: str) -> Fields:
+        if not isinstance(self.data.get(key), dict):
+            raise self._bad(key, "an object")
+        return Fields(self.data[key], self.where, f"{self.prefix}{key}.")
+
+    def opt_obj(self, key: str) -> Fields | None:
+        return None if self.data.get(key) is None else self.obj(key)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
 
 
 def _opt_int(value: Any) -> int | None:
@@ -101,10 +169,10 @@ def _opt_float(value: Any) -> float | None:
 class Verdict(enum.Enum):
     """What the POST script made of a VM attempt."""
 
-    DONE = "done"                 # the guest finished its payload: a product result
-    INFRA = "infra"               # infrastructure trouble, worth another attempt
-    INFRA_FATAL = "infra-fatal"   # infrastructure trouble a retry cannot fix
-    TIMEOUT = "timeout"           # the VM was killed at its wall-clock limit
+    DONE = "done"  # the guest finished its payload: a product result
+    INFRA = "infra"  # infrastructure trouble, worth another attempt
+    INFRA_FATAL = "infra-fatal"  # infrastructure trouble a retry cannot fix
+    TIMEOUT = "timeout"  # the VM was killed at its wall-clock limit
 
 
 @dataclass(frozen=True)
@@ -112,28 +180,40 @@ class PostDecision:
     attempt: int
     verdict: Verdict
     reason: str
-    exit: int                      # what the POST script returned to DAGMan
+    exit: int  # what the POST script returned to DAGMan
     max_retries: int = 0
-    job_exit: int | None = None    # $RETURN
+    job_exit: int | None = None  # $RETURN
     time: str | None = None
     guest_status: str | None = None
     guest_exit_code: int | None = None
 
     def to_json(self) -> JsonObject:
-        return {"attempt": self.attempt, "verdict": self.verdict.value, "reason": self.reason,
-                "exit": self.exit, "max_retries": self.max_retries, "job_exit": self.job_exit,
-                "time": self.time, "guest_status": self.guest_status,
-                "guest_exit_code": self.guest_exit_code}
+        return {
+            "attempt": self.attempt,
+            "verdict": self.verdict.value,
+            "reason": self.reason,
+            "exit": self.exit,
+            "max_retries": self.max_retries,
+            "job_exit": self.job_exit,
+            "time": self.time,
+            "guest_status": self.guest_status,
+            "guest_exit_code": self.guest_exit_code,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], where: Path | str) -> PostDecision:
         try:
-            return cls(attempt=int(data["attempt"]), verdict=Verdict(data["verdict"]),
-                       reason=str(data["reason"]), exit=int(data["exit"]),
-                       max_retries=int(data.get("max_retries") or 0),
-                       job_exit=_opt_int(data.get("job_exit")), time=_opt_str(data.get("time")),
-                       guest_status=_opt_str(data.get("guest_status")),
-                       guest_exit_code=_opt_int(data.get("guest_exit_code")))
+            return cls(
+                attempt=int(data["attempt"]),
+                verdict=Verdict(data["verdict"]),
+                reason=str(data["reason"]),
+                exit=int(data["exit"]),
+                max_retries=int(data.get("max_retries") or 0),
+                job_exit=_opt_int(data.get("job_exit")),
+                time=_opt_str(data.get("time")),
+                guest_status=_opt_str(data.get("guest_status")),
+                guest_exit_code=_opt_int(data.get("guest_exit_code")),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"bad POST decision: {e!r}", where=where) from None
 
@@ -150,8 +230,11 @@ class PostHistory:
         return PostHistory((*self.decisions, decision))
 
     def to_json(self) -> JsonObject:
-        return {"schema": self.SCHEMA, "version": self.VERSION,
-                "decisions": [d.to_json() for d in self.decisions]}
+        return {
+            "schema": self.SCHEMA,
+            "version": self.VERSION,
+            "decisions": [d.to_json() for d in self.decisions],
+        }
 
     @classmethod
     def from_json(cls, data: Any, where: Path | str) -> PostHistory:
@@ -177,25 +260,39 @@ class VmRecord:
     SCHEMA = "osgtest-dag/local-vm"
     VERSION = 1
     node: str
-    starts: int                   # which start of the job this was (1, 2, ...)
-    timed_out: bool               # killed at its wall-clock limit
+    starts: int  # which start of the job this was (1, 2, ...)
+    timed_out: bool  # killed at its wall-clock limit
     wall_s: float | None = None
     returncode: int | None = None
     accel: str | None = None
-    console: str | None = None    # relative to the cell directory
+    console: str | None = None  # relative to the cell directory
 
     def to_json(self) -> JsonObject:
-        return {"schema": self.SCHEMA, "version": self.VERSION, "node": self.node,
-                "starts": self.starts, "timed_out": self.timed_out, "wall_s": self.wall_s,
-                "returncode": self.returncode, "accel": self.accel, "console": self.console}
+        return {
+            "schema": self.SCHEMA,
+            "version": self.VERSION,
+            "node": self.node,
+            "starts": self.starts,
+            "timed_out": self.timed_out,
+            "wall_s": self.wall_s,
+            "returncode": self.returncode,
+            "accel": self.accel,
+            "console": self.console,
+        }
 
     @classmethod
     def from_json(cls, data: Any, where: Path | str) -> VmRecord:
         doc = check_document(data, cls.SCHEMA, cls.VERSION, where)
         try:
-            return cls(node=str(doc["node"]), starts=int(doc["starts"]), timed_out=bool(doc["timed_out"]),
-                       wall_s=_opt_float(doc.get("wall_s")), returncode=_opt_int(doc.get("returncode")),
-                       accel=_opt_str(doc.get("accel")), console=_opt_str(doc.get("console")))
+            return cls(
+                node=str(doc["node"]),
+                starts=int(doc["starts"]),
+                timed_out=bool(doc["timed_out"]),
+                wall_s=_opt_float(doc.get("wall_s")),
+                returncode=_opt_int(doc.get("returncode")),
+                accel=_opt_str(doc.get("accel")),
+                console=_opt_str(doc.get("console")),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"bad local VM record: {e!r}", where=where) from None
 
@@ -231,21 +328,32 @@ GUEST_STATUSES = ("pass", "test", "install", "update", "repos", "network", "payl
 @dataclass(frozen=True)
 class Phase:
     name: str
-    status: str | None = None      # ok | failed | skipped
+    status: str | None = None  # ok | failed | skipped
     exit_code: int | None = None
     start: str | None = None
     end: str | None = None
     log: str | None = None
 
     def to_json(self) -> JsonObject:
-        return {"name": self.name, "start": self.start, "end": self.end, "exit_code": self.exit_code,
-                "status": self.status, "log": self.log}
+        return {
+            "name": self.name,
+            "start": self.start,
+            "end": self.end,
+            "exit_code": self.exit_code,
+            "status": self.status,
+            "log": self.log,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Phase:
-        return cls(name=str(data.get("name")), status=_opt_str(data.get("status")),
-                   exit_code=_opt_int(data.get("exit_code")), start=_opt_str(data.get("start")),
-                   end=_opt_str(data.get("end")), log=_opt_str(data.get("log")))
+        return cls(
+            name=str(data.get("name")),
+            status=_opt_str(data.get("status")),
+            exit_code=_opt_int(data.get("exit_code")),
+            start=_opt_str(data.get("start")),
+            end=_opt_str(data.get("end")),
+            log=_opt_str(data.get("log")),
+        )
 
 
 @dataclass(frozen=True)
@@ -268,25 +376,38 @@ class GuestResult:
         return next((p for p in self.phases if p.name == name), None)
 
     def to_json(self) -> JsonObject:
-        return {"schema": self.SCHEMA, "version": self.VERSION, "serial": self.serial,
-                "started": self.started, "finished": self.finished,
-                "current_phase": self.current_phase, "phases": [p.to_json() for p in self.phases],
-                "status": self.status, "exit_code": self.exit_code, "message": self.message}
+        return {
+            "schema": self.SCHEMA,
+            "version": self.VERSION,
+            "serial": self.serial,
+            "started": self.started,
+            "finished": self.finished,
+            "current_phase": self.current_phase,
+            "phases": [p.to_json() for p in self.phases],
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "message": self.message,
+        }
 
     @classmethod
     def from_json(cls, data: Any, where: Path | str) -> GuestResult:
         doc = check_document(data, cls.SCHEMA, cls.VERSION, where)
         phases = doc.get("phases")
-        return cls(status=_opt_str(doc.get("status")), exit_code=_opt_int(doc.get("exit_code")),
-                   serial=_opt_str(doc.get("serial")), started=_opt_str(doc.get("started")),
-                   finished=_opt_str(doc.get("finished")),
-                   current_phase=_opt_str(doc.get("current_phase")), message=_opt_str(doc.get("message")),
-                   phases=tuple(Phase.from_json(p) for p in phases if isinstance(p, dict))
-                   if isinstance(phases, list) else ())
+        return cls(
+            status=_opt_str(doc.get("status")),
+            exit_code=_opt_int(doc.get("exit_code")),
+            serial=_opt_str(doc.get("serial")),
+            started=_opt_str(doc.get("started")),
+            finished=_opt_str(doc.get("finished")),
+            current_phase=_opt_str(doc.get("current_phase")),
+            message=_opt_str(doc.get("message")),
+            phases=tuple(Phase.from_json(p) for p in phases if isinstance(p, dict))
+            if isinstance(phases, list)
+            else (),
+        )
 
     @classmethod
     def read(cls, path: Path) -> GuestResult:
         """The result in `path` (never through a symlink); UserError naming it when it is
         unreadable or not a guest result."""
         return cls.from_json(read_json(path, nofollow=True), path)
-

@@ -11,8 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.model.documents import (GuestResult, JsonObject, PostHistory, VmRecord, check_document,
-                                         read_json)
+from osgtest_dag.model.documents import (
+    GuestResult,
+    JsonObject,
+    PostHistory,
+    VmRecord,
+    check_document,
+    read_json,
+)
 from osgtest_dag.model.outcome import Evidence, JobFacts, Outcome
 from osgtest_dag.model.rundir import CellDir
 
@@ -33,8 +39,7 @@ def read_extraction(cell: CellDir) -> JsonObject | None:
     UserError naming the file when it is not one."""
     if not cell.extraction.is_file():
         return None
-    return check_document(read_json(cell.extraction), EXTRACTION_SCHEMA, EXTRACTION_VERSION,
-                          cell.extraction)
+    return check_document(read_json(cell.extraction), EXTRACTION_SCHEMA, EXTRACTION_VERSION, cell.extraction)
 
 
 def gather(cell: CellDir, *, job: JobFacts | None = None, log: LogVerdict | None = None) -> Evidence:
@@ -62,7 +67,14 @@ def gather(cell: CellDir, *, job: JobFacts | None = None, log: LogVerdict | None
     else:
         if rep is not None and not rep.get("ok", True):
             extraction_error = str(rep.get("error") or "extraction failed")
-    return Evidence(guest=guest, guest_error=guest_error,
-                    log_outcome=log.outcome if log else None, log_reason=log.reason if log else None,
-                    post_vm=post, vm_records=vms, job=job, extraction_error=extraction_error,
-                    record_error=record_error)
+    return Evidence(
+        guest=guest,
+        guest_error=guest_error,
+        log_outcome=log.outcome if log else None,
+        log_reason=log.reason if log else None,
+        post_vm=post,
+        vm_records=vms,
+        job=job,
+        extraction_error=extraction_error,
+        record_error=record_error,
+    )

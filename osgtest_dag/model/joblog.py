@@ -39,9 +39,9 @@ class JobState(enum.Enum):
     IDLE = "idle"
     RUNNING = "running"
     HELD = "held"
-    DONE = "done"            # terminated normally with exit code 0
-    FAILED = "failed"        # terminated with another exit code, or by a signal
-    REMOVED = "removed"      # aborted (condor_rm, periodic_remove, DAGMan's removal)
+    DONE = "done"  # terminated normally with exit code 0
+    FAILED = "failed"  # terminated with another exit code, or by a signal
+    REMOVED = "removed"  # aborted (condor_rm, periodic_remove, DAGMan's removal)
 
     @property
     def final(self) -> bool:
@@ -51,16 +51,16 @@ class JobState(enum.Enum):
 class AttemptEnd(enum.Enum):
     """How one execution (from its EXECUTE event) ended."""
 
-    RUNNING = "running"                    # no end in the log (yet)
-    LOST = "lost"                          # the job started again with no end logged for this one
-    EXITED = "exited"                      # terminated normally (any exit code)
-    SIGNALED = "signaled"                  # terminated by a signal
+    RUNNING = "running"  # no end in the log (yet)
+    LOST = "lost"  # the job started again with no end logged for this one
+    EXITED = "exited"  # terminated normally (any exit code)
+    SIGNALED = "signaled"  # terminated by a signal
     SHADOW_EXCEPTION = "shadow_exception"
     HELD = "held"
     EVICTED = "evicted"
     RECONNECT_FAILED = "reconnect_failed"
-    REMOTE_ERROR = "remote_error"          # an error the starter reported (then an eviction)
-    REMOVED = "removed"                    # aborted while running
+    REMOTE_ERROR = "remote_error"  # an error the starter reported (then an eviction)
+    REMOVED = "removed"  # aborted while running
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Hold:
     reason: str
     code: int | None
     subcode: int | None
-    host: str | None          # where the job was running when held (None: held while idle)
+    host: str | None  # where the job was running when held (None: held while idle)
 
     @property
     def at_wall_clock_limit(self) -> bool:
@@ -80,11 +80,11 @@ class Hold:
 class Attempt:
     """One execution of a job on an execute host."""
 
-    host: str | None          # None: a termination with no EXECUTE event before it
+    host: str | None  # None: a termination with no EXECUTE event before it
     start: int | None
     end: int | None
     ending: AttemptEnd
-    reason: str = ""          # the message of the event that ended it
+    reason: str = ""  # the message of the event that ended it
     exit_code: int | None = None
     exit_signal: int | None = None
     hold: Hold | None = None
@@ -96,12 +96,12 @@ class JobRecord:
 
     cluster: int
     proc: int
-    node: str | None                      # the DAG node that submitted it (DAGMan's note)
+    node: str | None  # the DAG node that submitted it (DAGMan's note)
     state: JobState
     submitted: int | None
-    ended: int | None                     # terminated or removed
-    exit_code: int | None                 # on a normal termination
-    exit_signal: int | None               # on a termination by a signal
+    ended: int | None  # terminated or removed
+    exit_code: int | None  # on a normal termination
+    exit_signal: int | None  # on a termination by a signal
     attempts: tuple[Attempt, ...]
     holds: tuple[Hold, ...]
     released: int
@@ -194,14 +194,31 @@ class _Fold:
     removed_reason: str = ""
     shadow_exceptions: list[str] = field(default_factory=list)
     events: int = 0
-    just_evicted: bool = False    # the job's previous event ended an execution by eviction
+    just_evicted: bool = False  # the job's previous event ended an execution by eviction
 
-    def close(self, t: int, ending: AttemptEnd, reason: str = "", *, exit_code: int | None = None,
-              exit_signal: int | None = None, hold: Hold | None = None) -> None:
+    def close(
+        self,
+        t: int,
+        ending: AttemptEnd,
+        reason: str = "",
+        *,
+        exit_code: int | None = None,
+        exit_signal: int | None = None,
+        hold: Hold | None = None,
+    ) -> None:
         if self.open is not None:
-            self.attempts.append(Attempt(host=self.open.host, start=self.open.start, end=t, ending=ending,
-                                         reason=reason, exit_code=exit_code, exit_signal=exit_signal,
-                                         hold=hold))
+            self.attempts.append(
+                Attempt(
+                    host=self.open.host,
+                    start=self.open.start,
+                    end=t,
+                    ending=ending,
+                    reason=reason,
+                    exit_code=exit_code,
+                    exit_signal=exit_signal,
+                    hold=hold,
+                )
+            )
             self.open = None
 
     def add(self, ev: Any) -> None:
@@ -214,10 +231,15 @@ class _Fold:
             self.node = _node_name(ev) or self.node
         elif kind == _EV.EXECUTE:
             if self.open is not None:
-                self.attempts.append(Attempt(host=self.open.host, start=self.open.start, end=None,
-                                             ending=AttemptEnd.LOST))
-            self.open = Attempt(host=_execute_host(ev.get("SlotName"), ev.get("ExecuteHost")), start=t, end=None,
-                                ending=AttemptEnd.RUNNING)
+                self.attempts.append(
+                    Attempt(host=self.open.host, start=self.open.start, end=None, ending=AttemptEnd.LOST)
+                )
+            self.open = Attempt(
+                host=_execute_host(ev.get("SlotName"), ev.get("ExecuteHost")),
+                start=t,
+                end=None,
+                ending=AttemptEnd.RUNNING,
+            )
             self.state = JobState.RUNNING
         elif kind == _EV.JOB_TERMINATED:
             self.ended = t
@@ -230,7 +252,7 @@ class _Fold:
                 self.exit_signal = _int(ev.get("TerminatedBySignal"))
                 ending, reason = AttemptEnd.SIGNALED, f"signal {self.exit_signal}"
                 self.state = JobState.FAILED
-            if self.open is None:    # no EXECUTE event before it in this log
+            if self.open is None:  # no EXECUTE event before it in this log
                 self.open = Attempt(host=None, start=None, end=None, ending=AttemptEnd.RUNNING)
             self.close(t, ending, reason, exit_code=self.exit_code, exit_signal=self.exit_signal)
         elif kind == _EV.JOB_ABORTED:
@@ -244,9 +266,13 @@ class _Fold:
                 # Holding a running job: the shadow logs the job's eviction, then the schedd the
                 # hold. The hold, not an eviction, ended that execution.
                 self.open = self.attempts.pop()
-            hold = Hold(time=t, reason=_text(ev.get("HoldReason")), code=_int(ev.get("HoldReasonCode")),
-                        subcode=_int(ev.get("HoldReasonSubCode")),
-                        host=self.open.host if self.open is not None else None)
+            hold = Hold(
+                time=t,
+                reason=_text(ev.get("HoldReason")),
+                code=_int(ev.get("HoldReasonCode")),
+                subcode=_int(ev.get("HoldReasonSubCode")),
+                host=self.open.host if self.open is not None else None,
+            )
             self.holds.append(hold)
             self.state = JobState.HELD
             self.close(t, AttemptEnd.HELD, hold.reason, hold=hold)
@@ -263,20 +289,35 @@ class _Fold:
             if kind == _EV.JOB_EVICTED:
                 self.evicted += 1
                 self.just_evicted = self.open is not None
-            ending = {_EV.JOB_EVICTED: AttemptEnd.EVICTED, _EV.JOB_RECONNECT_FAILED: AttemptEnd.RECONNECT_FAILED,
-                      _EV.REMOTE_ERROR: AttemptEnd.REMOTE_ERROR}[kind]
+            ending = {
+                _EV.JOB_EVICTED: AttemptEnd.EVICTED,
+                _EV.JOB_RECONNECT_FAILED: AttemptEnd.RECONNECT_FAILED,
+                _EV.REMOTE_ERROR: AttemptEnd.REMOTE_ERROR,
+            }[kind]
             self.close(t, ending, _text(ev.get("ErrorMsg") or ev.get("Reason")))
             if kind != _EV.REMOTE_ERROR and self.state == JobState.RUNNING:
                 self.state = JobState.IDLE
 
     def freeze(self) -> JobRecord:
         attempts = (*self.attempts, self.open) if self.open is not None else tuple(self.attempts)
-        return JobRecord(cluster=self.cluster, proc=self.proc, node=self.node, state=self.state,
-                         submitted=self.submitted, ended=self.ended, exit_code=self.exit_code,
-                         exit_signal=self.exit_signal, attempts=attempts, holds=tuple(self.holds),
-                         released=self.released, evicted=self.evicted, aborted=self.aborted,
-                         removed_reason=self.removed_reason, shadow_exceptions=tuple(self.shadow_exceptions),
-                         events=self.events)
+        return JobRecord(
+            cluster=self.cluster,
+            proc=self.proc,
+            node=self.node,
+            state=self.state,
+            submitted=self.submitted,
+            ended=self.ended,
+            exit_code=self.exit_code,
+            exit_signal=self.exit_signal,
+            attempts=attempts,
+            holds=tuple(self.holds),
+            released=self.released,
+            evicted=self.evicted,
+            aborted=self.aborted,
+            removed_reason=self.removed_reason,
+            shadow_exceptions=tuple(self.shadow_exceptions),
+            events=self.events,
+        )
 
 
 def fold_events(events: Iterable[Any]) -> tuple[JobRecord, ...]:

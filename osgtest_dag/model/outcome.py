@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import overload
 from dataclasses import dataclass
+from typing import overload
 
 from osgtest_dag.model.documents import GuestResult, PostDecision, Verdict, VmRecord
 
@@ -103,7 +103,9 @@ class Outcome(enum.Enum):
         try:
             return cls(value)
         except ValueError:
-            raise ValueError(f"unknown outcome {value!r} (one of {', '.join(o.value for o in cls)})") from None
+            raise ValueError(
+                f"unknown outcome {value!r} (one of {', '.join(o.value for o in cls)})"
+            ) from None
 
     @overload
     @classmethod
@@ -148,8 +150,8 @@ class JobFacts:
 
     starts: int = 0
     hosts: tuple[str, ...] = ()
-    timed_out: bool = False          # held at its wall-clock limit (WALL_CLOCK_HOLD)
-    reason: str | None = None        # why the job last stopped: the hold or removal
+    timed_out: bool = False  # held at its wall-clock limit (WALL_CLOCK_HOLD)
+    reason: str | None = None  # why the job last stopped: the hold or removal
 
 
 # periodic_hold's HoldReasonCode (3) with the periodic_hold_subcode test-run.sub sets (1): the
@@ -167,21 +169,23 @@ class Evidence:
     the osg-test log, then the job and node events (post-vm.json, local-vm.json, the job log)."""
 
     guest: GuestResult | None = None
-    guest_error: str | None = None       # result.json exists but cannot be read
-    log_outcome: Outcome | None = None   # from the osg-test log (osgtest_log.classify)
+    guest_error: str | None = None  # result.json exists but cannot be read
+    log_outcome: Outcome | None = None  # from the osg-test log (osgtest_log.classify)
     log_reason: str | None = None
     post_vm: tuple[PostDecision, ...] = ()
     vm_records: tuple[VmRecord, ...] = ()
     job: JobFacts | None = None
     extraction_error: str | None = None  # the result disk could not be read (extract.py)
-    record_error: str | None = None      # post-vm.json or local-vm.json cannot be read
+    record_error: str | None = None  # post-vm.json or local-vm.json cannot be read
 
     @property
     def vm_timed_out(self) -> bool:
         """The VM was killed, or held, at its wall-clock limit."""
-        return (any(r.timed_out for r in self.vm_records)
-                or any(d.verdict is Verdict.TIMEOUT for d in self.post_vm)
-                or bool(self.job and self.job.timed_out))
+        return (
+            any(r.timed_out for r in self.vm_records)
+            or any(d.verdict is Verdict.TIMEOUT for d in self.post_vm)
+            or bool(self.job and self.job.timed_out)
+        )
 
     @property
     def job_reason(self) -> str | None:
@@ -229,8 +233,9 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
             if e.log_outcome is not None and e.log_outcome is not Outcome.PASS:
                 return e.log_outcome, e.log_reason or "tests failed"
             if e.log_outcome is Outcome.PASS:
-                return Outcome.FAIL, (f"the test command failed (exit {code}) although the "
-                                      "osg-test log shows no failure")
+                return Outcome.FAIL, (
+                    f"the test command failed (exit {code}) although the osg-test log shows no failure"
+                )
             return Outcome.FAIL, f"the test command failed (exit {code})"
         if status == "install":
             return Outcome.INSTALL, f"installing the package set failed (exit {_exit_code(g, 'install')})"
@@ -249,7 +254,7 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
                 return Outcome.TIMEOUT, e.log_reason or "osg-test timed out"
             return Outcome.INFRA, f"the guest stopped during {where} (crash or power-off)"
         return Outcome.INFRA, f"the guest reported an unknown status {status!r}"
-    if e.log_outcome is not None:      # an output with an osg-test log but no result.json
+    if e.log_outcome is not None:  # an output with an osg-test log but no result.json
         return e.log_outcome, e.log_reason or e.log_outcome.description
     if e.extraction_error:
         return Outcome.INFRA, f"result disk unreadable: {e.extraction_error}"
@@ -257,8 +262,12 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
         return Outcome.INFRA, e.record_error
     if e.vm_timed_out:
         last_timeout = next((d for d in reversed(e.post_vm) if d.verdict is Verdict.TIMEOUT), None)
-        return Outcome.TIMEOUT, ((e.job.reason if e.job else None) or (last_timeout.reason if last_timeout else None)
-                                 or e.job_reason or "the VM was stopped at its time limit")
+        return Outcome.TIMEOUT, (
+            (e.job.reason if e.job else None)
+            or (last_timeout.reason if last_timeout else None)
+            or e.job_reason
+            or "the VM was stopped at its time limit"
+        )
     if e.post_vm:
         last = e.post_vm[-1]
         n = len(e.post_vm)

@@ -2,7 +2,7 @@
 
 A run directory (written by `generate`, filled by the nodes and the engines):
 
-    run.json            the run manifest (documents.RunManifest)
+    run.json            the run manifest (manifest.RunManifest)
     cells.jsonl         every cell's configuration, one JSON object a line
     params/             copies of the parameter files used
     submit/*.sub        submit descriptions
@@ -66,7 +66,7 @@ class NodeName:
     @classmethod
     def parse_or_none(cls, name: str) -> NodeName | None:
         for layer in LAYERS:
-            serial = name[len(layer):]
+            serial = name[len(layer) :]
             if name.startswith(layer) and serial and not any(ch.isspace() for ch in serial):
                 return cls(layer, serial)
         return None
@@ -103,7 +103,7 @@ REPORT_FILES = {"text": "report.txt", "html": "report.html", "junit": "junit.xml
 
 CELL_CONFIG = "cell.json"
 OUTPUT_DIR = "output"
-GUEST_RESULT = "result.json"          # in output/ (docs/contracts.md §2)
+GUEST_RESULT = "result.json"  # in output/ (docs/contracts.md §2)
 POST_VM = "post-vm.json"
 LOCAL_VM = "local-vm.json"
 EXTRACTION = "extraction.json"

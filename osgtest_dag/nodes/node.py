@@ -15,14 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from osgtest_dag.analyze import results
-from osgtest_dag.generate import cellconfig
+from osgtest_dag.analyze.extract import ExtractJob, extract_disks
 from osgtest_dag.base.atomic import write_json_atomic, write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
-from osgtest_dag.generate.workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK, load_manifest
-from osgtest_dag.model.documents import (GuestResult, PostDecision, PostHistory, Verdict, VmRecord, dump_json,
-                                         read_json)
+from osgtest_dag.generate import cellconfig
+from osgtest_dag.generate.workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK
+from osgtest_dag.guest.iodisk import make_iodisk
+from osgtest_dag.model.documents import (
+    GuestResult,
+    PostDecision,
+    PostHistory,
+    Verdict,
+    VmRecord,
+    dump_json,
+    read_json,
+)
+from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.model.rundir import REPORT_FILES, SOURCE_STAMP, TEST_RUN, CellDir, NodeName, RunDir
+from osgtest_dag.report.email import SmtpSettings, build_message, send
 from osgtest_dag.report.render import render
 
 log = logging.getLogger(__name__)
@@ -39,24 +51,26 @@ def cell_dir(run_dir: Path, serial: str) -> CellDir:
     cell = RunDir(run_dir).cell(serial)
     if not cell.config.is_file():
         cellconfig.read_cell(run_dir, serial)  # a clear error for a serial not in the run
-        raise UserError(f"cell {serial} has no working directory yet", where=cell.path,
-                        hint="its CreateDisk node makes it: run the workflow, or `osgtest-dag node create-io-disk`")
+        raise UserError(
+            f"cell {serial} has no working directory yet",
+            where=cell.path,
+            hint="its CreateDisk node makes it: run the workflow, or `osgtest-dag node create-io-disk`",
+        )
     return cell
 
 
 def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Path:
     """Make the cell's directory and IO disk from its configuration (the CreateDisk node)."""
-    from osgtest_dag.guest.iodisk import make_iodisk
-    manifest = load_manifest(run_dir)
+    opts = RunManifest.read(run_dir).options
     cfg = cellconfig.read_cell(run_dir, serial, offset)
     cell = RunDir(run_dir).cell(serial)
     cell.path.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cell.config, cfg)
-    opts = manifest["options"]
+    write_json_atomic(cell.config, cfg.to_json())
     with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
         cellconfig.write_input_dir(cfg, Path(tmp) / "input")
-        make_iodisk(Path(tmp) / "input", cell.io_disk,
-                    size_mb=opts.get("iodisk_size_mb", 64), backend=opts.get("iodisk_backend", "mke2fs"))
+        make_iodisk(
+            Path(tmp) / "input", cell.io_disk, size_mb=opts.iodisk_size_mb, backend=opts.iodisk_backend
+        )
     return cell.io_disk
 
 
@@ -65,7 +79,6 @@ def read_guest_result(disk: Path, staging: Path) -> tuple[Path, GuestResult | No
     (the guest wrote the disk: read-only, no backing files, no links, capped). Returns that
     directory, the guest's result.json (None when the payload left none) and the extraction
     report; RuntimeError when the disk was refused or unreadable."""
-    from osgtest_dag.analyze.extract import ExtractJob, extract_disks
     out = staging / "output"
     (report,) = extract_disks([ExtractJob(Path(disk), out)])
     if not report["ok"]:
@@ -75,7 +88,7 @@ def read_guest_result(disk: Path, staging: Path) -> tuple[Path, GuestResult | No
         return out, None, report
     try:
         return out, GuestResult.read(rj), report
-    except UserError:          # a guest that died while writing it
+    except UserError:  # a guest that died while writing it
         return out, GuestResult(status="running"), report
 
 
@@ -95,17 +108,26 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
     serial = name.serial
     cell = cell_dir(run_dir, serial)
     disk = cell.result_disk
-    stamp: dict[str, Any] = {"attempt": retry, "max_retries": max_retries, "job_exit": returncode,
-             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    stamp: dict[str, Any] = {
+        "attempt": retry,
+        "max_retries": max_retries,
+        "job_exit": returncode,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if not disk.is_file():
         vm = last_local_vm(cell)
         if vm and vm.timed_out:
-            decision = PostDecision(**stamp, verdict=Verdict.TIMEOUT, exit=POST_INFRA_RETRY,
-                                    reason=f"VM killed at its wall-clock limit after {vm.wall_s or 0:.0f} s "
-                                           f"(console: {vm.console})")
+            decision = PostDecision(
+                **stamp,
+                verdict=Verdict.TIMEOUT,
+                exit=POST_INFRA_RETRY,
+                reason=f"VM killed at its wall-clock limit after {vm.wall_s or 0:.0f} s "
+                f"(console: {vm.console})",
+            )
         else:
-            decision = PostDecision(**stamp, verdict=Verdict.INFRA, reason="no result disk came back",
-                                    exit=POST_INFRA_RETRY)
+            decision = PostDecision(
+                **stamp, verdict=Verdict.INFRA, reason="no result disk came back", exit=POST_INFRA_RETRY
+            )
     else:
         decision = _classify_disk(cell, disk, retry, stamp)
     history = PostHistory.read(cell.post_vm).appended(decision)
@@ -123,11 +145,19 @@ def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict) -> PostDe
         extracted, result, report = read_guest_result(disk, tmp)
     except (CommandError, RuntimeError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        return PostDecision(**stamp, verdict=Verdict.INFRA, reason=f"result disk unreadable: {str(e)[:300]}",
-                            exit=POST_INFRA_RETRY)
+        return PostDecision(
+            **stamp,
+            verdict=Verdict.INFRA,
+            reason=f"result disk unreadable: {str(e)[:300]}",
+            exit=POST_INFRA_RETRY,
+        )
     status = result.status if result else None
     if result is None:
-        verdict, reason, code = Verdict.INFRA, "the payload left no result (did the VM boot?)", POST_INFRA_RETRY
+        verdict, reason, code = (
+            Verdict.INFRA,
+            "the payload left no result (did the VM boot?)",
+            POST_INFRA_RETRY,
+        )
     elif status in PRODUCT_STATUSES:
         verdict, reason, code = Verdict.DONE, f"guest finished: {status}", POST_OK
     elif status in INFRA_FATAL_STATUSES:
@@ -144,8 +174,14 @@ def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict) -> PostDe
     os.rename(extracted, dest)
     write_json_atomic(report_path, report)
     shutil.rmtree(tmp, ignore_errors=True)
-    return PostDecision(**stamp, verdict=verdict, reason=reason, exit=code, guest_status=status,
-                        guest_exit_code=result.exit_code if result else None)
+    return PostDecision(
+        **stamp,
+        verdict=verdict,
+        reason=reason,
+        exit=code,
+        guest_status=status,
+        guest_exit_code=result.exit_code if result else None,
+    )
 
 
 def _disk_stamp(disk: Path) -> dict:
@@ -163,8 +199,9 @@ def process_result(run_dir: Path, serial: str) -> dict:
     cell = cell_dir(run_dir, serial)
     disk = cell.result_disk
     out = cell.output
-    fresh = (disk.is_file() and cell.source_stamp.is_file()
-             and read_json(cell.source_stamp) == _disk_stamp(disk))
+    fresh = (
+        disk.is_file() and cell.source_stamp.is_file() and read_json(cell.source_stamp) == _disk_stamp(disk)
+    )
     if not fresh:
         if not disk.is_file():
             raise UserError("no result disk to process", where=disk)
@@ -183,11 +220,11 @@ def process_result(run_dir: Path, serial: str) -> dict:
 def clean_output(run_dir: Path, serial: str) -> list[Path]:
     """Remove what is no longer needed once the result is extracted: the IO disk that went
     in (the result disk is its returned copy), and the result disk unless keep_disks."""
-    manifest = load_manifest(run_dir)
+    opts = RunManifest.read(run_dir).options
     removed = []
     cell = cell_dir(run_dir, serial)
     targets = [cell.io_disk]
-    if not manifest["options"].get("keep_disks") and cell.output.is_dir():
+    if not opts.keep_disks and cell.output.is_dir():
         targets.append(cell.result_disk)
     for t in targets:
         if t.exists():
@@ -202,10 +239,19 @@ MATRIX_SUMMARY_VERSION = 2
 
 def _summary_entries(run_dir: Path, serials: list[str] | None = None) -> list[dict]:
     """Each cell's outcome, decided as results.json decides it, and what to show beside it."""
-    return [{"serial": c["serial"], "platform": c["platform"]["id"], "source": c["source"]["raw"],
-             "label": c["label"], "outcome": c["outcome"], "reason": c["reason"],
-             "exit_code": c["exit_code"], "attempts": c["attempts"]}
-            for c in results.analyze_cells(run_dir, serials)]
+    return [
+        {
+            "serial": c["serial"],
+            "platform": c["platform"]["id"],
+            "source": c["source"]["raw"],
+            "label": c["label"],
+            "outcome": c["outcome"],
+            "reason": c["reason"],
+            "exit_code": c["exit_code"],
+            "attempts": c["attempts"],
+        }
+        for c in results.analyze_cells(run_dir, serials)
+    ]
 
 
 def cell_summary(run_dir: Path, serial: str) -> dict:
@@ -218,9 +264,15 @@ def matrix_summary(run_dir: Path) -> dict:
     """The FINAL node's work: every cell's outcome, so the outer workflow has one document."""
     run_dir = Path(run_dir)
     cells = _summary_entries(run_dir)
-    counts = dict(sorted(Counter(c["outcome"] for c in cells).items(),
-                         key=lambda kv: Outcome(kv[0]).severity))
-    summary = {"schema": MATRIX_SUMMARY_SCHEMA, "version": MATRIX_SUMMARY_VERSION, "cells": cells, "counts": counts}
+    counts = dict(
+        sorted(Counter(c["outcome"] for c in cells).items(), key=lambda kv: Outcome(kv[0]).severity)
+    )
+    summary = {
+        "schema": MATRIX_SUMMARY_SCHEMA,
+        "version": MATRIX_SUMMARY_VERSION,
+        "cells": cells,
+        "counts": counts,
+    }
     write_json_atomic(RunDir(run_dir).matrix_summary, summary)
     return summary
 
@@ -229,13 +281,15 @@ def text_summary(summary: dict) -> str:
     lines = [f"{'SERIAL':<7} {'OUTCOME':<8} {'EXIT':<5} {'PLATFORM':<24} {'PACKAGE SET':<28} SOURCE"]
     for c in summary["cells"]:
         code = "-" if c["exit_code"] is None else str(c["exit_code"])
-        lines.append(f"{c['serial']:<7} {c['outcome']:<8} {code:<5} {c['platform']:<24} "
-                     f"{c['label'][:28]:<28} {c['source']}")
+        lines.append(
+            f"{c['serial']:<7} {c['outcome']:<8} {code:<5} {c['platform']:<24} "
+            f"{c['label'][:28]:<28} {c['source']}"
+        )
     lines.append("totals: " + ", ".join(f"{k} {v}" for k, v in summary["counts"].items()))
     return "\n".join(lines) + "\n"
 
 
-def analyze(run_dir: Path) -> dict:
+def analyze(run_dir: Path) -> ResultsDocument:
     """The Analyze node: every cell's outcome into results.json (results.py)."""
     return results.analyze_run(Path(run_dir))
 
@@ -243,7 +297,7 @@ def analyze(run_dir: Path) -> dict:
 def report(run_dir: Path) -> dict[str, Path]:
     """The Report node: text, HTML and JUnit renderings of results.json."""
     layout = RunDir(run_dir)
-    doc = results.load_results(layout.path)
+    doc = ResultsDocument.read(layout.path)
     written = {}
     for fmt in REPORT_FILES:
         path = layout.report(fmt)
@@ -255,13 +309,12 @@ def report(run_dir: Path) -> dict[str, Path]:
 def publish(run_dir: Path) -> str:
     """The Publish node: mail the summary when SMTP is configured (OSGTEST_DAG_SMTP_* in the
     environment), copy the reports to publish_dir when the run names one; else say so."""
-    from osgtest_dag.report.email import SmtpSettings, build_message, send
     run_dir = Path(run_dir)
     layout = RunDir(run_dir)
     said = []
-    opts = load_manifest(run_dir)["options"]
-    if opts.get("publish_dir"):
-        dest = Path(opts["publish_dir"]) / run_dir.resolve().name
+    opts = RunManifest.read(run_dir).options
+    if opts.publish_dir:
+        dest = Path(opts.publish_dir) / run_dir.resolve().name
         dest.mkdir(parents=True, exist_ok=True)
         for path in (layout.results, *(layout.report(fmt) for fmt in REPORT_FILES)):
             if path.is_file():
@@ -269,6 +322,6 @@ def publish(run_dir: Path) -> str:
         said.append(f"reports copied to {dest}")
     if os.environ.get("OSGTEST_DAG_SMTP_HOST"):
         settings = SmtpSettings.from_env()
-        send(build_message(results.load_results(run_dir), settings), settings)
+        send(build_message(ResultsDocument.read(run_dir), settings), settings)
         said.append(f"summary mailed to {', '.join(settings.recipients)}")
     return "; ".join(said) or "nothing to publish to (no publish_dir, no OSGTEST_DAG_SMTP_HOST)"

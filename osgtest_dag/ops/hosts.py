@@ -38,13 +38,13 @@ NO_HOST = "(never started)"
 class HostStats:
     host: str
     runs: set = field(default_factory=set)
-    jobs: int = 0                 # VM job executions on this host
-    ok: int = 0                   # ended with a normal exit
+    jobs: int = 0  # VM job executions on this host
+    ok: int = 0  # ended with a normal exit
     shadow_exceptions: int = 0
-    vmgahp_errors: int = 0        # VM GAHP failures: held, or the starter's message
+    vmgahp_errors: int = 0  # VM GAHP failures: held, or the starter's message
     other_holds: int = 0
     evictions: int = 0
-    failures: int = 0             # executions that did not end normally here
+    failures: int = 0  # executions that did not end normally here
     last_failure: str = ""
     last_failure_time: float = 0.0
 
@@ -53,16 +53,24 @@ class HostStats:
         return self.failures / self.jobs if self.jobs else 0.0
 
     def to_json(self) -> dict:
-        return {"host": self.host, "runs": len(self.runs), "jobs": self.jobs, "ok": self.ok,
-                "failures": self.failures, "failure_rate": round(self.failure_rate, 3),
-                "shadow_exceptions": self.shadow_exceptions, "vmgahp_errors": self.vmgahp_errors,
-                "other_holds": self.other_holds, "evictions": self.evictions,
-                "last_failure": self.last_failure,
-                "last_failure_time": _iso(self.last_failure_time) if self.last_failure_time else None}
+        return {
+            "host": self.host,
+            "runs": len(self.runs),
+            "jobs": self.jobs,
+            "ok": self.ok,
+            "failures": self.failures,
+            "failure_rate": round(self.failure_rate, 3),
+            "shadow_exceptions": self.shadow_exceptions,
+            "vmgahp_errors": self.vmgahp_errors,
+            "other_holds": self.other_holds,
+            "evictions": self.evictions,
+            "last_failure": self.last_failure,
+            "last_failure_time": _iso(self.last_failure_time) if self.last_failure_time else None,
+        }
 
 
 def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _is_vm_node(node: str | None) -> bool:
@@ -75,11 +83,18 @@ def _is_vmgahp(reason: str) -> bool:
 
 
 # How an execution ended, in the report's words (a VM GAHP error is told apart below).
-_RESULT = {AttemptEnd.RUNNING: "running", AttemptEnd.LOST: "running", AttemptEnd.EXITED: "ok",
-           AttemptEnd.SIGNALED: "abnormal", AttemptEnd.SHADOW_EXCEPTION: "shadow_exception",
-           AttemptEnd.HELD: "hold", AttemptEnd.EVICTED: "evicted",
-           AttemptEnd.RECONNECT_FAILED: "reconnect_failed", AttemptEnd.REMOTE_ERROR: "remote_error",
-           AttemptEnd.REMOVED: "removed_running"}
+_RESULT = {
+    AttemptEnd.RUNNING: "running",
+    AttemptEnd.LOST: "running",
+    AttemptEnd.EXITED: "ok",
+    AttemptEnd.SIGNALED: "abnormal",
+    AttemptEnd.SHADOW_EXCEPTION: "shadow_exception",
+    AttemptEnd.HELD: "hold",
+    AttemptEnd.EVICTED: "evicted",
+    AttemptEnd.RECONNECT_FAILED: "reconnect_failed",
+    AttemptEnd.REMOTE_ERROR: "remote_error",
+    AttemptEnd.REMOVED: "removed_running",
+}
 
 
 def run_host_events(run_dir: Path) -> list[dict]:
@@ -97,11 +112,31 @@ def run_host_events(run_dir: Path) -> list[dict]:
                 # "An internal error prevented HTCondor from starting the VM ...
                 # (VMGAHP_ERR_INTERNAL)": the starter's message, then an eviction
                 result = "vmgahp_error"
-            out.append({"run": run, "node": job.node, "job": job.id, "host": a.host or "unknown",
-                        "start": a.start, "end": a.end, "result": result, "reason": reason})
+            out.append(
+                {
+                    "run": run,
+                    "node": job.node,
+                    "job": job.id,
+                    "host": a.host or "unknown",
+                    "start": a.start,
+                    "end": a.end,
+                    "result": result,
+                    "reason": reason,
+                }
+            )
         if job.aborted and not job.attempts:
-            out.append({"run": run, "node": job.node, "job": job.id, "host": NO_HOST, "start": None,
-                        "end": job.ended, "result": "never_started", "reason": job.removed_reason})
+            out.append(
+                {
+                    "run": run,
+                    "node": job.node,
+                    "job": job.id,
+                    "host": NO_HOST,
+                    "start": None,
+                    "end": job.ended,
+                    "result": "never_started",
+                    "reason": job.removed_reason,
+                }
+            )
     return out
 
 
@@ -123,7 +158,7 @@ def host_report(runs_root: Path, last: int = 10) -> dict:
                 s.ok += 1
                 continue
             if res == "running":
-                s.jobs -= 1       # still going: not counted
+                s.jobs -= 1  # still going: not counted
                 continue
             s.failures += 1
             if res == "shadow_exception":
@@ -139,8 +174,11 @@ def host_report(runs_root: Path, last: int = 10) -> dict:
                 s.last_failure_time = t
                 s.last_failure = f"{res}: {e['reason']}"[:300]
     hosts = sorted(stats.values(), key=lambda s: (-s.failure_rate, -s.failures, s.host))
-    return {"runs": [r.run_name for r in runs], "hosts": [h.to_json() for h in hosts],
-            "never_started": never_started}
+    return {
+        "runs": [r.run_name for r in runs],
+        "hosts": [h.to_json() for h in hosts],
+        "never_started": never_started,
+    }
 
 
 def format_report(rep: dict) -> str:
@@ -148,9 +186,11 @@ def format_report(rep: dict) -> str:
     head = f"{'HOST':<32} {'JOBS':>5} {'OK':>4} {'FAIL':>5} {'RATE':>5} {'SHADOW':>6} {'VMGAHP':>6} {'HOLD':>5} {'EVICT':>5}  LAST FAILURE"
     lines.append(head)
     for h in rep["hosts"]:
-        lines.append(f"{h['host'][:32]:<32} {h['jobs']:>5} {h['ok']:>4} {h['failures']:>5} "
-                     f"{h['failure_rate']:>5.0%} {h['shadow_exceptions']:>6} {h['vmgahp_errors']:>6} "
-                     f"{h['other_holds']:>5} {h['evictions']:>5}  {h['last_failure'][:80]}")
+        lines.append(
+            f"{h['host'][:32]:<32} {h['jobs']:>5} {h['ok']:>4} {h['failures']:>5} "
+            f"{h['failure_rate']:>5.0%} {h['shadow_exceptions']:>6} {h['vmgahp_errors']:>6} "
+            f"{h['other_holds']:>5} {h['evictions']:>5}  {h['last_failure'][:80]}"
+        )
     lines.append(f"VM jobs that never started: {rep['never_started']}")
     return "\n".join(lines) + "\n"
 
@@ -158,6 +198,7 @@ def format_report(rep: dict) -> str:
 # ============================================================================================
 # excluded hosts
 # ============================================================================================
+
 
 @dataclass(frozen=True)
 class Exclusion:
@@ -186,15 +227,18 @@ def _utc(value, where) -> dt.datetime | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
     try:
         t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        raise UserError(f"'until' must be a date or ISO date-time, not {value!r}", where=where,
-                        hint="e.g. until: 2026-12-01 or until: 2026-12-01T06:00:00Z") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+        raise UserError(
+            f"'until' must be a date or ISO date-time, not {value!r}",
+            where=where,
+            hint="e.g. until: 2026-12-01 or until: 2026-12-01T06:00:00Z",
+        ) from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def load_exclusions(path: Path | None = None) -> list[Exclusion]:
@@ -216,8 +260,11 @@ def load_exclusions(path: Path | None = None) -> list[Exclusion]:
     if doc is None:
         return []
     if not isinstance(doc, dict) or not isinstance(doc.get("hosts", []), list):
-        raise UserError("expected a mapping with a 'hosts:' list", where=path,
-                        hint="hosts:\n    - host: NAME\n      until: 2026-12-01\n      reason: why")
+        raise UserError(
+            "expected a mapping with a 'hosts:' list",
+            where=path,
+            hint="hosts:\n    - host: NAME\n      until: 2026-12-01\n      reason: why",
+        )
     out = []
     items = doc.get("hosts") or []
     item_nodes = []
@@ -234,17 +281,23 @@ def load_exclusions(path: Path | None = None) -> list[Exclusion]:
             raise UserError("each entry needs 'host: NAME'", where=where)
         unknown = set(entry) - {"host", "until", "reason"}
         if unknown:
-            raise UserError(f"unknown key(s) {', '.join(sorted(unknown))}", where=where,
-                            hint="keys: host, until, reason")
-        out.append(Exclusion(host=entry["host"].strip(), until=_utc(entry.get("until"), where),
-                             reason=str(entry.get("reason") or "")))
+            raise UserError(
+                f"unknown key(s) {', '.join(sorted(unknown))}", where=where, hint="keys: host, until, reason"
+            )
+        out.append(
+            Exclusion(
+                host=entry["host"].strip(),
+                until=_utc(entry.get("until"), where),
+                reason=str(entry.get("reason") or ""),
+            )
+        )
     return out
 
 
 def active_excluded_hosts(path: Path | None = None, now: dt.datetime | None = None) -> tuple[str, ...]:
     """The hosts VM jobs must avoid now: what `generate --excluded-hosts FILE` feeds into
     WorkflowOptions.excluded_hosts. Expired entries are skipped (and logged)."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     hosts = []
     for e in load_exclusions(path):
         if e.active(now):
@@ -259,15 +312,19 @@ def save_exclusions(path: Path, entries: Sequence[Exclusion]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"hosts": [e.to_yaml() for e in entries]}
-    write_text_atomic(path, "# osgtest-dag excluded execute hosts (see `osgtest-dag hosts --help`)\n"
-                      + yaml.safe_dump(doc, sort_keys=False))
+    write_text_atomic(
+        path,
+        "# osgtest-dag excluded execute hosts (see `osgtest-dag hosts --help`)\n"
+        + yaml.safe_dump(doc, sort_keys=False),
+    )
 
 
-def exclude_hosts(path: Path | None, hosts: Sequence[str], *, days: float, reason: str = "",
-                  now: dt.datetime | None = None) -> list[Exclusion]:
+def exclude_hosts(
+    path: Path | None, hosts: Sequence[str], *, days: float, reason: str = "", now: dt.datetime | None = None
+) -> list[Exclusion]:
     """Add (or extend) exclusions for `hosts` expiring in `days`; drop expired entries."""
     path = Path(path) if path else default_excluded_hosts_file()
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     until = (now + dt.timedelta(days=days)).replace(microsecond=0)
     entries = {e.host: e for e in load_exclusions(path) if e.active(now)}
     for h in hosts:

@@ -13,15 +13,21 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from osgtest_dag.analyze.results import run_outcomes
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.engine.condor.condor import SubmitOptions, submit_run
+from osgtest_dag.generate.cellconfig import iter_cells
+from osgtest_dag.generate.workflow import write_run
 from osgtest_dag.model.documents import read_json
+from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
 from osgtest_dag.model.outcome import Outcome
 from osgtest_dag.model.rundir import OUTER_DAG, RunDir
+from osgtest_dag.plan import matrix
+from osgtest_dag.plan.catalog import Catalog
 
 log = logging.getLogger("osgtest_dag.ops.runs")
 
@@ -30,32 +36,28 @@ log = logging.getLogger("osgtest_dag.ops.runs")
 # rerun
 # ============================================================================================
 
+
 @dataclass(frozen=True)
 class RerunPlan:
     source: str
-    selected: tuple[str, ...]            # serials
-    outcomes: dict[str, Outcome]          # serial -> outcome (of the source run)
+    selected: tuple[str, ...]  # serials
+    outcomes: dict[str, Outcome]  # serial -> outcome (of the source run)
     new_run: str
 
 
-def _options_from_manifest(manifest: dict):
-    from osgtest_dag.generate.workflow import WorkflowOptions
-    known = {f.name for f in fields(WorkflowOptions)}
-    raw = dict(manifest.get("options", {}))
-    opts = {k: v for k, v in raw.items() if k in known}
-    env = opts.get("environment") or {}
-    opts["environment"] = tuple(sorted(env.items())) if isinstance(env, dict) else tuple(map(tuple, env))
-    opts["excluded_hosts"] = tuple(opts.get("excluded_hosts") or ())
-    opts["batch_name"] = ""            # the new run's own name
-    tool = opts.get("tool") or ""
-    if tool and not Path(tool).exists():
-        log.warning("the original run's tool %s is gone; using this one", tool)
-        opts["tool"] = ""
-    return WorkflowOptions(**opts)
+def _rerun_options(manifest: RunManifest) -> WorkflowOptions:
+    """The source run's options for its rerun: its own batch name, and this tool when the
+    source's is gone."""
+    opts = replace(manifest.options, batch_name="")
+    if opts.tool and not Path(opts.tool).exists():
+        log.warning("the original run's tool %s is gone; using this one", opts.tool)
+        opts = replace(opts, tool="")
+    return opts
 
 
-def select_cells(outcomes: dict[str, Outcome], *, failed_only: bool = False,
-                 which: Sequence[Outcome | str] | None = None) -> list[str]:
+def select_cells(
+    outcomes: dict[str, Outcome], *, failed_only: bool = False, which: Sequence[Outcome | str] | None = None
+) -> list[str]:
     """Serials to rerun. Default: every cell worse than waived (Outcome.needs_rerun).
     `failed_only`: only product failures (Outcome.product_failure) — not infrastructure
     trouble or missing results. `which`: an explicit set of outcomes."""
@@ -69,31 +71,34 @@ def select_cells(outcomes: dict[str, Outcome], *, failed_only: bool = False,
     return [s for s, o in sorted(outcomes.items()) if chosen(o)]
 
 
-def rerun(source: Path, new_run: Path, *, failed_only: bool = False, only: Sequence[str] = (),
-          outcomes: Sequence[str] | None = None, catalogs: Sequence[Path] = (),
-          force: bool = False) -> RerunPlan:
+def rerun(
+    source: Path,
+    new_run: Path,
+    *,
+    failed_only: bool = False,
+    only: Sequence[str] = (),
+    outcomes: Sequence[str] | None = None,
+    catalogs: Sequence[Path] = (),
+    force: bool = False,
+) -> RerunPlan:
     """A new run of the chosen cells of `source`, from the same pinned inputs: the run's
     params/ copies (under their original names, in the original order), its options, its
     image directory. Cells keep their serials. Writes rerun.json into the new run."""
-    from osgtest_dag.plan import matrix
-    from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.generate.cellconfig import iter_cells
-    from osgtest_dag.generate.workflow import load_manifest, write_run
     source = Path(source).resolve()
     new_run = Path(new_run)
-    manifest = load_manifest(source)
+    manifest = RunManifest.read(source)
     if new_run.resolve() == source:
         raise UserError("the new run directory is the source run", where=new_run, hint="choose another -o")
     outs = run_outcomes(source)
     chosen = set(select_cells(outs, failed_only=failed_only, which=outcomes))
-    original = {c["serial"]: c for c in iter_cells(source)}
+    original = {c.serial: c for c in iter_cells(source)}
 
     layout = RunDir(source)
     copies = sorted(layout.params.glob("*"))
     if not copies:
         raise UserError("the run has no params/ copies to rerun from", where=layout.params)
-    names = [Path(p).name for p in manifest.get("param_files", [])]
-    catalog = Catalog.load(list(catalogs), image_dir=manifest.get("image_dir") or None)
+    names = [Path(p).name for p in manifest.param_files]
+    catalog = Catalog.load(list(catalogs), image_dir=manifest.image_dir or None)
     with tempfile.TemporaryDirectory(prefix="osgtest-rerun-") as tmp:
         files = []
         for i, copy in enumerate(copies):
@@ -108,34 +113,49 @@ def rerun(source: Path, new_run: Path, *, failed_only: bool = False, only: Seque
         # the same inputs must give the same cells: check every chosen cell against the source
         for c in cells:
             o = original.get(c.serial)
-            if o is None or (o["platform"]["id"], o["source"]["raw"], o["label"]) != \
-                    (c.platform.id, c.source.raw, c.package_set.label):
-                raise UserError(f"cell {c.serial} does not regenerate as it was in the source run",
-                                where=layout.params,
-                                hint="the catalog or the parameter-file grammar changed since; "
-                                     "pass the original --catalog files")
-            if o["platform"].get("image") and o["platform"]["image"] != c.platform.image:
-                raise UserError(f"cell {c.serial}: base image {c.platform.image} is not the run's "
-                                f"{o['platform']['image']}", where=layout.manifest,
-                                hint="pass the original --catalog files")
+            if o is None or (o.platform.id, o.source.raw, o.label) != (
+                c.platform.id,
+                c.source.raw,
+                c.package_set.label,
+            ):
+                raise UserError(
+                    f"cell {c.serial} does not regenerate as it was in the source run",
+                    where=layout.params,
+                    hint="the catalog or the parameter-file grammar changed since; "
+                    "pass the original --catalog files",
+                )
+            if o.platform.image and o.platform.image != c.platform.image:
+                raise UserError(
+                    f"cell {c.serial}: base image {c.platform.image} is not the run's {o.platform.image}",
+                    where=layout.manifest,
+                    hint="pass the original --catalog files",
+                )
         if not cells:
-            raise UserError("no cells to rerun", where=source,
-                            hint="outcomes: " + (", ".join(f"{k.value} {v}" for k, v in _count(outs).items()) or "none"))
-        opts = _options_from_manifest(manifest)
+            raise UserError(
+                "no cells to rerun",
+                where=source,
+                hint="outcomes: " + (", ".join(f"{k.value} {v}" for k, v in _count(outs).items()) or "none"),
+            )
+        opts = _rerun_options(manifest)
         write_run(new_run, cells, catalog, opts, param_files=files, force=force)
     images = _image_digests(catalog, {c.platform.id for c in cells})
-    doc = {"schema": "osgtest-dag/rerun", "version": 1, "source": str(source),
-           "source_run": manifest.get("run_name"), "source_generated": manifest.get("generated"),
-           "selection": {"failed_only": failed_only, "only": list(only), "outcomes": list(outcomes or [])},
-           "cells": {c.serial: outs[c.serial].value for c in cells if c.serial in outs}, "images": images}
-    if manifest.get("images"):
-        changed = [p for p, dg in manifest["images"].items() if images.get(p) and images[p] != dg]
-        doc["images_changed_since_source"] = changed
-        for p in changed:
-            log.warning("base image of %s changed since the source run", p)
+    doc = {
+        "schema": "osgtest-dag/rerun",
+        "version": 1,
+        "source": str(source),
+        "source_run": manifest.run_name,
+        "source_generated": manifest.generated,
+        "selection": {"failed_only": failed_only, "only": list(only), "outcomes": list(outcomes or [])},
+        "cells": {c.serial: outs[c.serial].value for c in cells if c.serial in outs},
+        "images": images,
+    }
     write_json_atomic(RunDir(new_run).rerun, doc)
-    return RerunPlan(source=str(source), selected=tuple(c.serial for c in cells),
-                     outcomes={s: outs[s] for s in sorted(chosen)}, new_run=str(new_run))
+    return RerunPlan(
+        source=str(source),
+        selected=tuple(c.serial for c in cells),
+        outcomes={s: outs[s] for s in sorted(chosen)},
+        new_run=str(new_run),
+    )
 
 
 def _count(outs: dict[str, Outcome]) -> dict[Outcome, int]:
@@ -163,6 +183,7 @@ def _image_digests(catalog, platform_ids) -> dict[str, str]:
 # retention
 # ============================================================================================
 
+
 @dataclass(frozen=True)
 class RunEntry:
     path: Path
@@ -179,7 +200,7 @@ def _disk_usage(path: Path) -> tuple[int, int]:
 
 def _tree_size(path: Path) -> int:
     total = 0
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+    for dirpath, _dirnames, filenames in os.walk(path, followlinks=False):
         for n in filenames:
             try:
                 total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
@@ -188,23 +209,18 @@ def _tree_size(path: Path) -> int:
     return total
 
 
-def is_run_dir(path: Path) -> dict | None:
-    """The manifest when `path` is a run directory (real directory, valid run.json)."""
-    from osgtest_dag.generate.workflow import RUN_SCHEMA
+def is_run_dir(path: Path) -> RunManifest | None:
+    """The manifest when `path` is a run directory (real directory, valid run.json of this
+    version, with a readable time)."""
     path = Path(path)
     if path.is_symlink() or not path.is_dir():
         return None
     try:
-        doc = read_json(RunDir(path).manifest)
-    except UserError:
+        manifest = RunManifest.read(path)
+        _parse_time(manifest.generated)
+    except (UserError, ValueError):
         return None
-    if not isinstance(doc, dict) or doc.get("schema") != RUN_SCHEMA or not doc.get("generated"):
-        return None
-    try:
-        _parse_time(doc["generated"])
-    except ValueError:
-        return None
-    return doc
+    return manifest
 
 
 def _parse_time(text: str) -> dt.datetime:
@@ -218,11 +234,17 @@ def list_runs(runs_root: Path, *, sizes: bool = True) -> list[RunEntry]:
         raise UserError("runs root is not a directory", where=runs_root)
     out = []
     for child in sorted(runs_root.iterdir()):
-        doc = is_run_dir(child)
-        if doc is None:
+        manifest = is_run_dir(child)
+        if manifest is None:
             continue
-        out.append(RunEntry(path=child, generated=doc["generated"], run_name=doc.get("run_name", child.name),
-                            size=_tree_size(child) if sizes else 0))
+        out.append(
+            RunEntry(
+                path=child,
+                generated=manifest.generated,
+                run_name=manifest.run_name or child.name,
+                size=_tree_size(child) if sizes else 0,
+            )
+        )
     out.sort(key=lambda r: (_parse_time(r.generated), r.path.name))
     return out
 
@@ -230,7 +252,9 @@ def list_runs(runs_root: Path, *, sizes: bool = True) -> list[RunEntry]:
 def run_is_active(path: Path) -> bool:
     """DAGMan holds workflow.dag.lock while it runs; its metrics file appears when it exits."""
     layout = RunDir(path)
-    return layout.dag_file(OUTER_DAG, ".lock").exists() and not layout.dag_file(OUTER_DAG, ".metrics").exists()
+    return (
+        layout.dag_file(OUTER_DAG, ".lock").exists() and not layout.dag_file(OUTER_DAG, ".metrics").exists()
+    )
 
 
 @dataclass
@@ -244,8 +268,14 @@ class CleanupPlan:
     done: bool
 
 
-def cleanup(runs_root: Path, *, keep_at_least: int, max_usage: float, yes: bool = False,
-            usage: Callable[[Path], tuple[int, int]] = _disk_usage) -> CleanupPlan:
+def cleanup(
+    runs_root: Path,
+    *,
+    keep_at_least: int,
+    max_usage: float,
+    yes: bool = False,
+    usage: Callable[[Path], tuple[int, int]] = _disk_usage,
+) -> CleanupPlan:
     """Delete the oldest runs until the filesystem's usage is under `max_usage` percent,
     never leaving fewer than `keep_at_least` runs, never touching anything that is not a run
     directory, never a run whose DAG is still running. A dry run (the default) predicts the
@@ -263,7 +293,7 @@ def cleanup(runs_root: Path, *, keep_at_least: int, max_usage: float, yes: bool 
     delete: list[RunEntry] = []
     active: list[RunEntry] = []
     remaining = list(runs)
-    candidates = [r for r in runs]
+    candidates = list(runs)
     while pct(used) > max_usage and len(remaining) > keep_at_least and candidates:
         r = candidates.pop(0)
         if run_is_active(r.path):
@@ -276,8 +306,15 @@ def cleanup(runs_root: Path, *, keep_at_least: int, max_usage: float, yes: bool 
             total, used = usage(runs_root)
         else:
             used -= r.size
-    return CleanupPlan(usage_before=before, usage_after=pct(used), limit=max_usage, delete=delete,
-                       keep=remaining, skipped_active=active, done=yes)
+    return CleanupPlan(
+        usage_before=before,
+        usage_after=pct(used),
+        limit=max_usage,
+        delete=delete,
+        keep=remaining,
+        skipped_active=active,
+        done=yes,
+    )
 
 
 def _delete_run(runs_root: Path, path: Path) -> None:
@@ -304,6 +341,7 @@ def _delete_run(runs_root: Path, path: Path) -> None:
 # nightly
 # ============================================================================================
 
+
 def dated_run_dir(runs_root: Path, now: dt.datetime | None = None) -> Path:
     """RUNS_ROOT/YYYY-MM-DD, or YYYY-MM-DD-HHMM(SS) if that exists already."""
     now = now or dt.datetime.now()
@@ -314,15 +352,19 @@ def dated_run_dir(runs_root: Path, now: dt.datetime | None = None) -> Path:
     raise UserError("a run directory for this second exists already", where=runs_root / name)
 
 
-def nightly(params: Sequence[Path], runs_root: Path, *, catalogs: Sequence[Path] = (),
-            image_dir: Path | None = None, excluded_hosts: Sequence[str] = (),
-            submit_opts=None, submit: bool = True, now: dt.datetime | None = None) -> dict:
+def nightly(
+    params: Sequence[Path],
+    runs_root: Path,
+    *,
+    catalogs: Sequence[Path] = (),
+    image_dir: Path | None = None,
+    excluded_hosts: Sequence[str] = (),
+    submit_opts=None,
+    submit: bool = True,
+    now: dt.datetime | None = None,
+) -> dict:
     """The nightly: a dated run directory under `runs_root`, generated from `params` (VM jobs
     avoiding `excluded_hosts`), then submitted. Returns what it did."""
-    from osgtest_dag.plan import matrix
-    from osgtest_dag.plan.catalog import Catalog
-    from osgtest_dag.engine.condor.condor import SubmitOptions, submit_run
-    from osgtest_dag.generate.workflow import WorkflowOptions, write_run
     runs_root = Path(runs_root)
     runs_root.mkdir(parents=True, exist_ok=True)
     run_dir = dated_run_dir(runs_root, now)

@@ -27,8 +27,15 @@ class Schedule:
 
     @property
     def command(self) -> list[str]:
-        return [self.tool, "nightly", "--params", str(self.params), "--runs-root", str(self.runs_root),
-                *self.extra_args]
+        return [
+            self.tool,
+            "nightly",
+            "--params",
+            str(self.params),
+            "--runs-root",
+            str(self.runs_root),
+            *self.extra_args,
+        ]
 
     @property
     def hour_minute(self) -> tuple[int, int]:
@@ -121,5 +128,9 @@ def install(s: Schedule) -> dict:
     for path, text in ((service, service_text(s)), (timer, timer_text(s))):
         write_text_atomic(path, text)
     user = "" if s.unit_dir == Path("/etc/systemd/system") else " --user"
-    return {"service": str(service), "timer": str(timer), "cron": cron_line(s),
-            "enable": [f"systemctl{user} daemon-reload", f"systemctl{user} enable --now {UNIT}.timer"]}
+    return {
+        "service": str(service),
+        "timer": str(timer),
+        "cron": cron_line(s),
+        "enable": [f"systemctl{user} daemon-reload", f"systemctl{user} enable --now {UNIT}.timer"],
+    }

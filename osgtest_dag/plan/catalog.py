@@ -24,15 +24,15 @@ FAMILIES = ("el", "debian")
 
 @dataclass(frozen=True)
 class Platform:
-    id: str            # rocky_9.x86_64
-    os: str            # rocky_9
-    family: str        # el | debian
-    distro: str        # rocky
-    display: str       # Rocky
+    id: str  # rocky_9.x86_64
+    os: str  # rocky_9
+    family: str  # el | debian
+    distro: str  # rocky
+    display: str  # Rocky
     major: int
     arch: str
     codename: str | None
-    image: str         # path or URL of the base image
+    image: str  # path or URL of the base image
     image_format: str  # qcow2 | raw
 
     @property
@@ -44,9 +44,18 @@ class Platform:
         return CONDOR_ARCH[self.arch]
 
     def to_json(self) -> dict:
-        return {"id": self.id, "os": self.os, "family": self.family, "distro": self.distro,
-                "major": self.major, "arch": self.arch, "name": self.name,
-                "codename": self.codename, "image": self.image, "image_format": self.image_format}
+        return {
+            "id": self.id,
+            "os": self.os,
+            "family": self.family,
+            "distro": self.distro,
+            "major": self.major,
+            "arch": self.arch,
+            "name": self.name,
+            "codename": self.codename,
+            "image": self.image,
+            "image_format": self.image_format,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,8 +67,11 @@ class RepoSetup:
     apt_sources: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        return {"setup_packages": list(self.setup_packages), "enable": list(self.enable),
-                "apt_sources": list(self.apt_sources)}
+        return {
+            "setup_packages": list(self.setup_packages),
+            "enable": list(self.enable),
+            "apt_sources": list(self.apt_sources),
+        }
 
 
 def did_you_mean(word: str, choices, n: int = 3) -> str:
@@ -69,9 +81,9 @@ def did_you_mean(word: str, choices, n: int = 3) -> str:
 
 @dataclass(frozen=True)
 class Catalog:
-    platforms: dict = field(default_factory=dict)      # os id -> dict
+    platforms: dict = field(default_factory=dict)  # os id -> dict
     platform_defaults: dict = field(default_factory=dict)
-    repos: dict = field(default_factory=dict)          # family -> {"setup_packages", "repos"}
+    repos: dict = field(default_factory=dict)  # family -> {"setup_packages", "repos"}
     settings: dict = field(default_factory=dict)
     image_dir: str = ""
 
@@ -81,8 +93,10 @@ class Catalog:
         rdoc = _load_shipped("repositories.yaml")
         platforms = dict(pdoc["platforms"])
         defaults = dict(pdoc.get("defaults", {}))
-        repos: dict[str, dict[str, Any]] = {fam: {"setup_packages": list(rdoc[fam]["setup_packages"]),
-                       "repos": dict(rdoc[fam]["repos"])} for fam in FAMILIES}
+        repos: dict[str, dict[str, Any]] = {
+            fam: {"setup_packages": list(rdoc[fam]["setup_packages"]), "repos": dict(rdoc[fam]["repos"])}
+            for fam in FAMILIES
+        }
         settings = dict(rdoc["settings"])
         for path in extra:
             doc = yamlsrc.load(Path(path))
@@ -92,8 +106,11 @@ class Catalog:
             known = {"defaults", "platforms", "settings", *FAMILIES}
             for k in data:
                 if k not in known:
-                    raise UserError(f"unknown catalog section {k!r}", where=doc.key_where(k),
-                                    hint=did_you_mean(k, known) or f"known sections: {', '.join(sorted(known))}")
+                    raise UserError(
+                        f"unknown catalog section {k!r}",
+                        where=doc.key_where(k),
+                        hint=did_you_mean(k, known) or f"known sections: {', '.join(sorted(known))}",
+                    )
             for os_id, entry in (data.get("platforms") or {}).items():
                 _check_platform_entry(doc, os_id, entry)
                 platforms[os_id] = entry
@@ -105,8 +122,13 @@ class Catalog:
                     if "setup_packages" in section:
                         repos[fam]["setup_packages"] = list(section["setup_packages"])
                     repos[fam]["repos"].update(section.get("repos") or {})
-        return cls(platforms=platforms, platform_defaults=defaults, repos=repos,
-                   settings=settings, image_dir=str(image_dir or default_image_dir()))
+        return cls(
+            platforms=platforms,
+            platform_defaults=defaults,
+            repos=repos,
+            settings=settings,
+            image_dir=str(image_dir or default_image_dir()),
+        )
 
     # -- platforms -----------------------------------------------------------------
     def platform_ids(self) -> list[str]:
@@ -119,16 +141,24 @@ class Catalog:
         if entry is None or arch not in entry["arches"]:
             known = self.platform_ids()
             hint = did_you_mean(str(platform_id), known)
-            raise UserError(f"unknown platform {platform_id!r}",
-                            hint=(hint + " " if hint else "") + "known platforms: " + ", ".join(known))
+            raise UserError(
+                f"unknown platform {platform_id!r}",
+                hint=(hint + " " if hint else "") + "known platforms: " + ", ".join(known),
+            )
         image = entry.get("image", self.platform_defaults.get("image", "{image_dir}/{platform}.qcow2"))
         fmt = entry.get("image_format", self.platform_defaults.get("image_format", "qcow2"))
-        return Platform(id=platform_id, os=os_id, family=entry["family"], distro=entry["distro"],
-                        display=entry["display"], major=int(entry["major"]), arch=arch,
-                        codename=entry.get("codename"),
-                        image=image.format(image_dir=self.image_dir, platform=platform_id,
-                                           os=os_id, arch=arch),
-                        image_format=fmt)
+        return Platform(
+            id=platform_id,
+            os=os_id,
+            family=entry["family"],
+            distro=entry["distro"],
+            display=entry["display"],
+            major=int(entry["major"]),
+            arch=arch,
+            codename=entry.get("codename"),
+            image=image.format(image_dir=self.image_dir, platform=platform_id, os=os_id, arch=arch),
+            image_format=fmt,
+        )
 
     # -- repositories --------------------------------------------------------------
     def repo_names(self, family: str) -> list[str]:
@@ -138,15 +168,21 @@ class Catalog:
         """None when `name` is a known repository of `family`, else the error message + hint."""
         if name in self.repos[family]["repos"]:
             return None
-        return did_you_mean(name, self.repo_names(family)) or \
-            f"known {family} repositories: {', '.join(self.repo_names(family))}"
+        return (
+            did_you_mean(name, self.repo_names(family))
+            or f"known {family} repositories: {', '.join(self.repo_names(family))}"
+        )
 
     def resolve(self, platform: Platform, series: str, names: tuple[str, ...]) -> RepoSetup:
         """What the payload must do on `platform` to use repositories `names` of `series`."""
         fam = self.repos[platform.family]
-        subst = {"series": series, "major": platform.major, "codename": platform.codename or "",
-                 "debian_mirror": self.settings.get("debian_mirror", ""),
-                 "debian_security_mirror": self.settings.get("debian_security_mirror", "")}
+        subst = {
+            "series": series,
+            "major": platform.major,
+            "codename": platform.codename or "",
+            "debian_mirror": self.settings.get("debian_mirror", ""),
+            "debian_security_mirror": self.settings.get("debian_security_mirror", ""),
+        }
         setup = tuple(p.format(**subst) for p in fam["setup_packages"])
         enable: list[str] = []
         apt: list[str] = []
@@ -175,13 +211,20 @@ def _check_platform_entry(doc: yamlsrc.Document, os_id: str, entry) -> None:
         raise UserError(f"platform {os_id!r} must be a mapping", where=where)
     for req in ("family", "distro", "display", "major", "arches"):
         if req not in entry:
-            raise UserError(f"platform {os_id!r} lacks {req!r}", where=where,
-                            hint="give family, distro, display, major and arches")
+            raise UserError(
+                f"platform {os_id!r} lacks {req!r}",
+                where=where,
+                hint="give family, distro, display, major and arches",
+            )
     if entry["family"] not in FAMILIES:
-        raise UserError(f"platform {os_id!r}: family must be one of {', '.join(FAMILIES)}",
-                        where=doc.where("platforms", os_id, "family"))
+        raise UserError(
+            f"platform {os_id!r}: family must be one of {', '.join(FAMILIES)}",
+            where=doc.where("platforms", os_id, "family"),
+        )
     for arch in entry["arches"]:
         if arch not in ARCHES:
-            raise UserError(f"platform {os_id!r}: unknown arch {arch!r}",
-                            where=doc.where("platforms", os_id, "arches"),
-                            hint=f"known: {', '.join(ARCHES)}")
+            raise UserError(
+                f"platform {os_id!r}: unknown arch {arch!r}",
+                where=doc.where("platforms", os_id, "arches"),
+                hint=f"known: {', '.join(ARCHES)}",
+            )

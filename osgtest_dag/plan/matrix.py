@@ -34,23 +34,37 @@ class Cell:
 
     def fields(self) -> dict:
         """The values `--only`, `include` and `exclude` globs match against."""
-        return {"serial": self.serial, "platform": self.platform.id, "os": self.platform.os,
-                "arch": self.platform.arch, "family": self.platform.family,
-                "source": self.source.raw, "series": self.source.series,
-                "label": self.package_set.label, "package": self.package_set.packages}
+        return {
+            "serial": self.serial,
+            "platform": self.platform.id,
+            "os": self.platform.os,
+            "arch": self.platform.arch,
+            "family": self.platform.family,
+            "source": self.source.raw,
+            "series": self.source.series,
+            "label": self.package_set.label,
+            "package": self.package_set.packages,
+        }
 
     def to_json(self) -> dict:
         """The plan's view of a cell (`plan --format json`)."""
         s = self.source
-        return {"serial": self.serial, "platform": self.platform.id,
-                "platform_name": self.platform.name, "source": s.raw,
-                "test_source": str(s.test_source) if s.test_source else None,
-                "series": s.series, "repos": list(s.repos),
-                "update_series": s.update_series, "update_repos": list(s.update_repos),
-                "label": self.package_set.label, "packages": list(self.package_set.packages),
-                "selinux": self.package_set.selinux,
-                "vm": {"memory": self.vm.memory, "vcpus": self.vm.vcpus, "disk": self.vm.disk},
-                "param_file": str(self.origin)}
+        return {
+            "serial": self.serial,
+            "platform": self.platform.id,
+            "platform_name": self.platform.name,
+            "source": s.raw,
+            "test_source": str(s.test_source) if s.test_source else None,
+            "series": s.series,
+            "repos": list(s.repos),
+            "update_series": s.update_series,
+            "update_repos": list(s.update_repos),
+            "label": self.package_set.label,
+            "packages": list(self.package_set.packages),
+            "selinux": self.package_set.selinux,
+            "vm": {"memory": self.vm.memory, "vcpus": self.vm.vcpus, "disk": self.vm.disk},
+            "param_file": str(self.origin),
+        }
 
 
 @dataclass(frozen=True)
@@ -68,13 +82,18 @@ def _check_package_sets(files: list[ParamFile]) -> None:
         for ps in pf.package_sets:
             first = by_label.setdefault(ps.label, ps)
             if first.packages != ps.packages:
-                raise UserError(f"package set label {ps.label!r} names different packages here and at {first.where}",
-                                where=ps.where,
-                                hint="labels identify package sets in reports: use one package list per label, or rename one")
+                raise UserError(
+                    f"package set label {ps.label!r} names different packages here and at {first.where}",
+                    where=ps.where,
+                    hint="labels identify package sets in reports: use one package list per label, or rename one",
+                )
             first = by_packages.setdefault((ps.packages, ps.test_command), ps)
             if first.label != ps.label:
-                raise UserError(f"the same packages are labelled {ps.label!r} here and {first.label!r} at {first.where}",
-                                where=ps.where, hint="use one label for one package list")
+                raise UserError(
+                    f"the same packages are labelled {ps.label!r} here and {first.label!r} at {first.where}",
+                    where=ps.where,
+                    hint="use one label for one package list",
+                )
 
 
 def expand(files: list[ParamFile]) -> list[Cell]:
@@ -90,9 +109,18 @@ def expand(files: list[ParamFile]) -> list[Cell]:
             cells.append((pf, plat, src, ps))
     out = []
     for n, (pf, plat, src, ps) in enumerate(cells):
-        out.append(Cell(serial=f"{n:03d}", platform=plat, source=src, package_set=ps,
-                        vm=pf.vm_for(plat.id), test_command=ps.test_command or pf.test_command,
-                        test_timeout=pf.test_timeout, origin=pf.path))
+        out.append(
+            Cell(
+                serial=f"{n:03d}",
+                platform=plat,
+                source=src,
+                package_set=ps,
+                vm=pf.vm_for(plat.id),
+                test_command=ps.test_command or pf.test_command,
+                test_timeout=pf.test_timeout,
+                origin=pf.path,
+            )
+        )
     return out
 
 
@@ -129,9 +157,15 @@ def parse_only(specs) -> tuple[tuple[str, str], ...]:
         key, eq, glob = spec.partition("=")
         key = key.strip()
         if not eq or not glob:
-            raise UserError(f"--only {spec!r}: expected KEY=GLOB", hint=f"keys: {', '.join(ONLY_KEYS)}; e.g. --only platform='debian_*'")
+            raise UserError(
+                f"--only {spec!r}: expected KEY=GLOB",
+                hint=f"keys: {', '.join(ONLY_KEYS)}; e.g. --only platform='debian_*'",
+            )
         if key not in ONLY_KEYS:
-            raise UserError(f"--only: unknown key {key!r}", hint=did_you_mean(key, ONLY_KEYS) or f"keys: {', '.join(ONLY_KEYS)}")
+            raise UserError(
+                f"--only: unknown key {key!r}",
+                hint=did_you_mean(key, ONLY_KEYS) or f"keys: {', '.join(ONLY_KEYS)}",
+            )
         out.append((key, glob))
     return tuple(out)
 

@@ -115,19 +115,25 @@ def find_param_files(paths: list[Path] | tuple) -> list[Path]:
     """
     files: list[Path] = []
     if not paths:
-        raise UserError("no parameter files given", hint="pass a directory such as parameters.d/ or some *.yaml files")
+        raise UserError(
+            "no parameter files given", hint="pass a directory such as parameters.d/ or some *.yaml files"
+        )
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted((f for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file()),
-                           reverse=True)
+            found = sorted(
+                (f for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file()), reverse=True
+            )
             if not found:
                 raise UserError("no *.yaml parameter files in this directory", where=p)
             files.extend(found)
         elif p.is_file():
             files.append(p)
         else:
-            raise UserError("no such file or directory", where=p,
-                            hint="give a directory of *.yaml parameter files, or the files themselves")
+            raise UserError(
+                "no such file or directory",
+                where=p,
+                hint="give a directory of *.yaml parameter files, or the files themselves",
+            )
     seen = set()
     unique = []
     for f in files:
@@ -142,23 +148,37 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
     doc = yamlsrc.load(path)
     data = doc.data
     if data is None:
-        raise UserError("empty parameter file", where=Location(path, 1),
-                        hint=f"a parameter file needs {', '.join(REQUIRED_KEYS)}")
+        raise UserError(
+            "empty parameter file",
+            where=Location(path, 1),
+            hint=f"a parameter file needs {', '.join(REQUIRED_KEYS)}",
+        )
     if not isinstance(data, dict):
-        raise UserError("a parameter file must be a mapping", where=doc.where(),
-                        hint=f"top-level keys: {', '.join(REQUIRED_KEYS)}")
+        raise UserError(
+            "a parameter file must be a mapping",
+            where=doc.where(),
+            hint=f"top-level keys: {', '.join(REQUIRED_KEYS)}",
+        )
     for key in data:
         if key not in REQUIRED_KEYS + OPTIONAL_KEYS:
-            hint = did_you_mean(str(key), REQUIRED_KEYS + OPTIONAL_KEYS) or \
-                f"known keys: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
+            hint = (
+                did_you_mean(str(key), REQUIRED_KEYS + OPTIONAL_KEYS)
+                or f"known keys: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
+            )
             raise UserError(f"unknown key {key!r}", where=doc.key_where(key), hint=hint)
     for key in REQUIRED_KEYS:
         if key not in data:
-            raise UserError(f"missing required key {key!r}", where=Location(path, 1),
-                            hint="every parameter file has platforms, sources and package_sets")
+            raise UserError(
+                f"missing required key {key!r}",
+                where=Location(path, 1),
+                hint="every parameter file has platforms, sources and package_sets",
+            )
         if not isinstance(data[key], list) or not data[key]:
-            raise UserError(f"{key!r} must be a non-empty list", where=doc.where(key),
-                            hint=f"write it as a YAML list: '{key}:' then lines starting with '- '")
+            raise UserError(
+                f"{key!r} must be a non-empty list",
+                where=doc.where(key),
+                hint=f"write it as a YAML list: '{key}:' then lines starting with '- '",
+            )
 
     platforms = []
     for i, pid in enumerate(data["platforms"]):
@@ -177,16 +197,20 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
             src = parse_source(raw)
         except SourceSyntaxError as e:
             col = (where.column or 1) + e.column - 1
-            raise UserError(f"bad source {raw!r}: {e.message}",
-                            where=Location(path, where.line, col), hint=e.hint) from None
+            raise UserError(
+                f"bad source {raw!r}: {e.message}", where=Location(path, where.line, col), hint=e.hint
+            ) from None
         for plat, _ in platforms:
             for name in src.repos + src.update_repos:
                 problem = catalog.check_repo(plat.family, name)
                 if problem:
                     m = re.search(rf"(?<![\w.+-]){re.escape(name)}(?![\w.+-])", raw)
                     col = (where.column or 1) + (m.start() if m else 0)
-                    raise UserError(f"unknown repository {name!r} for {plat.family} platform {plat.id}",
-                                    where=Location(path, where.line, col), hint=problem)
+                    raise UserError(
+                        f"unknown repository {name!r} for {plat.family} platform {plat.id}",
+                        where=Location(path, where.line, col),
+                        hint=problem,
+                    )
         sources.append((src, where))
 
     package_sets = [_package_set(doc, i, ps) for i, ps in enumerate(data["package_sets"])]
@@ -198,8 +222,11 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
     if "vm_per_platform" in data:
         vpp = data["vm_per_platform"]
         if not isinstance(vpp, dict):
-            raise UserError("'vm_per_platform' must map platform globs to VM settings",
-                            where=doc.where("vm_per_platform"), hint="e.g. 'rocky_*.x86_64: {memory: 4096}'")
+            raise UserError(
+                "'vm_per_platform' must map platform globs to VM settings",
+                where=doc.where("vm_per_platform"),
+                hint="e.g. 'rocky_*.x86_64: {memory: 4096}'",
+            )
         for pattern, settings in vpp.items():
             per_platform.append((str(pattern), _vm_overrides(doc, ("vm_per_platform", pattern), settings)))
 
@@ -208,13 +235,22 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
         raise UserError("'test_command' must be a non-empty string", where=doc.where("test_command"))
     test_timeout = data.get("test_timeout", 14400)
     if isinstance(test_timeout, bool) or not isinstance(test_timeout, int) or test_timeout <= 0:
-        raise UserError("'test_timeout' must be a positive number of seconds",
-                        where=doc.where("test_timeout"))
+        raise UserError(
+            "'test_timeout' must be a positive number of seconds", where=doc.where("test_timeout")
+        )
 
-    return ParamFile(path=path, platforms=tuple(platforms), sources=tuple(sources),
-                     package_sets=tuple(package_sets), vm=vm, vm_per_platform=tuple(per_platform),
-                     exclude=_rules(doc, "exclude", data), include=_rules(doc, "include", data),
-                     test_command=test_command, test_timeout=test_timeout)
+    return ParamFile(
+        path=path,
+        platforms=tuple(platforms),
+        sources=tuple(sources),
+        package_sets=tuple(package_sets),
+        vm=vm,
+        vm_per_platform=tuple(per_platform),
+        exclude=_rules(doc, "exclude", data),
+        include=_rules(doc, "include", data),
+        test_command=test_command,
+        test_timeout=test_timeout,
+    )
 
 
 def _package_set(doc: yamlsrc.Document, i: int, ps) -> PackageSet:
@@ -224,32 +260,48 @@ def _package_set(doc: yamlsrc.Document, i: int, ps) -> PackageSet:
     for key in ps:
         if key not in PACKAGE_SET_KEYS:
             hint = did_you_mean(str(key), PACKAGE_SET_KEYS) or f"known keys: {', '.join(PACKAGE_SET_KEYS)}"
-            raise UserError(f"unknown package set key {key!r}",
-                            where=doc.key_where("package_sets", i, key), hint=hint)
+            raise UserError(
+                f"unknown package set key {key!r}", where=doc.key_where("package_sets", i, key), hint=hint
+            )
     label = ps.get("label")
     if not isinstance(label, str) or not label.strip():
-        raise UserError("package set needs a non-empty 'label'",
-                        where=doc.where("package_sets", i, "label"),
-                        hint="the label names the package set in reports")
+        raise UserError(
+            "package set needs a non-empty 'label'",
+            where=doc.where("package_sets", i, "label"),
+            hint="the label names the package set in reports",
+        )
     pkgs = ps.get("packages")
     if not isinstance(pkgs, list) or not pkgs:
-        raise UserError(f"package set {label!r}: 'packages' must be a non-empty list",
-                        where=doc.where("package_sets", i, "packages"))
+        raise UserError(
+            f"package set {label!r}: 'packages' must be a non-empty list",
+            where=doc.where("package_sets", i, "packages"),
+        )
     for j, p in enumerate(pkgs):
         if not isinstance(p, str) or not p.strip() or any(c.isspace() for c in p.strip()):
-            raise UserError(f"package set {label!r}: bad package name {p!r}",
-                            where=doc.where("package_sets", i, "packages", j),
-                            hint="one package name per list item")
+            raise UserError(
+                f"package set {label!r}: bad package name {p!r}",
+                where=doc.where("package_sets", i, "packages", j),
+                hint="one package name per list item",
+            )
     selinux = ps.get("selinux", True)
     if not isinstance(selinux, bool):
-        raise UserError(f"package set {label!r}: 'selinux' must be true or false",
-                        where=doc.where("package_sets", i, "selinux"))
+        raise UserError(
+            f"package set {label!r}: 'selinux' must be true or false",
+            where=doc.where("package_sets", i, "selinux"),
+        )
     test_command = ps.get("test_command")
     if test_command is not None and (not isinstance(test_command, str) or not test_command.strip()):
-        raise UserError(f"package set {label!r}: 'test_command' must be a non-empty string",
-                        where=doc.where("package_sets", i, "test_command"))
-    return PackageSet(label=label.strip(), packages=tuple(p.strip() for p in pkgs),
-                      selinux=selinux, where=where, test_command=test_command)
+        raise UserError(
+            f"package set {label!r}: 'test_command' must be a non-empty string",
+            where=doc.where("package_sets", i, "test_command"),
+        )
+    return PackageSet(
+        label=label.strip(),
+        packages=tuple(p.strip() for p in pkgs),
+        selinux=selinux,
+        where=where,
+        test_command=test_command,
+    )
 
 
 def _vm_overrides(doc: yamlsrc.Document, key: tuple, value) -> dict:
@@ -259,8 +311,11 @@ def _vm_overrides(doc: yamlsrc.Document, key: tuple, value) -> dict:
     for k, v in value.items():
         where = doc.where(*key, k)
         if k not in VM_KEYS:
-            raise UserError(f"unknown VM setting {k!r}", where=doc.key_where(*key, k),
-                            hint=did_you_mean(str(k), VM_KEYS) or f"known: {', '.join(VM_KEYS)}")
+            raise UserError(
+                f"unknown VM setting {k!r}",
+                where=doc.key_where(*key, k),
+                hint=did_you_mean(str(k), VM_KEYS) or f"known: {', '.join(VM_KEYS)}",
+            )
         if k == "vcpus":
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
                 raise UserError("'vcpus' must be a whole number from 1 to 256", where=where)
@@ -269,8 +324,9 @@ def _vm_overrides(doc: yamlsrc.Document, key: tuple, value) -> dict:
             try:
                 out[k] = parse_size_mb(v)
             except ValueError as e:
-                raise UserError(f"bad {k} size: {e}", where=where,
-                                hint="a number of MiB or a size such as 4GB") from None
+                raise UserError(
+                    f"bad {k} size: {e}", where=where, hint="a number of MiB or a size such as 4GB"
+                ) from None
     return out
 
 
@@ -279,18 +335,27 @@ def _rules(doc: yamlsrc.Document, key: str, data: dict) -> tuple[Rule, ...]:
         return ()
     value = data[key]
     if not isinstance(value, list):
-        raise UserError(f"{key!r} must be a list of rules", where=doc.where(key),
-                        hint=f"e.g. '{key}: [{{platform: \"rocky_8.*\", label: \"XRootD\"}}]'")
+        raise UserError(
+            f"{key!r} must be a list of rules",
+            where=doc.where(key),
+            hint=f'e.g. \'{key}: [{{platform: "rocky_8.*", label: "XRootD"}}]\'',
+        )
     rules = []
     for i, rule in enumerate(value):
         if not isinstance(rule, dict) or not rule:
-            raise UserError(f"each {key} rule is a mapping of {', '.join(RULE_KEYS)} to globs",
-                            where=doc.where(key, i))
+            raise UserError(
+                f"each {key} rule is a mapping of {', '.join(RULE_KEYS)} to globs", where=doc.where(key, i)
+            )
         for k, v in rule.items():
             if k not in RULE_KEYS:
-                raise UserError(f"unknown {key} rule key {k!r}", where=doc.key_where(key, i, k),
-                                hint=did_you_mean(str(k), RULE_KEYS) or f"known: {', '.join(RULE_KEYS)}")
+                raise UserError(
+                    f"unknown {key} rule key {k!r}",
+                    where=doc.key_where(key, i, k),
+                    hint=did_you_mean(str(k), RULE_KEYS) or f"known: {', '.join(RULE_KEYS)}",
+                )
             if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-                raise UserError(f"{key} rule value for {k!r} must be a glob string", where=doc.where(key, i, k))
+                raise UserError(
+                    f"{key} rule value for {k!r} must be a glob string", where=doc.where(key, i, k)
+                )
         rules.append(Rule(tuple((k, str(v)) for k, v in rule.items()), doc.where(key, i)))
     return tuple(rules)

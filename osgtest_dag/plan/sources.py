@@ -93,11 +93,13 @@ def _repo_list(text: str, col: int, what: str) -> tuple[str, ...]:
     repos = []
     for name, c in _fields(text, ",", col):
         if not name:
-            raise SourceSyntaxError(f"empty repository name in the {what} list", c,
-                                    "remove the extra comma")
+            raise SourceSyntaxError(f"empty repository name in the {what} list", c, "remove the extra comma")
         if not _REPO.match(name):
-            raise SourceSyntaxError(f"invalid repository name {name!r} in the {what} list", c,
-                                    "repository names are letters, digits, '.', '_', '+', '-'; separate them with commas")
+            raise SourceSyntaxError(
+                f"invalid repository name {name!r} in the {what} list",
+                c,
+                "repository names are letters, digits, '.', '_', '+', '-'; separate them with commas",
+            )
         if name in repos:
             raise SourceSyntaxError(f"repository {name!r} listed twice in the {what} list", c)
         repos.append(name)
@@ -107,8 +109,7 @@ def _repo_list(text: str, col: int, what: str) -> tuple[str, ...]:
 def parse_source(raw: str) -> Source:
     """Parse one sources string; raise SourceSyntaxError with the column of the problem."""
     if not isinstance(raw, str):
-        raise SourceSyntaxError(f"expected a string, got {type(raw).__name__} {raw!r}", 1,
-                                "quote the value")
+        raise SourceSyntaxError(f"expected a string, got {type(raw).__name__} {raw!r}", 1, "quote the value")
     if not raw.strip():
         raise SourceSyntaxError("empty sources string", 1)
     if raw.count(">") > 1:
@@ -122,38 +123,48 @@ def parse_source(raw: str) -> Source:
         (ts, ts_col), (series, s_col), (repos, r_col) = parts
         account, colon, branch = ts.partition(":")
         if not colon:
-            raise SourceSyntaxError(f"test source {ts!r} must be ACCOUNT:BRANCH", ts_col,
-                                    "e.g. 'opensciencegrid:master; 24; osg'")
+            raise SourceSyntaxError(
+                f"test source {ts!r} must be ACCOUNT:BRANCH", ts_col, "e.g. 'opensciencegrid:master; 24; osg'"
+            )
         if not _ACCOUNT.match(account):
             raise SourceSyntaxError(f"invalid account {account!r} in the test source", ts_col)
         if not _BRANCH.match(branch):
-            raise SourceSyntaxError(f"invalid branch {branch!r} in the test source",
-                                    ts_col + len(account) + 1)
+            raise SourceSyntaxError(
+                f"invalid branch {branch!r} in the test source", ts_col + len(account) + 1
+            )
         test_source = TestSource(account, branch)
     elif len(parts) == 2:
         (series, s_col), (repos, r_col) = parts
     elif len(parts) == 1:
-        raise SourceSyntaxError("missing ';' between the series and the repositories", 1,
-                                "write SERIES; REPO[, REPO...], e.g. '24; osg, osg-testing'")
+        raise SourceSyntaxError(
+            "missing ';' between the series and the repositories",
+            1,
+            "write SERIES; REPO[, REPO...], e.g. '24; osg, osg-testing'",
+        )
     else:
-        raise SourceSyntaxError("too many ';'-separated fields (at most 3)", parts[3][1],
-                                "format: [ACCOUNT:BRANCH;] SERIES; REPO[, ...] [> [SERIES/]REPO[, ...]]")
+        raise SourceSyntaxError(
+            "too many ';'-separated fields (at most 3)",
+            parts[3][1],
+            "format: [ACCOUNT:BRANCH;] SERIES; REPO[, ...] [> [SERIES/]REPO[, ...]]",
+        )
     if not series:
         raise SourceSyntaxError("missing series before ';'", s_col, "e.g. '24; osg'")
     if not _SERIES.match(series):
-        raise SourceSyntaxError(f"invalid series {series!r}", s_col,
-                                "a series is a release name such as 24, 3.6 or stable")
+        raise SourceSyntaxError(
+            f"invalid series {series!r}", s_col, "a series is a release name such as 24, 3.6 or stable"
+        )
     if not repos:
         raise SourceSyntaxError("no repositories after the series", r_col, "e.g. '24; osg'")
     initial = _repo_list(repos, r_col, "repository")
     update_series = None
     update: tuple[str, ...] = ()
     if gt >= 0:
-        tail = raw[gt + 1:]
+        tail = raw[gt + 1 :]
         tail_col = gt + 2
         if not tail.strip():
-            raise SourceSyntaxError("nothing after '>'", gt + 1,
-                                    "name the update repositories, e.g. '24; osg > osg-testing'")
+            raise SourceSyntaxError(
+                "nothing after '>'", gt + 1, "name the update repositories, e.g. '24; osg > osg-testing'"
+            )
         if tail.count("/") > 1:
             raise SourceSyntaxError("more than one '/' in the update part", tail_col + tail.rindex("/"))
         if "/" in tail:
@@ -168,5 +179,11 @@ def parse_source(raw: str) -> Source:
         else:
             urepos, ur_col = tail.strip(), tail_col + len(tail) - len(tail.lstrip())
         update = _repo_list(urepos, ur_col, "update repository")
-    return Source(raw=raw, test_source=test_source, series=series, repos=initial,
-                  update_series=update_series, update_repos=update)
+    return Source(
+        raw=raw,
+        test_source=test_source,
+        series=series,
+        repos=initial,
+        update_series=update_series,
+        update_repos=update,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.results import ResultsDocument
 
 SCHEMA = "osgtest-dag/compare"
 VERSION = 1
@@ -21,9 +22,15 @@ def cell_key(cell: dict) -> tuple[str, str, str]:
 
 
 def _brief(cell: dict) -> dict:
-    return {"serial": cell["serial"], "platform": cell["platform"]["id"],
-            "platform_name": cell["platform"]["name"], "source": cell["source"]["raw"],
-            "label": cell["label"], "outcome": cell["outcome"], "reason": cell.get("reason", "")}
+    return {
+        "serial": cell["serial"],
+        "platform": cell["platform"]["id"],
+        "platform_name": cell["platform"]["name"],
+        "source": cell["source"]["raw"],
+        "label": cell["label"],
+        "outcome": cell["outcome"],
+        "reason": cell.get("reason", ""),
+    }
 
 
 def _versions(cell: dict) -> dict[str, str]:
@@ -42,14 +49,22 @@ def package_diff(before: dict, after: dict) -> list[dict]:
     return out
 
 
-def compare(previous: dict, current: dict) -> dict:
+def compare(previous: ResultsDocument, current: ResultsDocument) -> dict:
     """Compare two results documents (previous run first)."""
-    before = {cell_key(c): c for c in previous["cells"]}
-    after = {cell_key(c): c for c in current["cells"]}
-    out: dict[str, Any] = {"schema": SCHEMA, "version": VERSION,
-           "previous": {"name": previous["run"]["name"], "generated": previous["run"].get("generated")},
-           "current": {"name": current["run"]["name"], "generated": current["run"].get("generated")},
-           "regressions": [], "fixes": [], "changed": [], "new": [], "vanished": [], "unchanged": 0}
+    before = {cell_key(c): c for c in previous.cells}
+    after = {cell_key(c): c for c in current.cells}
+    out: dict[str, Any] = {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "previous": {"name": previous.run.name, "generated": previous.run.generated},
+        "current": {"name": current.run.name, "generated": current.run.generated},
+        "regressions": [],
+        "fixes": [],
+        "changed": [],
+        "new": [],
+        "vanished": [],
+        "unchanged": 0,
+    }
     for key, cur in after.items():
         prev = before.get(key)
         if prev is None:
@@ -60,9 +75,15 @@ def compare(previous: dict, current: dict) -> dict:
             out["unchanged"] += 1
             continue
         pk = package_diff(prev, cur)
-        change = {**_brief(cur), "serial_before": prev["serial"], "before": o_prev.value,
-                  "after": o_cur.value, "worse": o_cur > o_prev,
-                  "packages": pk[:PACKAGE_CHANGES_CAP], "packages_changed": len(pk)}
+        change = {
+            **_brief(cur),
+            "serial_before": prev["serial"],
+            "before": o_prev.value,
+            "after": o_cur.value,
+            "worse": o_cur > o_prev,
+            "packages": pk[:PACKAGE_CHANGES_CAP],
+            "packages_changed": len(pk),
+        }
         if o_prev.acceptable and not o_cur.acceptable:
             out["regressions"].append(change)
         elif not o_prev.acceptable and o_cur.acceptable:
@@ -88,15 +109,19 @@ def text(diff: dict) -> str:
     if not has_changes(diff):
         lines.append(f"  none ({diff['unchanged']} cells with the same outcome)")
         return "\n".join(lines) + "\n"
-    titles = (("regressions", "Regressions (passed before, not now)"),
-              ("fixes", "Fixes (failed before, pass now)"),
-              ("changed", "Other outcome changes"))
+    titles = (
+        ("regressions", "Regressions (passed before, not now)"),
+        ("fixes", "Fixes (failed before, pass now)"),
+        ("changed", "Other outcome changes"),
+    )
     for key, title in titles:
         if not diff[key]:
             continue
         lines.append(f"  {title}: {len(diff[key])}")
         for c in diff[key]:
-            lines.append(f"    {c['before']:>8} -> {c['after']:<8} {c['platform']:<24} {c['label']} | {c['source']}")
+            lines.append(
+                f"    {c['before']:>8} -> {c['after']:<8} {c['platform']:<24} {c['label']} | {c['source']}"
+            )
             if c.get("reason") and key != "fixes":
                 lines.append(f"{'':14}{c['reason']}")
             for p in c["packages"][:10]:

@@ -18,7 +18,8 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.outcome import ORDERED, Outcome
+from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.report import compare as compare_mod
 from osgtest_dag.report import html as report_html
 from osgtest_dag.report import text as report_text
@@ -51,8 +52,7 @@ class SmtpSettings:
 
         host = get("HOST", "host")
         if not host:
-            raise UserError("no SMTP server given",
-                            hint=f"pass --smtp-host or set {ENV_PREFIX}HOST")
+            raise UserError("no SMTP server given", hint=f"pass --smtp-host or set {ENV_PREFIX}HOST")
         port = get("PORT", "port")
         try:
             port = int(port) if port is not None else 25
@@ -71,49 +71,71 @@ class SmtpSettings:
         password = get("PASSWORD", "password")
         if user and password is None:
             raise UserError("an SMTP user needs a password", hint=f"set {ENV_PREFIX}PASSWORD")
-        return cls(host=host, port=port, starttls=bool(tls), user=user, password=password,
-                   sender=get("FROM", "sender") or "osgtest-dag@localhost", recipients=tuple(to),
-                   cafile=get("CAFILE", "cafile"))
+        return cls(
+            host=host,
+            port=port,
+            starttls=bool(tls),
+            user=user,
+            password=password,
+            sender=get("FROM", "sender") or "osgtest-dag@localhost",
+            recipients=tuple(to),
+            cafile=get("CAFILE", "cafile"),
+        )
 
 
-def subject(doc: dict, diff: dict | None = None) -> str:
-    counts = doc["counts"]["by_outcome"]
+def subject(doc: ResultsDocument, diff: dict | None = None) -> str:
+    counts = doc.counts["by_outcome"]
     parts = [f"{n} {o}" for o, n in counts.items() if n]
-    s = f"osgtest-dag {doc['run']['name']}: " + ", ".join(parts)
+    s = f"osgtest-dag {doc.run.name}: " + ", ".join(parts)
     if diff is not None and diff["regressions"]:
         s += f" ({len(diff['regressions'])} regression{'s' if len(diff['regressions']) != 1 else ''})"
     return s
 
 
-def html_summary(doc: dict, diff: dict | None = None) -> str:
+def html_summary(doc: ResultsDocument, diff: dict | None = None) -> str:
     """A short HTML body (mail clients drop scripts and style sheets: inline styles only)."""
     e = html.escape
-    counts = doc["counts"]
-    out = ['<html><body style="font-family:sans-serif">',
-           f"<h2>osgtest-dag results: {e(doc['run']['name'])}</h2>", "<p>"]
+    counts = doc.counts
+    out = [
+        '<html><body style="font-family:sans-serif">',
+        f"<h2>osgtest-dag results: {e(doc.run.name)}</h2>",
+        "<p>",
+    ]
     for o, n in counts["by_outcome"].items():
         if n:
             bg, fg = report_html.COLORS.get(o, ("#eee", "#000"))
-            out.append(f'<span style="background:{bg};color:{fg};padding:2px 8px;border-radius:8px">'
-                       f"{e(o)} {n}</span> ")
+            out.append(
+                f'<span style="background:{bg};color:{fg};padding:2px 8px;border-radius:8px">'
+                f"{e(o)} {n}</span> "
+            )
     out.append("</p>")
     if diff is not None:
         out.append(f"<h3>What changed since {e(diff['previous']['name'])}</h3>")
         out.append(f"<pre>{e(compare_mod.text(diff))}</pre>")
-    present = [o["name"] for o in doc["outcomes"] if counts["by_outcome"][o["name"]]]
-    out.append('<table style="border-collapse:collapse" border="1" cellpadding="3"><tr><th>OS release</th>'
-               + "".join(f"<th>{e(o)}</th>" for o in present) + "<th>total</th></tr>")
+    present = [o.value for o in ORDERED if counts["by_outcome"][o.value]]
+    out.append(
+        '<table style="border-collapse:collapse" border="1" cellpadding="3"><tr><th>OS release</th>'
+        + "".join(f"<th>{e(o)}</th>" for o in present)
+        + "<th>total</th></tr>"
+    )
     for g in counts["by_os"]:
-        out.append(f"<tr><td>{e(g['name'])}</td>" + "".join(
-            f"<td align=right>{g['counts'][o] or ''}</td>" for o in present) + f"<td align=right>{g['cells']}</td></tr>")
+        out.append(
+            f"<tr><td>{e(g['name'])}</td>"
+            + "".join(f"<td align=right>{g['counts'][o] or ''}</td>" for o in present)
+            + f"<td align=right>{g['cells']}</td></tr>"
+        )
     out.append("</table>")
-    bad = sorted((c for c in doc["cells"] if c["outcome"] != "pass"),
-                 key=lambda c: (-Outcome(c["outcome"]).severity, c["serial"]))
+    bad = sorted(
+        (c for c in doc.cells if c["outcome"] != "pass"),
+        key=lambda c: (-Outcome(c["outcome"]).severity, c["serial"]),
+    )
     if bad:
         out.append(f"<h3>Cells that did not pass ({len(bad)})</h3><ul>")
         for c in bad[:200]:
-            out.append(f"<li><b>{e(c['outcome'])}</b> {e(c['platform']['name'])} | {e(c['label'])} | "
-                       f"{e(c['source']['display'])}: {e(c.get('reason') or '')}</li>")
+            out.append(
+                f"<li><b>{e(c['outcome'])}</b> {e(c['platform']['name'])} | {e(c['label'])} | "
+                f"{e(c['source']['display'])}: {e(c.get('reason') or '')}</li>"
+            )
         if len(bad) > 200:
             out.append(f"<li>... and {len(bad) - 200} more (see the attached report)</li>")
         out.append("</ul>")
@@ -121,8 +143,9 @@ def html_summary(doc: dict, diff: dict | None = None) -> str:
     return "\n".join(out)
 
 
-def build_message(doc: dict, settings: SmtpSettings, diff: dict | None = None,
-                  subject_prefix: str = "") -> EmailMessage:
+def build_message(
+    doc: ResultsDocument, settings: SmtpSettings, diff: dict | None = None, subject_prefix: str = ""
+) -> EmailMessage:
     msg = EmailMessage()
     msg["Subject"] = subject_prefix + subject(doc, diff)
     msg["From"] = settings.sender
@@ -132,8 +155,9 @@ def build_message(doc: dict, settings: SmtpSettings, diff: dict | None = None,
     msg.set_content(report_text.render(doc, diff))
     msg.add_alternative(html_summary(doc, diff), subtype="html")
     report = report_html.render(doc, diff)
-    msg.add_attachment(report.encode("utf-8"), maintype="text", subtype="html",
-                       filename=f"osgtest-dag-{doc['run']['name']}.html")
+    msg.add_attachment(
+        report.encode("utf-8"), maintype="text", subtype="html", filename=f"osgtest-dag-{doc.run.name}.html"
+    )
     return msg
 
 
@@ -150,8 +174,10 @@ def send(msg: EmailMessage, settings: SmtpSettings) -> None:
                 s.login(settings.user, settings.password or "")
             refused = s.send_message(msg, from_addr=settings.sender, to_addrs=list(settings.recipients))
     except (OSError, smtplib.SMTPException) as e:
-        raise UserError(f"sending the mail via {settings.host}:{settings.port} failed: {e}",
-                        hint="check the SMTP settings (host, port, STARTTLS, login)") from None
+        raise UserError(
+            f"sending the mail via {settings.host}:{settings.port} failed: {e}",
+            hint="check the SMTP settings (host, port, STARTTLS, login)",
+        ) from None
     if refused:
         log.warning("recipients refused: %s", ", ".join(refused))
     log.info("mail sent to %s via %s:%d", ", ".join(settings.recipients), settings.host, settings.port)

@@ -15,12 +15,19 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.outcome import ORDERED, Outcome
+from osgtest_dag.model.results import ResultsDocument
 
 COLORS = {
-    "pass": ("#1a7f37", "#fff"), "cleanup": ("#8fd19e", "#123"), "waived": ("#2f8f9d", "#fff"),
-    "fail": ("#cf222e", "#fff"), "update": ("#e36209", "#fff"), "install": ("#8250df", "#fff"),
-    "timeout": ("#8a5a00", "#fff"), "infra": ("#6e7781", "#fff"), "missing": ("#24292f", "#fff"),
+    "pass": ("#1a7f37", "#fff"),
+    "cleanup": ("#8fd19e", "#123"),
+    "waived": ("#2f8f9d", "#fff"),
+    "fail": ("#cf222e", "#fff"),
+    "update": ("#e36209", "#fff"),
+    "install": ("#8250df", "#fff"),
+    "timeout": ("#8a5a00", "#fff"),
+    "infra": ("#6e7781", "#fff"),
+    "missing": ("#24292f", "#fff"),
 }
 FAMILY_NAMES = {"el": "EL", "debian": "Debian"}
 
@@ -71,8 +78,7 @@ JS = """
 })();
 """
 
-ERROR_HOOK = ("window.onerror=function(m){document.documentElement.setAttribute('data-js-error',"
-              "String(m));};")
+ERROR_HOOK = "window.onerror=function(m){document.documentElement.setAttribute('data-js-error',String(m));};"
 
 
 def e(value) -> str:
@@ -107,11 +113,15 @@ def _sort_key(p: dict) -> list:
 
 def _tooltip(c: dict) -> str:
     n = c.get("counts") or {}
-    lines = [f"{c['serial']}: {c['outcome'].upper()} - {c.get('reason') or ''}",
-             f"{c['platform']['name']} | {c['label']} | {c['source']['display']}"]
+    lines = [
+        f"{c['serial']}: {c['outcome'].upper()} - {c.get('reason') or ''}",
+        f"{c['platform']['name']} | {c['label']} | {c['source']['display']}",
+    ]
     if n.get("run"):
-        lines.append(f"tests {n['run']}: ok {n['ok']}, failed {n['failed']}, errors {n['error']}, "
-                     f"bad skips {n['bad_skips']}, ok skips {n['ok_skips']}")
+        lines.append(
+            f"tests {n['run']}: ok {n['ok']}, failed {n['failed']}, errors {n['error']}, "
+            f"bad skips {n['bad_skips']}, ok skips {n['ok_skips']}"
+        )
     for f in (c.get("failures") or [])[:6]:
         name = ".".join(p for p in (f.get("module"), f.get("test")) if p)
         waived = " [waived]" if f.get("waived_by") else ""
@@ -137,13 +147,15 @@ def _cell_td(c: dict | None, hrefs: dict) -> str:
     label = e(c["outcome"])
     href = hrefs.get(c["serial"])
     inner = f'<a href="{e(href)}">{label}{count}</a>' if href else f"{label}{count}"
-    return (f'<td class="cell o-{e(c["outcome"])}" data-outcome="{e(c["outcome"])}" '
-            f'data-serial="{e(c["serial"])}" style="background:{fg_bg[0]};color:{fg_bg[1]}" '
-            f'title="{e(_tooltip(c))}">{inner}</td>')
+    return (
+        f'<td class="cell o-{e(c["outcome"])}" data-outcome="{e(c["outcome"])}" '
+        f'data-serial="{e(c["serial"])}" style="background:{fg_bg[0]};color:{fg_bg[1]}" '
+        f'title="{e(_tooltip(c))}">{inner}</td>'
+    )
 
 
-def _grid(doc: dict, first: str, table_id: str, hrefs: dict) -> list[str]:
-    cells = doc["cells"]
+def _grid(doc: ResultsDocument, first: str, table_id: str, hrefs: dict) -> list[str]:
+    cells = doc.cells
     platforms: dict[str, dict] = {}
     for c in cells:
         platforms.setdefault(c["platform"]["id"], c["platform"])
@@ -168,9 +180,8 @@ def _grid(doc: dict, first: str, table_id: str, hrefs: dict) -> list[str]:
         rows = [(s, lab) for s in src_order for lab in lab_order]
     else:
         rows = [(s, lab) for lab in lab_order for s in src_order]
-    row_title = ("Source / package set" if first == "source" else "Package set / source")
-    out = [f'<table class="grid" id="{e(table_id)}">', "<thead><tr>",
-           f'<th rowspan="2">{e(row_title)}</th>']
+    row_title = "Source / package set" if first == "source" else "Package set / source"
+    out = [f'<table class="grid" id="{e(table_id)}">', "<thead><tr>", f'<th rowspan="2">{e(row_title)}</th>']
     out += [f'<th colspan="{n}">{e(g)}</th>' for g, n in groups]
     out.append("</tr><tr>")
     out += [f'<th title="{e(p["id"])}">{e(p["name"])}</th>' for p in cols]
@@ -198,22 +209,32 @@ def _changes(diff: dict) -> list[str]:
         any_change = True
         out.append(f"<h3>{e(title)} ({len(items)})</h3><ul>")
         for c in items:
-            pk = "; ".join(f"{e(p['name'])} {e(p['before'] or '(none)')} &#8594; {e(p['after'] or '(none)')}"
-                           for p in c["packages"][:8])
+            pk = "; ".join(
+                f"{e(p['name'])} {e(p['before'] or '(none)')} &#8594; {e(p['after'] or '(none)')}"
+                for p in c["packages"][:8]
+            )
             more = c["packages_changed"] - 8
-            out.append(f'<li><b>{e(c["before"])} &#8594; {e(c["after"])}</b> {e(c["platform_name"])} | '
-                       f'{e(c["label"])} | {e(c["source"])}'
-                       + (f' <span class="pk">({e(c["reason"])})</span>' if c.get("reason") else "")
-                       + (f'<br><span class="pk">{pk}' + (f" and {more} more" if more > 0 else "") + "</span>" if pk else "")
-                       + "</li>")
+            out.append(
+                f"<li><b>{e(c['before'])} &#8594; {e(c['after'])}</b> {e(c['platform_name'])} | "
+                f"{e(c['label'])} | {e(c['source'])}"
+                + (f' <span class="pk">({e(c["reason"])})</span>' if c.get("reason") else "")
+                + (
+                    f'<br><span class="pk">{pk}' + (f" and {more} more" if more > 0 else "") + "</span>"
+                    if pk
+                    else ""
+                )
+                + "</li>"
+            )
         out.append("</ul>")
     for key, title in (("new", "New cells"), ("vanished", "Cells no longer in the run")):
         items = diff.get(key) or []
         if items:
             any_change = True
             out.append(f"<h3>{e(title)} ({len(items)})</h3><ul>")
-            out += [f'<li>{e(c["outcome"])}: {e(c["platform_name"])} | {e(c["label"])} | {e(c["source"])}</li>'
-                    for c in items]
+            out += [
+                f"<li>{e(c['outcome'])}: {e(c['platform_name'])} | {e(c['label'])} | {e(c['source'])}</li>"
+                for c in items
+            ]
             out.append("</ul>")
     if not any_change:
         out.append(f"<p>No changes: {e(diff['unchanged'])} cells have the same outcome.</p>")
@@ -221,16 +242,18 @@ def _changes(diff: dict) -> list[str]:
     return out
 
 
-def _details(doc: dict, hrefs: dict) -> list[str]:
-    bad = [c for c in doc["cells"] if c["outcome"] != "pass"]
+def _details(doc: ResultsDocument, hrefs: dict) -> list[str]:
+    bad = [c for c in doc.cells if c["outcome"] != "pass"]
     bad.sort(key=lambda c: (-Outcome(c["outcome"]).severity, c["serial"]))
     out = [f'<section id="details"><h2>Cells that did not pass ({len(bad)})</h2>']
     for c in bad:
         href = hrefs.get(c["serial"])
         link = f' <a href="{e(href)}">logs</a>' if href else ""
-        out.append(f'<details data-outcome="{e(c["outcome"])}"><summary><b>{e(c["outcome"])}</b> '
-                   f'{e(c["serial"])} {e(c["platform"]["name"])} | {e(c["label"])} | '
-                   f'{e(c["source"]["display"])}</summary><p>{e(c.get("reason"))}{link}</p>')
+        out.append(
+            f'<details data-outcome="{e(c["outcome"])}"><summary><b>{e(c["outcome"])}</b> '
+            f"{e(c['serial'])} {e(c['platform']['name'])} | {e(c['label'])} | "
+            f"{e(c['source']['display'])}</summary><p>{e(c.get('reason'))}{link}</p>"
+        )
         for f in (c.get("failures") or [])[:20]:
             name = ".".join(p for p in (f.get("module"), f.get("class"), f.get("test")) if p)
             w = f.get("waived_by")
@@ -238,59 +261,75 @@ def _details(doc: dict, hrefs: dict) -> list[str]:
             if w:
                 t = f' <a href="{e(w["ticket"])}">{e(w["ticket"])}</a>' if w.get("ticket") else ""
                 waived = f' <span class="warn">waived by {e(w.get("where"))}{t}</span>'
-            tags = f' [{e(", ".join(f.get("tags") or []))}]' if f.get("tags") else ""
-            out.append(f"<p>{e(f['kind'])} <code>{e(name)}</code>{tags}{waived}</p>"
-                       f"<pre>{e(f.get('message'))}</pre>")
+            tags = f" [{e(', '.join(f.get('tags') or []))}]" if f.get("tags") else ""
+            out.append(
+                f"<p>{e(f['kind'])} <code>{e(name)}</code>{tags}{waived}</p><pre>{e(f.get('message'))}</pre>"
+            )
         out.append("</details>")
     out.append("</section>")
     return out
 
 
-def render(doc: dict, diff: dict | None = None, *, out_path: Path | str | None = None,
-           link_base: str | None = None) -> str:
+def render(
+    doc: ResultsDocument,
+    diff: dict | None = None,
+    *,
+    out_path: Path | str | None = None,
+    link_base: str | None = None,
+) -> str:
     """The page. Links to logs are relative to `out_path`'s directory (or under `link_base`)."""
-    run = doc["run"]
+    run = doc.run
     out_dir = str(Path(out_path).resolve().parent) if out_path else None
-    hrefs = {c["serial"]: _href(c["logs"].get("main") or c["logs"].get("dir"), run["dir"], out_dir, link_base)
-             for c in doc["cells"]}
-    counts = doc["counts"]["by_outcome"]
-    present = [o["name"] for o in doc["outcomes"] if counts.get(o["name"])]
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>osgtest-dag: {e(run['name'])}</title>",
-             f"<script>{ERROR_HOOK}</script>", f"<style>{CSS}</style></head>",
-             '<body data-js="pending">',
-             f"<h1>osgtest-dag results: {e(run['name'])}</h1>",
-             f'<p class="meta">{e(run["cells"])} cells &#183; run generated {e(run.get("generated"))} '
-             f'&#183; analyzed {e(doc.get("generated"))} &#183; worst outcome <b>{e(doc["worst"])}</b></p>',
-             '<p class="chips" id="totals">']
+    hrefs = {
+        c["serial"]: _href(c["logs"].get("main") or c["logs"].get("dir"), run.dir, out_dir, link_base)
+        for c in doc.cells
+    }
+    counts = doc.counts["by_outcome"]
+    present = [o.value for o in ORDERED if counts.get(o.value)]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>osgtest-dag: {e(run.name)}</title>",
+        f"<script>{ERROR_HOOK}</script>",
+        f"<style>{CSS}</style></head>",
+        '<body data-js="pending">',
+        f"<h1>osgtest-dag results: {e(run.name)}</h1>",
+        f'<p class="meta">{e(run.cells)} cells &#183; run generated {e(run.generated)} '
+        f"&#183; analyzed {e(doc.generated)} &#183; worst outcome <b>{e(doc.worst.value)}</b></p>",
+        '<p class="chips" id="totals">',
+    ]
     for name in present:
         bg, fg = COLORS.get(name, ("#eee", "#000"))
-        parts.append(f'<span style="background:{bg};color:{fg}" data-outcome="{e(name)}">'
-                     f"{e(name)} {e(counts[name])}</span>")
+        parts.append(
+            f'<span style="background:{bg};color:{fg}" data-outcome="{e(name)}">'
+            f"{e(name)} {e(counts[name])}</span>"
+        )
     parts.append("</p>")
     if diff is not None:
         parts += _changes(diff)
     parts.append('<p class="filters" id="filters">Show: ')
     for name in present:
         parts.append(f'<label><input type="checkbox" data-filter="{e(name)}" checked> {e(name)}</label>')
-    parts.append('</p><p><a href="#by-source">by source</a> &#183; <a href="#by-package-set">by package set</a>'
-                 ' &#183; <a href="#details">details</a> &#183; <a href="#legend">legend</a></p>')
+    parts.append(
+        '</p><p><a href="#by-source">by source</a> &#183; <a href="#by-package-set">by package set</a>'
+        ' &#183; <a href="#details">details</a> &#183; <a href="#legend">legend</a></p>'
+    )
     parts.append('<section id="by-source"><h2>By source and package set</h2>')
     parts += _grid(doc, "source", "grid-by-source", hrefs)
     parts.append('</section><section id="by-package-set"><h2>By package set and source</h2>')
     parts += _grid(doc, "package_set", "grid-by-package-set", hrefs)
     parts.append("</section>")
     parts += _details(doc, hrefs)
-    warnings = doc.get("known_failures", {}).get("warnings") or []
+    warnings = doc.known_failures.warnings
     if warnings:
         parts.append('<section id="known-failure-warnings"><h2>Known-failure warnings</h2><ul>')
         parts += [f'<li class="warn">{e(w)}</li>' for w in warnings]
         parts.append("</ul></section>")
     parts.append('<section id="legend"><h2>Legend (least to most severe)</h2><p class="legend">')
-    for o in doc["outcomes"]:
-        bg, fg = COLORS.get(o["name"], ("#eee", "#000"))
-        parts.append(f'<span style="background:{bg};color:{fg}">{e(o["name"])}</span> {e(o["description"])}<br>')
+    for o in ORDERED:
+        bg, fg = COLORS.get(o.value, ("#eee", "#000"))
+        parts.append(f'<span style="background:{bg};color:{fg}">{e(o.value)}</span> {e(o.description)}<br>')
     parts.append("</p></section>")
     parts.append(f"<script>{JS}</script></body></html>")
     return "\n".join(parts) + "\n"

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.results import ResultsDocument
 
 # Characters XML 1.0 does not allow, even escaped (logs carry terminal escapes and such).
 _ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -33,17 +34,34 @@ def _el(parent, tag: str, text: str | None = None, **attrs) -> ET.Element:
 
 def _suite(root: ET.Element, c: dict) -> None:
     p = c["platform"]
-    suite = _el(root, "testsuite", name=f"{c['serial']} {p['id']} | {c['label']} | {c['source']['raw']}",
-                tests="0", failures="0", errors="0", skipped="0", id=c["serial"], package=p["id"],
-                timestamp=c.get("started"), hostname=c.get("host"))
+    suite = _el(
+        root,
+        "testsuite",
+        name=f"{c['serial']} {p['id']} | {c['label']} | {c['source']['raw']}",
+        tests="0",
+        failures="0",
+        errors="0",
+        skipped="0",
+        id=c["serial"],
+        package=p["id"],
+        timestamp=c.get("started"),
+        hostname=c.get("host"),
+    )
     total = (c.get("durations") or {}).get("total")
     if total is not None:
         suite.set("time", f"{float(total):.3f}")
     props = _el(suite, "properties")
-    for k, v in (("platform", p["id"]), ("platform_name", p["name"]), ("source", c["source"]["raw"]),
-                 ("label", c["label"]), ("packages", " ".join(c.get("packages") or [])),
-                 ("outcome", c["outcome"]), ("reason", c.get("reason")),
-                 ("attempts", c.get("attempts")), ("image_digest", c.get("image_digest"))):
+    for k, v in (
+        ("platform", p["id"]),
+        ("platform_name", p["name"]),
+        ("source", c["source"]["raw"]),
+        ("label", c["label"]),
+        ("packages", " ".join(c.get("packages") or [])),
+        ("outcome", c["outcome"]),
+        ("reason", c.get("reason")),
+        ("attempts", c.get("attempts")),
+        ("image_digest", c.get("image_digest")),
+    ):
         if v not in (None, ""):
             _el(props, "property", name=k, value=v)
     n = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
@@ -58,8 +76,13 @@ def _suite(root: ET.Element, c: dict) -> None:
             tc.set("time", f"{float(phases[ph['name']]):.3f}")
         n["tests"] += 1
         if ph.get("status") == "failed":
-            _el(tc, "failure", f"phase {ph['name']} failed with exit code {ph.get('exit_code')}",
-                type="phase", message=f"exit code {ph.get('exit_code')}")
+            _el(
+                tc,
+                "failure",
+                f"phase {ph['name']} failed with exit code {ph.get('exit_code')}",
+                type="phase",
+                message=f"exit code {ph.get('exit_code')}",
+            )
             n["failures"] += 1
         elif ph.get("status") == "skipped":
             _el(tc, "skipped", message="skipped after an earlier failure")
@@ -82,7 +105,9 @@ def _suite(root: ET.Element, c: dict) -> None:
     for row in c.get("tests") or []:
         module, klass, name, status = row[:4]
         reason = row[4] if len(row) > 4 else None
-        tc = _el(suite, "testcase", name=name, classname=".".join(x for x in (module, klass) if x) or "osg-test")
+        tc = _el(
+            suite, "testcase", name=name, classname=".".join(x for x in (module, klass) if x) or "osg-test"
+        )
         n["tests"] += 1
         f = failures.get((module, name))
         if status == "okskip":
@@ -94,19 +119,34 @@ def _suite(root: ET.Element, c: dict) -> None:
         elif status in ("FAIL", "ERROR", "TIMEOUT", "BADSKIP"):
             if f and f.get("waived_by"):
                 w = f["waived_by"]
-                _el(tc, "skipped", f.get("detail") or f.get("message"),
+                _el(
+                    tc,
+                    "skipped",
+                    f.get("detail") or f.get("message"),
                     message=f"known failure, waived by {w.get('where')}"
-                            + (f" ({w['ticket']})" if w.get("ticket") else ""))
+                    + (f" ({w['ticket']})" if w.get("ticket") else ""),
+                )
                 n["skipped"] += 1
             elif status == "ERROR":
-                _el(tc, "error", (f or {}).get("detail") or (f or {}).get("message") or "error",
-                    type="ERROR", message=((f or {}).get("message") or "error").splitlines()[0][:300]
-                    if (f or {}).get("message") else "error")
+                _el(
+                    tc,
+                    "error",
+                    (f or {}).get("detail") or (f or {}).get("message") or "error",
+                    type="ERROR",
+                    message=((f or {}).get("message") or "error").splitlines()[0][:300]
+                    if (f or {}).get("message")
+                    else "error",
+                )
                 n["errors"] += 1
             else:
                 msg = (f or {}).get("message") or reason or status
-                _el(tc, "failure", (f or {}).get("detail") or msg, type=status,
-                    message=msg.splitlines()[0][:300] if msg else status)
+                _el(
+                    tc,
+                    "failure",
+                    (f or {}).get("detail") or msg,
+                    type=status,
+                    message=msg.splitlines()[0][:300] if msg else status,
+                )
                 n["failures"] += 1
     if c["outcome"] in NO_VERDICT and guest_phases:
         # A guest that died or ran out of time: say so in the suite, not only in a phase.
@@ -118,10 +158,10 @@ def _suite(root: ET.Element, c: dict) -> None:
         suite.set(k, str(v))
 
 
-def render(doc: dict) -> str:
+def render(doc: ResultsDocument) -> str:
     """The JUnit XML document (UTF-8, with declaration)."""
-    root = ET.Element("testsuites", {"name": clean(f"osgtest-dag {doc['run']['name']}")})
-    for c in doc["cells"]:
+    root = ET.Element("testsuites", {"name": clean(f"osgtest-dag {doc.run.name}")})
+    for c in doc.cells:
         _suite(root, c)
     totals = {"tests": 0, "failures": 0, "errors": 0}
     for s in root:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.report import html as report_html
 from osgtest_dag.report import junit as report_junit
 from osgtest_dag.report import text as report_text
@@ -13,8 +14,14 @@ from osgtest_dag.report import text as report_text
 FORMATS = ("text", "html", "junit", "json")
 
 
-def render(doc: dict[str, Any], fmt: str, *, diff: dict[str, Any] | None = None,
-           out_path: Path | None = None, link_base: str | None = None) -> str:
+def render(
+    doc: ResultsDocument,
+    fmt: str,
+    *,
+    diff: dict[str, Any] | None = None,
+    out_path: Path | None = None,
+    link_base: str | None = None,
+) -> str:
     """results.json -> the report in `fmt` (text, html, junit, json)."""
     if fmt == "text":
         return report_text.render(doc, diff)
@@ -23,5 +30,5 @@ def render(doc: dict[str, Any], fmt: str, *, diff: dict[str, Any] | None = None,
     if fmt == "junit":
         return report_junit.render(doc)
     if fmt == "json":
-        return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+        return json.dumps(doc.to_json(), indent=1, ensure_ascii=False) + "\n"
     raise ValueError(fmt)

@@ -3,7 +3,8 @@ by source, then every cell that did not pass, worst first."""
 
 from __future__ import annotations
 
-from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.outcome import ORDERED, Outcome
+from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.report import compare as compare_mod
 
 REASON_WIDTH = 100
@@ -14,33 +15,42 @@ def _table(title: str, groups: list[dict], outcomes: list[str]) -> list[str]:
     head = f"{title:<{width}}" + "".join(f"{o:>9}" for o in outcomes) + f"{'total':>8}"
     lines = [head, "-" * len(head)]
     for g in groups:
-        row = f"{g['name']:<{width}}" + "".join(
-            f"{(g['counts'][o] or '.'):>9}" for o in outcomes) + f"{g['cells']:>8}"
+        row = (
+            f"{g['name']:<{width}}"
+            + "".join(f"{(g['counts'][o] or '.'):>9}" for o in outcomes)
+            + f"{g['cells']:>8}"
+        )
         lines.append(row)
     return lines
 
 
-def render(doc: dict, diff: dict | None = None) -> str:
-    run = doc["run"]
-    counts = doc["counts"]
+def render(doc: ResultsDocument, diff: dict | None = None) -> str:
+    run = doc.run
+    counts = doc.counts
     total = sum(counts["by_outcome"].values())
     # Only outcomes that occur get a column (all of them when nothing ran at all).
-    present = [o["name"] for o in doc["outcomes"] if counts["by_outcome"][o["name"]]] or ["missing"]
-    out = [f"osgtest-dag results: {run['name']} ({total} cells, generated {run.get('generated') or '?'})",
-           "Overall: " + ", ".join(f"{n} {o}" for o, n in counts["by_outcome"].items() if n)
-           + f"  (worst: {doc['worst']})", ""]
+    present = [o.value for o in ORDERED if counts["by_outcome"][o.value]] or ["missing"]
+    out = [
+        f"osgtest-dag results: {run.name} ({total} cells, generated {run.generated or '?'})",
+        "Overall: "
+        + ", ".join(f"{n} {o}" for o, n in counts["by_outcome"].items() if n)
+        + f"  (worst: {doc.worst.value})",
+        "",
+    ]
     if diff is not None:
         out += [compare_mod.text(diff).rstrip("\n"), ""]
     out += _table("OS release", counts["by_os"], present) + [""]
     out += _table("Package set", counts["by_package_set"], present) + [""]
     out += _table("Source", counts["by_source"], present) + [""]
-    bad = [c for c in doc["cells"] if c["outcome"] != Outcome.PASS.value]
+    bad = [c for c in doc.cells if c["outcome"] != Outcome.PASS.value]
     bad.sort(key=lambda c: (-Outcome(c["outcome"]).severity, c["serial"]))
     if bad:
         out.append(f"Cells that did not pass ({len(bad)}):")
         for c in bad:
-            out.append(f"  {c['serial']:<6} {c['outcome']:<8} {c['platform']['id']:<26} "
-                       f"{c['label']} | {c['source']['raw']}")
+            out.append(
+                f"  {c['serial']:<6} {c['outcome']:<8} {c['platform']['id']:<26} "
+                f"{c['label']} | {c['source']['raw']}"
+            )
             reason = c.get("reason") or ""
             if reason:
                 out.append(f"{'':9}{reason[:REASON_WIDTH]}")
@@ -54,7 +64,7 @@ def render(doc: dict, diff: dict | None = None) -> str:
                 out.append(f"{'':11}... and {more} more")
     else:
         out.append("Every cell passed.")
-    warnings = doc.get("known_failures", {}).get("warnings") or []
+    warnings = doc.known_failures.warnings
     if warnings:
         out += ["", "Known-failure warnings:"] + [f"  {w}" for w in warnings]
     return "\n".join(out) + "\n"

@@ -24,10 +24,10 @@ class Interrupted(OsgtestDagError):
 
 @dataclass
 class Options:
-    jobs: int = 0                      # VMs at once; 0 = default_jobs()
-    local_jobs: int = 0                # local processes at once; 0 = 2 x cores
+    jobs: int = 0  # VMs at once; 0 = default_jobs()
+    local_jobs: int = 0  # local processes at once; 0 = 2 x cores
     accel: str | None = None
-    exclude_nodes: frozenset = frozenset()   # nodes (and their descendants) left out (--only)
+    exclude_nodes: frozenset = frozenset()  # nodes (and their descendants) left out (--only)
     progress: Progress | None = None
 
 
@@ -35,9 +35,9 @@ class Context:
     def __init__(self, opts: Options, children: ChildRecord):
         self.opts = opts
         self.slots = Slots(opts.jobs or default_jobs(), opts.local_jobs or 2 * (os.cpu_count() or 1))
-        self.stop = threading.Event()       # Ctrl-C: start nothing more
-        self.jobs = RunningJobs()           # ... and kill what runs
-        self.children = children            # ... and what a `kill -9` would leave running
+        self.stop = threading.Event()  # Ctrl-C: start nothing more
+        self.jobs = RunningJobs()  # ... and kill what runs
+        self.children = children  # ... and what a `kill -9` would leave running
         self._job_ids = itertools.count(1)
 
     def next_job_id(self) -> str:

@@ -19,7 +19,7 @@ class RetryRule:
 
     max_retries: int = 0
     unless_exit: int | None = None
-    abort_on: tuple[int, int | None] | None = None   # (exit value, DAG's return value or None)
+    abort_on: tuple[int, int | None] | None = None  # (exit value, DAG's return value or None)
 
     @classmethod
     def of(cls, node: dagfile.Node) -> RetryRule:
@@ -35,8 +35,8 @@ class Next(Enum):
 @dataclass(frozen=True)
 class Verdict:
     next: Next
-    abort_dag: int | None = None                  # ABORT-DAG-ON matched: the DAG's return value
-    stopped_by_unless_exit: bool | None = None    # for a failure: UNLESS-EXIT stopped the retries
+    abort_dag: int | None = None  # ABORT-DAG-ON matched: the DAG's return value
+    stopped_by_unless_exit: bool | None = None  # for a failure: UNLESS-EXIT stopped the retries
 
 
 def after_attempt(rule: RetryRule, retries_done: int, result: int) -> Verdict:
@@ -44,8 +44,10 @@ def after_attempt(rule: RetryRule, retries_done: int, result: int) -> Verdict:
     job's, else the PRE script's), after `retries_done` retries."""
     if rule.abort_on is not None and result == rule.abort_on[0]:
         dag_return = rule.abort_on[1]
-        return Verdict(Next.DONE if result == 0 else Next.FAILED,
-                       abort_dag=dag_return if dag_return is not None else result)
+        return Verdict(
+            Next.DONE if result == 0 else Next.FAILED,
+            abort_dag=dag_return if dag_return is not None else result,
+        )
     if result == 0:
         return Verdict(Next.DONE)
     stopped = rule.unless_exit is not None and result == rule.unless_exit
@@ -60,7 +62,7 @@ class Parent:
 
     status: NodeStatus
     stopped_by_unless_exit: bool | None = None
-    excluded: bool = False     # left out of this run (--only): counts as done
+    excluded: bool = False  # left out of this run (--only): counts as done
 
 
 class Readiness(Enum):
@@ -87,9 +89,9 @@ def readiness(parents: Iterable[Parent]) -> Readiness:
 
 @dataclass(frozen=True)
 class DagOutcome:
-    ok: bool             # without a FINAL node, the DAG's result
-    dag_status: int      # the FINAL node's $DAG_STATUS: 0 ok, 1 a node failed, 2 aborted
-    failed_count: int    # the FINAL node's $FAILED_COUNT
+    ok: bool  # without a FINAL node, the DAG's result
+    dag_status: int  # the FINAL node's $DAG_STATUS: 0 ok, 1 a node failed, 2 aborted
+    failed_count: int  # the FINAL node's $FAILED_COUNT
 
 
 def dag_outcome(statuses: Iterable[NodeStatus], aborted: int | None) -> DagOutcome:
@@ -97,5 +99,4 @@ def dag_outcome(statuses: Iterable[NodeStatus], aborted: int | None) -> DagOutco
     statuses = list(statuses)
     failed = statuses.count(NodeStatus.FAILED)
     ok = not failed and NodeStatus.FUTILE not in statuses and aborted is None
-    return DagOutcome(ok=ok, dag_status=0 if ok else (2 if aborted is not None else 1),
-                      failed_count=failed)
+    return DagOutcome(ok=ok, dag_status=0 if ok else (2 if aborted is not None else 1), failed_count=failed)

@@ -61,8 +61,11 @@ class Executor:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise UserError("another executor is running this DAG", where=dag_path,
-                                hint="wait for it, or stop it first") from None
+                raise UserError(
+                    "another executor is running this DAG",
+                    where=dag_path,
+                    hint="wait for it, or stop it first",
+                ) from None
             self.ctx.children.reap()
             return DagScheduler(self.ctx, dag_path).run()
 
@@ -83,6 +86,7 @@ def run_dag(dag_path: Path, opts: Options | None = None) -> bool:
         # Not in the handler itself: it runs in the main thread, which may be holding the
         # locks interrupt() takes (the scheduler starting the FINAL node's job).
         threading.Thread(target=ex.interrupt, name="interrupt").start()
+
     if is_main:
         signal.signal(signal.SIGINT, on_sigint)
         signal.signal(signal.SIGTERM, on_sigint)

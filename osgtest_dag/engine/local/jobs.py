@@ -22,7 +22,7 @@ from osgtest_dag.engine.local.reaper import ChildRecord
 
 log = logging.getLogger(__name__)
 
-RETURN_REMOVED = -1004        # DAGMan's $RETURN for a job that was removed (aborted)
+RETURN_REMOVED = -1004  # DAGMan's $RETURN for a job that was removed (aborted)
 RETURN_SUBMIT_FAILED = -1002  # the job could not be started at all
 
 
@@ -64,14 +64,22 @@ class RunningJobs:
             job.kill()
 
 
-Output = IO[bytes] | int | None    # an open file, subprocess.DEVNULL, or inherited
+Output = IO[bytes] | int | None  # an open file, subprocess.DEVNULL, or inherited
 
 
 class ProcessJob:
     """A program in its own process group; killing it sends SIGTERM to the group."""
 
-    def __init__(self, argv: Sequence[str], *, cwd: Path, stdout: Output, stderr: Output,
-                 env: Mapping[str, str], children: ChildRecord):
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        stdout: Output,
+        stderr: Output,
+        env: Mapping[str, str],
+        children: ChildRecord,
+    ):
         self.argv, self.cwd, self.stdout, self.stderr = list(argv), cwd, stdout, stderr
         self.env, self.children = env, children
         self._lock = threading.Lock()
@@ -83,8 +91,9 @@ class ProcessJob:
             if self._killed:
                 return RETURN_SUBMIT_FAILED
             try:
-                self._proc = command.spawn(self.argv, stdout=self.stdout, stderr=self.stderr,
-                                           cwd=self.cwd, env=self.env or None)
+                self._proc = command.spawn(
+                    self.argv, stdout=self.stdout, stderr=self.stderr, cwd=self.cwd, env=self.env or None
+                )
             except CommandError as e:
                 log.error("%s", e)
                 return RETURN_SUBMIT_FAILED

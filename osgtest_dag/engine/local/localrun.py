@@ -12,13 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from osgtest_dag.generate import cellconfig
-from osgtest_dag.engine.local import executor
-from osgtest_dag.plan import matrix
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.engine.local import executor
 from osgtest_dag.engine.local.progress import Progress
-from osgtest_dag.generate.workflow import load_manifest
+from osgtest_dag.generate import cellconfig
+from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.rundir import NodeName, RunDir
+from osgtest_dag.plan import matrix
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +38,33 @@ def excluded_nodes(run_dir: Path, only) -> frozenset:
     out: set[str] = set()
     selected = 0
     for cfg in cellconfig.iter_cells(run_dir):
-        if matrix.matches(cellconfig.fields(cfg), only):
+        if matrix.matches(cfg.fields(), only):
             selected += 1
         else:
-            out.update(n.format() for n in NodeName.of_cell(cfg["serial"]))
+            out.update(n.format() for n in NodeName.of_cell(cfg.serial))
     if not selected:
-        raise UserError("--only matched no cell of this run", where=run_dir,
-                        hint="`osgtest-dag plan` with the same --only shows what it selects")
+        raise UserError(
+            "--only matched no cell of this run",
+            where=run_dir,
+            hint="`osgtest-dag plan` with the same --only shows what it selects",
+        )
     return frozenset(out)
 
 
-def run_local(run_dir: Path, *, jobs: int = 0, only=(), accel: str | None = None,
-              progress: bool = True, stream=None) -> LocalRun:
+def run_local(
+    run_dir: Path, *, jobs: int = 0, only=(), accel: str | None = None, progress: bool = True, stream=None
+) -> LocalRun:
     run_dir = Path(run_dir).resolve()
-    manifest = load_manifest(run_dir)
+    manifest = RunManifest.read(run_dir)
     if accel in (None, "auto"):
         accel = None
-    vm_memory = max((c["vm"]["memory"] for c in cellconfig.iter_cells(run_dir)), default=2048)
+    vm_memory = max((c.vm.memory for c in cellconfig.iter_cells(run_dir)), default=2048)
     jobs = jobs or executor.default_jobs(vm_memory)
     prog = Progress(stream=stream or sys.stderr, jobs=jobs) if progress else None
-    opts = executor.Options(jobs=jobs, accel=accel, exclude_nodes=excluded_nodes(run_dir, only),
-                            progress=prog)
-    log.info("running %s locally: %d cells, %d VM(s) at once", run_dir, manifest["cells"], jobs)
+    opts = executor.Options(
+        jobs=jobs, accel=accel, exclude_nodes=excluded_nodes(run_dir, only), progress=prog
+    )
+    log.info("running %s locally: %d cells, %d VM(s) at once", run_dir, manifest.cells, jobs)
     t0 = time.monotonic()
     layout = RunDir(run_dir)
     try:
@@ -69,5 +74,9 @@ def run_local(run_dir: Path, *, jobs: int = 0, only=(), accel: str | None = None
             prog.close()
     report = layout.report("text")
     summary = layout.matrix_summary
-    return LocalRun(ok=ok, wall_s=time.monotonic() - t0, report=report if report.is_file() else None,
-                    summary=summary if summary.is_file() else None)
+    return LocalRun(
+        ok=ok,
+        wall_s=time.monotonic() - t0,
+        report=report if report.is_file() else None,
+        summary=summary if summary.is_file() else None,
+    )

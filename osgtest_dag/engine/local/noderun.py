@@ -39,18 +39,23 @@ def substitute_macros(arg: str, macros: Mapping[str, str]) -> str:
 class NodeRunner:
     """Runs the nodes of one DAG, each in the thread the scheduler gives it."""
 
-    def __init__(self, ctx: Context, dag: dagfile.Dag, state: StateFile,
-                 run_subdag: Callable[[Path], bool]):
+    def __init__(self, ctx: Context, dag: dagfile.Dag, state: StateFile, run_subdag: Callable[[Path], bool]):
         self.ctx, self.dag, self.state = ctx, dag, state
         self.dag_dir = dag.path.parent
         self.run_subdag = run_subdag
 
-    def run(self, name: str, keys: list[str], on_finished: NodeFinished, dag_status: int = 0,
-            failed_count: int = 0) -> None:
+    def run(
+        self,
+        name: str,
+        keys: list[str],
+        on_finished: NodeFinished,
+        dag_status: int = 0,
+        failed_count: int = 0,
+    ) -> None:
         """The node to its end, its state saved; `keys` are the slots the scheduler took for it."""
         abort = None
         st = self.state.node(name)
-        slot = JobSlot(self.ctx.slots, keys)   # taken by the scheduler; the job gives it back
+        slot = JobSlot(self.ctx.slots, keys)  # taken by the scheduler; the job gives it back
         try:
             abort = self._attempts(name, dag_status, failed_count, slot)
         except Interrupted:
@@ -77,8 +82,13 @@ class NodeRunner:
         while True:
             attempt = Attempt(retry=st.retries, started=time.time())
             st.attempts.append(attempt)
-            macros = {"JOB": name, "RETRY": str(st.retries), "MAX_RETRIES": str(node.retries),
-                      "DAG_STATUS": str(dag_status), "FAILED_COUNT": str(failed_count)}
+            macros = {
+                "JOB": name,
+                "RETRY": str(st.retries),
+                "MAX_RETRIES": str(node.retries),
+                "DAG_STATUS": str(dag_status),
+                "FAILED_COUNT": str(failed_count),
+            }
             result: int | None = None
             skip_job = False
             if node.pre:
@@ -93,7 +103,7 @@ class NodeRunner:
                 return None
             job_rc = None
             if result is None and not skip_job:
-                if not slot.take(stop):      # a retry waits for a slot again
+                if not slot.take(stop):  # a retry waits for a slot again
                     return None
                 try:
                     job_rc = self._job(node, macros, attempt)
@@ -109,7 +119,7 @@ class NodeRunner:
                 macros["RETURN"] = str(job_rc if job_rc is not None else result)
                 result = self._script(node.post, macros, f"{name}.post")
                 attempt.post = result
-            assert result is not None      # from the POST script, the job or the PRE script
+            assert result is not None  # from the POST script, the job or the PRE script
             attempt.ended = time.time()
             attempt.result = result
             verdict = after_attempt(rule, st.retries, result)
@@ -130,7 +140,7 @@ class NodeRunner:
         args = [substitute_macros(a, macros) for a in script.arguments]
         exe = script.executable
         if not os.path.isabs(exe) and (dag_dir / exe).exists():
-            exe = str(dag_dir / exe)   # DAGMan runs scripts from the DAG's directory
+            exe = str(dag_dir / exe)  # DAGMan runs scripts from the DAG's directory
         argv = [exe, *args]
         logf = dag_dir / "logs" / f"{label}.log" if (dag_dir / "logs").is_dir() else dag_dir / f"{label}.log"
         with open(logf, "ab") as out:
@@ -138,21 +148,21 @@ class NodeRunner:
             out.flush()
             return self._process(argv, dag_dir, out, out, {})
 
-    def _process(self, argv: list[str], cwd: Path, stdout: Output, stderr: Output,
-                 env: Mapping[str, str]) -> int:
-        job = ProcessJob(argv, cwd=cwd, stdout=stdout, stderr=stderr, env=env,
-                         children=self.ctx.children)
+    def _process(
+        self, argv: list[str], cwd: Path, stdout: Output, stderr: Output, env: Mapping[str, str]
+    ) -> int:
+        job = ProcessJob(argv, cwd=cwd, stdout=stdout, stderr=stderr, env=env, children=self.ctx.children)
         return self.ctx.jobs.run(job)
 
     def _job(self, node: dagfile.Node, macros: dict, attempt: Attempt) -> int:
         if node.noop:
             return 0
         if node.kind == "subdag":
-            assert node.dag_file is not None        # dagfile.parse sets it on every SUBDAG
+            assert node.dag_file is not None  # dagfile.parse sets it on every SUBDAG
             ok = self.run_subdag((self.dag_dir / node.dag_file).resolve())
             return 0 if ok else 1
         base = self.dag_dir / (node.dir or ".")
-        assert node.submit_file is not None     # every JOB and FINAL has one
+        assert node.submit_file is not None  # every JOB and FINAL has one
         spec = read_job(base / node.submit_file, node.vars, base, node_name=node.name)
         macros["JOBID"] = self.ctx.next_job_id()
         if spec.universe == "vm":

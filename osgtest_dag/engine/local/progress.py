@@ -27,9 +27,9 @@ class Progress:
         self.start = time.monotonic()
         self.jobs = max(1, jobs)
         self.lock = threading.Lock()
-        self.nodes: dict[str, str] = {}          # node name -> status (cell nodes only)
-        self.cells: dict[str, str] = {}          # serial -> pending|running|done|failed
-        self.other: dict[str, str] = {}          # outer workflow nodes
+        self.nodes: dict[str, str] = {}  # node name -> status (cell nodes only)
+        self.cells: dict[str, str] = {}  # serial -> pending|running|done|failed
+        self.other: dict[str, str] = {}  # outer workflow nodes
         self._last_line = ""
 
     # called by the executor ------------------------------------------------------------
@@ -69,7 +69,7 @@ class Progress:
         elif all(s == "done" for s in mine if s is not None) and mine[-1] == "done":
             cell = "done"
         elif any(s == "running" for s in mine):
-            cell = "running"          # waiting for a VM slot between nodes counts as pending
+            cell = "running"  # waiting for a VM slot between nodes counts as pending
         else:
             cell = "pending"
         self.cells[serial] = cell
@@ -90,8 +90,10 @@ class Progress:
             eta = _fmt(elapsed / finished * (total - finished))
         elif total and finished == total:
             eta = "0:00"
-        return (f"cells {finished}/{total} finished ({c['done']} done, {c['failed']} failed), "
-                f"{c['running']} running; elapsed {_fmt(elapsed)}, ETA {eta}")
+        return (
+            f"cells {finished}/{total} finished ({c['done']} done, {c['failed']} failed), "
+            f"{c['running']} running; elapsed {_fmt(elapsed)}, ETA {eta}"
+        )
 
     def _render(self, changed: str | None, node: str | None = None, status: str | None = None) -> None:
         with self.lock:

@@ -34,8 +34,7 @@ class ChildRecord:
         return cls(dag_path.with_name(f".{dag_path.name}.local-children.jsonl"))
 
     def add(self, pid: int, argv: Sequence[str], where: Path) -> None:
-        line = json.dumps({"pid": pid, "argv0": str(argv[0]), "where": str(where),
-                           "started": time.time()})
+        line = json.dumps({"pid": pid, "argv0": str(argv[0]), "where": str(where), "started": time.time()})
         with self._lock, open(self.path, "a") as f:
             f.write(line + "\n")
 

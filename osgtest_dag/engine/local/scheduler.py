@@ -55,18 +55,19 @@ class DagScheduler:
 
     def _prepare(self, graph: nx.DiGraph, excluded: set[str]) -> list[str]:
         """The nodes to run, in the DAG's order."""
-        for st in self.state.nodes.values():        # a resumed run: redo what did not finish
+        for st in self.state.nodes.values():  # a resumed run: redo what did not finish
             st.reset_for_resume()
         for name, node in self.dag.nodes.items():
             if node.done:
                 self.state.node(name).status = NodeStatus.DONE
         progress = self.ctx.opts.progress
         if progress:
-            progress.add_dag(self.dag_path, {n: self.state.node(n).status.value
-                                             for n in graph if n not in excluded})
+            progress.add_dag(
+                self.dag_path, {n: self.state.node(n).status.value for n in graph if n not in excluded}
+            )
         pending = [n for n in graph if n not in excluded and self.state.node(n).status is not NodeStatus.DONE]
         if pending and self.dag.final:
-            self.state.node(self.dag.final).status = NodeStatus.PENDING   # runs after any new work
+            self.state.node(self.dag.final).status = NodeStatus.PENDING  # runs after any new work
         return pending
 
     def _node_finished(self, name: str, abort: int | None) -> None:
@@ -111,14 +112,15 @@ class DagScheduler:
                     continue
                 pending.remove(n)
                 self.state.node(n).status = NodeStatus.RUNNING
-                t = threading.Thread(target=self.nodes.run, args=(n, keys, self._node_finished),
-                                     daemon=True, name=f"node-{n}")
+                t = threading.Thread(
+                    target=self.nodes.run, args=(n, keys, self._node_finished), daemon=True, name=f"node-{n}"
+                )
                 self.running[n] = t
                 t.start()
             if futile:
-                continue   # descendants of what just became futile are futile too: look again
+                continue  # descendants of what just became futile are futile too: look again
             if not self.running and not ready:
-                break   # every node is done, failed or futile (or left out)
+                break  # every node is done, failed or futile (or left out)
             with slots.cond:
                 if not self._finished and not self.ctx.stop.is_set():
                     slots.cond.wait(timeout=1.0)
@@ -132,8 +134,13 @@ class DagScheduler:
             while not slots.try_take(keys):
                 with slots.cond:
                     slots.cond.wait(timeout=1.0)
-            self.nodes.run(name, keys, lambda name, abort: None,
-                           dag_status=outcome.dag_status, failed_count=outcome.failed_count)
+            self.nodes.run(
+                name,
+                keys,
+                lambda name, abort: None,
+                dag_status=outcome.dag_status,
+                failed_count=outcome.failed_count,
+            )
             if self.ctx.stop.is_set():
                 raise Interrupted()
         return final.status is NodeStatus.DONE

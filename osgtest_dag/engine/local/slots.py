@@ -71,4 +71,3 @@ class JobSlot:
         if self.held:
             self.held = False
             self.slots.give(self.keys)
-

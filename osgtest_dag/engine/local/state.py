@@ -35,11 +35,11 @@ STATE_VERSION = 1
 class NodeStatus(Enum):
     """Where a node is, in the words the state file (and the progress display) uses."""
 
-    PENDING = "pending"    # not started yet, or to be run again after an interrupted run
+    PENDING = "pending"  # not started yet, or to be run again after an interrupted run
     RUNNING = "running"
     DONE = "done"
-    FAILED = "failed"      # out of retries, stopped by UNLESS-EXIT, or ABORT-DAG-ON with non-zero
-    FUTILE = "futile"      # an ancestor failed: never runs
+    FAILED = "failed"  # out of retries, stopped by UNLESS-EXIT, or ABORT-DAG-ON with non-zero
+    FUTILE = "futile"  # an ancestor failed: never runs
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Attempt:
     ended: float | None = None
     result: int | None = None
     error: str | None = None
-    vm: list[dict] = field(default_factory=list)   # one record per VM start (VM jobs)
+    vm: list[dict] = field(default_factory=list)  # one record per VM start (VM jobs)
 
     def to_json(self) -> dict:
         out: dict = {"retry": self.retry, "started": self.started}
@@ -69,10 +69,17 @@ class Attempt:
     @classmethod
     def from_json(cls, data: dict) -> Attempt:
         # Earlier executors wrote a bare {"error": ...} entry for a node that raised.
-        return cls(retry=int(data.get("retry", 0)), started=float(data.get("started", 0.0)),
-                   pre=data.get("pre"), job=data.get("job"), post=data.get("post"),
-                   ended=data.get("ended"), result=data.get("result"), error=data.get("error"),
-                   vm=list(data.get("vm", [])))
+        return cls(
+            retry=int(data.get("retry", 0)),
+            started=float(data.get("started", 0.0)),
+            pre=data.get("pre"),
+            job=data.get("job"),
+            post=data.get("post"),
+            ended=data.get("ended"),
+            result=data.get("result"),
+            error=data.get("error"),
+            vm=list(data.get("vm", [])),
+        )
 
 
 @dataclass
@@ -90,17 +97,23 @@ class NodeState:
             self.status, self.retries, self.stopped_by_unless_exit = NodeStatus.PENDING, 0, None
 
     def to_json(self) -> dict:
-        out: dict = {"status": self.status.value, "retries": self.retries,
-                     "attempts": [a.to_json() for a in list(self.attempts)]}
+        out: dict = {
+            "status": self.status.value,
+            "retries": self.retries,
+            "attempts": [a.to_json() for a in list(self.attempts)],
+        }
         if self.stopped_by_unless_exit is not None:
             out["unless_exit"] = self.stopped_by_unless_exit
         return out
 
     @classmethod
     def from_json(cls, data: dict) -> NodeState:
-        return cls(status=NodeStatus(data["status"]), retries=int(data["retries"]),
-                   attempts=[Attempt.from_json(a) for a in data.get("attempts", [])],
-                   stopped_by_unless_exit=data.get("unless_exit"))
+        return cls(
+            status=NodeStatus(data["status"]),
+            retries=int(data["retries"]),
+            attempts=[Attempt.from_json(a) for a in data.get("attempts", [])],
+            stopped_by_unless_exit=data.get("unless_exit"),
+        )
 
 
 class StateFile:
@@ -128,15 +141,20 @@ class StateFile:
             log.warning("ignoring %s: not a local executor state file", self.path)
             return
         if data.get("version") != STATE_VERSION:
-            raise UserError(f"state file version {data.get('version')!r}; this executor reads "
-                            f"version {STATE_VERSION}", where=self.path,
-                            hint="written by another osgtest-dag: finish the run with it, or "
-                                 "remove the file to run every node again")
+            raise UserError(
+                f"state file version {data.get('version')!r}; this executor reads version {STATE_VERSION}",
+                where=self.path,
+                hint="written by another osgtest-dag: finish the run with it, or "
+                "remove the file to run every node again",
+            )
         try:
             self.nodes = {name: NodeState.from_json(st) for name, st in data["nodes"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise UserError(f"malformed state file ({type(e).__name__}: {e})", where=self.path,
-                            hint="remove it to run every node again") from None
+            raise UserError(
+                f"malformed state file ({type(e).__name__}: {e})",
+                where=self.path,
+                hint="remove it to run every node again",
+            ) from None
 
     def node(self, name: str) -> NodeState:
         with self._lock:
@@ -145,5 +163,4 @@ class StateFile:
     def save(self) -> None:
         with self._lock:
             nodes = {name: st.to_json() for name, st in list(self.nodes.items())}
-            write_json_atomic(self.path, {"schema": STATE_SCHEMA, "version": STATE_VERSION,
-                                          "nodes": nodes})
+            write_json_atomic(self.path, {"schema": STATE_SCHEMA, "version": STATE_VERSION, "nodes": nodes})

@@ -30,7 +30,7 @@ class JobSpec:
     vm_memory: int = 0
     vm_vcpus: int = 1
     vm_networking: bool = False
-    vm_disks: tuple[tuple[str, str, str, str], ...] = ()   # (file, device, permission, format)
+    vm_disks: tuple[tuple[str, str, str, str], ...] = ()  # (file, device, permission, format)
     transfer_input_files: tuple[str, ...] = ()
     transfer_output_files: tuple[str, ...] = ()
     transfer_output_remaps: dict = field(default_factory=dict)
@@ -49,7 +49,7 @@ def split_arguments(text: str) -> list[str]:
     while i < len(body):
         c = body[i]
         if c == "'":
-            if quoted and body[i + 1:i + 2] == "'":
+            if quoted and body[i + 1 : i + 2] == "'":
                 cur.append("'")
                 i += 2
                 continue
@@ -89,7 +89,9 @@ def read_job(submit_file: Path, node_vars: dict, dag_dir: Path, *, node_name: st
     try:
         sub = htcondor2.Submit(submit_file.read_text())
     except OSError as e:
-        raise UserError(f"node {node_name}: cannot read submit file: {e.strerror}", where=submit_file) from None
+        raise UserError(
+            f"node {node_name}: cannot read submit file: {e.strerror}", where=submit_file
+        ) from None
     except Exception as e:  # noqa: BLE001 - HTCondor's parser raises plain exceptions
         raise UserError(f"node {node_name}: submit file does not parse: {e}", where=submit_file) from None
     for k, v in node_vars.items():
@@ -115,21 +117,30 @@ def read_job(submit_file: Path, node_vars: dict, dag_dir: Path, *, node_name: st
     for entry in _split_list(get("vm_disk")):
         parts = entry.split(":")
         if len(parts) < 3:
-            raise UserError(f"node {node_name}: bad vm_disk entry {entry!r}", where=submit_file,
-                            hint="file:device:permission[:format]")
+            raise UserError(
+                f"node {node_name}: bad vm_disk entry {entry!r}",
+                where=submit_file,
+                hint="file:device:permission[:format]",
+            )
         disks.append((parts[0], parts[1], parts[2], parts[3] if len(parts) > 3 else ""))
     return JobSpec(
-        universe=universe, executable=get("executable"),
-        arguments=tuple(split_arguments(get("arguments"))), initialdir=initialdir,
-        output=at(get("output")), error=at(get("error")),
+        universe=universe,
+        executable=get("executable"),
+        arguments=tuple(split_arguments(get("arguments"))),
+        initialdir=initialdir,
+        output=at(get("output")),
+        error=at(get("error")),
         environment=_split_environment(get("environment").strip()),
-        vm_memory=int(get("vm_memory", "0") or 0), vm_vcpus=int(get("vm_vcpus", "1") or 1),
+        vm_memory=int(get("vm_memory", "0") or 0),
+        vm_vcpus=int(get("vm_vcpus", "1") or 1),
         vm_networking=get("vm_networking", "false").lower() in ("true", "1", "yes"),
-        vm_disks=tuple(disks), transfer_input_files=_split_list(get("transfer_input_files")),
+        vm_disks=tuple(disks),
+        transfer_input_files=_split_list(get("transfer_input_files")),
         transfer_output_files=_split_list(get("transfer_output_files")),
         transfer_output_remaps=remaps,
         max_wall=_max_wall(get("periodic_hold"), DEFAULT_MAX_WALL),
-        max_starts=_max_starts(get("periodic_release"), DEFAULT_MAX_STARTS))
+        max_starts=_max_starts(get("periodic_release"), DEFAULT_MAX_STARTS),
+    )
 
 
 def quick_universe(dag_dir: Path, node: dagfile.Node) -> str:

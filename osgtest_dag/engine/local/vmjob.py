@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 class VmJob:
     """One node's VM job (all its starts); killing it stops the running VM and any restart."""
 
-    def __init__(self, spec: JobSpec, node: dagfile.Node, attempt: Attempt, *,
-                 accel: str | None, children: ChildRecord):
+    def __init__(
+        self, spec: JobSpec, node: dagfile.Node, attempt: Attempt, *, accel: str | None, children: ChildRecord
+    ):
         if not spec.vm_disks:
             raise UserError(f"node {node.name}: a VM job needs vm_disk")
         self.spec, self.node, self.attempt = spec, node, attempt
@@ -49,16 +50,18 @@ class VmJob:
             self._killed = True
             vm = self._vm
         if vm is not None:
-            vm.kill()                       # SIGTERM, then SIGKILL
+            vm.kill()  # SIGTERM, then SIGKILL
 
     def _source(self, name: str) -> Path:
         """Where an input file named in the submit file is on this machine."""
         src = self._inputs.get(name, name)
         if "://" in src:
             if not src.startswith("file://"):
-                raise UserError(f"node {self.node.name}: cannot fetch {src} locally",
-                                hint="use a local path or file:// URL for the base image")
-            src = src[len("file://"):]
+                raise UserError(
+                    f"node {self.node.name}: cannot fetch {src} locally",
+                    hint="use a local path or file:// URL for the base image",
+                )
+            src = src[len("file://") :]
         p = Path(src)
         return p if p.is_absolute() else self.spec.initialdir / p
 
@@ -81,7 +84,7 @@ class VmJob:
                     self.attempt.error = f"input {src} missing"
                     return RETURN_SUBMIT_FAILED
                 dst = scratch / Path(f).name
-                shutil.copy2(src, dst)   # HTCondor transfers a copy; the original stays intact
+                shutil.copy2(src, dst)  # HTCondor transfers a copy; the original stays intact
                 disks.append(qemu.Disk(dst, fmt or qemu.image_format(dst)))
             res = self._boot(base, base_fmt, disks, scratch)
             if res is None:
@@ -91,15 +94,16 @@ class VmJob:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _boot(self, base: Path, base_fmt: str, disks: list[qemu.Disk],
-              scratch: Path) -> qemu.BootResult | None:
+    def _boot(
+        self, base: Path, base_fmt: str, disks: list[qemu.Disk], scratch: Path
+    ) -> qemu.BootResult | None:
         """Start the VM until it powers off (its result) or is removed (None): killed, or
         past its wall-clock limit `max_starts` times."""
         spec, node, init = self.spec, self.node, self.spec.initialdir
         starts = 0
         while True:
             starts += 1
-            for d, (f, *_rest) in zip(disks, spec.vm_disks[1:], strict=True):   # a fresh copy per start
+            for d, (f, *_rest) in zip(disks, spec.vm_disks[1:], strict=True):  # a fresh copy per start
                 if starts > 1:
                     shutil.copy2(self._source(f), d.path)
             console = init / f"console.{self.attempt.retry}.{starts}.log"
@@ -107,28 +111,49 @@ class VmJob:
                 if self._killed:
                     return None
                 vm = self._vm = qemu.start(
-                    base, disks, memory_mb=spec.vm_memory or 1024, vcpus=spec.vm_vcpus,
-                    networking=spec.vm_networking, timeout_s=spec.max_wall, console_log=console,
-                    workdir=scratch, base_format=base_fmt or None, accel=self.accel)
+                    base,
+                    disks,
+                    memory_mb=spec.vm_memory or 1024,
+                    vcpus=spec.vm_vcpus,
+                    networking=spec.vm_networking,
+                    timeout_s=spec.max_wall,
+                    console_log=console,
+                    workdir=scratch,
+                    base_format=base_fmt or None,
+                    accel=self.accel,
+                )
             self.children.add(vm.pid, vm.argv, scratch)
             res = vm.wait()
-            assert res is not None          # without a timeout, wait() returns once the VM ended
+            assert res is not None  # without a timeout, wait() returns once the VM ended
             with self._lock:
                 self._vm = None
-            record = VmRecord(node=node.name, starts=starts, timed_out=res.timed_out,
-                              wall_s=res.wall_s, returncode=res.returncode, accel=res.accel,
-                              console=str(console.relative_to(init)))
-            self.attempt.vm.append({k: v for k, v in record.to_json().items()
-                                    if k not in ("schema", "version", "node")})
+            record = VmRecord(
+                node=node.name,
+                starts=starts,
+                timed_out=res.timed_out,
+                wall_s=res.wall_s,
+                returncode=res.returncode,
+                accel=res.accel,
+                console=str(console.relative_to(init)),
+            )
+            self.attempt.vm.append(
+                {k: v for k, v in record.to_json().items() if k not in ("schema", "version", "node")}
+            )
             VmRecord.append(init / LOCAL_VM, record)
             if self._killed:
                 return None
             if not res.timed_out:
                 return res
-            log.warning("node %s: VM killed at its %d s limit (start %d of %d); console: %s",
-                        node.name, spec.max_wall, starts, spec.max_starts, console)
+            log.warning(
+                "node %s: VM killed at its %d s limit (start %d of %d); console: %s",
+                node.name,
+                spec.max_wall,
+                starts,
+                spec.max_starts,
+                console,
+            )
             if starts >= spec.max_starts:
-                return None    # periodic_remove: out of starts
+                return None  # periodic_remove: out of starts
             # else periodic_release: held for running too long -> released, starts again
 
     def _transfer_outputs(self, scratch: Path) -> None:
@@ -143,4 +168,3 @@ class VmJob:
             tmp = dest.with_name(f".{dest.name}.part")
             shutil.move(produced, tmp)
             os.replace(tmp, dest)
-

@@ -1,0 +1,267 @@
+"""A cell's configuration, typed (docs/contracts.md §1): one line of the run's cells.jsonl, and
+the cell.json its CreateDisk node writes into the cell directory and the IO disk. `generate`
+builds it from the plan; the nodes, the engines, analysis and rerun read it back through
+`CellConfig.from_json`. `to_json` writes the keys in the order the documents have always had.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from osgtest_dag.model.documents import Fields, JsonObject, check_document, read_json
+
+HINT = "regenerate the run with this version of osgtest-dag"
+
+
+@dataclass(frozen=True)
+class CellPlatform:
+    id: str  # rocky_9.x86_64
+    os: str  # rocky_9
+    family: str  # el | debian
+    distro: str
+    major: int
+    arch: str
+    name: str  # Rocky 9 (x86_64)
+    codename: str | None
+    image: str  # path or URL of the base image
+    image_format: str  # qcow2 | raw
+
+    def to_json(self) -> JsonObject:
+        return {
+            "id": self.id,
+            "os": self.os,
+            "family": self.family,
+            "distro": self.distro,
+            "major": self.major,
+            "arch": self.arch,
+            "name": self.name,
+            "codename": self.codename,
+            "image": self.image,
+            "image_format": self.image_format,
+        }
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> CellPlatform:
+        return cls(
+            id=f.text("id"),
+            os=f.text("os"),
+            family=f.text("family"),
+            distro=f.text("distro"),
+            major=f.integer("major"),
+            arch=f.text("arch"),
+            name=f.text("name"),
+            codename=f.opt_text("codename"),
+            image=f.text("image"),
+            image_format=f.text("image_format"),
+        )
+
+
+@dataclass(frozen=True)
+class CellSource:
+    raw: str  # as the parameter file wrote it
+    test_source: str | None  # account:branch of osg-test, when not the release's
+    series: str
+    repos: tuple[str, ...]
+    update_series: str | None = None
+    update_repos: tuple[str, ...] = ()
+
+    def to_json(self) -> JsonObject:
+        return {
+            "raw": self.raw,
+            "test_source": self.test_source,
+            "series": self.series,
+            "repos": list(self.repos),
+            "update_series": self.update_series,
+            "update_repos": list(self.update_repos),
+        }
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> CellSource:
+        return cls(
+            raw=f.text("raw"),
+            test_source=f.opt_text("test_source"),
+            series=f.text("series"),
+            repos=f.texts("repos"),
+            update_series=f.opt_text("update_series"),
+            update_repos=f.texts("update_repos"),
+        )
+
+
+@dataclass(frozen=True)
+class RepoSetup:
+    """What the payload does to reach a set of repositories."""
+
+    setup_packages: tuple[str, ...] = ()
+    enable: tuple[str, ...] = ()
+    apt_sources: tuple[str, ...] = ()
+
+    def to_json(self) -> JsonObject:
+        return {
+            "setup_packages": list(self.setup_packages),
+            "enable": list(self.enable),
+            "apt_sources": list(self.apt_sources),
+        }
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> RepoSetup:
+        return cls(
+            setup_packages=f.texts("setup_packages"),
+            enable=f.texts("enable"),
+            apt_sources=f.texts("apt_sources"),
+        )
+
+
+@dataclass(frozen=True)
+class Repositories:
+    initial: RepoSetup
+    update: RepoSetup | None = None  # None when the source has no update part
+
+    def to_json(self) -> JsonObject:
+        return {"initial": self.initial.to_json(), "update": self.update.to_json() if self.update else None}
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> Repositories:
+        update = f.opt_obj("update")
+        return cls(
+            initial=RepoSetup.from_fields(f.obj("initial")),
+            update=RepoSetup.from_fields(update) if update else None,
+        )
+
+
+@dataclass(frozen=True)
+class CellTest:
+    command: str | None  # None: osg-test
+    timeout: int  # s
+    osg_test: bool
+
+    def to_json(self) -> JsonObject:
+        return {"command": self.command, "timeout": self.timeout, "osg_test": self.osg_test}
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> CellTest:
+        return cls(command=f.opt_text("command"), timeout=f.integer("timeout"), osg_test=f.flag("osg_test"))
+
+
+@dataclass(frozen=True)
+class VmSize:
+    memory: int  # MB
+    vcpus: int
+    disk: int  # MB
+
+    def to_json(self) -> JsonObject:
+        return {"memory": self.memory, "vcpus": self.vcpus, "disk": self.disk}
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> VmSize:
+        return cls(memory=f.integer("memory"), vcpus=f.integer("vcpus"), disk=f.integer("disk"))
+
+
+@dataclass(frozen=True)
+class NetworkCheck:
+    check_host: str
+    retries: int
+
+    def to_json(self) -> JsonObject:
+        return {"check_host": self.check_host, "retries": self.retries}
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> NetworkCheck:
+        return cls(check_host=f.text("check_host"), retries=f.integer("retries"))
+
+
+@dataclass(frozen=True)
+class RepoRetries:
+    count: int
+    backoff: int  # s
+
+    def to_json(self) -> JsonObject:
+        return {"count": self.count, "backoff": self.backoff}
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> RepoRetries:
+        return cls(count=f.integer("count"), backoff=f.integer("backoff"))
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    SCHEMA = "osgtest-dag/cell"
+    VERSION = 1
+    serial: str
+    platform: CellPlatform
+    source: CellSource
+    label: str
+    packages: tuple[str, ...]
+    selinux: bool
+    repositories: Repositories
+    test: CellTest
+    vm: VmSize
+    network: NetworkCheck
+    retries: RepoRetries
+    nightly: bool = False
+    param_file: str = ""  # the parameter file's name
+
+    def fields(self) -> dict[str, Any]:
+        """The values `--only` globs match, as plan.matrix.Cell.fields() gives them."""
+        return {
+            "serial": self.serial,
+            "platform": self.platform.id,
+            "os": self.platform.os,
+            "arch": self.platform.arch,
+            "family": self.platform.family,
+            "source": self.source.raw,
+            "series": self.source.series,
+            "label": self.label,
+            "package": self.packages,
+        }
+
+    def to_json(self) -> JsonObject:
+        return {
+            "schema": self.SCHEMA,
+            "version": self.VERSION,
+            "serial": self.serial,
+            "platform": self.platform.to_json(),
+            "source": self.source.to_json(),
+            "label": self.label,
+            "packages": list(self.packages),
+            "selinux": self.selinux,
+            "repositories": self.repositories.to_json(),
+            "test": self.test.to_json(),
+            "vm": self.vm.to_json(),
+            "network": self.network.to_json(),
+            "retries": self.retries.to_json(),
+            "nightly": self.nightly,
+            "param_file": self.param_file,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: Path | str) -> CellConfig:
+        f = Fields(check_document(data, cls.SCHEMA, cls.VERSION, where, HINT), where)
+        return cls(
+            serial=f.text("serial"),
+            platform=CellPlatform.from_fields(f.obj("platform")),
+            source=CellSource.from_fields(f.obj("source")),
+            label=f.text("label"),
+            packages=f.texts("packages"),
+            selinux=f.flag("selinux"),
+            repositories=Repositories.from_fields(f.obj("repositories")),
+            test=CellTest.from_fields(f.obj("test")),
+            vm=VmSize.from_fields(f.obj("vm")),
+            network=NetworkCheck.from_fields(f.obj("network")),
+            retries=RepoRetries.from_fields(f.obj("retries")),
+            nightly=f.flag("nightly"),
+            param_file=f.text("param_file"),
+        )
+
+    @classmethod
+    def read(cls, path: Path) -> CellConfig:
+        """A cell.json; UserError naming it when it is missing or not a cell configuration."""
+        return cls.from_json(
+            read_json(
+                path,
+                missing="cell configuration not found",
+                hint="is this a run directory written by `osgtest-dag generate`?",
+            ),
+            path,
+        )
