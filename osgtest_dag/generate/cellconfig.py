@@ -29,7 +29,6 @@ from osgtest_dag.model.cell import (
 from osgtest_dag.model.documents import parse_json
 from osgtest_dag.model.rundir import RunDir
 from osgtest_dag.plan.catalog import Catalog
-from osgtest_dag.plan.catalog import RepoSetup as PlanRepoSetup
 from osgtest_dag.plan.matrix import Cell
 
 # osg-test's base configuration; each cell's keys are appended as the reference tool does.
@@ -71,9 +70,7 @@ def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellC
         label=cell.package_set.label,
         packages=tuple(cell.package_set.packages),
         selinux=cell.package_set.selinux,
-        repositories=Repositories(
-            initial=_repo_setup(initial), update=_repo_setup(update) if update else None
-        ),
+        repositories=Repositories(initial=initial, update=update),
         test=CellTest(
             command=cell.test_command, timeout=cell.test_timeout, osg_test=cell.test_command is None
         ),
@@ -82,12 +79,6 @@ def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellC
         retries=RepoRetries(count=3, backoff=10),
         nightly=nightly,
         param_file=cell.origin.name,
-    )
-
-
-def _repo_setup(r: PlanRepoSetup) -> RepoSetup:
-    return RepoSetup(
-        setup_packages=tuple(r.setup_packages), enable=tuple(r.enable), apt_sources=tuple(r.apt_sources)
     )
 
 

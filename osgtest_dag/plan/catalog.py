@@ -15,6 +15,7 @@ from typing import Any
 from osgtest_dag.base import yamlsrc
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.base.paths import default_image_dir
+from osgtest_dag.model.cell import RepoSetup  # what the cell configuration carries
 
 ARCHES = ("x86_64", "aarch64")
 # HTCondor's `Arch` machine attribute for each architecture.
@@ -55,22 +56,6 @@ class Platform:
             "codename": self.codename,
             "image": self.image,
             "image_format": self.image_format,
-        }
-
-
-@dataclass(frozen=True)
-class RepoSetup:
-    """What the payload does to reach a set of repositories on one platform."""
-
-    setup_packages: tuple[str, ...] = ()
-    enable: tuple[str, ...] = ()
-    apt_sources: tuple[str, ...] = ()
-
-    def to_json(self) -> dict:
-        return {
-            "setup_packages": list(self.setup_packages),
-            "enable": list(self.enable),
-            "apt_sources": list(self.apt_sources),
         }
 
 
