@@ -52,14 +52,14 @@ def _params(tmp_path: Path) -> Path:
     return p
 
 
-def _run_dir(tmp_path: Path, images: Path, name: str = "run") -> Path:
+def _run_dir(tmp_path: Path, images: Path, name: str = "run", tool: str = "/opt/osgtest-dag") -> Path:
     cat = Catalog.load(image_dir=images)
     m = matrix.build([_params(tmp_path)], cat)
     return workflow.write_run(
         tmp_path / name,
         list(m.cells),
         cat,
-        workflow.WorkflowOptions(tool="/opt/osgtest-dag"),
+        workflow.WorkflowOptions(tool=tool),
         param_files=list(m.files),
     )
 
@@ -87,15 +87,19 @@ def test_a_failed_workflow_is_no_verdict_whatever_the_cells():
     assert RunExit.USAGE == 2  # what UserError exits with
 
 
-def _finished_locally(run: Path) -> None:
-    """Every node of both DAGs done in the local executor's state: `run` has nothing left to
-    do but read the outcomes (Analyze did not run, so they come from the evidence)."""
+def _finished_locally(run: Path, pending: tuple[str, ...] = ()) -> None:
+    """Every node of both DAGs but `pending` done in the local executor's state: `run` has
+    nothing left to do but those nodes and read the outcomes (from the evidence, when Analyze
+    did not run)."""
     for dag in (OUTER_DAG, MATRIX_DAG):
         nodes = dagfile.parse(run / dag).nodes
         state = {
             "schema": "osgtest-dag/local-state",
             "version": 1,
-            "nodes": {n: {"status": "done", "retries": 0, "attempts": []} for n in nodes},
+            "nodes": {
+                n: {"status": "pending" if n in pending else "done", "retries": 0, "attempts": []}
+                for n in nodes
+            },
         }
         (run / f"{dag}.local-state.json").write_text(json.dumps(state))
 
@@ -277,3 +281,57 @@ def test_a_directory_dagman_runs_is_in_use_until_its_job_ends(tmp_path):
     assert runlock.holder(RunDir(run)) is None
     with runlock.locked(RunDir(run), "osgtest-dag run"):
         pass
+
+
+SLOW_TOOL = """#!/bin/sh
+# the Analyze node of a run under test: says it started, waits to be let go
+touch "$STARTED"
+for i in $(seq 600); do [ -e "$RELEASE" ] && exit 0; sleep 0.1; done
+exit 1
+"""
+
+
+def test_a_real_run_holds_its_directory(tmp_path, cli):
+    root = tmp_path / "runs"
+    root.mkdir()
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "debian_12.x86_64.qcow2").write_bytes(b"")
+    tool = tmp_path / "slow-tool"
+    tool.write_text(SLOW_TOOL)
+    tool.chmod(0o755)
+    run = _run_dir(root, images, tool=str(tool))
+    shutil.move(str(root / "params"), tmp_path / "params")
+    r = ResultsRun(run)
+    for c in r.cells:
+        r.guest(c["serial"], "pass")
+    _finished_locally(run, pending=("Analyze", "Report", "Publish"))
+    started, release = tmp_path / "started", tmp_path / "release"
+    env = dict(os.environ, STARTED=str(started), RELEASE=str(release), OSGTEST_DAG_IMAGES=str(images))
+    exe = Path(sys.executable).parent / "osgtest-dag"
+    p = subprocess.Popen(
+        [str(exe), "run", str(run), "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists(), p.communicate()
+        who = f"pid {p.pid}, `osgtest-dag run`"
+        res = cli("generate", tmp_path / "params", "-o", run, "--force", "--image-dir", images)
+        assert res.returncode == 2 and who in res.stderr, res.stderr
+        res = cli("cleanup", root, "--keep-at-least", "0", "--max-usage", "0.0001", "--yes")
+        assert res.returncode == 0 and f"kept {run}: in use by {who}" in res.stdout, res.stdout + res.stderr
+        release.touch()
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, out + err  # the run finished with its cells' results
+    assert all(RunDir(run).cell(c["serial"]).guest_result.is_file() for c in r.cells)
+    assert RunDir(run).lock.read_text() == ""  # and let go of the directory

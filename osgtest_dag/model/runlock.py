@@ -165,9 +165,8 @@ def holder(run: RunDir) -> Holder | None:
     """Who has the run directory now; None when nobody does (a look: takes nothing)."""
     if not run.lock.is_file():
         return dagman_holder(run)
-    with open(run.lock, "a+") as f:
+    with open(run.lock) as f:  # read-only is enough for flock: a look needs no write access
         if not _try_flock(f):
-            f.seek(0)
             found = Holder.from_text(f.read(), str(run.lock))
             return found or Holder(command="unknown (lock record unreadable)", host="?", since="?")
         fcntl.flock(f, fcntl.LOCK_UN)
