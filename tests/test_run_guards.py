@@ -335,3 +335,12 @@ def test_a_real_run_holds_its_directory(tmp_path, cli):
     assert p.returncode == 0, out + err  # the run finished with its cells' results
     assert all(RunDir(run).cell(c["serial"]).guest_result.is_file() for c in r.cells)
     assert RunDir(run).lock.read_text() == ""  # and let go of the directory
+
+
+def test_build_images_refuses_an_image_the_store_cannot_make(tmp_path):
+    from osgtest_dag.guest.image import MissingImage, build_missing
+
+    odd = MissingImage("debian_12.x86_64", tmp_path / "my-debian.img")
+    assert not odd.buildable and "put the image there" in odd.describe()
+    with pytest.raises(UserError, match="not the image store's name"):
+        build_missing([odd])
