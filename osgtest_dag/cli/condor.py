@@ -9,12 +9,13 @@ from pathlib import Path
 
 import click
 
+from osgtest_dag.analyze.results import run_outcomes
 from osgtest_dag.devpool import pool as poolmod
 from osgtest_dag.engine.condor.condor import SubmitOptions, submit_run
 from osgtest_dag.engine.condor.status import format_progress, progress
 from osgtest_dag.engine.condor.status import watch as do_watch
 from osgtest_dag.generate.workflow import default_tool
-from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.outcome import Outcome, RunExit, run_exit
 from osgtest_dag.ops import hosts as host_ops
 from osgtest_dag.ops import schedule as sch
 from osgtest_dag.ops.runs import cleanup as do_cleanup
@@ -118,11 +119,19 @@ def status(run_dir, as_json):
 @click.pass_context
 def watch(ctx, run_dir, interval, timeout):
     """Follow a run until its DAG ends (a progress bar; plain lines when not a terminal).
-    Exits 0 when the DAG succeeded, 1 when it failed, 3 on --timeout."""
+
+    \b
+    Exit codes (from the cells' outcomes, as results.json has them):
+      0  every cell passed: pass, waived, cleanup
+      1  product failures (fail, update, install), every other cell passed
+      2  usage error (bad input)
+      3  a cell without a verdict (timeout, infra, missing), the DAG failed,
+         or --timeout came first
+    """
     p = do_watch(run_dir, interval=interval, timeout=timeout, out=sys.stdout)
     if not p.finished:
-        ctx.exit(3)
-    ctx.exit(0 if p.dag_state == "done" else 1)
+        ctx.exit(int(RunExit.NO_VERDICT))
+    ctx.exit(int(run_exit(run_outcomes(run_dir).values(), workflow_ok=p.dag_state == "done")))
 
 
 @click.command()
@@ -298,7 +307,7 @@ def cleanup(runs_root, keep_at_least, max_usage, yes, as_json):
     for r in plan.delete:
         click.echo(f"{verb} {r.path} (generated {r.generated}, {r.size / 1e6:.1f} MB)")
     for r in plan.skipped_active:
-        click.echo(f"kept {r.path}: its DAG is running")
+        click.echo(f"kept {r.path}: in use by {plan.in_use.get(r.path, 'another command')}")
     click.echo(
         f"usage {plan.usage_before:.1f}% -> {plan.usage_after:.1f}% "
         f"({'measured' if yes else 'predicted'}; limit {plan.limit:g}%), {len(plan.keep)} run(s) kept"

@@ -18,6 +18,7 @@ import click
 from osgtest_dag import __version__
 from osgtest_dag.base.errors import CommandError, OsgtestDagError, UserError
 from osgtest_dag.engine.local.localrun import run_local
+from osgtest_dag.generate import cellconfig
 from osgtest_dag.generate.workflow import WorkflowOptions, check_run, write_run
 from osgtest_dag.ops.hosts import active_excluded_hosts
 from osgtest_dag.plan import matrix
@@ -269,6 +270,8 @@ def generate(
         publish_dir=str(Path(publish_dir).resolve()) if publish_dir else None,
     )
     write_run(run_dir, cells, catalog, opts, param_files=list(m.files), force=force)
+    # Only images whose directory is here: a run generated for another submit host is fine.
+    _warn_missing_images(cellconfig.missing_images(run_dir, only_present_dirs=True))
     click.echo(
         f"wrote {run_dir}: {len(cells)} cells; submit with "
         f"`condor_submit_dag {run_dir}/workflow.dag` or run here with `osgtest-dag run {run_dir}`"
@@ -278,8 +281,10 @@ def generate(
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def check(run_dir):
-    """Check a run directory: DAGs acyclic with their files present, submit files parse."""
+    """Check a run directory: DAGs acyclic with their files present, submit files parse; warn
+    about each missing base image."""
     c = check_run(run_dir)
+    _warn_missing_images(cellconfig.missing_images(run_dir))
     click.echo(
         f"ok: {c['dags']} DAG(s), {c['nodes']} nodes, {c['submit_files']} submit files "
         "accepted by HTCondor's parser"
@@ -304,21 +309,53 @@ def check(run_dir):
     help="qemu acceleration; auto probes KVM and falls back to TCG.",
 )
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
-def run(run_dir, jobs, only, accel, no_progress):
+@click.option(
+    "--build-images",
+    is_flag=True,
+    help="Build the selected cells' missing base images first (else a missing one is refused).",
+)
+def run(run_dir, jobs, only, accel, no_progress, build_images):
     """Run a generated run directory on this machine (VMs under qemu), then report
     (`osgtest-dag submit` runs it on an HTCondor pool).
 
     Interrupted (Ctrl-C, or a killed process), the same command resumes: finished nodes
-    are not run again.
+    are not run again. A missing base image, or a directory another command or a DAGMan job
+    has, is refused before anything runs.
+
+    \b
+    Exit codes (from the selected cells' outcomes, as results.json has them):
+      0  every cell passed: pass, waived, cleanup
+      1  product failures (fail, update, install), every other cell passed
+      2  usage error: bad input, missing base image, run directory in use
+      3  a cell without a verdict (timeout, infra, missing), or the workflow failed
     """
-    r = run_local(run_dir, jobs=jobs, only=matrix.parse_only(only), accel=accel, progress=not no_progress)
+    r = run_local(
+        run_dir,
+        jobs=jobs,
+        only=matrix.parse_only(only),
+        accel=accel,
+        progress=not no_progress,
+        build_images=build_images,
+    )
     if r.report:
         click.echo(r.report.read_text(), nl=False)
     html = Path(run_dir) / "report.html"
     click.echo(
-        f"{'finished' if r.ok else 'FAILED'} in {r.wall_s:.0f} s; run directory: {run_dir}"
+        f"{'finished' if r.ok else 'FAILED'} in {r.wall_s:.0f} s ({_outcome_counts(r.outcomes)}); "
+        f"run directory: {run_dir}"
         + (f"; reports: {r.report}" if r.report else "")
         + (f", {html}" if html.is_file() else "")
     )
-    if not r.ok:
-        raise SystemExit(1)
+    raise SystemExit(int(r.exit_code))
+
+
+def _outcome_counts(outcomes: dict) -> str:
+    counts: dict = {}
+    for o in outcomes.values():
+        counts[o] = counts.get(o, 0) + 1
+    return ", ".join(f"{n} {o.value}" for o, n in sorted(counts.items(), key=lambda kv: kv[0].severity))
+
+
+def _warn_missing_images(missing) -> None:
+    for m in missing:
+        click.echo(f"osgtest-dag: warning: {m.describe()}", err=True)

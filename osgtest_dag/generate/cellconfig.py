@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.guest import image
 from osgtest_dag.model.cell import (
     CellConfig,
     CellPlatform,
@@ -207,3 +208,19 @@ def write_input_dir(cfg: CellConfig, dest: Path) -> Path:
     if cfg.test.osg_test:
         (dest / "osg-test.conf").write_text(osg_test_conf(cfg))
     return dest
+
+
+def missing_images(
+    run_dir: Path, serials: Iterable[str] | None = None, *, only_present_dirs: bool = False
+) -> list[image.MissingImage]:
+    """The base images the run's cells (or those of `serials`) need that are not on this
+    machine, each with the command that builds it."""
+    wanted = None if serials is None else set(serials)
+    return image.missing_images(
+        (
+            (c.platform.id, c.platform.image)
+            for c in iter_cells(run_dir)
+            if wanted is None or c.serial in wanted
+        ),
+        only_present_dirs=only_present_dirs,
+    )

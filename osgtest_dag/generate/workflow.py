@@ -35,7 +35,7 @@ from osgtest_dag.base import paths
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.generate.cellconfig import cell_config, write_store
-from osgtest_dag.model import dagfile, rundir
+from osgtest_dag.model import dagfile, rundir, runlock
 from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
 from osgtest_dag.model.rundir import NodeName, cell_rel
 from osgtest_dag.plan.catalog import Catalog
@@ -325,9 +325,27 @@ def write_run(
     *,
     param_files: list[Path],
     force: bool = False,
+    command: str = "osgtest-dag generate --force",
 ) -> Path:
-    """Write a complete run directory atomically: all of it, or nothing."""
+    """Write a complete run directory atomically: all of it, or nothing. An existing one
+    (`force`) is replaced only while no other command or DAGMan job has it (model.runlock);
+    `command` is what the refusal names."""
     run_dir = Path(run_dir)
+    if run_dir.is_dir() and force:
+        with runlock.locked(rundir.RunDir(run_dir), command):
+            return _write_run(run_dir, cells, catalog, opts, param_files=param_files, force=force)
+    return _write_run(run_dir, cells, catalog, opts, param_files=param_files, force=force)
+
+
+def _write_run(
+    run_dir: Path,
+    cells: list[Cell],
+    catalog: Catalog,
+    opts: WorkflowOptions,
+    *,
+    param_files: list[Path],
+    force: bool,
+) -> Path:
     if not cells:
         raise UserError(
             "no cells to generate (the selection matched nothing)",

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,3 +287,80 @@ def list_images(store: Path | str | None = None) -> list[ImageInfo]:
         return []
     infos = (read_info(p) for p in sorted(store.glob("*.json")))
     return [i for i in infos if i is not None]
+
+
+# ------------------------------------------------------------------------------ missing images
+@dataclass(frozen=True)
+class MissingImage:
+    """A cell's base image that is not on this machine, and the command that builds it."""
+
+    platform: str
+    path: Path
+
+    @property
+    def build_command(self) -> str:
+        cmd = f"osgtest-dag image build {self.platform}"
+        if self.path.parent.resolve() != Path(paths.default_image_dir()).resolve():
+            cmd += f" --store {self.path.parent}"
+        return cmd
+
+    @property
+    def buildable(self) -> bool:
+        """The store's own name for the platform's image: `image build` makes exactly this file."""
+        return self.path.name == f"{self.platform}.qcow2"
+
+    def describe(self) -> str:
+        if self.buildable:
+            return f"{self.platform}: no base image {self.path}; build it with `{self.build_command}`"
+        return (
+            f"{self.platform}: no base image {self.path} (the catalog's own path: put the image "
+            f"there, or build the store's with `{self.build_command}` and point the catalog at it)"
+        )
+
+
+def is_local_path(image: str) -> bool:
+    """A path on this machine rather than a URL the job transfers from elsewhere."""
+    return "://" not in image or image.startswith("file://")
+
+
+def missing_images(
+    platforms: Iterable[tuple[str, str]], *, only_present_dirs: bool = False
+) -> list[MissingImage]:
+    """Of `(platform id, image path)` pairs (a cell configuration's platform), the local images
+    that are not there, one per platform. `only_present_dirs`: only those whose directory is on
+    this machine (a run generated here for another submit host names directories it has)."""
+    out: dict[str, MissingImage] = {}
+    for platform_id, image in platforms:
+        if not image or not is_local_path(image):
+            continue
+        path = Path(image.removeprefix("file://"))
+        if path.is_file() or (only_present_dirs and not path.parent.is_dir()):
+            continue
+        out.setdefault(platform_id, MissingImage(platform_id, path))
+    return [out[k] for k in sorted(out)]
+
+
+def build_missing(missing: Iterable[MissingImage]) -> list[BuildOutcome]:
+    """Build each missing image into its store (`run --build-images`)."""
+    outcomes = []
+    for m in missing:
+        if not m.buildable:
+            raise UserError(
+                f"cannot build {m.path}: not the image store's name for {m.platform}",
+                hint=f"put the image there, or build the store's with `{m.build_command}` and point the catalog at it",
+            )
+        log.warning("%s: building the missing base image into %s", m.platform, m.path.parent)
+        outcomes.append(build_image(m.platform, m.path.parent))
+    return outcomes
+
+
+def refuse_missing(missing: list[MissingImage], where: Path, doing: str, hint: str = "") -> None:
+    """UserError (exit 2) naming each missing image and its build command."""
+    if not missing:
+        return
+    lines = "\n  ".join(m.describe() for m in missing)
+    raise UserError(
+        f"cannot {doing}: {len(missing)} base image(s) missing:\n  {lines}",
+        where=where,
+        hint=hint or "build them with the commands above",
+    )

@@ -278,3 +278,31 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
     if e.job_reason:
         return Outcome.INFRA, e.job_reason
     return Outcome.MISSING, "no result came back (the cell has not run, or its run was lost)"
+
+
+# ------------------------------------------------------------------------------ exit codes
+class RunExit(enum.IntEnum):
+    """What `run` and `watch` exit with, from the outcomes of the run's cells."""
+
+    ACCEPTABLE = 0  # every cell pass, waived or cleanup
+    PRODUCT_FAILURE = 1  # product failures (fail, update, install), and every other cell acceptable
+    USAGE = 2  # bad input, missing base image, run directory in use: nothing ran (UserError)
+    NO_VERDICT = 3  # a cell timed out, hit an infrastructure failure or has no result
+
+
+# cleanup exits 0: the product's tests all passed and only osg-test's own clean-up failed, which
+# says nothing against the packages (the report still shows it). timeout exits 3 although
+# `rerun --failed` counts it a product failure: the run did not reach a verdict on that cell.
+_NO_VERDICT = (Outcome.TIMEOUT, Outcome.INFRA, Outcome.MISSING)
+
+
+def run_exit(outcomes: Iterable[Outcome], *, workflow_ok: bool = True) -> RunExit:
+    """The exit code of a run whose cells have `outcomes`. `workflow_ok` false (the DAG failed
+    after its cells: analysis, report) is NO_VERDICT whatever the cells did, and so is a run
+    with no cell at all."""
+    found = set(outcomes)
+    if not workflow_ok or not found or found & set(_NO_VERDICT):
+        return RunExit.NO_VERDICT
+    if any(o.product_failure for o in found):
+        return RunExit.PRODUCT_FAILURE
+    return RunExit.ACCEPTABLE

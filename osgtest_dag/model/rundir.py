@@ -15,6 +15,7 @@ A run directory (written by `generate`, filled by the nodes and the engines):
     matrix-summary.json the FINAL node's summary
     results.json        the analysis; report.txt, report.html, junit.xml its renderings
     rerun.json          (a rerun) where its cells came from
+    run.lock            who has the directory now (runlock.py)
     cells/<serial>/     a cell's directory (CellDir), made by its CreateDisk node
 
 Nothing outside this module spells these names or builds `cells/<serial>` by hand.
@@ -99,6 +100,7 @@ SUBMISSION = "submission.json"
 MATRIX_SUMMARY = "matrix-summary.json"
 RESULTS = "results.json"
 RERUN = "rerun.json"
+LOCK = "run.lock"
 REPORT_FILES = {"text": "report.txt", "html": "report.html", "junit": "junit.xml"}
 
 CELL_CONFIG = "cell.json"
@@ -148,6 +150,11 @@ class RunDir:
     @property
     def rerun(self) -> Path:
         return self.path / RERUN
+
+    @property
+    def lock(self) -> Path:
+        """The run-directory lock (model.runlock): who writes or deletes the directory now."""
+        return self.path / LOCK
 
     def report(self, fmt: str) -> Path:
         return self.path / REPORT_FILES[fmt]

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from osgtest_dag.analyze.results import run_outcomes
@@ -22,10 +22,11 @@ from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.condor.condor import SubmitOptions, submit_run
 from osgtest_dag.generate.cellconfig import iter_cells
 from osgtest_dag.generate.workflow import write_run
+from osgtest_dag.model import runlock
 from osgtest_dag.model.documents import read_json
 from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
 from osgtest_dag.model.outcome import Outcome
-from osgtest_dag.model.rundir import OUTER_DAG, RunDir
+from osgtest_dag.model.rundir import RunDir
 from osgtest_dag.plan import matrix
 from osgtest_dag.plan.catalog import Catalog
 
@@ -137,7 +138,9 @@ def rerun(
                 hint="outcomes: " + (", ".join(f"{k.value} {v}" for k, v in _count(outs).items()) or "none"),
             )
         opts = _rerun_options(manifest)
-        write_run(new_run, cells, catalog, opts, param_files=files, force=force)
+        write_run(
+            new_run, cells, catalog, opts, param_files=files, force=force, command="osgtest-dag rerun --force"
+        )
     images = _image_digests(catalog, {c.platform.id for c in cells})
     doc = {
         "schema": "osgtest-dag/rerun",
@@ -249,14 +252,6 @@ def list_runs(runs_root: Path, *, sizes: bool = True) -> list[RunEntry]:
     return out
 
 
-def run_is_active(path: Path) -> bool:
-    """DAGMan holds workflow.dag.lock while it runs; its metrics file appears when it exits."""
-    layout = RunDir(path)
-    return (
-        layout.dag_file(OUTER_DAG, ".lock").exists() and not layout.dag_file(OUTER_DAG, ".metrics").exists()
-    )
-
-
 @dataclass
 class CleanupPlan:
     usage_before: float
@@ -266,6 +261,7 @@ class CleanupPlan:
     keep: list[RunEntry]
     skipped_active: list[RunEntry]
     done: bool
+    in_use: dict[Path, str] = field(default_factory=dict)  # skipped run -> who has it
 
 
 def cleanup(
@@ -278,7 +274,8 @@ def cleanup(
 ) -> CleanupPlan:
     """Delete the oldest runs until the filesystem's usage is under `max_usage` percent,
     never leaving fewer than `keep_at_least` runs, never touching anything that is not a run
-    directory, never a run whose DAG is still running. A dry run (the default) predicts the
+    directory, never a run another command or a DAGMan job has (model.runlock): those are
+    skipped and named, each deleted under the run-directory lock. A dry run (the default) predicts the
     usage from the runs' sizes; with `yes`, usage is measured again after each deletion.
     `usage(path) -> (total_bytes, used_bytes)` is injectable for tests."""
     if keep_at_least < 0:
@@ -292,17 +289,25 @@ def cleanup(
     before = pct(used)
     delete: list[RunEntry] = []
     active: list[RunEntry] = []
+    in_use: dict[Path, str] = {}
     remaining = list(runs)
     candidates = list(runs)
     while pct(used) > max_usage and len(remaining) > keep_at_least and candidates:
         r = candidates.pop(0)
-        if run_is_active(r.path):
+        holder = runlock.holder(RunDir(r.path))
+        if holder is None and yes:
+            try:
+                with runlock.locked(RunDir(r.path), "osgtest-dag cleanup"):
+                    _delete_run(runs_root, r.path)
+            except runlock.RunDirInUse as e:  # taken between the look and the lock
+                holder = e.holder
+        if holder is not None:
             active.append(r)
+            in_use[r.path] = holder.describe()
             continue
         delete.append(r)
         remaining.remove(r)
         if yes:
-            _delete_run(runs_root, r.path)
             total, used = usage(runs_root)
         else:
             used -= r.size
@@ -314,6 +319,7 @@ def cleanup(
         keep=remaining,
         skipped_active=active,
         done=yes,
+        in_use=in_use,
     )
 
 

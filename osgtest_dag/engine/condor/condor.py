@@ -29,6 +29,9 @@ from pathlib import Path
 import htcondor2
 
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.generate.cellconfig import missing_images
+from osgtest_dag.guest.image import refuse_missing
+from osgtest_dag.model import runlock
 from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.rundir import (
     OUTER_DAG,
@@ -195,6 +198,15 @@ def submit_run(
     text = str(sub)
     if dry_run:
         return SubmitReport(run_dir=str(run_dir), submit_file=str(sub_file), description=text, dry_run=True)
+    # The VM jobs transfer their base image from here: a missing one is refused now, not
+    # found by every cell's job three times over. Held while submitting; from then on the
+    # DAGMan job has the directory (submission.json + its event log, model.runlock).
+    with runlock.locked(RunDir(run_dir), "osgtest-dag submit"):
+        refuse_missing(missing_images(run_dir), run_dir, "submit")
+        return _submit(run_dir, opts, sub, sub_file, text)
+
+
+def _submit(run_dir: Path, opts: SubmitOptions, sub, sub_file: Path, text: str) -> SubmitReport:
     schedd = locate_schedd(opts.schedd, opts.pool)
     try:
         with _cwd(run_dir):

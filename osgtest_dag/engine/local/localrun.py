@@ -12,11 +12,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from osgtest_dag.analyze.results import run_outcomes
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.local import executor
 from osgtest_dag.engine.local.progress import Progress
 from osgtest_dag.generate import cellconfig
+from osgtest_dag.guest import image
+from osgtest_dag.model import runlock
 from osgtest_dag.model.manifest import RunManifest
+from osgtest_dag.model.outcome import Outcome, RunExit, run_exit
 from osgtest_dag.model.rundir import NodeName, RunDir
 from osgtest_dag.plan import matrix
 
@@ -29,6 +33,11 @@ class LocalRun:
     wall_s: float
     report: Path | None
     summary: Path | None
+    outcomes: dict[str, Outcome]  # serial -> outcome of each selected cell (analyze.results)
+
+    @property
+    def exit_code(self) -> RunExit:
+        return run_exit(self.outcomes.values(), workflow_ok=self.ok)
 
 
 def excluded_nodes(run_dir: Path, only) -> frozenset:
@@ -51,32 +60,62 @@ def excluded_nodes(run_dir: Path, only) -> frozenset:
     return frozenset(out)
 
 
+def selected_serials(run_dir: Path, only) -> list[str]:
+    return [
+        cfg.serial for cfg in cellconfig.iter_cells(run_dir) if not only or matrix.matches(cfg.fields(), only)
+    ]
+
+
 def run_local(
-    run_dir: Path, *, jobs: int = 0, only=(), accel: str | None = None, progress: bool = True, stream=None
+    run_dir: Path,
+    *,
+    jobs: int = 0,
+    only=(),
+    accel: str | None = None,
+    progress: bool = True,
+    stream=None,
+    build_images: bool = False,
 ) -> LocalRun:
+    """Run the directory here, holding its lock (model.runlock) for the whole run. Refused
+    (UserError) before anything runs when a selected cell's base image is missing, unless
+    `build_images`, which builds it first."""
     run_dir = Path(run_dir).resolve()
     manifest = RunManifest.read(run_dir)
-    if accel in (None, "auto"):
-        accel = None
-    vm_memory = max((c.vm.memory for c in cellconfig.iter_cells(run_dir)), default=2048)
-    jobs = jobs or executor.default_jobs(vm_memory)
-    prog = Progress(stream=stream or sys.stderr, jobs=jobs) if progress else None
-    opts = executor.Options(
-        jobs=jobs, accel=accel, exclude_nodes=excluded_nodes(run_dir, only), progress=prog
-    )
-    log.info("running %s locally: %d cells, %d VM(s) at once", run_dir, manifest.cells, jobs)
-    t0 = time.monotonic()
     layout = RunDir(run_dir)
-    try:
-        ok = executor.run_dag(layout.outer_dag, opts)
-    finally:
-        if prog:
-            prog.close()
+    exclude = excluded_nodes(run_dir, only)
+    serials = selected_serials(run_dir, only)
+    with runlock.locked(layout, "osgtest-dag run"):
+        missing = cellconfig.missing_images(run_dir, serials)
+        if missing and build_images:
+            image.build_missing(missing)
+        else:
+            image.refuse_missing(
+                missing,
+                run_dir,
+                "run",
+                hint="build them with the commands above, or pass --build-images to build them first",
+            )
+        if accel in (None, "auto"):
+            accel = None
+        vm_memory = max((c.vm.memory for c in cellconfig.iter_cells(run_dir)), default=2048)
+        jobs = jobs or executor.default_jobs(vm_memory)
+        prog = Progress(stream=stream or sys.stderr, jobs=jobs) if progress else None
+        opts = executor.Options(jobs=jobs, accel=accel, exclude_nodes=exclude, progress=prog)
+        log.info("running %s locally: %d cells, %d VM(s) at once", run_dir, manifest.cells, jobs)
+        t0 = time.monotonic()
+        try:
+            ok = executor.run_dag(layout.outer_dag, opts)
+        finally:
+            if prog:
+                prog.close()
+        wall_s = time.monotonic() - t0
     report = layout.report("text")
     summary = layout.matrix_summary
+    outcomes = run_outcomes(run_dir)
     return LocalRun(
         ok=ok,
-        wall_s=time.monotonic() - t0,
+        wall_s=wall_s,
         report=report if report.is_file() else None,
         summary=summary if summary.is_file() else None,
+        outcomes={s: outcomes.get(s, Outcome.MISSING) for s in serials},
     )
