@@ -22,6 +22,7 @@ from osgtest_dag.cli import node as cli_node
 from osgtest_dag.cli import pool as cli_pool
 from osgtest_dag.cli import results as cli_results
 from osgtest_dag.engine.local.localrun import run_local
+from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 from osgtest_dag.generate.workflow import WorkflowOptions, check_run, write_run
 from osgtest_dag.ops.hosts import active_excluded_hosts
 from osgtest_dag.plan import matrix
@@ -285,15 +286,30 @@ def check(run_dir):
     show_default=True,
     help="qemu acceleration; auto probes KVM and falls back to TCG.",
 )
+@click.option(
+    "--silent-limit",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_SILENT_LIMIT_S,
+    show_default=True,
+    help="Seconds a VM may stay silent on its console after it starts; then it is hung "
+    "(under KVM: KVM is given up and the VM starts again under TCG).",
+)
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
-def run(run_dir, jobs, only, accel, no_progress):
+def run(run_dir, jobs, only, accel, silent_limit, no_progress):
     """Run a generated run directory on this machine (VMs under qemu), then report
     (`osgtest-dag submit` runs it on an HTCondor pool).
 
     Interrupted (Ctrl-C, or a killed process), the same command resumes: finished nodes
     are not run again.
     """
-    r = run_local(run_dir, jobs=jobs, only=matrix.parse_only(only), accel=accel, progress=not no_progress)
+    r = run_local(
+        run_dir,
+        jobs=jobs,
+        only=matrix.parse_only(only),
+        accel=accel,
+        progress=not no_progress,
+        silent_limit_s=silent_limit,
+    )
     if r.report:
         click.echo(r.report.read_text(), nl=False)
     html = Path(run_dir) / "report.html"

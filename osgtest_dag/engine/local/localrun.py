@@ -14,7 +14,9 @@ from pathlib import Path
 
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.local import executor
+from osgtest_dag.engine.local.accel import RunAccel
 from osgtest_dag.engine.local.progress import Progress
+from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.rundir import NodeName, RunDir
@@ -52,17 +54,38 @@ def excluded_nodes(run_dir: Path, only) -> frozenset:
 
 
 def run_local(
-    run_dir: Path, *, jobs: int = 0, only=(), accel: str | None = None, progress: bool = True, stream=None
+    run_dir: Path,
+    *,
+    jobs: int = 0,
+    only=(),
+    accel: str | None = None,
+    progress: bool = True,
+    stream=None,
+    silent_limit_s: float = DEFAULT_SILENT_LIMIT_S,
 ) -> LocalRun:
     run_dir = Path(run_dir).resolve()
     manifest = RunManifest.read(run_dir)
     if accel in (None, "auto"):
         accel = None
-    vm_memory = max((c.vm.memory for c in cellconfig.iter_cells(run_dir)), default=2048)
+    cells = list(cellconfig.iter_cells(run_dir))
+    vm_memory = max((c.vm.memory for c in cells), default=2048)
     jobs = jobs or executor.default_jobs(vm_memory)
-    prog = Progress(stream=stream or sys.stderr, jobs=jobs) if progress else None
+    out = stream or sys.stderr
+    # The accelerator is chosen (the KVM probe run) before anything starts, and said first.
+    choice = RunAccel(accel).choice()
+    prog = None
+    if progress:
+        labels = {c.serial: f"{c.platform.id} {c.label}" for c in cells}
+        prog = Progress(stream=out, jobs=jobs, labels=labels, header=choice.line())
+        prog.start_ticker()
+    else:
+        out.write(choice.line() + "\n")
     opts = executor.Options(
-        jobs=jobs, accel=accel, exclude_nodes=excluded_nodes(run_dir, only), progress=prog
+        jobs=jobs,
+        accel=accel,
+        exclude_nodes=excluded_nodes(run_dir, only),
+        progress=prog,
+        silent_limit_s=silent_limit_s,
     )
     log.info("running %s locally: %d cells, %d VM(s) at once", run_dir, manifest.cells, jobs)
     t0 = time.monotonic()
