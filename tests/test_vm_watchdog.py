@@ -236,3 +236,25 @@ def test_progress_on_a_terminal_redraws_the_vm_lines_in_place():
     p.update("m.dag", "TestRun000", "done")
     assert out.getvalue().rsplit("\033[J", 1)[1].splitlines()[1:] == ["001 debian_12 Hello: install 0:05"]
     p.close()
+
+
+@pytest.mark.vm
+def test_a_libguestfs_launch_is_bounded(tmp_path):
+    """The appliance's qemu is killed when the launch takes longer than its limit (here far
+    too short for any appliance): the launch fails in seconds instead of hanging."""
+    guestfs = pytest.importorskip("guestfs")
+    from osgtest_dag.base import command
+    from osgtest_dag.guest import gfs
+
+    disk = tmp_path / "d.qcow2"
+    command.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "16M"])
+    gfs.prepare_environment()
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        g.add_drive_opts(str(disk), readonly=1, format="qcow2")
+        t0 = time.monotonic()
+        with pytest.raises(gfs.LaunchTimedOut, match="did not start in 1 s"):
+            gfs.launch_bounded(g, 1.0)
+        assert time.monotonic() - t0 < 60
+    finally:
+        g.close()
