@@ -298,12 +298,12 @@ def progress(
         if int(ad.get("RetryCount", 0) or 0) > 0
     }
 
-    start = None
+    start: float | None = None
     if dagman and dagman.submitted:
         start = dagman.submitted
     elif jobs:
         start = min((j.submitted for j in jobs if j.submitted), default=None)
-    end = dagman.ended if (dagman and dagman.ended) else None
+    end: float | None = dagman.ended if (dagman and dagman.ended) else None
     if local is not None:
         start, end = local.started, local.ended
     elapsed = None if start is None else max(0.0, (end or now) - start)
