@@ -157,6 +157,8 @@ def _cached_probe() -> tuple[str, str] | None:
         key, accel, why = _probe_cache().read_text().rstrip("\n").split("\t")
     except (OSError, ValueError):
         return None
+    if not why.startswith("KVM "):  # kept by an earlier version, without saying whose answer
+        why = f"KVM probe: {why}"
     return (accel, why) if key == _probe_key() and accel in ACCELS else None
 
 
