@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from osgtest_dag.analyze import extract, results
+from osgtest_dag.analyze import extract, results, untar
 from osgtest_dag.base import command
 from osgtest_dag.cli import results as cli_results
 
@@ -272,7 +272,7 @@ def test_file_cap(corpus):
     assert rep["ok"] and rep["files"] == lim.max_files
     # chosen before the stream, shallow files first: result.json always comes out
     assert rep["skipped_by_kind"] == {"file-cap": MANY + 1 - lim.max_files}
-    assert len(rep["skipped"]) == extract.SKIPPED_LIST_CAP
+    assert len(rep["skipped"]) == untar.SKIPPED_LIST_CAP
     assert (r.dir / "cells" / s / "output" / "result.json").is_file()
     # the cell's summary in results.json keeps the extraction report short
     cell = next(c for c in corpus["doc"].cells if c["serial"] == s)

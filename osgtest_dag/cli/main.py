@@ -7,6 +7,7 @@ unless --debug.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -16,11 +17,6 @@ import click
 
 from osgtest_dag import __version__
 from osgtest_dag.base.errors import CommandError, OsgtestDagError, UserError
-from osgtest_dag.cli import condor as cli_condor
-from osgtest_dag.cli import guest as cli_guest
-from osgtest_dag.cli import node as cli_node
-from osgtest_dag.cli import pool as cli_pool
-from osgtest_dag.cli import results as cli_results
 from osgtest_dag.engine.local.localrun import run_local
 from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 from osgtest_dag.generate.workflow import WorkflowOptions, check_run, write_run
@@ -54,8 +50,30 @@ IMAGE_DIR = click.option(
 )
 
 
+# The other stages' commands, by name -> the cli module that registers them. They are loaded
+# when used: every DAG node job runs `osgtest-dag node ...`, thousands a night, and should not
+# load every stage to do so.
+LAZY_COMMANDS = {
+    **dict.fromkeys(("image", "iodisk"), "guest"),
+    "node": "node",
+    **dict.fromkeys(("analyze", "report", "compare", "email", "extract"), "results"),
+    **dict.fromkeys(
+        ("submit", "status", "watch", "rerun", "schedule", "nightly", "cleanup", "hosts"), "condor"
+    ),
+    "pool": "pool",
+}
+
+
 class _Group(click.Group):
-    """Turns our errors into messages and exit codes."""
+    """Turns our errors into messages and exit codes; loads the stages' commands when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            importlib.import_module(f"osgtest_dag.cli.{LAZY_COMMANDS[cmd_name]}").register(self)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx):
         try:
@@ -320,12 +338,3 @@ def run(run_dir, jobs, only, accel, silent_limit, no_progress):
     )
     if not r.ok:
         raise SystemExit(1)
-
-
-def _register() -> None:
-    """Commands of the other stages, each in its own module (one place to see them all)."""
-    for module in (cli_guest, cli_node, cli_results, cli_condor, cli_pool):
-        module.register(main)
-
-
-_register()

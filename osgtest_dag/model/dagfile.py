@@ -13,11 +13,12 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
-
-import networkx as nx
+from typing import TYPE_CHECKING, NoReturn
 
 from osgtest_dag.base.errors import Location, UserError
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 _VARS = re.compile(r'\s*([A-Za-z_+][\w.+]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
 IGNORED = {
@@ -72,6 +73,8 @@ class Dag:
     final: str | None
 
     def graph(self) -> nx.DiGraph[str]:
+        import networkx as nx  # heavy: 0.1 s, and only graph checks need it (not every DAG node)
+
         g: nx.DiGraph[str] = nx.DiGraph()
         for name in self.nodes:
             if name != self.final:
@@ -251,6 +254,8 @@ def check(dag: Dag, base: Path | None = None) -> None:
     """Acyclic, and every file the DAG names exists (submit files, sub-DAGs, config)."""
     base = Path(base) if base else dag.path.parent
     g = dag.graph()
+    import networkx as nx  # heavy: as above
+
     if not nx.is_directed_acyclic_graph(g):
         cycle = nx.find_cycle(g)
         raise UserError(f"the DAG has a cycle: {' -> '.join(a for a, _ in cycle)}", where=dag.path)

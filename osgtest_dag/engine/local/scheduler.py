@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from osgtest_dag.engine.local.context import Context, Interrupted
 from osgtest_dag.engine.local.decide import DagOutcome, Parent, Readiness, dag_outcome, readiness
@@ -16,6 +15,9 @@ from osgtest_dag.engine.local.noderun import NodeRunner
 from osgtest_dag.engine.local.state import NodeStatus, StateFile
 from osgtest_dag.engine.local.submit import quick_universe
 from osgtest_dag.model import dagfile
+
+if TYPE_CHECKING:  # the graph comes from dagfile, which imports networkx when it builds one
+    import networkx as nx
 
 log = logging.getLogger(__name__)
 
