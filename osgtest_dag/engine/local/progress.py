@@ -9,6 +9,7 @@ long quiet phase is still visibly alive. The first line says which accelerator V
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -190,7 +191,9 @@ class Progress:
             text = self.line()
             if self.tty:
                 vms = [self._vm_text(n, v) for n, v in sorted(self.vms.items())]
-                self._write(self._erase() + "\n".join([text, *vms]))
+                # cut to the terminal's width: a wrapped line would throw off the redraw
+                width = shutil.get_terminal_size().columns - 1
+                self._write(self._erase() + "\n".join(line[:width] for line in [text, *vms]))
                 self._drawn_vm_lines = len(vms)
             elif changed is not None:
                 self._write(f"cell {changed}: {self.cells[changed]} | {text}\n")
