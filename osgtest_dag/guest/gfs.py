@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import shlex
+import shutil
 import signal
 import tempfile
 import threading
@@ -113,17 +114,17 @@ def launch_bounded(g: Any, limit_s: float) -> None:
     if not g.get_backend().startswith("direct"):
         g.launch()
         return
+    hv = g.get_hv()
+    hv = hv if os.path.isabs(hv) else shutil.which(hv) or hv
     with tempfile.TemporaryDirectory(prefix="osgtest-gfs-") as tmp:
         pidfile, wrapper = Path(tmp) / "qemu.pid", Path(tmp) / "qemu"
         # libguestfs also runs qemu briefly to ask its version and options: each run says its
         # pid, and the last one is the appliance (the only one still running at the limit).
-        wrapper.write_text(
-            f'#!/bin/sh\necho $$ > {shlex.quote(str(pidfile))}\nexec {shlex.quote(g.get_hv())} "$@"\n'
-        )
+        wrapper.write_text(f'#!/bin/sh\necho $$ > {shlex.quote(str(pidfile))}\nexec {shlex.quote(hv)} "$@"\n')
         wrapper.chmod(0o755)
         # libguestfs caches what it asked qemu under the binary's size and mtime: the real
         # qemu's mtime (and a wrapper of constant size) keeps that cache valid across launches.
-        real = os.stat(g.get_hv())
+        real = os.stat(hv)
         os.utime(wrapper, ns=(real.st_atime_ns, real.st_mtime_ns))
         g.set_hv(str(wrapper))
         done, fired = threading.Event(), threading.Event()
