@@ -596,3 +596,47 @@ def test_recorded_final_states_json_is_the_expected_contract():
     doc = json.loads(_real("injected/final-states.json").read_text())
     assert doc["engine"] == "dagman" and doc["version"].startswith("23.")
     assert doc["nodes"] == EXPECTED
+
+
+def test_status_and_watch_read_a_local_run(demo_run):
+    """A run directory run by `osgtest-dag run` is read from the executor's state files: running
+    while an executor holds its lock, then how its DAG ended (or interrupted)."""
+    import fcntl
+
+    from osgtest_dag.engine.condor.status import format_progress, progress, watch
+    from osgtest_dag.engine.local.runview import executor_lock
+    from osgtest_dag.engine.local.state import Attempt, NodeStatus, StateFile
+    from osgtest_dag.model import dagfile
+    from osgtest_dag.model.rundir import NodeName, RunDir
+
+    layout = RunDir(demo_run)
+    p = progress(demo_run)
+    assert (p.dag_state, p.engine, p.finished) == ("not_submitted", "dagman", False)
+    outer, matrix_state = StateFile.for_dag(layout.outer_dag), StateFile.for_dag(layout.matrix_dag)
+    outer.node("Matrix").status = NodeStatus.RUNNING
+    for n in NodeName.of_cell("000"):
+        st = matrix_state.node(n.format())
+        st.status = NodeStatus.DONE
+        st.attempts.append(Attempt(retry=0, started=1000.0, ended=1100.0))
+    matrix_state.node("CreateDisk001").status = NodeStatus.DONE
+    running = matrix_state.node("TestRun001")
+    running.status, running.retries = NodeStatus.RUNNING, 1
+    outer.save()
+    matrix_state.save()
+    with open(executor_lock(layout.outer_dag), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running executor holds it
+        p = progress(demo_run, now=1130.0)
+        assert (p.dag_state, p.engine, p.finished, p.submitted) == ("running", "local", False, False)
+        assert p.cells["000"] == "done" and p.cells["001"] == "running"
+        assert p.cells_total == 8 and p.cell_counts["waiting"] == 6
+        assert p.retries == {"TestRun001": 1} and p.elapsed_s == 130.0
+        assert format_progress(p).startswith(f"run {demo_run}: running (local executor), elapsed 0:02:10")
+    p = progress(demo_run)  # the executor is gone before its DAG ended
+    assert (p.dag_state, p.finished, p.elapsed_s) == ("interrupted", True, 100.0)
+    for name in dagfile.parse(layout.outer_dag).nodes:
+        outer.node(name).status = NodeStatus.DONE
+    outer.save()
+    out = io.StringIO()
+    p = watch(demo_run, interval=0.1, tty=False, out=out, sleep=lambda s: None)
+    assert (p.dag_state, p.finished) == ("done", True)
+    assert "run " + str(demo_run) + ": done (local executor)" in out.getvalue()

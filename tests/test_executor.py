@@ -15,6 +15,7 @@ import pytest
 
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.local import executor, submit
+from osgtest_dag.engine.local.accel import RunAccel
 from osgtest_dag.engine.local.jobs import RETURN_REMOVED, RETURN_SUBMIT_FAILED, ProcessJob, RunningJobs
 from osgtest_dag.engine.local.reaper import ChildRecord
 from osgtest_dag.engine.local.state import Attempt, NodeStatus, StateFile
@@ -411,10 +412,10 @@ def test_vm_job_without_its_base_image_or_killed_first_boots_nothing(tmp_path):
     node = dagfile.Node(name="TestRun000", submit_file="vm.sub")
     children = ChildRecord(tmp_path / "children.jsonl")
     attempt = Attempt(retry=0, started=0.0)
-    assert VmJob(spec, node, attempt, accel="tcg", children=children).run() == RETURN_SUBMIT_FAILED
+    assert VmJob(spec, node, attempt, accel=RunAccel("tcg"), children=children).run() == RETURN_SUBMIT_FAILED
     assert attempt.error == f"base image {tmp_path / 'base.qcow2'} missing"
     (tmp_path / "base.qcow2").write_bytes(b"")
-    job = VmJob(spec, node, Attempt(retry=0, started=0.0), accel="tcg", children=children)
+    job = VmJob(spec, node, Attempt(retry=0, started=0.0), accel=RunAccel("tcg"), children=children)
     job.kill()  # Ctrl-C came first: no VM starts
     assert job.run() == RETURN_REMOVED
     assert not children.path.exists() and not (tmp_path / ".scratch-TestRun000").exists()
@@ -431,6 +432,6 @@ def test_vm_job_without_its_base_image_or_killed_first_boots_nothing(tmp_path):
             ),
             node,
             attempt,
-            accel=None,
+            accel=RunAccel(),
             children=children,
         )

@@ -193,7 +193,7 @@ def test_accel_probe_answer_is_kept_per_host_boot(monkeypatch, tmp_path):
     monkeypatch.setattr(qemu, "_accel_cache", None)  # a new process, same boot
     assert qemu.detect_accel() == "tcg" and calls == ["kvm"]
     key, accel, why = (tmp_path / "accel-probe.txt").read_text().rstrip("\n").split("\t")
-    assert (accel, why) == ("tcg", "hung")
+    assert (accel, why) == ("tcg", "KVM probe: hung")
     (tmp_path / "accel-probe.txt").write_text("another-boot\tkvm\tok\n")
     monkeypatch.setattr(qemu, "_accel_cache", None)
     assert qemu.detect_accel() == "tcg" and calls == ["kvm", "kvm"]

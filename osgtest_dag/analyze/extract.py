@@ -346,6 +346,12 @@ def _run_batch(
         try:
             ctx = gfs.open_disks([(jobs[i].disk, "qcow2") for i in batch], readonly=True)
             g = ctx.__enter__()
+        except gfs.LaunchTimedOut as e:
+            # No disk's fault, and another launch would hang as long: every disk fails now.
+            for i in batch:
+                reports[i].fail(f"libguestfs could not open the disk: {str(e)[:300]}")
+                reports[i].seconds = time.monotonic() - t0
+            return
         except RuntimeError as e:
             if len(batch) == 1:
                 rep = reports[batch[0]]

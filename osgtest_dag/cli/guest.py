@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from osgtest_dag.base import paths
-from osgtest_dag.guest import image, iodisk
+from osgtest_dag.guest import image, iodisk, qemu
 
 STORE = click.option(
     "--store",
@@ -37,6 +37,7 @@ def image_group():
 @click.option("--force", is_flag=True, help="Rebuild even if the inputs did not change.")
 def image_build(platform: str, builder: str, store: Path | None, force: bool):
     """Build the base image of PLATFORM (e.g. debian_12.x86_64) unless it is up to date."""
+    click.echo(qemu.accel_choice().line(), err=True)  # the builders' VMs and appliances run under it
     out = image.build_image(platform, store, builder=builder, force=force)
     info = out.image
     if out.built:

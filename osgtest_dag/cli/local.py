@@ -8,6 +8,7 @@ import click
 
 from osgtest_dag.cli.options import ONLY
 from osgtest_dag.engine.local.localrun import run_local
+from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 from osgtest_dag.plan import matrix
 
 
@@ -28,13 +29,21 @@ from osgtest_dag.plan import matrix
     show_default=True,
     help="qemu acceleration; auto probes KVM and falls back to TCG.",
 )
+@click.option(
+    "--silent-limit",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_SILENT_LIMIT_S,
+    show_default=True,
+    help="Seconds a VM may stay silent on its console after it starts; then it is hung "
+    "(under KVM: KVM is given up and the VM starts again under TCG).",
+)
 @click.option("--no-progress", is_flag=True, help="No live progress display.")
 @click.option(
     "--build-images",
     is_flag=True,
     help="Build the selected cells' missing base images first (else a missing one is refused).",
 )
-def run(run_dir, jobs, only, accel, no_progress, build_images):
+def run(run_dir, jobs, only, accel, silent_limit, no_progress, build_images):
     """Run a generated run directory on this machine (VMs under qemu), then report
     (`osgtest-dag submit` runs it on an HTCondor pool).
 
@@ -56,6 +65,7 @@ def run(run_dir, jobs, only, accel, no_progress, build_images):
         accel=accel,
         progress=not no_progress,
         build_images=build_images,
+        silent_limit_s=silent_limit,
     )
     if r.report:
         click.echo(r.report.read_text(), nl=False)

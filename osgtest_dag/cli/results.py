@@ -14,6 +14,7 @@ import click
 from osgtest_dag.analyze import extract, results
 from osgtest_dag.base.atomic import write_text_atomic
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.guest import qemu
 from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.report import compare
 from osgtest_dag.report import email as report_email
@@ -212,6 +213,7 @@ def extract_cmd(ctx, disks, out_dir: Path, max_bytes, max_files, max_file_bytes)
     names = [Path(d).name.removesuffix(".qcow2") for d in disks]
     if len(set(names)) != len(names):
         raise UserError("two disks have the same name; they would extract into the same directory")
+    click.echo(qemu.accel_choice().line(), err=True)  # libguestfs' appliance runs under it
     jobs = [extract.ExtractJob(Path(d), out_dir / n / "output") for d, n in zip(disks, names, strict=True)]
     reports = extract.extract_disks(jobs, limits)
     failed = 0

@@ -47,8 +47,19 @@ _ACCEL_ARGS = {
 _PROBE_MARK = "Kernel panic"
 _PROBE_APPEND = "console=ttyS0 panic=-1 root=/dev/osgtest-probe-no-root"
 
-_accel_cache: str | None = None
+_accel_cache: AccelChoice | None = None
 _accel_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    """The accelerator VMs start under, and why it was chosen (said at the start of commands)."""
+
+    accel: str
+    why: str
+
+    def line(self) -> str:
+        return f"accelerator: {self.accel} ({self.why})"
 
 
 @dataclass(frozen=True)
@@ -146,11 +157,13 @@ def _cached_probe() -> tuple[str, str] | None:
         key, accel, why = _probe_cache().read_text().rstrip("\n").split("\t")
     except (OSError, ValueError):
         return None
+    if not why.startswith("KVM "):  # kept by an earlier version, without saying whose answer
+        why = f"KVM probe: {why}"
     return (accel, why) if key == _probe_key() and accel in ACCELS else None
 
 
-def detect_accel(timeout: float = 20.0) -> str:
-    """ "kvm" if a Linux guest really runs under KVM here, else "tcg".
+def accel_choice(timeout: float = 20.0) -> AccelChoice:
+    """KVM if a Linux guest really runs under it here, else TCG; and why.
 
     Cached per process and per host boot (`<cache>/accel-probe.txt`): a host where KVM hangs a
     Linux guest pays the probe's time-out once, not once per command.
@@ -164,21 +177,43 @@ def detect_accel(timeout: float = 20.0) -> str:
                 f"OSGTEST_DAG_ACCEL={forced!r} is not one of {', '.join(ACCELS)}",
                 hint="unset it to detect the accelerator automatically",
             )
-        return forced
+        return AccelChoice(forced, f"set by OSGTEST_DAG_ACCEL={forced}")
     with _accel_lock:
         if _accel_cache is None:
             cached = _cached_probe()
             if cached is None:
                 ok, why = _probe("kvm", timeout)
-                cached = ("kvm" if ok else "tcg", why)
-                try:
-                    _probe_cache().parent.mkdir(parents=True, exist_ok=True)
-                    write_text_atomic(_probe_cache(), f"{_probe_key()}\t{cached[0]}\t{why}\n")
-                except OSError as e:
-                    log.warning("cannot keep the accelerator probe's answer: %s", e)
-            _accel_cache = cached[0]
-            log.info("accelerator: %s (KVM probe: %s)", _accel_cache, cached[1])
+                cached = ("kvm" if ok else "tcg", f"KVM probe: {why}")
+                _keep_probe_answer(*cached)
+            _accel_cache = AccelChoice(*cached)
+            log.info("%s", _accel_cache.line())
         return _accel_cache
+
+
+def detect_accel(timeout: float = 20.0) -> str:
+    """ "kvm" if a Linux guest really runs under KVM here, else "tcg" (see `accel_choice`)."""
+    return accel_choice(timeout).accel
+
+
+def mark_kvm_unusable(why: str) -> AccelChoice:
+    """KVM hung a real VM (the executor's watchdog saw it): TCG from now on, in this process and
+    for later commands in this host boot (the probe's answer is replaced)."""
+    global _accel_cache
+    choice = AccelChoice("tcg", f"KVM given up: {why}")
+    with _accel_lock:
+        _accel_cache = choice
+        _keep_probe_answer(choice.accel, choice.why)
+    log.warning("%s", choice.line())
+    return choice
+
+
+def _keep_probe_answer(accel: str, why: str) -> None:
+    why = " ".join(why.split())  # one line, no tabs: the cache file is tab-separated
+    try:
+        _probe_cache().parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(_probe_cache(), f"{_probe_key()}\t{accel}\t{why}\n")
+    except OSError as e:
+        log.warning("cannot keep the accelerator probe's answer: %s", e)
 
 
 def _q(path: Path) -> str:

@@ -1,6 +1,7 @@
 """A submitted run's progress, from the files DAGMan writes (node status files, ClassAds) and
 the job event logs: cell states, held jobs, retries, the outcomes of finished cells (the one
-derivation), and `watch`, which follows a run until its DAG ends.
+derivation), and `watch`, which follows a run until its DAG ends. A run directory never
+submitted but run by the local executor is read from the executor's state files instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import classad2
 
 from osgtest_dag.analyze import results
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.engine.local.runview import LocalRunView, read_local_run
 from osgtest_dag.generate.cellconfig import iter_cells
 from osgtest_dag.model.documents import read_json
 from osgtest_dag.model.joblog import JobRecord, JobState, jobs_by_node, read_job_log
@@ -147,6 +149,7 @@ class RunProgress:
     outcomes: dict[str, int]  # outcome -> count of the finished cells
     cell_outcomes: dict[str, str]  # serial -> outcome of each finished cell
     dagman_exit: int | None
+    engine: str = "dagman"  # dagman | local (run by `osgtest-dag run`)
 
     @property
     def cells_finished(self) -> int:
@@ -158,7 +161,9 @@ class RunProgress:
         return d
 
 
-def _cell_state(serial: str, nodes: dict[str, dict], newest_job: dict[str, JobRecord]) -> str:
+def _cell_state(
+    serial: str, nodes: dict[str, dict], newest_job: dict[str, JobRecord], local: bool = False
+) -> str:
     st = {n.layer: nodes.get(n.format(), {}).get("NodeStatus") for n in NodeName.of_cell(serial)}
     if any(v in (6, 7) for v in st.values()):
         return "failed"
@@ -174,8 +179,8 @@ def _cell_state(serial: str, nodes: dict[str, dict], newest_job: dict[str, JobRe
         job = newest_job.get(NodeName(TEST_RUN, serial).format())
         if job and job.state == JobState.HELD:
             return "held"
-        if job and job.state == JobState.RUNNING:
-            return "running"
+        if (job and job.state == JobState.RUNNING) or (local and st[TEST_RUN] == 3):
+            return "running"  # the local executor's running VM node (it queues nothing)
         return "queued"
     if st[CREATE_DISK] in (1, 2, 3, 4) or st[CREATE_DISK] == 5:
         return "disk"
@@ -262,8 +267,13 @@ def progress(
             dagman_exit = m.get("exitcode") if isinstance(m, dict) else None
             state = "done" if dagman_exit == 0 else "failed"
 
+    local = None if submitted else read_local_run(run_dir)
+    if local is not None:
+        nodes, counts = local.nodes, _local_counts(local)
+        state, finished = local.state, not local.running  # nothing changes without an executor
+
     serials = _serials(run_dir)
-    cells = {s: _cell_state(s, nodes, newest_job) for s in serials}
+    cells = {s: _cell_state(s, nodes, newest_job, local is not None) for s in serials}
     cell_counts: dict[str, int] = {}
     for s in cells.values():
         cell_counts[s] = cell_counts.get(s, 0) + 1
@@ -288,12 +298,14 @@ def progress(
         if int(ad.get("RetryCount", 0) or 0) > 0
     }
 
-    start = None
+    start: float | None = None
     if dagman and dagman.submitted:
         start = dagman.submitted
     elif jobs:
         start = min((j.submitted for j in jobs if j.submitted), default=None)
-    end = dagman.ended if (dagman and dagman.ended) else None
+    end: float | None = dagman.ended if (dagman and dagman.ended) else None
+    if local is not None:
+        start, end = local.started, local.ended
     elapsed = None if start is None else max(0.0, (end or now) - start)
 
     decided = _finished_outcomes(layout, cells, known_outcomes)
@@ -315,7 +327,24 @@ def progress(
         outcomes=outcomes,
         cell_outcomes={s: o.value for s, o in sorted(decided.items())},
         dagman_exit=dagman_exit,
+        engine="local" if local is not None else "dagman",
     )
+
+
+def _local_counts(local: LocalRunView) -> dict[str, int]:
+    """Node counts of a local run, under DAGMan's names (running nodes count as queued)."""
+    codes = [ad["NodeStatus"] for ad in local.nodes.values()]
+    return {
+        "total": len(codes),
+        "done": codes.count(5),
+        "failed": codes.count(6),
+        "queued": codes.count(3),
+        "ready": 0,
+        "unready": codes.count(0),
+        "pre": 0,
+        "post": 0,
+        "futile": codes.count(7),
+    }
 
 
 # Cell states whose evidence is all there (the POST script decided, the output is extracted).
@@ -351,6 +380,7 @@ def _fmt_elapsed(s: float | None) -> str:
 def format_progress(p: RunProgress) -> str:
     lines = [
         f"run {p.run_dir}: {p.dag_state}"
+        + (" (local executor)" if p.engine == "local" else "")
         + (f" (DAGMan exit {p.dagman_exit})" if p.dagman_exit is not None else "")
         + f", elapsed {_fmt_elapsed(p.elapsed_s)}"
     ]

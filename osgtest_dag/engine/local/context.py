@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from osgtest_dag.base.errors import OsgtestDagError
+from osgtest_dag.engine.local.accel import RunAccel
 from osgtest_dag.engine.local.jobs import RunningJobs
 from osgtest_dag.engine.local.progress import Progress
 from osgtest_dag.engine.local.reaper import ChildRecord
 from osgtest_dag.engine.local.slots import Slots, default_jobs
+from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 
 
 class Interrupted(OsgtestDagError):
@@ -26,7 +28,8 @@ class Interrupted(OsgtestDagError):
 class Options:
     jobs: int = 0  # VMs at once; 0 = default_jobs()
     local_jobs: int = 0  # local processes at once; 0 = 2 x cores
-    accel: str | None = None
+    accel: str | None = None  # None: the KVM probe decides
+    silent_limit_s: float = DEFAULT_SILENT_LIMIT_S  # a VM silent this long after its start hung
     exclude_nodes: frozenset = frozenset()  # nodes (and their descendants) left out (--only)
     progress: Progress | None = None
 
@@ -39,6 +42,7 @@ class Context:
         self.jobs = RunningJobs()  # ... and kill what runs
         self.children = children  # ... and what a `kill -9` would leave running
         self._job_ids = itertools.count(1)
+        self.accel = RunAccel(opts.accel, on_change=opts.progress.note_accel if opts.progress else None)
 
     def next_job_id(self) -> str:
         """$JOBID of the next job, as HTCondor numbers them (cluster.proc.subproc)."""
@@ -47,3 +51,7 @@ class Context:
     def progress_update(self, dag_path: Path, node: str, status: str) -> None:
         if self.opts.progress:
             self.opts.progress.update(dag_path, node, status)
+
+    def progress_phase(self, node: str, phase: str | None) -> None:
+        if self.opts.progress:
+            self.opts.progress.phase(node, phase)

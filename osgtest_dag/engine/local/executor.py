@@ -37,6 +37,7 @@ from pathlib import Path
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.local.context import Context, Interrupted, Options
 from osgtest_dag.engine.local.reaper import ChildRecord
+from osgtest_dag.engine.local.runview import executor_lock
 from osgtest_dag.engine.local.scheduler import DagScheduler
 from osgtest_dag.engine.local.slots import default_jobs
 
@@ -56,8 +57,7 @@ class Executor:
     def run(self) -> bool:
         """Run the DAG to its end; True when it succeeded. Raises Interrupted on Ctrl-C."""
         dag_path = self.dag_path
-        lock_path = dag_path.with_name(f".{dag_path.name}.local.lock")
-        with open(lock_path, "w") as lock:
+        with open(executor_lock(dag_path), "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -15,7 +15,9 @@ from pathlib import Path
 from osgtest_dag.analyze.results import run_outcomes
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.local import executor
+from osgtest_dag.engine.local.accel import RunAccel
 from osgtest_dag.engine.local.progress import Progress
+from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.guest import image
 from osgtest_dag.model import runlock
@@ -75,6 +77,7 @@ def run_local(
     progress: bool = True,
     stream=None,
     build_images: bool = False,
+    silent_limit_s: float = DEFAULT_SILENT_LIMIT_S,
 ) -> LocalRun:
     """Run the directory here, holding its lock (model.runlock) for the whole run. Refused
     (UserError) before anything runs when a selected cell's base image is missing, unless
@@ -97,10 +100,22 @@ def run_local(
             )
         if accel in (None, "auto"):
             accel = None
-        vm_memory = max((c.vm.memory for c in cellconfig.iter_cells(run_dir)), default=2048)
+        cells = list(cellconfig.iter_cells(run_dir))
+        vm_memory = max((c.vm.memory for c in cells), default=2048)
         jobs = jobs or executor.default_jobs(vm_memory)
-        prog = Progress(stream=stream or sys.stderr, jobs=jobs) if progress else None
-        opts = executor.Options(jobs=jobs, accel=accel, exclude_nodes=exclude, progress=prog)
+        out = stream or sys.stderr
+        # The accelerator is chosen (the KVM probe run) before anything starts, and said first.
+        choice = RunAccel(accel).choice()
+        prog = None
+        if progress:
+            labels = {c.serial: f"{c.platform.id} {c.label}" for c in cells}
+            prog = Progress(stream=out, jobs=jobs, labels=labels, header=choice.line())
+            prog.start_ticker()
+        else:
+            out.write(choice.line() + "\n")
+        opts = executor.Options(
+            jobs=jobs, accel=accel, exclude_nodes=exclude, progress=prog, silent_limit_s=silent_limit_s
+        )
         log.info("running %s locally: %d cells, %d VM(s) at once", run_dir, manifest.cells, jobs)
         t0 = time.monotonic()
         try:

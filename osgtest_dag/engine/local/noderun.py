@@ -166,7 +166,15 @@ class NodeRunner:
         spec = read_job(base / node.submit_file, node.vars, base, node_name=node.name)
         macros["JOBID"] = self.ctx.next_job_id()
         if spec.universe == "vm":
-            vm_job = VmJob(spec, node, attempt, accel=self.ctx.opts.accel, children=self.ctx.children)
+            vm_job = VmJob(
+                spec,
+                node,
+                attempt,
+                accel=self.ctx.accel,
+                children=self.ctx.children,
+                silent_limit_s=self.ctx.opts.silent_limit_s,
+                on_phase=lambda phase: self.ctx.progress_phase(node.name, phase),
+            )
             return self.ctx.jobs.run(vm_job)
         if spec.universe not in ("local", "vanilla", "scheduler"):
             raise UserError(f"node {node.name}: universe {spec.universe!r} cannot run locally")

@@ -7,6 +7,12 @@ the DAG expects it. A VM past its wall-clock limit (the run's max_wall, the numb
 `periodic_hold`) is killed, its console kept, and treated as a held-then-released job: it starts
 again until `max_starts`, then counts as removed ($RETURN -1004). Every start is recorded in
 the cell's local-vm.json.
+
+The console is followed while the VM runs: the phase the payload is in goes to the progress
+display, and a watchdog kills a VM that has printed nothing `silent_limit_s` after its start (a
+quiet test later is no hang). Under KVM that is KVM hanging the guest: KVM is given up for the
+run and the VM starts again under TCG, not counted as a start. Under TCG it is a start that hung,
+counted as one killed at its limit.
 """
 
 from __future__ import annotations
@@ -15,9 +21,14 @@ import logging
 import os
 import shutil
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.engine.local.accel import RunAccel
+from osgtest_dag.engine.local.console import ConsoleFollower
 from osgtest_dag.engine.local.jobs import RETURN_REMOVED, RETURN_SUBMIT_FAILED
 from osgtest_dag.engine.local.reaper import ChildRecord
 from osgtest_dag.engine.local.state import Attempt
@@ -29,17 +40,29 @@ from osgtest_dag.model.rundir import LOCAL_VM
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SILENT_LIMIT_S = 30.0  # a Linux guest prints its first console line within seconds
+PhaseCallback = Callable[[str | None], None]  # a phase started (None: the VM is booting)
+
 
 class VmJob:
     """One node's VM job (all its starts); killing it stops the running VM and any restart."""
 
     def __init__(
-        self, spec: JobSpec, node: dagfile.Node, attempt: Attempt, *, accel: str | None, children: ChildRecord
+        self,
+        spec: JobSpec,
+        node: dagfile.Node,
+        attempt: Attempt,
+        *,
+        accel: RunAccel,
+        children: ChildRecord,
+        silent_limit_s: float = DEFAULT_SILENT_LIMIT_S,
+        on_phase: PhaseCallback | None = None,
     ):
         if not spec.vm_disks:
             raise UserError(f"node {node.name}: a VM job needs vm_disk")
         self.spec, self.node, self.attempt = spec, node, attempt
         self.accel, self.children = accel, children
+        self.silent_limit_s, self.on_phase = silent_limit_s, on_phase
         self._inputs = {Path(f).name: f for f in spec.transfer_input_files}
         self._lock = threading.Lock()
         self._vm: qemu.VM | None = None
@@ -101,11 +124,14 @@ class VmJob:
         past its wall-clock limit `max_starts` times."""
         spec, node, init = self.spec, self.node, self.spec.initialdir
         starts = 0
+        fresh = True  # the disks are as transferred
         while True:
             starts += 1
-            for d, (f, *_rest) in zip(disks, spec.vm_disks[1:], strict=True):  # a fresh copy per start
-                if starts > 1:
+            if not fresh:
+                for d, (f, *_rest) in zip(disks, spec.vm_disks[1:], strict=True):  # a fresh copy per start
                     shutil.copy2(self._source(f), d.path)
+            fresh = False
+            accel = self.accel.current()
             console = init / f"console.{self.attempt.retry}.{starts}.log"
             with self._lock:
                 if self._killed:
@@ -120,13 +146,37 @@ class VmJob:
                     console_log=console,
                     workdir=scratch,
                     base_format=base_fmt or None,
-                    accel=self.accel,
+                    accel=accel,
                 )
             self.children.add(vm.pid, vm.argv, scratch)
-            res = vm.wait()
-            assert res is not None  # without a timeout, wait() returns once the VM ended
+            res, silent = self._watch(vm)
             with self._lock:
                 self._vm = None
+            if silent and accel == "kvm" and not self._killed:
+                # KVM hung the guest (or qemu could not run it): not the job's fault, so this
+                # start is not counted; its console is kept under another name.
+                why = (
+                    f"a VM ({node.name}) printed nothing in {self.silent_limit_s:g} s"
+                    if res.returncode is None
+                    else f"qemu exited {res.returncode} under KVM before the VM printed anything ({node.name})"
+                )
+                log.warning("node %s: %s: starting it again under TCG", node.name, why)
+                kept = console.with_name(f"console.{self.attempt.retry}.{starts}.kvm-silent.log")
+                console.replace(kept)
+                self._record(
+                    VmRecord(
+                        node=node.name,
+                        starts=starts,
+                        timed_out=False,
+                        wall_s=res.wall_s,
+                        returncode=res.returncode,
+                        accel=res.accel,
+                        console=str(kept.relative_to(init)),
+                    )
+                )
+                self.accel.give_up_kvm(why)
+                starts -= 1
+                continue
             record = VmRecord(
                 node=node.name,
                 starts=starts,
@@ -136,10 +186,7 @@ class VmJob:
                 accel=res.accel,
                 console=str(console.relative_to(init)),
             )
-            self.attempt.vm.append(
-                {k: v for k, v in record.to_json().items() if k not in ("schema", "version", "node")}
-            )
-            VmRecord.append(init / LOCAL_VM, record)
+            self._record(record)
             if self._killed:
                 return None
             if not res.timed_out:
@@ -155,6 +202,36 @@ class VmJob:
             if starts >= spec.max_starts:
                 return None  # periodic_remove: out of starts
             # else periodic_release: held for running too long -> released, starts again
+
+    def _watch(self, vm: qemu.VM) -> tuple[qemu.BootResult, bool]:
+        """Wait for the VM to end, following its console; (result, silent): silent when it was
+        killed, or qemu ended in error, before printing anything. A silent VM killed by the
+        watchdog counts as killed at its limit (timed_out)."""
+        follower = ConsoleFollower(vm.console_log)
+        silent_until = vm.started + self.silent_limit_s
+        if self.on_phase:
+            self.on_phase(None)
+        while True:
+            res = vm.wait(timeout=1.0)
+            for phase in follower.poll():
+                if self.on_phase:
+                    self.on_phase(phase)
+            if res is not None:
+                return res, not follower.printed and res.returncode != 0 and not res.timed_out
+            if not follower.printed and time.monotonic() >= silent_until and not self._killed:
+                log.warning(
+                    "node %s: the VM (%s) printed nothing in %g s: killing it",
+                    self.node.name,
+                    vm.accel,
+                    self.silent_limit_s,
+                )
+                return replace(vm.kill(), returncode=None, timed_out=True), True
+
+    def _record(self, record: VmRecord) -> None:
+        self.attempt.vm.append(
+            {k: v for k, v in record.to_json().items() if k not in ("schema", "version", "node")}
+        )
+        VmRecord.append(self.spec.initialdir / LOCAL_VM, record)
 
     def _transfer_outputs(self, scratch: Path) -> None:
         """The VM powered off: its outputs go back, renamed as the remaps say."""
