@@ -16,7 +16,8 @@ from conftest import FIXTURES, KNOWN_FAILURES_2014, ResultsRun, condor_cli, make
 
 from osgtest_dag.analyze import results
 from osgtest_dag.generate import cellconfig
-from osgtest_dag.model.documents import PostDecision, PostHistory, Verdict, VmRecord
+from osgtest_dag.generate.workflow import POST_INFRA_RETRY, POST_OK
+from osgtest_dag.model.documents import GuestResult, PostDecision, PostHistory, Verdict, VmRecord
 from osgtest_dag.model.outcome import Outcome
 from osgtest_dag.model.rundir import LAYERS, NodeName, RunDir, vm_node
 from osgtest_dag.nodes import node
@@ -232,3 +233,100 @@ def test_timeouts_are_typed_not_worded(tmp_path):
         )
     )
     assert results.cell_outcomes(r.dir, [s])[s][0] is Outcome.TIMEOUT
+
+
+def _killed_at_limit(r: ResultsRun, serial: str, result: GuestResult | None, attempts: int = 1) -> None:
+    """What the local executor and the POST script leave for a VM killed at its wall-clock
+    limit whose disk came back: a record per attempt's start, and the POST script's own
+    decision on the result.json the disk held (`result`)."""
+    cell = RunDir(r.dir).cell(serial)
+    cell.path.mkdir(parents=True, exist_ok=True)
+    decisions = []
+    for retry in range(attempts):
+        vm = VmRecord(
+            node=vm_node(serial), starts=1, timed_out=True, wall_s=1920.4, console="console.0.1.log"
+        )
+        VmRecord.append(cell.local_vm, vm)
+        verdict, reason, code = node.classify(result, vm)
+        decisions.append(
+            PostDecision(attempt=retry, verdict=verdict, reason=reason, exit=code, max_retries=attempts - 1)
+        )
+        if code == POST_OK:
+            break
+    cell.post_vm.write_text(json.dumps(PostHistory(tuple(decisions)).to_json()))
+
+
+def test_a_vm_killed_in_its_test_keeps_its_phases_and_is_a_timeout(tmp_path):
+    """Killed during its test phase: a timeout the POST script does not retry, with the phases
+    it finished `ok` in results.json; killed before its payload started: infrastructure,
+    retried; killed during its install, every attempt: a timeout, after its retries."""
+    r = make_results_run(tmp_path)
+    in_test = r.serial("rocky_8.x86_64", "XRootD")
+    r.guest(in_test, "running", current_phase="test")
+    _killed_at_limit(r, in_test, GuestResult.read(RunDir(r.dir).cell(in_test).guest_result))
+    never_started = r.serial("rocky_9.x86_64", "XRootD")
+    _killed_at_limit(r, never_started, None, attempts=3)
+    in_install = r.serial("rocky_9.x86_64", "Condor")
+    # the POST script moved each retried attempt's output aside (attempts/<n>/): none in output/
+    _killed_at_limit(r, in_install, GuestResult(status="running", current_phase="install"), attempts=3)
+    states = {}
+    for serial in (in_test, never_started, in_install):
+        names = [n.format() for n in NodeName.of_cell(serial)]
+        if serial == in_test:  # a done node: ProcessResult and the rest ran
+            states.update(dict.fromkeys(names, DONE))
+        else:
+            states.update({names[0]: DONE, names[1]: ERROR, **dict.fromkeys(names[2:], FUTILE)})
+    RunDir(r.dir).matrix_status.write_text(_status_file(states))
+
+    post = PostHistory.read(RunDir(r.dir).cell(in_test).post_vm).decisions
+    assert [(d.verdict, d.exit) for d in post] == [(Verdict.TIMEOUT, POST_OK)]
+    assert "during its test phase" in post[0].reason
+    post = PostHistory.read(RunDir(r.dir).cell(never_started).post_vm).decisions
+    assert [(d.verdict, d.exit) for d in post] == [(Verdict.INFRA, POST_INFRA_RETRY)] * 3
+
+    want = {in_test: "timeout", never_started: "infra", in_install: "timeout"}
+    status = json.loads(condor_cli("status", str(r.dir), "--json").output)
+    summary = node.matrix_summary(r.dir)
+    doc = results.analyze_run(r.dir)
+    cells = {c["serial"]: c for c in doc.cells}
+    for serial, outcome in want.items():
+        assert status["cell_outcomes"][serial] == outcome
+        assert next(c["outcome"] for c in summary["cells"] if c["serial"] == serial) == outcome
+        assert cells[serial]["outcome"] == outcome
+    phases = {p["name"]: p["status"] for p in cells[in_test]["phases"]}
+    assert phases == dict.fromkeys(("environment", "network", "hostname", "repositories", "install"), "ok")
+    assert "test" in cells[in_test]["reason"]
+    assert "before its payload started" in cells[never_started]["reason"]
+    assert "(after 3 attempts)" in cells[never_started]["reason"]
+
+
+def test_post_decision_for_a_disk_back_from_the_limit(tmp_path):
+    """The POST script's rule for a returned disk, by what the guest's result.json says and
+    whether the VM was killed at its limit."""
+    killed = VmRecord(node="TestRun000", starts=1, timed_out=True, wall_s=300.0, console="console.0.1.log")
+    powered_off = VmRecord(node="TestRun000", starts=1, timed_out=False, returncode=0)
+    r = make_results_run(tmp_path)
+    s = r.serial("rocky_8.x86_64", "XRootD")
+
+    def result(status: str, **kw) -> GuestResult:
+        r.guest(s, status, **kw)
+        return GuestResult.read(RunDir(r.dir).cell(s).guest_result)
+
+    in_test = result("running", current_phase="test")
+    assert in_test.reached_test
+    assert node.classify(in_test, killed)[::2] == (Verdict.TIMEOUT, POST_OK)
+    in_install = result("running", current_phase="install")
+    assert not in_install.reached_test
+    assert node.classify(in_install, killed)[::2] == (Verdict.TIMEOUT, POST_INFRA_RETRY)
+    # the test finished (its own timeout), the VM was killed in the collect phase after it
+    collecting = result("test", test_exit=124)
+    collecting = GuestResult(status="running", current_phase="collect", phases=collecting.phases)
+    assert node.classify(collecting, killed)[::2] == (Verdict.TIMEOUT, POST_OK)
+    assert node.classify(None, killed)[::2] == (Verdict.INFRA, POST_INFRA_RETRY)
+    # the guest's own limit ended the test: a finished run, not retried, a timeout outcome
+    own = result("test", test_exit=124)
+    assert node.classify(own, powered_off)[::2] == (Verdict.DONE, POST_OK)
+    assert node.classify(own, None)[::2] == (Verdict.DONE, POST_OK)
+    assert results.cell_outcomes(r.dir, [s])[s][0] is Outcome.TIMEOUT
+    # a guest that died on its own (not at the limit) in its test: infrastructure, retried
+    assert node.classify(in_test, powered_off)[::2] == (Verdict.INFRA, POST_INFRA_RETRY)

@@ -39,10 +39,15 @@ platforms: [debian_12.x86_64]
 sources: ['stable; main']
 package_sets:
   - label: Hangs
-    packages: [base-files]
+    packages: [hello]
     selinux: false
     test_command: sleep 100000
-vm: {memory: 1024, vcpus: 2}
+  - label: Stuck past its own limit
+    packages: [hello]
+    selinux: false
+    test_command: kill -STOP $PPID; sleep 100000   # stops the guest's `timeout`: only the host's limit ends it
+vm: {memory: 1024, vcpus: 1}
+test_timeout: 120
 """
 
 
@@ -113,31 +118,52 @@ def test_matrix_runs_resumes_and_reports(tmp_path, cli, debian12_image):
     assert (run / "cells" / "000" / "console.0.1.log").stat().st_size > 0
 
 
-def test_hung_vm_is_killed_at_its_limit(tmp_path, cli, debian12_image):
-    run = _generate(
-        cli,
-        tmp_path,
-        HUNG,
-        "hung",
-        debian12_image,
-        "--max-wall",
-        "90",
-        "--max-starts",
-        "1",
-        "--vm-retries",
-        "0",
-    )
+def test_hung_tests_keep_their_results(tmp_path, cli, debian12_image):
+    """A test that never ends is ended by the guest's own limit (120 s): one start, a timeout,
+    its install phase ok. One whose guest cannot end it (its `timeout` stopped) is killed at
+    the host's limit in its test phase: not started again, its disk kept, its finished phases
+    reported, a timeout that is not retried."""
+    # the guest reaches its test phase about 2 min after start under TCG: 480 s leaves room
+    run = _generate(cli, tmp_path, HUNG, "hung", debian12_image, "--max-wall", "480")
+    exe = Path(sys.executable).parent / "osgtest-dag"
     t0 = time.time()
-    r = cli("run", run, "--no-progress")
+    r = subprocess.run(  # longer than the `cli` fixture's 600 s: the host's limit is part of it
+        [str(exe), "run", str(run), "-j", "2", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     wall = time.time() - t0
-    assert r.returncode == 3, r.stdout + r.stderr  # a timeout: no verdict on the cell
-    assert wall < 300
-    vm = [json.loads(x) for x in (run / "cells" / "000" / "local-vm.json").read_text().splitlines()]
-    assert len(vm) == 1 and vm[0]["timed_out"] and vm[0]["returncode"] is None
-    console = run / "cells" / "000" / vm[0]["console"]
-    assert console.stat().st_size > 0  # the serial console is kept
-    summary = json.loads((run / "matrix-summary.json").read_text())
-    (cell,) = summary["cells"]
-    assert cell["outcome"] == "timeout" and "wall-clock limit" in cell["reason"]
+    assert wall < 900, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr  # timeouts: no verdict on the cells
+    doc = json.loads((run / "results.json").read_text())
+    cells = {c["serial"]: c for c in doc["cells"]}
+    for serial in ("000", "001"):
+        cell = cells[serial]
+        assert cell["outcome"] == "timeout", (serial, cell["reason"], r.stdout + r.stderr)
+        phases = {p["name"]: p["status"] for p in cell["phases"]}
+        assert phases["install"] == "ok" and phases["repositories"] == "ok", phases
+        vm = [json.loads(x) for x in (run / "cells" / serial / "local-vm.json").read_text().splitlines()]
+        assert len(vm) == 1, vm  # one VM start
+        post = json.loads((run / "cells" / serial / "post-vm.json").read_text())["decisions"]
+        assert len(post) == 1 and post[0]["exit"] == 0, post  # a done node: not retried
+        assert (run / "cells" / serial / "output" / "install.log").is_file()
+    # the guest's own limit: the test exited 124 and the VM powered off with its result
+    assert not vm_record(run, "000")["timed_out"]
+    assert cells["000"]["exit_code"] == 1 and "timed out (exit 124)" in cells["000"]["reason"]
+    test_phase = next(p for p in cells["000"]["phases"] if p["name"] == "test")
+    assert test_phase["exit_code"] == 124
+    # the host's limit: killed in its test phase, its disk back, its console kept
+    stuck = vm_record(run, "001")
+    assert stuck["timed_out"] and stuck["returncode"] is None
+    assert (run / "cells" / "001" / stuck["console"]).stat().st_size > 0
+    assert "time limit during test" in cells["001"]["reason"], cells["001"]["reason"]
     st = json.loads((run / "matrix.dag.local-state.json").read_text())["nodes"]
-    assert st["TestRun000"]["status"] == "failed" and st["ProcessResult000"]["status"] == "futile"
+    assert st["TestRun001"]["status"] == "done" and st["TestRun001"]["retries"] == 0
+    assert st["ProcessResult001"]["status"] == "done"
+
+
+def vm_record(run: Path, serial: str) -> dict:
+    (last,) = [json.loads(x) for x in (run / "cells" / serial / "local-vm.json").read_text().splitlines()]
+    return last

@@ -204,3 +204,20 @@ def test_boot_hook_and_unit():
             text=True,
         )
         assert "Unknown" not in r.stderr and "Invalid" not in r.stderr, r.stderr
+
+
+def test_what_the_host_reads_of_a_guest_stopped_mid_run(tmp_path):
+    """The console and result.json run-job leaves tell the host whether a VM stopped at its
+    limit had reached its test phase (then it is not started again, and is a timeout)."""
+    from osgtest_dag.model.documents import GuestResult
+
+    _, _, r = _fake_run(tmp_path, has_update=True)
+    out = tmp_path / "output"
+    console = tmp_path / "console.log"
+    console.write_text(r.stdout)
+    assert payload.console_reached_test(console)
+    console.write_text(r.stdout[: r.stdout.index("phase test: start")])
+    assert not payload.console_reached_test(console)
+    assert not payload.console_reached_test(tmp_path / "no-such-console.log")
+    reached = {p: GuestResult.read(out / f"seen-{p}.json").reached_test for p in PHASES}
+    assert reached == {p: PHASES.index(p) >= PHASES.index("test") for p in PHASES}

@@ -227,3 +227,105 @@ def test_generate_feeds_excluded_hosts_file_into_requirements(tmp_path, cli):
     r = cli("generate", tmp_path / "p", "-o", tmp_path / "run2", "--excluded-hosts", tmp_path / "nope.yaml")
     assert r.returncode == 2 and "excluded-hosts file not found" in r.stderr
     assert not (tmp_path / "run2").exists()
+
+
+# --------------------------------------------------------------------- the VMs' wall-clock limit
+TIMED = """\
+platforms: [debian_12.x86_64]
+sources: [{sources}]
+package_sets:
+  - label: Hangs
+    packages: [hello]
+    test_command: sleep 100000
+test_timeout: 120
+"""
+
+
+def _timed_params(tmp_path, sources="'stable; main'"):
+    p = tmp_path / "timed-params"
+    p.mkdir(exist_ok=True)
+    (p / "t.yaml").write_text(TIMED.format(sources=sources))
+    return p
+
+
+def _options(run):
+    import json
+
+    return json.loads((run / "run.json").read_text())["options"]
+
+
+def test_max_wall_is_derived_from_the_test_timeout(tmp_path, cli):
+    """Without --max-wall the host's limit is the test timeout plus the set-up allowance, so
+    the guest's own limit fires first; a cell with an update runs its test twice."""
+    r = cli("generate", _timed_params(tmp_path), "-o", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    assert _options(tmp_path / "run")["max_wall"] == 120 + workflow.SETUP_ALLOWANCE_S == 1920
+    sub = htcondor2.Submit((tmp_path / "run" / "submit" / "test-run.sub").read_text())
+    assert "time() - JobCurrentStartDate > 1920)" in sub["periodic_hold"]
+
+    upd = tmp_path / "upd-params"
+    upd.mkdir()
+    (upd / "t.yaml").write_text(TIMED.format(sources="'stable; main', 'stable; main > updates'"))
+    r = cli("generate", upd, "-o", tmp_path / "upd")
+    assert r.returncode == 0, r.stderr
+    assert _options(tmp_path / "upd")["max_wall"] == 2 * 1920
+
+
+def test_max_wall_not_above_the_test_timeout_is_refused(tmp_path, cli):
+    params = _timed_params(tmp_path)
+    for too_small in ("60", "120"):
+        r = cli("generate", params, "-o", tmp_path / f"run{too_small}", "--max-wall", too_small)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"--max-wall {too_small} is not larger than the test timeout of cell 000 (120 s" in r.stderr
+        assert "leave --max-wall out to derive it (1920 s here" in r.stderr
+        assert not (tmp_path / f"run{too_small}").exists()
+    r = cli("generate", params, "-o", tmp_path / "run", "--max-wall", "121")
+    assert r.returncode == 0, r.stderr
+    assert _options(tmp_path / "run")["max_wall"] == 121
+
+
+def test_wall_clock_policy_holds_only_a_guest_past_its_own_limit(tmp_path, cli):
+    """The generated periodic_hold/_release/_remove, read by HTCondor's parser and evaluated by
+    its ClassAd library on job ads: a guest whose test ran out of time (its own limit, then its
+    collect phase) stays well inside the hold limit, so its job completes with its result and
+    nothing restarts it; a VM past the limit (hung before its test) is held, released for another
+    start while it has starts left, and removed after its last."""
+    import time
+
+    import classad2
+
+    r = cli("generate", _timed_params(tmp_path), "-o", tmp_path / "run", "--max-starts", "2")
+    assert r.returncode == 0, r.stderr
+    sub = htcondor2.Submit((tmp_path / "run" / "submit" / "test-run.sub").read_text())
+
+    def policy(**ad) -> dict[str, bool]:
+        job = classad2.ClassAd({"QDate": int(time.time()) - 60, **ad})
+        return {  # a policy acts when its expression is true, not undefined
+            k: classad2.ExprTree(sub[k]).eval(job) is True
+            for k in ("periodic_hold", "periodic_release", "periodic_remove")
+        }
+
+    now = int(time.time())
+    # the test's own timeout fired and the guest collected: still far from the limit
+    assert not policy(JobStatus=2, JobCurrentStartDate=now - 120 - 600, NumJobStarts=1)["periodic_hold"]
+    # the whole set-up allowance on top of the test timeout fits too
+    assert not policy(JobStatus=2, JobCurrentStartDate=now - 1900, NumJobStarts=1)["periodic_hold"]
+    assert policy(JobStatus=2, JobCurrentStartDate=now - 1930, NumJobStarts=1)["periodic_hold"]
+    held = {"JobStatus": 5, "HoldReasonCode": 3, "HoldReasonSubCode": 1, "JobCurrentStartDate": now - 1930}
+    assert policy(**held, NumJobStarts=1) == {
+        "periodic_hold": False,
+        "periodic_release": True,
+        "periodic_remove": False,
+    }
+    assert policy(**held, NumJobStarts=2) == {
+        "periodic_hold": False,
+        "periodic_release": False,
+        "periodic_remove": True,
+    }
+    # a job that completed (the guest powered off after its own limit) is left alone
+    assert not any(policy(JobStatus=4, JobCurrentStartDate=now - 900, NumJobStarts=1).values())
+
+
+def test_wall_clock_limit_of_no_cells_and_of_a_given_value():
+    assert workflow.wall_clock_limit([], None) == workflow.SETUP_ALLOWANCE_S
+    assert workflow.wall_clock_limit([], 600) == 600

@@ -10,7 +10,7 @@ import click
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.cli.options import CATALOG, IMAGE_DIR, ONLY, PARAMS
 from osgtest_dag.generate import cellconfig
-from osgtest_dag.generate.workflow import WorkflowOptions, check_run, write_run
+from osgtest_dag.generate.workflow import WorkflowOptions, check_run, wall_clock_limit, write_run
 from osgtest_dag.ops.hosts import active_excluded_hosts
 from osgtest_dag.plan import matrix
 from osgtest_dag.plan.catalog import Catalog
@@ -75,9 +75,10 @@ def plan(params, only, catalogs, image_dir, fmt):
 @click.option(
     "--max-wall",
     type=click.IntRange(60),
-    default=14400,
-    show_default=True,
-    help="Seconds a VM may run before it is held (and, locally, killed).",
+    default=None,
+    help="Seconds a VM may run before it is held (and, locally, killed); larger than every "
+    "test_timeout. Default: the largest test_timeout plus 30 min for boot, repositories and "
+    "install (twice that for cells with an update).",
 )
 @click.option(
     "--max-starts",
@@ -169,7 +170,7 @@ def generate(
     opts = WorkflowOptions(
         tool=tool,
         vm_type=vm_type,
-        max_wall=max_wall,
+        max_wall=wall_clock_limit(cells, max_wall),
         max_starts=max_starts,
         max_queue_time=max_queue_time,
         vm_retries=vm_retries,

@@ -51,6 +51,41 @@ POST_INFRA_RETRY = 1
 POST_INFRA_FATAL = 2
 
 
+# What the host's wall-clock limit (max_wall) allows on top of a cell's test timeout: booting
+# (a few minutes under TCG), the network and repositories (mirror retries with back-off) and
+# installing the package set (large sets download and configure for 10-20 minutes). With it,
+# the guest's own limit on the test (`timeout` in run-job, exit 124) fires first, so a test that
+# never ends comes back with its result and finished phases instead of a VM killed from outside.
+SETUP_ALLOWANCE_S = 1800
+
+
+def _guest_time(cell: Cell) -> int:
+    """Seconds the guest may need: set-up plus the test, twice for a cell with an update (the
+    update phase upgrades and runs the test again, under the same timeout)."""
+    passes = 2 if cell.source.has_update else 1
+    return passes * (cell.test_timeout + SETUP_ALLOWANCE_S)
+
+
+def wall_clock_limit(cells: list[Cell], max_wall: int | None) -> int:
+    """The VMs' wall-clock limit: `max_wall` when given, else derived from the cells' test
+    timeouts (the largest guest time). A given limit that is not larger than the largest test
+    timeout is refused: the VM would be killed before the guest's own limit could fire."""
+    if not cells:
+        return max_wall or SETUP_ALLOWANCE_S
+    if max_wall is None:
+        return max(_guest_time(c) for c in cells)
+    longest = max(cells, key=lambda c: c.test_timeout)
+    if max_wall <= longest.test_timeout:
+        raise UserError(
+            f"--max-wall {max_wall} is not larger than the test timeout of cell {longest.serial} "
+            f"({longest.test_timeout} s, {longest.origin})",
+            hint=f"leave --max-wall out to derive it ({max(_guest_time(c) for c in cells)} s here: the "
+            f"test timeout plus {SETUP_ALLOWANCE_S} s for boot, repositories and install), or lower "
+            "test_timeout",
+        )
+    return max_wall
+
+
 def default_tool() -> str:
     """The osgtest-dag executable nodes should run: the one beside this Python, else PATH's."""
     beside = Path(sys.executable).parent / "osgtest-dag"

@@ -17,6 +17,19 @@ IMAGE_FILES = (BOOT_HOOK, BOOT_UNIT)
 ALL_FILES = (RUN_JOB, BOOT_HOOK, BOOT_UNIT)
 
 
+# What run-job prints on the serial console as its test phase starts ("[osgtest 12:34:56]
+# phase test: start"); the console is on the host even when the guest's disk is not readable.
+TEST_PHASE_START = b"] phase test: start"
+
+
+def console_reached_test(console: Path) -> bool:
+    """The VM's console shows its payload started the test phase."""
+    try:
+        return TEST_PHASE_START in console.read_bytes()
+    except OSError:
+        return False
+
+
 def payload_dir() -> Path:
     """The shipped `payload/` directory."""
     return paths.shipped_dir("payload")

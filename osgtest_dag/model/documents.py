@@ -375,6 +375,14 @@ class GuestResult:
     def phase(self, name: str) -> Phase | None:
         return next((p for p in self.phases if p.name == name), None)
 
+    @property
+    def reached_test(self) -> bool:
+        """The payload started its test phase: it is in it or in a later one (the update phase
+        runs the tests again), or the test phase finished. Stopped there, the guest ran its
+        test out of time; before it, it never got to test anything."""
+        test = self.phase("test")
+        return self.current_phase in ("test", "update") or bool(test and test.start)
+
     def to_json(self) -> JsonObject:
         return {
             "schema": self.SCHEMA,

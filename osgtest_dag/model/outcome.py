@@ -260,21 +260,19 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
         return Outcome.INFRA, f"result disk unreadable: {e.extraction_error}"
     if e.record_error:
         return Outcome.INFRA, e.record_error
-    if e.vm_timed_out:
-        last_timeout = next((d for d in reversed(e.post_vm) if d.verdict is Verdict.TIMEOUT), None)
-        return Outcome.TIMEOUT, (
-            (e.job.reason if e.job else None)
-            or (last_timeout.reason if last_timeout else None)
-            or e.job_reason
-            or "the VM was stopped at its time limit"
-        )
-    if e.post_vm:
+    if e.job and e.job.timed_out:  # held at its limit: HTCondor brings no disk back from it
+        return Outcome.TIMEOUT, e.job.reason or "the VM was stopped at its time limit"
+    if e.post_vm:  # the POST script read what the last attempt brought back
         last = e.post_vm[-1]
         n = len(e.post_vm)
+        if last.verdict is Verdict.TIMEOUT:
+            return Outcome.TIMEOUT, last.reason or e.job_reason or "the VM was stopped at its time limit"
         why = last.reason or e.job_reason or "no result"
         if last.verdict is Verdict.INFRA_FATAL:
             return Outcome.INFRA, f"{why} (not retried)"
         return Outcome.INFRA, f"{why} (after {n} attempt{'s' if n != 1 else ''})"
+    if e.vm_timed_out:
+        return Outcome.TIMEOUT, e.job_reason or "the VM was stopped at its time limit"
     if e.job_reason:
         return Outcome.INFRA, e.job_reason
     return Outcome.MISSING, "no result came back (the cell has not run, or its run was lost)"

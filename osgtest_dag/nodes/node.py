@@ -129,17 +129,42 @@ def post_vm(run_dir: Path, node_name: str, returncode: int, retry: int, max_retr
                 **stamp, verdict=Verdict.INFRA, reason="no result disk came back", exit=POST_INFRA_RETRY
             )
     else:
-        decision = _classify_disk(cell, disk, retry, stamp)
+        decision = _classify_disk(cell, disk, retry, stamp, last_local_vm(cell))
     history = PostHistory.read(cell.post_vm).appended(decision)
     write_json_atomic(cell.post_vm, history.to_json())
     log.info("cell %s attempt %s: %s (%s)", serial, retry, decision.verdict.value, decision.reason)
     return decision.exit
 
 
-def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict) -> PostDecision:
-    """Read the returned disk once (a libguestfs launch): into output/ for a finished run
-    (ProcessResult then has nothing to do), into attempts/<retry>/ for a failed one (kept for
-    diagnosis, superseded by the retry)."""
+def classify(result: GuestResult | None, vm: VmRecord | None) -> tuple[Verdict, str, int]:
+    """The POST decision for a returned disk: its result.json (None when the payload left
+    none) and the local executor's record of the VM's last start (None on HTCondor, which
+    brings no disk back from a VM held at its limit). Returns the verdict, why, and the exit
+    code DAGMan acts on."""
+    status = result.status if result else None
+    if vm is not None and vm.timed_out and status in (None, "running"):
+        killed = f"VM killed at its wall-clock limit after {vm.wall_s or 0:.0f} s (console: {vm.console})"
+        if result is None:
+            return Verdict.INFRA, f"{killed} before its payload started", POST_INFRA_RETRY
+        if result.reached_test:
+            # the test ran out of time: a result (its finished phases are kept), not retried
+            where = result.current_phase or "test"
+            return Verdict.TIMEOUT, f"{killed} during its {where} phase", POST_OK
+        where = result.current_phase or "an unknown phase"
+        return Verdict.TIMEOUT, f"{killed} during {where}, before its test", POST_INFRA_RETRY
+    if result is None:
+        return Verdict.INFRA, "the payload left no result (did the VM boot?)", POST_INFRA_RETRY
+    if status in PRODUCT_STATUSES:
+        return Verdict.DONE, f"guest finished: {status}", POST_OK
+    if status in INFRA_FATAL_STATUSES:
+        return Verdict.INFRA_FATAL, f"guest reported {status}", POST_INFRA_FATAL
+    return Verdict.INFRA, f"guest reported {status or 'nothing'}", POST_INFRA_RETRY
+
+
+def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict, vm: VmRecord | None) -> PostDecision:
+    """Read the returned disk once (a libguestfs launch): into output/ for a result - a
+    finished run, or a test stopped at the time limit (ProcessResult then has nothing to do)
+    - into attempts/<retry>/ for a failed one (kept for diagnosis, superseded by the retry)."""
     tmp = Path(tempfile.mkdtemp(prefix=".post-output.", dir=cell.path))
     try:
         extracted, result, report = read_guest_result(disk, tmp)
@@ -152,20 +177,9 @@ def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict) -> PostDe
             exit=POST_INFRA_RETRY,
         )
     status = result.status if result else None
-    if result is None:
-        verdict, reason, code = (
-            Verdict.INFRA,
-            "the payload left no result (did the VM boot?)",
-            POST_INFRA_RETRY,
-        )
-    elif status in PRODUCT_STATUSES:
-        verdict, reason, code = Verdict.DONE, f"guest finished: {status}", POST_OK
-    elif status in INFRA_FATAL_STATUSES:
-        verdict, reason, code = Verdict.INFRA_FATAL, f"guest reported {status}", POST_INFRA_FATAL
-    else:
-        verdict, reason, code = Verdict.INFRA, f"guest reported {status or 'nothing'}", POST_INFRA_RETRY
+    verdict, reason, code = classify(result, vm)
     _stamp_source(extracted, disk)
-    if verdict is Verdict.DONE:
+    if code == POST_OK:
         dest, report_path = cell.output, cell.extraction
     else:
         dest, report_path = cell.attempt_output(retry), cell.attempt_extraction(retry)

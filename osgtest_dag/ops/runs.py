@@ -21,7 +21,7 @@ from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.condor.condor import SubmitOptions, submit_run
 from osgtest_dag.generate.cellconfig import iter_cells
-from osgtest_dag.generate.workflow import write_run
+from osgtest_dag.generate.workflow import wall_clock_limit, write_run
 from osgtest_dag.model import runlock
 from osgtest_dag.model.documents import read_json
 from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
@@ -377,8 +377,9 @@ def nightly(
     catalog = Catalog.load(list(catalogs), image_dir=image_dir)
     m = matrix.build(list(params), catalog)
     excluded = tuple(excluded_hosts)
-    opts = WorkflowOptions(nightly=True, excluded_hosts=excluded)
-    write_run(run_dir, list(m.cells), catalog, opts, param_files=list(m.files))
+    cells = list(m.cells)
+    opts = WorkflowOptions(nightly=True, excluded_hosts=excluded, max_wall=wall_clock_limit(cells, None))
+    write_run(run_dir, cells, catalog, opts, param_files=list(m.files))
     result = {"run_dir": str(run_dir), "cells": len(m.cells), "excluded_hosts": list(excluded)}
     if submit:
         rep = submit_run(run_dir, submit_opts or SubmitOptions())

@@ -5,8 +5,10 @@ copied into a scratch directory as HTCondor transfers them), with `vm_memory`, `
 `vm_networking`; `transfer_output_files` + `transfer_output_remaps` bring the disk back where
 the DAG expects it. A VM past its wall-clock limit (the run's max_wall, the number in
 `periodic_hold`) is killed, its console kept, and treated as a held-then-released job: it starts
-again until `max_starts`, then counts as removed ($RETURN -1004). Every start is recorded in
-the cell's local-vm.json.
+again until `max_starts` - unless its payload reached the test phase (its console says so): a
+test that ran out of time is a result, not worth another start. The last start's disk comes
+back as a finished VM's would, so the POST script reads the phases it finished; the node
+counts as removed ($RETURN -1004). Every start is recorded in the cell's local-vm.json.
 
 The console is followed while the VM runs: the phase the payload is in goes to the progress
 display, and a watchdog kills a VM that has printed nothing `silent_limit_s` after its start (a
@@ -33,7 +35,7 @@ from osgtest_dag.engine.local.jobs import RETURN_REMOVED, RETURN_SUBMIT_FAILED
 from osgtest_dag.engine.local.reaper import ChildRecord
 from osgtest_dag.engine.local.state import Attempt
 from osgtest_dag.engine.local.submit import JobSpec
-from osgtest_dag.guest import qemu
+from osgtest_dag.guest import payload, qemu
 from osgtest_dag.model import dagfile
 from osgtest_dag.model.documents import VmRecord
 from osgtest_dag.model.rundir import LOCAL_VM
@@ -112,7 +114,9 @@ class VmJob:
             res = self._boot(base, base_fmt, disks, scratch)
             if res is None:
                 return RETURN_REMOVED
-            self._transfer_outputs(scratch)
+            self._transfer_outputs(scratch)  # at the limit too: the disk holds what the guest did
+            if res.timed_out:
+                return RETURN_REMOVED
             return 0 if res.returncode == 0 else 1
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -120,8 +124,9 @@ class VmJob:
     def _boot(
         self, base: Path, base_fmt: str, disks: list[qemu.Disk], scratch: Path
     ) -> qemu.BootResult | None:
-        """Start the VM until it powers off (its result) or is removed (None): killed, or
-        past its wall-clock limit `max_starts` times."""
+        """Start the VM until it powers off or is stopped at its wall-clock limit for good
+        (its result), or it is killed (None). At the limit it starts again unless its payload
+        reached the test phase or it is out of starts."""
         spec, node, init = self.spec, self.node, self.spec.initialdir
         starts = 0
         fresh = True  # the disks are as transferred
@@ -191,16 +196,18 @@ class VmJob:
                 return None
             if not res.timed_out:
                 return res
+            in_test = payload.console_reached_test(console)
             log.warning(
-                "node %s: VM killed at its %d s limit (start %d of %d); console: %s",
+                "node %s: VM killed at its %d s limit (start %d of %d%s); console: %s",
                 node.name,
                 spec.max_wall,
                 starts,
                 spec.max_starts,
+                ", in its test phase: not started again" if in_test else "",
                 console,
             )
-            if starts >= spec.max_starts:
-                return None  # periodic_remove: out of starts
+            if in_test or starts >= spec.max_starts:
+                return res  # the test ran out of time, or periodic_remove: out of starts
             # else periodic_release: held for running too long -> released, starts again
 
     def _watch(self, vm: qemu.VM) -> tuple[qemu.BootResult, bool]:
