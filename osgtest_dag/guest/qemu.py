@@ -39,13 +39,14 @@ _ACCEL_ARGS = {
     "tcg": ["-machine", "q35,accel=tcg", "-cpu", "max"],
 }
 
-# The KVM probe boots a real Linux kernel (the host's, from /boot) with no root disk: it gets as
-# far as "Kernel panic ... unable to mount root fs" only when KVM really runs a Linux guest. A
-# boot sector is not enough: on some hosts it runs under KVM while a Linux kernel hangs silently
-# right after "Probing EDD". The answer is kept per host boot (the cache file), so each process
-# does not pay the probe again.
-_PROBE_MARK = "Kernel panic"
-_PROBE_APPEND = "console=ttyS0 panic=-1 root=/dev/osgtest-probe-no-root"
+# The KVM probe boots a real Linux guest: the host's kernel from /boot with its own initramfs,
+# whose klibc `poweroff` runs as the first user-space process, so "reboot: Power down" on the
+# console says the kernel booted and user space ran. A boot sector is not enough: on some hosts
+# it runs under KVM while a Linux kernel hangs silently right after "Probing EDD". Without an
+# initramfs the kernel alone must reach its no-root panic. The answer is kept per host boot (the
+# cache file), so each process does not pay the probe again.
+_PROBE_USER_SPACE = ("reboot: Power down", "console=ttyS0 panic=-1 rdinit=/usr/bin/poweroff quiet")
+_PROBE_KERNEL_ONLY = ("Kernel panic", "console=ttyS0 panic=-1 root=/dev/osgtest-probe-no-root")
 
 _accel_cache: AccelChoice | None = None
 _accel_lock = threading.Lock()
@@ -99,18 +100,28 @@ def _probe_kernel() -> Path | None:
     return kernels[-1] if kernels else None
 
 
+def _probe_initrd(kernel: Path) -> Path | None:
+    """The kernel's own initramfs (Debian's initramfs-tools, with klibc's poweroff)."""
+    initrd = kernel.with_name(kernel.name.replace("vmlinuz-", "initrd.img-", 1))
+    return initrd if initrd.is_file() else None
+
+
 def _probe(accel: str, timeout: float) -> tuple[bool, str]:
-    """Boot the probe kernel with `accel`'s options; True when it ran to its root-mount panic."""
+    """Boot the probe guest with `accel`'s options; True when it reached user space (or, with no
+    initramfs to run, when the kernel ran to its no-root panic)."""
     if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
     kernel = _probe_kernel()
     if kernel is None:
         return False, "no Linux kernel in /boot to probe with (run `make setup`)"
+    initrd = _probe_initrd(kernel)
+    mark, append = _PROBE_USER_SPACE if initrd else _PROBE_KERNEL_ONLY
+    initrd_args: list[str | Path] = ["-initrd", initrd] if initrd else []
     argv: list[str | Path] = [
         QEMU,
         *_ACCEL_ARGS[accel],
         "-m",
-        "256",
+        "512",
         "-nodefaults",
         "-no-reboot",
         "-display",
@@ -121,16 +132,18 @@ def _probe(accel: str, timeout: float) -> tuple[bool, str]:
         "stdio",
         "-kernel",
         kernel,
+        *initrd_args,
         "-append",
-        _PROBE_APPEND,
+        append,
     ]
     t0 = time.monotonic()
     try:
         proc = command.run(argv, check=False, timeout=timeout)
     except CommandError as e:
         return False, f"a Linux kernel did not finish booting ({e.reason or e})"
-    if _PROBE_MARK in (proc.stdout or ""):
-        return True, f"a Linux kernel booted in {time.monotonic() - t0:.1f} s"
+    if mark in (proc.stdout or ""):
+        reached = "to user space" if initrd else "(kernel only: no initramfs to run)"
+        return True, f"a Linux guest booted {reached} in {time.monotonic() - t0:.1f} s"
     err = (proc.stderr or "").strip().splitlines()
     return False, f"qemu exited {proc.returncode}" + (f": {err[0]}" if err else "")
 
@@ -142,7 +155,8 @@ def _probe_key() -> str:
     except OSError:
         boot_id = "unknown-boot"
     parts = [boot_id]
-    for path in (_probe_kernel(), command.which(QEMU)):
+    kernel = _probe_kernel()
+    for path in (kernel, kernel and _probe_initrd(kernel), command.which(QEMU)):
         parts.append(f"{path}:{path.stat().st_mtime_ns}" if path else "none")
     return "|".join(parts)
 
