@@ -4,6 +4,7 @@ hook + systemd unit (baked into every base image)."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from osgtest_dag.base import paths
@@ -17,17 +18,18 @@ IMAGE_FILES = (BOOT_HOOK, BOOT_UNIT)
 ALL_FILES = (RUN_JOB, BOOT_HOOK, BOOT_UNIT)
 
 
-# What run-job prints on the serial console as its test phase starts ("[osgtest 12:34:56]
-# phase test: start"); the console is on the host even when the guest's disk is not readable.
-TEST_PHASE_START = b"] phase test: start"
+# What run-job prints on the serial console as each phase starts ("[osgtest 12:34:56] phase
+# test: start"); the console is on the host even when the guest's disk is not readable.
+PHASE_START = re.compile(rb"\bphase (\w+): start\b")
 
 
 def console_reached_test(console: Path) -> bool:
     """The VM's console shows its payload started the test phase."""
     try:
-        return TEST_PHASE_START in console.read_bytes()
+        text = console.read_bytes()
     except OSError:
         return False
+    return any(m.group(1) == b"test" for m in PHASE_START.finditer(text))
 
 
 def payload_dir() -> Path:

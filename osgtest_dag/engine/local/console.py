@@ -6,10 +6,9 @@ the console file grows as qemu writes it, so each `poll()` reads only what was a
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-_PHASE_START = re.compile(rb"\bphase (\w+): start\b")
+from osgtest_dag.guest.payload import PHASE_START
 
 
 class ConsoleFollower:
@@ -35,7 +34,7 @@ class ConsoleFollower:
         self._offset += len(data)
         self.printed = True
         *lines, self._partial = (self._partial + data).split(b"\n")
-        started = [m.group(1).decode() for line in lines if (m := _PHASE_START.search(line))]
+        started = [m.group(1).decode() for line in lines if (m := PHASE_START.search(line))]
         if started:
             self.phase = started[-1]
         return started
