@@ -215,12 +215,13 @@ def missing_images(
 ) -> list[image.MissingImage]:
     """The base images the run's cells (or those of `serials`) need that are not on this
     machine, each with the command that builds it."""
+    return image.missing_images(image_platforms(run_dir, serials), only_present_dirs=only_present_dirs)
+
+
+def image_platforms(run_dir: Path, serials: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """The distinct `(platform id, base image)` pairs of the run's cells (or those of `serials`)."""
     wanted = None if serials is None else set(serials)
-    return image.missing_images(
-        (
-            (c.platform.id, c.platform.image)
-            for c in iter_cells(run_dir)
-            if wanted is None or c.serial in wanted
-        ),
-        only_present_dirs=only_present_dirs,
+    pairs = (
+        (c.platform.id, c.platform.image) for c in iter_cells(run_dir) if wanted is None or c.serial in wanted
     )
+    return list(dict.fromkeys(pairs))

@@ -35,6 +35,7 @@ from osgtest_dag.base import paths
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.generate.cellconfig import cell_config, write_store
+from osgtest_dag.guest import pins
 from osgtest_dag.model import dagfile, rundir, runlock
 from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
 from osgtest_dag.model.rundir import NodeName, cell_rel
@@ -407,7 +408,7 @@ def _write_run(
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_name}.tmp-", dir=parent))
     try:
         layout = rundir.RunDir(tmp)
-        for sub in (layout.submit, layout.logs, layout.params, layout.cells):
+        for sub in (layout.submit, layout.logs, layout.params, layout.cells, layout.inputs):
             sub.mkdir()
         for name, text in submit_files.items():
             (layout.submit / name).write_text(text)
@@ -416,6 +417,8 @@ def _write_run(
         offsets = write_store(
             layout.cell_store, (cell_config(c, catalog, nightly=opts.nightly) for c in cells)
         )
+        # Images not built yet are pinned when the run builds or submits them.
+        pins.pin(tmp, ((c.platform.id, c.platform.image) for c in cells))
         formatter = _SerialFormatter([c.serial for c in cells])
         _Writer(matrix_dag(cells, opts, offsets), formatter, rundir.MATRIX_CONFIG).write(
             tmp, rundir.MATRIX_DAG

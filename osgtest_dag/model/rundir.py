@@ -95,6 +95,8 @@ CELLS_DIR = "cells"
 LOGS_DIR = "logs"
 SUBMIT_DIR = "submit"
 PARAMS_DIR = "params"
+INPUTS_DIR = "inputs"  # what the run was generated from, pinned (model/inputs.py)
+IMAGE_PINS = "images.json"  # in inputs/
 JOB_LOG = "jobs.log"
 SUBMISSION = "submission.json"
 MATRIX_SUMMARY = "matrix-summary.json"
@@ -171,6 +173,14 @@ class RunDir:
     @property
     def submit(self) -> Path:
         return self.path / SUBMIT_DIR
+
+    @property
+    def inputs(self) -> Path:
+        return self.path / INPUTS_DIR
+
+    @property
+    def image_pins(self) -> Path:
+        return self.inputs / IMAGE_PINS
 
     @property
     def params(self) -> Path:

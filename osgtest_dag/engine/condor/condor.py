@@ -29,7 +29,8 @@ from pathlib import Path
 import htcondor2
 
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.generate.cellconfig import missing_images
+from osgtest_dag.generate.cellconfig import image_platforms, missing_images
+from osgtest_dag.guest import pins
 from osgtest_dag.guest.image import refuse_missing
 from osgtest_dag.model import runlock
 from osgtest_dag.model.manifest import RunManifest
@@ -203,6 +204,7 @@ def submit_run(
     # DAGMan job has the directory (submission.json + its event log, model.runlock).
     with runlock.locked(RunDir(run_dir), "osgtest-dag submit"):
         refuse_missing(missing_images(run_dir), run_dir, "submit")
+        pins.pin(run_dir, image_platforms(run_dir))
         return _submit(run_dir, opts, sub, sub_file, text)
 
 

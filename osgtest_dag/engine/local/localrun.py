@@ -19,7 +19,7 @@ from osgtest_dag.engine.local.accel import RunAccel
 from osgtest_dag.engine.local.progress import Progress
 from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 from osgtest_dag.generate import cellconfig
-from osgtest_dag.guest import image
+from osgtest_dag.guest import image, pins
 from osgtest_dag.model import runlock
 from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.outcome import Outcome, RunExit, run_exit
@@ -98,6 +98,7 @@ def run_local(
                 "run",
                 hint="build them with the commands above, or pass --build-images to build them first",
             )
+        pins.pin(run_dir, cellconfig.image_platforms(run_dir, serials))
         if accel in (None, "auto"):
             accel = None
         cells = list(cellconfig.iter_cells(run_dir))
