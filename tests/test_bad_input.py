@@ -53,10 +53,12 @@ CASES = {
         "p.yaml:4:14",
         "empty repository name",
     ),
-    "source-unknown-repo": (
-        {"p.yaml": GOOD.replace("24; osg", "24; osg-tseting")},
-        "p.yaml:4:10",
-        "did you mean 'osg-testing'",
+    # an EL name the catalog does not know passes through to dnf (a warning); Debian's must map
+    # to apt lines
+    "source-unknown-debian-repo": (
+        {"p.yaml": GOOD.replace("rocky_9.x86_64", "debian_12.x86_64").replace("24; osg", "stable; mian")},
+        "p.yaml:4:14",
+        "did you mean 'main'",
     ),
     "source-bad-test-source": (
         {"p.yaml": GOOD.replace("24; osg", "master; 24; osg")},
