@@ -215,28 +215,7 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
             raise UserError(
                 f"bad source {raw!r}: {e.message}", where=Location(path, where.line, col), hint=e.hint
             ) from None
-        for name in dict.fromkeys(src.repos + src.update_repos):
-            m = re.search(rf"(?<![\w.+-]){re.escape(name)}(?![\w.+-])", raw)
-            name_where = Location(path, where.line, (where.column or 1) + (m.start() if m else 0))
-            families = dict.fromkeys(e.platform.family for e in platforms)
-            for family in families:
-                if catalog.knows_repo(family, name):
-                    continue
-                if family not in PASS_THROUGH_FAMILIES:
-                    plat = next(e.platform for e in platforms if e.platform.family == family)
-                    raise UserError(
-                        f"unknown repository {name!r} for {family} platform {plat.id}",
-                        where=name_where,
-                        hint=f"{catalog.repo_hint(family, name)} (a {family} repository needs its "
-                        f"apt lines: add it under '{family}: repos:' in a --catalog file)",
-                    )
-                warnings.append(
-                    PlanWarning(
-                        name_where,
-                        f"repository {name!r} is not in the catalog: the {family} cells enable the "
-                        f"dnf repository id {name!r} ({catalog.repo_hint(family, name)})",
-                    )
-                )
+        warnings += _repository_warnings(catalog, platforms, src, where)
         sources.append((src, where))
 
     package_sets = [_package_set(doc, i, ps) for i, ps in enumerate(data["package_sets"])]
@@ -278,6 +257,38 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
         test_timeout=test_timeout,
         warnings=tuple(warnings),
     )
+
+
+def _repository_warnings(
+    catalog: Catalog, platforms: list[PlatformEntry], src: Source, where: Location
+) -> list[PlanWarning]:
+    """Each repository of `src` the catalog does not know for a family of the file's platforms:
+    a warning where the family passes names through (EL: dnf enables the id as written), an
+    error where it does not (Debian: a name must map to apt lines)."""
+    warnings = []
+    families = dict.fromkeys(e.platform.family for e in platforms)
+    for name in dict.fromkeys(src.repos + src.update_repos):
+        m = re.search(rf"(?<![\w.+-]){re.escape(name)}(?![\w.+-])", src.raw)
+        name_where = Location(where.path, where.line, (where.column or 1) + (m.start() if m else 0))
+        for family in families:
+            if catalog.knows_repo(family, name):
+                continue
+            if family not in PASS_THROUGH_FAMILIES:
+                plat = next(e.platform for e in platforms if e.platform.family == family)
+                raise UserError(
+                    f"unknown repository {name!r} for {family} platform {plat.id}",
+                    where=name_where,
+                    hint=f"{catalog.repo_hint(family, name)} (a {family} repository needs its "
+                    f"apt lines: add it under '{family}: repos:' in a --catalog file)",
+                )
+            warnings.append(
+                PlanWarning(
+                    name_where,
+                    f"repository {name!r} is not in the catalog: the {family} cells enable the "
+                    f"dnf repository id {name!r} ({catalog.repo_hint(family, name)})",
+                )
+            )
+    return warnings
 
 
 def _priority(doc: yamlsrc.Document, key: tuple, value, what: str) -> int:
