@@ -53,10 +53,27 @@ CASES = {
         "p.yaml:4:14",
         "empty repository name",
     ),
-    "source-unknown-repo": (
-        {"p.yaml": GOOD.replace("24; osg", "24; osg-tseting")},
-        "p.yaml:4:10",
-        "did you mean 'osg-testing'",
+    # an EL name the catalog does not know passes through to dnf (a warning); Debian's must map
+    # to apt lines
+    "source-unknown-debian-repo": (
+        {"p.yaml": GOOD.replace("rocky_9.x86_64", "debian_12.x86_64").replace("24; osg", "stable; mian")},
+        "p.yaml:4:14",
+        "did you mean 'main'",
+    ),
+    "package-set-priority-not-a-number": (
+        {"p.yaml": GOOD + "    priority: high\n"},
+        "p.yaml:8",
+        "'priority' must be a whole number",
+    ),
+    "platform-entry-unknown-key": (
+        {"p.yaml": GOOD.replace("- rocky_9.x86_64", "- {platform: rocky_9.x86_64, priorty: 3}")},
+        "p.yaml:2",
+        "did you mean 'priority'",
+    ),
+    "platform-entry-priority-bool": (
+        {"p.yaml": GOOD.replace("- rocky_9.x86_64", "- {platform: rocky_9.x86_64, priority: yes}")},
+        "p.yaml:2",
+        "'priority' must be a whole number",
     ),
     "source-bad-test-source": (
         {"p.yaml": GOOD.replace("24; osg", "master; 24; osg")},
@@ -175,6 +192,17 @@ def test_bad_only_key(tmp_path, cli):
     d = _write(tmp_path, {"p.yaml": GOOD})
     r = cli("plan", d, "--only", "platfrom=x")
     assert r.returncode == 2 and "did you mean 'platform'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_only_matching_nothing_is_an_error(tmp_path, cli):
+    d = _write(tmp_path, {"p.yaml": GOOD})
+    for command in (("plan", d), ("generate", d, "-o", tmp_path / "run")):
+        r = cli(*command, "--only", "platform=rocky_8*", "--only", "label=A")
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert "--only platform=rocky_8* --only label=A matches none of the 1 cells" in r.stderr
+        assert "no cell has a platform matching it; platforms here: rocky_9.x86_64" in r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_template_override_leaves_nothing(tmp_path, cli):

@@ -100,6 +100,8 @@ def test_nightly_fixture_submit_files_and_dags_pass_real_htcondor(test_pool, poo
             assert 'TransferOutputRemaps="io-000.qcow2 = result-000.qcow2"' in ad
         else:
             assert "JobUniverse=12" in ad
+    # the nightly's cells with an update step carry PRIORITY lines: condor_dagman parses them below
+    assert "\nPRIORITY TestRun" in (run / "matrix.dag").read_text()
     for dag in ("workflow.dag", "matrix.dag"):
         out = inside.condor_submit_dag_no_submit(p, run / dag)
         assert f"{dag}.condor.sub" in out

@@ -23,7 +23,10 @@ package_sets:
 @pytest.fixture
 def small_run(tmp_path):
     (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "small.yaml").write_text(SMALL.replace("'stable; main'", "'stable; main > updates'"))
+    # an update step (default priority 1) on both cells, and a platform priority on cell 001
+    small = SMALL.replace("'stable; main'", "'stable; main > updates'")
+    small = small.replace("debian_13.aarch64", "{platform: debian_13.aarch64, priority: 2}")
+    (tmp_path / "p" / "small.yaml").write_text(small)
     cat = Catalog.load(image_dir="/images")
     m = matrix.build([tmp_path / "p"], cat)
     opts = workflow.WorkflowOptions(
@@ -48,10 +51,12 @@ MAXJOBS LocalIO 10
 JOB CreateDisk000 submit/create-io-disk.sub
 VARS CreateDisk000 serial="000" offset="0"
 RETRY CreateDisk000 3
+PRIORITY CreateDisk000 1
 CATEGORY CreateDisk000 LocalIO
 JOB CreateDisk001 submit/create-io-disk.sub
 VARS CreateDisk001 serial="001" offset="1005"
 RETRY CreateDisk001 3
+PRIORITY CreateDisk001 3
 CATEGORY CreateDisk001 LocalIO
 PARENT CreateDisk000 CHILD TestRun000
 PARENT CreateDisk001 CHILD TestRun001
@@ -59,24 +64,30 @@ JOB TestRun000 submit/test-run.sub
 VARS TestRun000 serial="000" platform="debian_12.x86_64" image="/images/debian_12.x86_64.qcow2" image_name="debian_12.x86_64.qcow2" image_format="qcow2" condor_arch="X86_64" vm_memory="2048" vm_vcpus="2" request_disk="8192MB"
 RETRY TestRun000 2 UNLESS-EXIT 2
 SCRIPT POST TestRun000 /opt/osgtest/bin/osgtest-dag node post-vm $JOB $RETURN $RETRY $MAX_RETRIES
+PRIORITY TestRun000 1
 JOB TestRun001 submit/test-run.sub
 VARS TestRun001 serial="001" platform="debian_13.aarch64" image="/images/debian_13.aarch64.qcow2" image_name="debian_13.aarch64.qcow2" image_format="qcow2" condor_arch="aarch64" vm_memory="2048" vm_vcpus="2" request_disk="8192MB"
 RETRY TestRun001 2 UNLESS-EXIT 2
 SCRIPT POST TestRun001 /opt/osgtest/bin/osgtest-dag node post-vm $JOB $RETURN $RETRY $MAX_RETRIES
+PRIORITY TestRun001 3
 PARENT TestRun000 CHILD ProcessResult000
 PARENT TestRun001 CHILD ProcessResult001
 JOB ProcessResult000 submit/process-result.sub
 VARS ProcessResult000 serial="000"
+PRIORITY ProcessResult000 1
 CATEGORY ProcessResult000 LocalIO
 JOB ProcessResult001 submit/process-result.sub
 VARS ProcessResult001 serial="001"
+PRIORITY ProcessResult001 3
 CATEGORY ProcessResult001 LocalIO
 PARENT ProcessResult000 CHILD CleanOutput000
 PARENT ProcessResult001 CHILD CleanOutput001
 JOB CleanOutput000 submit/clean-output.sub
 VARS CleanOutput000 serial="000"
+PRIORITY CleanOutput000 1
 JOB CleanOutput001 submit/clean-output.sub
 VARS CleanOutput001 serial="001"
+PRIORITY CleanOutput001 3
 # END NODES AND EDGES
 # FINAL NODE
 FINAL MatrixFinal submit/matrix-final.sub
@@ -86,6 +97,13 @@ FINAL MatrixFinal submit/matrix-final.sub
     assert (
         small_run / "matrix.config"
     ).read_text() == "DAGMAN_MAX_JOBS_IDLE = 1000\nDAGMAN_USER_LOG_SCAN_INTERVAL = 5\n"
+    # the DAG reader (and so the local scheduler) sees each node's own priority
+    dag = dagfile.parse(small_run / "matrix.dag")
+    assert {name: node.priority for name, node in dag.nodes.items()} == {
+        **{f"{layer}000": 1 for layer in ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")},
+        **{f"{layer}001": 3 for layer in ("CreateDisk", "TestRun", "ProcessResult", "CleanOutput")},
+        "MatrixFinal": 0,
+    }
 
 
 def test_outer_dag_exact_lines(small_run):

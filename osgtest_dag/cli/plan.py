@@ -17,9 +17,13 @@ from osgtest_dag.plan.catalog import Catalog
 
 
 def _matrix(params, catalogs, image_dir, only=()):
+    """Load and expand the parameter files, print their warnings (stderr), select `--only`
+    (an `--only` matching nothing is an error)."""
     catalog = Catalog.load(catalogs, image_dir=image_dir)
     m = matrix.build(params, catalog)
-    cells = matrix.select(m.cells, matrix.parse_only(only))
+    for warning in m.warnings:
+        click.echo(f"osgtest-dag: {warning}", err=True)
+    cells = matrix.select_some(m.cells, matrix.parse_only(only))
     return catalog, m, cells
 
 
@@ -27,9 +31,11 @@ def _matrix(params, catalogs, image_dir, only=()):
 @PARAMS
 @CATALOG
 def lint(params, catalogs):
-    """Validate parameter files; exit 0 when they are good, 2 otherwise."""
+    """Validate parameter files; exit 0 when they are good, 2 otherwise. Warnings (e.g. an EL
+    repository id the catalog does not know) go to stderr and do not change the exit code."""
     _, m, cells = _matrix(params, catalogs, None)
-    click.echo(f"ok: {len(m.files)} parameter file(s), {len(cells)} cells")
+    warned = f", {len(m.warnings)} warning(s)" if m.warnings else ""
+    click.echo(f"ok: {len(m.files)} parameter file(s), {len(cells)} cells{warned}")
 
 
 @click.command()
@@ -39,18 +45,36 @@ def lint(params, catalogs):
 @IMAGE_DIR
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def plan(params, only, catalogs, image_dir, fmt):
-    """List the cells the parameter files make, and how many."""
+    """List the cells the parameter files make, and what each file contributed: its cells,
+    the duplicates dropped, what each include/exclude rule removed."""
     _, m, cells = _matrix(params, catalogs, image_dir, only)
     if fmt == "json":
         click.echo(json.dumps([c.to_json() for c in cells], indent=1))
         return
-    rows = [(c.serial, c.platform.id, c.source.raw, c.package_set.label) for c in cells]
-    head = ("SERIAL", "PLATFORM", "SOURCE", "PACKAGE SET")
-    widths = [max([len(head[i])] + [len(r[i]) for r in rows]) for i in range(3)]
-    out = [f"{head[0]:<{widths[0]}}  {head[1]:<{widths[1]}}  {head[2]:<{widths[2]}}  {head[3]}"]
-    out += [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
-    out.append(f"{len(cells)} cells from {len(m.files)} parameter file(s)")
+    rows = [(c.serial, c.platform.id, c.source.raw, c.package_set.label, str(c.priority)) for c in cells]
+    head = ("SERIAL", "PLATFORM", "SOURCE", "PACKAGE SET", "PRIORITY")
+    widths = [max([len(head[i])] + [len(r[i]) for r in rows]) for i in range(4)]
+    out = ["  ".join(f"{r[i]:<{widths[i]}}" for i in range(4)) + f"  {r[4]}" for r in [head, *rows]]
+    out += ["", "Per parameter file, in expansion order:"]
+    out += [line for part in m.expansions for line in _file_lines(part)]
+    total = f"{len(m.cells)} cells from {len(m.files)} parameter file(s)"
+    out.append(f"{len(cells)} of {total} selected by --only" if only else total)
     click.echo("\n".join(out))
+
+
+def _file_lines(part: matrix.FileExpansion) -> list[str]:
+    removed = sum(r.removed for r in part.rules)
+    counts = [f"{part.combinations} combinations"]
+    if removed:
+        counts.append(f"{removed} removed by rules")
+    counts.append(f"{part.duplicates} duplicate(s) dropped")
+    span = f" ({part.serials[0]}-{part.serials[-1]})" if part.cells > 1 else ""
+    span = f" ({part.serials[0]})" if part.cells == 1 else span
+    lines = [f"  {part.path}: {', '.join(counts)} -> {part.cells} cell(s){span}"]
+    for r in part.rules:
+        what = "matched by no include rule" if r.kind == "include" else "excluded"
+        lines.append(f"    {r.kind} {r.where} [{r.text}]: {r.removed} {what}")
+    return lines
 
 
 @click.command()

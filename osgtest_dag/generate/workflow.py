@@ -121,12 +121,32 @@ class _Writer(dags.writer.DAGWriter):
     - it never writes the FINAL node's submit file, and `Submit.__str__` doubles `queue`:
       we render every submit file ourselves and pass paths;
     - its dagman config file has no trailing newline, and is always called dagman.config
-      (two DAGs in one directory need two names).
+      (two DAGs in one directory need two names);
+    - a layer has one priority for all its nodes: we write each node's own (`priorities`,
+      node name -> PRIORITY) where the writer would put the layer's.
     """
 
-    def __init__(self, dag, node_name_formatter, config_name: str = dags.CONFIG_FILE_NAME):
+    def __init__(
+        self,
+        dag,
+        node_name_formatter,
+        config_name: str = dags.CONFIG_FILE_NAME,
+        priorities: dict[str, int] | None = None,
+    ):
         super().__init__(dag, node_name_formatter=node_name_formatter)
         self.config_name = config_name
+        self.priorities = priorities or {}
+
+    def yield_node_meta_lines(self, node, name):
+        lines = list(super().yield_node_meta_lines(node, name))
+        priority = self.priorities.get(name, 0)
+        if priority:
+            # the writer's place for it: after RETRY, SCRIPT and PRE_SKIP, before CATEGORY
+            at = next(
+                (i for i, x in enumerate(lines) if x.startswith(("CATEGORY ", "ABORT-DAG-ON "))), len(lines)
+            )
+            lines.insert(at, f"PRIORITY {name} {priority}")
+        yield from lines
 
     def yield_dag_meta_lines(self):
         for line in super().yield_dag_meta_lines():
@@ -218,6 +238,15 @@ def matrix_dag(cells: list[Cell], opts: WorkflowOptions, offsets: list[int]) -> 
     # the outer workflow must go on to analyze and report them.
     dag.final(name=rundir.MATRIX_FINAL, submit_description=Path("submit/matrix-final.sub"))
     return dag
+
+
+def node_priorities(cells: list[Cell]) -> dict[str, int]:
+    """Every node of a cell carries the cell's priority (plan.matrix.cell_priority), so its disk
+    is made, its VM started and its result extracted before those of lower-priority cells;
+    DAGMan (and the local executor) start ready nodes of higher priority first. Nodes at 0,
+    DAGMan's default, get no line."""
+    layers = (rundir.CREATE_DISK, rundir.TEST_RUN, rundir.PROCESS_RESULT, rundir.CLEAN_OUTPUT)
+    return {NodeName(layer, c.serial).format(): c.priority for c in cells if c.priority for layer in layers}
 
 
 def outer_dag(opts: WorkflowOptions) -> dags.DAG:
@@ -420,9 +449,12 @@ def _write_run(
         # Images not built yet are pinned when the run builds or submits them.
         pins.pin(tmp, ((c.platform.id, c.platform.image) for c in cells))
         formatter = _SerialFormatter([c.serial for c in cells])
-        _Writer(matrix_dag(cells, opts, offsets), formatter, rundir.MATRIX_CONFIG).write(
-            tmp, rundir.MATRIX_DAG
-        )
+        _Writer(
+            matrix_dag(cells, opts, offsets),
+            formatter,
+            rundir.MATRIX_CONFIG,
+            priorities=node_priorities(cells),
+        ).write(tmp, rundir.MATRIX_DAG)
         _Writer(outer_dag(opts), _OuterFormatter()).write(tmp, rundir.OUTER_DAG)
         manifest = RunManifest(
             generated=generated,

@@ -21,6 +21,11 @@ ARCHES = ("x86_64", "aarch64")
 # HTCondor's `Arch` machine attribute for each architecture.
 CONDOR_ARCH = {"x86_64": "X86_64", "aarch64": "aarch64"}
 FAMILIES = ("el", "debian")
+# Families whose repository names need no catalog entry: dnf and yum enable any repository id
+# by name (the reference passes each name to `--enablerepo`), so an EL name the catalog does
+# not know is enabled as written. An apt repository is nothing without its sources.list lines,
+# so a Debian name must be in the catalog.
+PASS_THROUGH_FAMILIES = ("el",)
 
 
 @dataclass(frozen=True)
@@ -149,10 +154,11 @@ class Catalog:
     def repo_names(self, family: str) -> list[str]:
         return sorted(self.repos[family]["repos"])
 
-    def check_repo(self, family: str, name: str) -> str | None:
-        """None when `name` is a known repository of `family`, else the error message + hint."""
-        if name in self.repos[family]["repos"]:
-            return None
+    def knows_repo(self, family: str, name: str) -> bool:
+        return name in self.repos[family]["repos"]
+
+    def repo_hint(self, family: str, name: str) -> str:
+        """What to say about `name`, a repository of `family` the catalog does not know."""
         return (
             did_you_mean(name, self.repo_names(family))
             or f"known {family} repositories: {', '.join(self.repo_names(family))}"
@@ -172,7 +178,8 @@ class Catalog:
         enable: list[str] = []
         apt: list[str] = []
         for name in names:
-            entry = fam["repos"][name]
+            # an EL id the catalog does not know is enabled as written (PASS_THROUGH_FAMILIES)
+            entry = fam["repos"].get(name) or {"enable": [name]}
             for rid in entry.get("enable", []):
                 if rid.format(**subst) not in enable:
                     enable.append(rid.format(**subst))

@@ -1,8 +1,9 @@
 """Parameter files: YAML -> ParamFile, validated, with a source location for every value.
 
 The reference format (platforms, sources, package_sets) loads unchanged; the optional keys
-(vm, vm_per_platform, exclude, include, test_command, test_timeout) extend it. Unknown keys are
-errors with a "did you mean" hint, never a silently skipped file.
+(vm, vm_per_platform, exclude, include, test_command, test_timeout) extend it, and so do
+`priority: N` on a package set and a platform written as `{platform: ID, priority: N}`.
+Unknown keys are errors with a "did you mean" hint, never a silently skipped file.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from pathlib import Path
 
 from osgtest_dag.base import yamlsrc
 from osgtest_dag.base.errors import Location, UserError
-from osgtest_dag.plan.catalog import Catalog, Platform, did_you_mean
+from osgtest_dag.plan.catalog import PASS_THROUGH_FAMILIES, Catalog, Platform, did_you_mean
 from osgtest_dag.plan.sources import Source, SourceSyntaxError, parse_source
 
 REQUIRED_KEYS = ("platforms", "sources", "package_sets")
 OPTIONAL_KEYS = ("vm", "vm_per_platform", "exclude", "include", "test_command", "test_timeout")
-PACKAGE_SET_KEYS = ("label", "packages", "selinux", "test_command")
+PACKAGE_SET_KEYS = ("label", "packages", "selinux", "test_command", "priority")
+PLATFORM_KEYS = ("platform", "priority")
 VM_KEYS = ("memory", "vcpus", "disk")
+MAX_PRIORITY = 1000000  # DAGMan's PRIORITY is an int; this keeps sums far from its limits
 RULE_KEYS = ("platform", "os", "arch", "family", "source", "series", "label", "package")
 
 
@@ -31,9 +34,28 @@ class PackageSet:
     selinux: bool = True
     where: Location | None = None
     test_command: str | None = None  # overrides the file's test_command for this set
+    priority: int = 0  # added to the DAG priority of this set's cells (matrix.cell_priority)
 
     def key(self) -> tuple:
         return (self.label, self.packages, self.selinux)
+
+
+@dataclass(frozen=True)
+class PlatformEntry:
+    platform: Platform
+    where: Location
+    priority: int = 0  # added to the DAG priority of this platform's cells
+
+
+@dataclass(frozen=True)
+class PlanWarning:
+    """Accepted input worth a look, e.g. a repository id the catalog does not know."""
+
+    where: Location
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: warning: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +89,7 @@ class Rule:
 @dataclass(frozen=True)
 class ParamFile:
     path: Path
-    platforms: tuple[tuple[Platform, Location], ...]
+    platforms: tuple[PlatformEntry, ...]
     sources: tuple[tuple[Source, Location], ...]
     package_sets: tuple[PackageSet, ...]
     vm: VMProfile
@@ -76,6 +98,7 @@ class ParamFile:
     include: tuple[Rule, ...]
     test_command: str | None
     test_timeout: int
+    warnings: tuple[PlanWarning, ...] = ()
 
     def vm_for(self, platform_id: str) -> VMProfile:
         vm = self.vm
@@ -180,17 +203,9 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
                 hint=f"write it as a YAML list: '{key}:' then lines starting with '- '",
             )
 
-    platforms = []
-    for i, pid in enumerate(data["platforms"]):
-        where = doc.where("platforms", i)
-        if not isinstance(pid, str):
-            raise UserError(f"platform must be a string, not {pid!r}", where=where)
-        try:
-            platforms.append((catalog.platform(pid), where))
-        except UserError as e:
-            raise UserError(e.message, where=where, hint=e.hint) from None
-
+    platforms = [_platform_entry(doc, i, entry, catalog) for i, entry in enumerate(data["platforms"])]
     sources = []
+    warnings: list[PlanWarning] = []
     for i, raw in enumerate(data["sources"]):
         where = doc.where("sources", i)
         try:
@@ -200,17 +215,7 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
             raise UserError(
                 f"bad source {raw!r}: {e.message}", where=Location(path, where.line, col), hint=e.hint
             ) from None
-        for plat, _ in platforms:
-            for name in src.repos + src.update_repos:
-                problem = catalog.check_repo(plat.family, name)
-                if problem:
-                    m = re.search(rf"(?<![\w.+-]){re.escape(name)}(?![\w.+-])", raw)
-                    col = (where.column or 1) + (m.start() if m else 0)
-                    raise UserError(
-                        f"unknown repository {name!r} for {plat.family} platform {plat.id}",
-                        where=Location(path, where.line, col),
-                        hint=problem,
-                    )
+        warnings += _repository_warnings(catalog, platforms, src, where)
         sources.append((src, where))
 
     package_sets = [_package_set(doc, i, ps) for i, ps in enumerate(data["package_sets"])]
@@ -250,7 +255,82 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
         include=_rules(doc, "include", data),
         test_command=test_command,
         test_timeout=test_timeout,
+        warnings=tuple(warnings),
     )
+
+
+def _repository_warnings(
+    catalog: Catalog, platforms: list[PlatformEntry], src: Source, where: Location
+) -> list[PlanWarning]:
+    """Each repository of `src` the catalog does not know for a family of the file's platforms:
+    a warning where the family passes names through (EL: dnf enables the id as written), an
+    error where it does not (Debian: a name must map to apt lines)."""
+    warnings = []
+    families = dict.fromkeys(e.platform.family for e in platforms)
+    for name in dict.fromkeys(src.repos + src.update_repos):
+        m = re.search(rf"(?<![\w.+-]){re.escape(name)}(?![\w.+-])", src.raw)
+        name_where = Location(where.path, where.line, (where.column or 1) + (m.start() if m else 0))
+        for family in families:
+            if catalog.knows_repo(family, name):
+                continue
+            if family not in PASS_THROUGH_FAMILIES:
+                plat = next(e.platform for e in platforms if e.platform.family == family)
+                raise UserError(
+                    f"unknown repository {name!r} for {family} platform {plat.id}",
+                    where=name_where,
+                    hint=f"{catalog.repo_hint(family, name)} (a {family} repository needs its "
+                    f"apt lines: add it under '{family}: repos:' in a --catalog file)",
+                )
+            warnings.append(
+                PlanWarning(
+                    name_where,
+                    f"repository {name!r} is not in the catalog: the {family} cells enable the "
+                    f"dnf repository id {name!r} ({catalog.repo_hint(family, name)})",
+                )
+            )
+    return warnings
+
+
+def _priority(doc: yamlsrc.Document, key: tuple, value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_PRIORITY:
+        raise UserError(
+            f"{what}: 'priority' must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY}",
+            where=doc.where(*key),
+            hint="higher runs first; the default is 0",
+        )
+    return value
+
+
+def _platform_entry(doc: yamlsrc.Document, i: int, entry, catalog: Catalog) -> PlatformEntry:
+    """`rocky_9.x86_64` (the reference form) or `{platform: rocky_9.x86_64, priority: 5}`."""
+    where = doc.where("platforms", i)
+    priority = 0
+    if isinstance(entry, dict):
+        for key in entry:
+            if key not in PLATFORM_KEYS:
+                raise UserError(
+                    f"unknown platform key {key!r}",
+                    where=doc.key_where("platforms", i, key),
+                    hint=did_you_mean(str(key), PLATFORM_KEYS) or f"known keys: {', '.join(PLATFORM_KEYS)}",
+                )
+        if "platform" not in entry:
+            raise UserError(
+                "a platform written as a mapping needs 'platform'",
+                where=where,
+                hint="e.g. '- {platform: rocky_9.x86_64, priority: 5}'",
+            )
+        pid = entry["platform"]
+        where = doc.where("platforms", i, "platform")
+        if "priority" in entry:
+            priority = _priority(doc, ("platforms", i, "priority"), entry["priority"], f"platform {pid!r}")
+    else:
+        pid = entry
+    if not isinstance(pid, str):
+        raise UserError(f"platform must be a string, not {pid!r}", where=where)
+    try:
+        return PlatformEntry(catalog.platform(pid), where, priority)
+    except UserError as e:
+        raise UserError(e.message, where=where, hint=e.hint) from None
 
 
 def _package_set(doc: yamlsrc.Document, i: int, ps) -> PackageSet:
@@ -295,12 +375,16 @@ def _package_set(doc: yamlsrc.Document, i: int, ps) -> PackageSet:
             f"package set {label!r}: 'test_command' must be a non-empty string",
             where=doc.where("package_sets", i, "test_command"),
         )
+    priority = 0
+    if "priority" in ps:
+        priority = _priority(doc, ("package_sets", i, "priority"), ps["priority"], f"package set {label!r}")
     return PackageSet(
         label=label.strip(),
         packages=tuple(p.strip() for p in pkgs),
         selinux=selinux,
         where=where,
         test_command=test_command,
+        priority=priority,
     )
 
 
