@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, KNOWN_FAILURES_2014, RESULTS_PARAMS, ResultsRun, populate_results_run
 
+from osgtest_dag.analyze import results
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.generate import cellconfig, workflow
@@ -394,3 +395,144 @@ def test_rerun_uses_the_pinned_inputs_and_refuses_a_changed_image(tmp_path, cli)
     assert again.parameter_set == pinned.parameter_set and again.previous is None
     assert (new / "inputs" / "catalog.json").read_bytes() == (source / "inputs" / "catalog.json").read_bytes()
     assert RunDir(new).rerun.is_file()
+
+
+# ------------------------------------------------------------------------------ on the pool
+# The done-when on the personal pool: two nightlies in a row, submitted with --test-pool, with
+# real VMs. The Waived cell prints an osg-test log whose one failure the pinned known failures
+# waive; the Regress cell passes the first night and fails the second (its parameter file is
+# edited in between: the same parameter set).
+WAIVED_LOG = """\
+test_01_start (osgtest.tests.test_10_hello.TestHello) ... ok
+test_04_trace (osgtest.tests.test_55_condorce.TestCondorCE) ... FAIL
+
+======================================================================
+FAIL: test_04_trace (osgtest.tests.test_55_condorce.TestCondorCE)
+----------------------------------------------------------------------
+Traceback (most recent call last):
+  File "/usr/lib/python3/osgtest/tests/test_55_condorce.py", line 39, in test_04_trace
+    self.fail("ce trace")
+AssertionError: ce trace
+
+----------------------------------------------------------------------
+Ran 2 tests in 1.000s
+
+FAILED (failures=1)
+"""
+# One line (printf's \n): run-job echoes the command into test.log before its output.
+WAIVED_COMMAND = "printf '" + WAIVED_LOG.replace("\n", "\\n") + "'; exit 1"
+POOL_PARAMS = f"""\
+platforms: [debian_12.x86_64]
+sources: ['stable; main']
+package_sets:
+  - label: Hello
+    packages: [hello]
+    selinux: false
+    test_command: hello | grep -q 'Hello, world!'
+  - label: Regress
+    packages: [hello]
+    selinux: false
+    test_command: 'REGRESS'
+  - label: Waived
+    packages: [hello]
+    selinux: false
+    test_command: {json.dumps(WAIVED_COMMAND)}
+vm: {{memory: 1024, vcpus: 1}}
+"""
+POOL_KNOWN_FAILURES = (
+    "- test: test_04_trace\n  module: test_55_condorce\n  reason: planted for the pool test\n"
+)
+
+
+def test_the_pool_tests_waived_cell_is_waived(tmp_path):
+    """What the pool test's Waived cell leaves in test.log (run-job's echo of the command, its
+    output) is a waived osg-test run under the pinned known failures."""
+    params = tmp_path / "params"
+    params.mkdir()
+    (params / "nightly.yaml").write_text(POOL_PARAMS.replace("REGRESS", "true"))
+    known = tmp_path / "kf.yaml"
+    known.write_text(POOL_KNOWN_FAILURES)
+    cat = Catalog.load(image_dir="/images")
+    m = matrix.build([params], cat)
+    run = workflow.write_run(
+        tmp_path / "run", list(m.cells), cat, workflow.WorkflowOptions(tool="/opt/osgtest-dag"),
+        param_files=list(m.files), inputs=InputFiles(known_failures=(known,)),
+    )  # fmt: skip
+    r = ResultsRun(run)
+    s = r.serial("debian_12.x86_64", "Waived")
+    [cell] = [c for c in m.cells if c.serial == s]
+    printed = subprocess.run(["sh", "-c", cell.test_command], capture_output=True, text=True)
+    assert printed.returncode == 1 and printed.stdout == WAIVED_LOG
+    r.guest(s, "test")
+    r.file(
+        s, "test.log", f"+ sh -c {cell.test_command}  (timeout 3600 s)\n{printed.stdout}test exit code: 1\n"
+    )
+    [entry] = [c for c in results.analyze_run(run).cells if c["serial"] == s]
+    assert entry["outcome"] == "waived" and entry["counts"]["run"] == 2, entry
+
+
+@pytest.mark.pool
+@pytest.mark.vm
+def test_two_nightlies_on_the_pool(test_pool, pool_workdir, smtp_server):
+    from conftest import condor_cli
+    from test_pool import vm_lock
+
+    from osgtest_dag.base.paths import default_image_dir
+    from osgtest_dag.devpool.chroot import POOL_UID
+    from osgtest_dag.guest import image
+
+    port, cert, sink = smtp_server
+    with vm_lock():
+        image.build_image("debian_12.x86_64", default_image_dir(), builder="local")
+    params = pool_workdir / "params"
+    params.mkdir()
+    (params / "nightly.yaml").write_text(POOL_PARAMS.replace("REGRESS", "true"))
+    known = pool_workdir / "known-failures.yaml"
+    known.write_text(POOL_KNOWN_FAILURES)
+    creds = pool_workdir / "smtp-credentials"
+    creds.write_text(f"user = bot\npassword = {PASSWORD}\n")
+    creds.chmod(0o600)
+    os.chown(creds, POOL_UID, POOL_UID)  # the Publish node runs as the pool's job owner
+    shutil.copy(cert, pool_workdir / "smtp-ca.pem")
+    (pool_workdir / "smtp-ca.pem").chmod(0o644)
+    pub = pool_workdir / "pub"
+    pub.mkdir()
+    os.chown(pub, POOL_UID, POOL_UID)
+    publish = pool_workdir / "publish.yaml"
+    publish.write_text(
+        f"publish_dir: {pub}\nsmtp:\n  host: 127.0.0.1\n  port: {port}\n  starttls: true\n"
+        f"  credentials: {creds}\n  cafile: {pool_workdir / 'smtp-ca.pem'}\n  to: [team@example.org]\n"
+    )
+    runs = pool_workdir / "runs"
+    nightly = ["nightly", "--params", params, "--runs-root", runs, "--known-failures", known]
+    nightly += ["--publish-config", publish, "--excluded-hosts", pool_workdir / "none.yaml", "--test-pool"]
+    outputs = []
+
+    def night(expect_exit: int) -> Path:
+        r = condor_cli(*nightly)
+        outputs.append(r.output)
+        assert r.exit_code == 0, r.output
+        run = Path(re.search(r"^nightly: generated (\S+): ", r.output, re.M)[1])
+        with vm_lock():
+            w = condor_cli("watch", run, "--interval", "5", "--timeout", "2400")
+        outputs.append(w.output)
+        assert w.exit_code == expect_exit, w.output
+        return run
+
+    run1 = night(0)  # pass, pass, waived
+    assert sink.event.wait(120)
+    (params / "nightly.yaml").write_text(POOL_PARAMS.replace("REGRESS", "false"))
+    sink.event.clear()
+    run2 = night(1)  # Regress fails now
+    assert sink.event.wait(120) and len(sink.messages) == 2
+    outcomes = {c["label"]: c["outcome"] for c in json.loads((run2 / "results.json").read_text())["cells"]}
+    assert outcomes == {"Hello": "pass", "Regress": "fail", "Waived": "waived"}
+    mail = _mail(sink.messages[1])
+    plain = mail.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "(1 regression)" in mail["Subject"] and f"Changes since {run1.name}" in plain
+    assert re.search(r"pass -> fail +debian_12\.x86_64 +Regress", plain)
+    assert "FAIL test_55_condorce.test_04_trace (waived)" in plain
+    assert (pub / run2.name / "report.html").is_file() and (pub / run1.name / "report.html").is_file()
+    secret = PASSWORD.encode()
+    assert _files_holding(runs, secret) == [] and _files_holding(pub, secret) == []
+    assert not any(PASSWORD in text for text in outputs)
