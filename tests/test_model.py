@@ -214,7 +214,6 @@ OPTIONS = WorkflowOptions(
     nightly=True,
     keep_disks=True,
     environment=(("A", "1"), ("B", "two")),
-    publish_dir="/srv/pub",
 )
 MANIFEST = RunManifest(
     generated="2026-11-21T22:00:00Z",

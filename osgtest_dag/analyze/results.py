@@ -42,6 +42,7 @@ from osgtest_dag.base.errors import UserError
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.model.cell import CellConfig, CellPlatform, CellSource
 from osgtest_dag.model.evidence import gather, read_extraction
+from osgtest_dag.model.inputs import RunInputs
 from osgtest_dag.model.joblog import JobRecord, jobs_by_node, read_job_log
 from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.outcome import ORDERED, JobFacts, Outcome, derive
@@ -51,7 +52,8 @@ from osgtest_dag.plan.sources import Source, TestSource
 
 log = logging.getLogger(__name__)
 
-# Files a run directory may carry to be picked up without options.
+# Files a run directory may carry to be picked up without options, when it pinned none
+# (inputs/, generate --known-failures/--component-tags).
 DEFAULT_KNOWN_FAILURES = ("known-failures.yaml", "test-exceptions.yaml")
 DEFAULT_COMPONENT_TAGS = ("component-tags.yaml",)
 
@@ -387,8 +389,15 @@ def summarize(cells: list[dict]) -> dict:
 
 
 def default_inputs(run_dir: Path) -> tuple[list[Path], Path | None]:
-    kf = [run_dir / n for n in DEFAULT_KNOWN_FAILURES if (run_dir / n).is_file()]
-    tags = next((run_dir / n for n in DEFAULT_COMPONENT_TAGS if (run_dir / n).is_file()), None)
+    """The known failures and component tags the run pinned at generate time (inputs/); of a
+    kind it pinned none of, the files copied into the run directory by hand, if any."""
+    layout, pinned = RunDir(run_dir), RunInputs.read(run_dir)
+    kf = [layout.pinned(p.copy) for p in pinned.known_failures] if pinned else []
+    if not kf:
+        kf = [run_dir / n for n in DEFAULT_KNOWN_FAILURES if (run_dir / n).is_file()]
+    tags = layout.pinned(pinned.component_tags.copy) if pinned and pinned.component_tags else None
+    if tags is None:
+        tags = next((run_dir / n for n in DEFAULT_COMPONENT_TAGS if (run_dir / n).is_file()), None)
     return kf, tags
 
 

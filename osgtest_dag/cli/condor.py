@@ -10,16 +10,18 @@ from pathlib import Path
 import click
 
 from osgtest_dag.analyze.results import run_outcomes
+from osgtest_dag.cli.options import input_files, pinned_input_options
 from osgtest_dag.devpool import pool as poolmod
 from osgtest_dag.engine.condor.condor import SubmitOptions, submit_run
 from osgtest_dag.engine.condor.status import format_progress, progress
 from osgtest_dag.engine.condor.status import watch as do_watch
 from osgtest_dag.generate.workflow import default_tool
 from osgtest_dag.model.outcome import Outcome, RunExit, run_exit
+from osgtest_dag.model.publish import default_publish_config
 from osgtest_dag.ops import hosts as host_ops
+from osgtest_dag.ops import nightly as nightly_ops
 from osgtest_dag.ops import schedule as sch
 from osgtest_dag.ops.runs import cleanup as do_cleanup
-from osgtest_dag.ops.runs import nightly as do_nightly
 from osgtest_dag.ops.runs import rerun as do_rerun
 
 RUN_DIR = click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
@@ -162,8 +164,16 @@ def watch(ctx, run_dir, interval, timeout):
     help="The catalog files the original run was generated with.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-def rerun(run_dir, new_run, failed_only, outcomes, only, catalogs, force):
-    """A new run of some cells of RUN_DIR, from the same pinned inputs (serials kept)."""
+@click.option(
+    "--allow-image-change",
+    is_flag=True,
+    help="Rerun even when a base image changed since RUN_DIR pinned it (the rerun says which).",
+)
+def rerun(run_dir, new_run, failed_only, outcomes, only, catalogs, force, allow_image_change):
+    """A new run of some cells of RUN_DIR, from the same pinned inputs (serials kept): its
+    parameter files, catalog entries, known failures, component tags, osg-test configuration.
+    Refused when a base image changed since, unless --allow-image-change; says what differs
+    today from the pinned inputs."""
     plan = do_rerun(
         run_dir,
         new_run,
@@ -172,7 +182,16 @@ def rerun(run_dir, new_run, failed_only, outcomes, only, catalogs, force):
         outcomes=outcomes or None,
         catalogs=catalogs,
         force=force,
+        allow_image_change=allow_image_change,
     )
+    if plan.image_changes:
+        click.echo("rerunning on changed base images (--allow-image-change):")
+        for line in plan.image_changes:
+            click.echo(f"  {line}")
+    if plan.differences:
+        click.echo("today's inputs differ from those the run pinned (the rerun uses the pinned ones):")
+        for line in plan.differences:
+            click.echo(f"  {line}")
     click.echo(
         f"wrote {new_run}: {len(plan.selected)} cell(s) of {run_dir} "
         f"({', '.join(f'{s}:{plan.outcomes[s].value}' for s in plan.selected if s in plan.outcomes)})"
@@ -236,41 +255,80 @@ def schedule_install(at, params, runs_root, unit_dir, tool, extra):
     default=None,
     help="Excluded-hosts file (default: ~/.config/osgtest-dag/excluded-hosts.yaml).",
 )
+@click.option(
+    "--exclude-above",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="RATE",
+    help="First add hosts whose VM jobs failed more often than RATE (0-1) over the last 10 runs "
+    "to the excluded-hosts file (as `hosts --exclude-above`).",
+)
+@click.option(
+    "--exclude-days",
+    type=click.FloatRange(0, min_open=True),
+    default=7,
+    show_default=True,
+    help="With --exclude-above: days until such an exclusion expires.",
+)
+@click.option(
+    "--max-usage",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=None,
+    help="Retention: afterwards, delete the oldest runs until the filesystem is under this usage "
+    "(percent), as `cleanup --yes`.",
+)
+@click.option(
+    "--keep-at-least",
+    type=click.IntRange(1),
+    default=7,
+    show_default=True,
+    help="Retention: never fewer runs than this.",
+)
+@pinned_input_options
 @click.option("--no-submit", is_flag=True, help="Generate only.")
 @SCHEDD
 @POOL
 @TEST_POOL
-def nightly(params, runs_root, catalogs, image_dir, excluded_hosts, no_submit, schedd, pool, test_pool):
-    """Create a dated run directory under RUNS_ROOT, generate the matrix into it, submit it."""
-    opts = _submit_options(schedd=schedd, pool=pool, test_pool=test_pool)
-    active_excluded = host_ops.active_excluded_hosts(excluded_hosts)
-    if test_pool and not no_submit:
-        res = do_nightly(
-            params,
-            runs_root,
-            catalogs=catalogs,
-            image_dir=image_dir,
-            excluded_hosts=active_excluded,
-            submit=False,
-        )
-        poolmod.prepare_run_dir(Path(res["run_dir"]))
-        res["cluster"] = submit_run(Path(res["run_dir"]), opts).cluster
-    else:
-        res = do_nightly(
-            params,
-            runs_root,
-            catalogs=catalogs,
-            image_dir=image_dir,
-            excluded_hosts=active_excluded,
-            submit_opts=opts,
-            submit=not no_submit,
-        )
-    msg = f"nightly: {res['run_dir']}: {res['cells']} cells"
-    if res.get("excluded_hosts"):
-        msg += f", excluding {', '.join(res['excluded_hosts'])}"
-    if res.get("cluster") is not None:
-        msg += f"; DAGMan job {res['cluster']}"
-    click.echo(msg)
+def nightly(
+    params,
+    runs_root,
+    catalogs,
+    image_dir,
+    excluded_hosts,
+    exclude_above,
+    exclude_days,
+    max_usage,
+    keep_at_least,
+    no_submit,
+    schedd,
+    pool,
+    test_pool,
+    **pinned,
+):
+    """Create a dated run directory under RUNS_ROOT, generate the matrix into it with its inputs
+    pinned, submit it; apply the host exclusions and retention. Prints what it did.
+
+    The previous comparable run, unless --previous: the latest analyzed run under RUNS_ROOT
+    generated from the same --params (not a rerun). The publish configuration, unless
+    --publish-config: ~/.config/osgtest-dag/publish.yaml when there."""
+    inputs = input_files(**pinned, default_publish_config=default_publish_config())
+    prepare = poolmod.prepare_run_dir if test_pool else None
+    rep = nightly_ops.nightly(
+        params,
+        runs_root,
+        catalogs=catalogs,
+        image_dir=image_dir,
+        inputs=inputs,
+        host_policy=nightly_ops.HostPolicy(
+            excluded_hosts_file=excluded_hosts, exclude_above=exclude_above, days=exclude_days
+        ),
+        retention=nightly_ops.Retention(keep_at_least, max_usage) if max_usage is not None else None,
+        submit_opts=_submit_options(schedd=schedd, pool=pool, test_pool=test_pool),
+        submit=not no_submit,
+        prepare=prepare,
+    )
+    for line in rep.log:
+        click.echo(f"nightly: {line}")
 
 
 @click.command()
@@ -352,13 +410,7 @@ def hosts(runs_root, last, as_json, exclude_above, min_jobs, days, excluded_host
     """Per-host VM-job failures over the last runs; optionally exclude the failing hosts."""
     rep = host_ops.host_report(runs_root, last=last)
     if exclude_above is not None:
-        bad = [
-            x["host"]
-            for x in rep["hosts"]
-            if x["jobs"] >= min_jobs
-            and x["failure_rate"] > exclude_above
-            and x["host"] not in ("unknown", host_ops.NO_HOST)
-        ]
+        bad = host_ops.failing_hosts(rep, exclude_above, min_jobs)
         if bad:
             host_ops.exclude_hosts(
                 excluded_hosts,

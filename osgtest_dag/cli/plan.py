@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.cli.options import CATALOG, IMAGE_DIR, ONLY, PARAMS
+from osgtest_dag.cli.options import CATALOG, IMAGE_DIR, ONLY, PARAMS, input_files, pinned_input_options
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.generate.workflow import WorkflowOptions, check_run, wall_clock_limit, write_run
 from osgtest_dag.ops.hosts import active_excluded_hosts
+from osgtest_dag.ops.nightly import check_inputs
 from osgtest_dag.plan import matrix
 from osgtest_dag.plan.catalog import Catalog
 
@@ -154,12 +156,7 @@ def _file_lines(part: matrix.FileExpansion) -> list[str]:
 @click.option("--tool", default="", help="Path of osgtest-dag for the DAG's nodes (default: this one).")
 @click.option("--batch-name", default="", help="HTCondor batch name (default: the run directory's name).")
 @click.option("--nightly", is_flag=True, help="Mark the run as the nightly run.")
-@click.option(
-    "--publish-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Directory the Publish node copies the results and reports into (under the run's name).",
-)
+@pinned_input_options
 def generate(
     params,
     run_dir,
@@ -180,9 +177,18 @@ def generate(
     tool,
     batch_name,
     nightly,
-    publish_dir,
+    **pinned,
 ):
-    """Write a self-contained run directory (DAGs, submit files, per-cell configuration)."""
+    """Write a self-contained run directory (DAGs, submit files, per-cell configuration), with
+    the known failures, component tags, osg-test configuration, previous run and publish
+    configuration given pinned into its inputs/."""
+    inputs = replace(
+        input_files(**pinned),
+        parameter_arguments=tuple(params),
+        only=tuple(only),
+        catalog_files=tuple(catalogs),
+    )
+    check_inputs(inputs)
     catalog, m, cells = _matrix(params, catalogs, image_dir, only)
     if excluded_hosts_file and not excluded_hosts_file.is_file():
         raise UserError(
@@ -204,9 +210,8 @@ def generate(
         template_dir=str(template_dir) if template_dir else None,
         batch_name=batch_name,
         nightly=nightly,
-        publish_dir=str(Path(publish_dir).resolve()) if publish_dir else None,
     )
-    write_run(run_dir, cells, catalog, opts, param_files=list(m.files), force=force)
+    write_run(run_dir, cells, catalog, opts, param_files=list(m.files), force=force, inputs=inputs)
     # Only images whose directory is here: a run generated for another submit host is fine.
     _warn_missing_images(cellconfig.missing_images(run_dir, only_present_dirs=True))
     click.echo(

@@ -40,6 +40,11 @@ verbose = True
 timeout = 14400
 hostcert = True
 """
+# The keys osg_test_conf appends per cell: a base configuration (--osg-test-config) leaves them out.
+PER_CELL_OSG_TEST_KEYS = frozenset(
+    ("testsource", "extrarepos", "updaterelease", "updaterepos", "packages", "series", "sources")
+    + ("selinux", "nightly")
+)
 
 
 def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellConfig:
@@ -200,13 +205,14 @@ def osg_test_conf(cfg: CellConfig, base: str = OSG_TEST_BASE) -> str:
     return out
 
 
-def write_input_dir(cfg: CellConfig, dest: Path) -> Path:
-    """Write the IO disk's `input/` tree for one cell: cell.json, cell.env, osg-test.conf."""
+def write_input_dir(cfg: CellConfig, dest: Path, osg_test_base: str = OSG_TEST_BASE) -> Path:
+    """Write the IO disk's `input/` tree for one cell: cell.json, cell.env, osg-test.conf
+    (the cell's keys appended to `osg_test_base`, the run's pinned configuration)."""
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "cell.json").write_text(json.dumps(cfg.to_json(), indent=1) + "\n")
     (dest / "cell.env").write_text(cell_env(cfg))
     if cfg.test.osg_test:
-        (dest / "osg-test.conf").write_text(osg_test_conf(cfg))
+        (dest / "osg-test.conf").write_text(osg_test_conf(cfg, osg_test_base))
     return dest
 
 

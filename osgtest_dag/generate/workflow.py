@@ -5,6 +5,7 @@ Layout of a run directory (docs/run-directory.md):
     run.json            manifest: schema, tool version, options, cell count
     cells.jsonl         every cell's configuration, one JSON object per line
     params/             copies of the parameter files used (the run is reproducible)
+    inputs/             the other inputs, pinned (generate/inputs.py, model/inputs.py)
     workflow.dag        outer DAG: Matrix (SUBDAG) -> Analyze -> Report -> Publish
     matrix.dag          per cell: CreateDisk -> TestRun (POST classifies) -> ProcessResult -> CleanOutput; FINAL
     matrix.config       DAGMan configuration of the matrix DAG
@@ -35,6 +36,7 @@ from osgtest_dag.base import paths
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.generate.cellconfig import cell_config, write_store
+from osgtest_dag.generate.inputs import InputFiles, pin_inputs
 from osgtest_dag.guest import pins
 from osgtest_dag.model import dagfile, rundir, runlock
 from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
@@ -391,15 +393,19 @@ def write_run(
     param_files: list[Path],
     force: bool = False,
     command: str = "osgtest-dag generate --force",
+    inputs: InputFiles | None = None,
 ) -> Path:
     """Write a complete run directory atomically: all of it, or nothing. An existing one
     (`force`) is replaced only while no other command or DAGMan job has it (model.runlock);
-    `command` is what the refusal names."""
+    `command` is what the refusal names. `inputs` are pinned into inputs/ (generate/inputs.py)."""
     run_dir = Path(run_dir)
+    inputs = inputs or InputFiles()
     if run_dir.is_dir() and force:
         with runlock.locked(rundir.RunDir(run_dir), command):
-            return _write_run(run_dir, cells, catalog, opts, param_files=param_files, force=force)
-    return _write_run(run_dir, cells, catalog, opts, param_files=param_files, force=force)
+            return _write_run(
+                run_dir, cells, catalog, opts, param_files=param_files, force=force, inputs=inputs
+            )
+    return _write_run(run_dir, cells, catalog, opts, param_files=param_files, force=force, inputs=inputs)
 
 
 def _write_run(
@@ -410,6 +416,7 @@ def _write_run(
     *,
     param_files: list[Path],
     force: bool,
+    inputs: InputFiles,
 ) -> Path:
     if not cells:
         raise UserError(
@@ -424,6 +431,13 @@ def _write_run(
         )
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError("exists and is not a directory", where=run_dir)
+    if inputs.previous and Path(inputs.previous).resolve() in (
+        run_dir.resolve(),
+        rundir.RunDir(run_dir.resolve()).results,
+    ):
+        raise UserError(
+            "--previous is the run being generated", where=inputs.previous, hint="name an earlier run"
+        )
     if not opts.tool:
         opts = replace(opts, tool=default_tool())
     run_name = run_dir.resolve().name
@@ -448,6 +462,7 @@ def _write_run(
         )
         # Images not built yet are pinned when the run builds or submits them.
         pins.pin(tmp, ((c.platform.id, c.platform.image) for c in cells))
+        pin_inputs(tmp, cells, catalog, inputs, param_files)
         formatter = _SerialFormatter([c.serial for c in cells])
         _Writer(
             matrix_dag(cells, opts, offsets),

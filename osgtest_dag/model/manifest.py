@@ -39,7 +39,6 @@ class WorkflowOptions:
     nightly: bool = False
     keep_disks: bool = False
     environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
-    publish_dir: str | None = None  # the Publish node copies the reports here
 
     def requirements(self, arch_macro: str = "$(condor_arch)") -> str:
         parts = [f'(TARGET.Arch == "{arch_macro}")', "(TARGET.HasVM =?= True)"]

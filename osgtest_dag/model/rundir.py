@@ -5,6 +5,8 @@ A run directory (written by `generate`, filled by the nodes and the engines):
     run.json            the run manifest (manifest.RunManifest)
     cells.jsonl         every cell's configuration, one JSON object a line
     params/             copies of the parameter files used
+    inputs/             what else the run was generated from, pinned (model/inputs.py):
+                        images.json, inputs.json and the copies it names, publish.json
     submit/*.sub        submit descriptions
     workflow.dag        outer DAG: Matrix (SUBDAG) -> Analyze -> Report -> Publish
     matrix.dag          per cell: CreateDisk -> TestRun (POST) -> ProcessResult -> CleanOutput; FINAL
@@ -14,6 +16,8 @@ A run directory (written by `generate`, filled by the nodes and the engines):
     submission.json     what `submit` sent to the schedd
     matrix-summary.json the FINAL node's summary
     results.json        the analysis; report.txt, report.html, junit.xml its renderings
+    changes.json        what changed since the pinned previous run (report/compare.py)
+    history.html        the runs root's history page, when the Report node wrote one
     rerun.json          (a rerun) where its cells came from
     run.lock            who has the directory now (runlock.py)
     cells/<serial>/     a cell's directory (CellDir), made by its CreateDisk node
@@ -97,6 +101,10 @@ SUBMIT_DIR = "submit"
 PARAMS_DIR = "params"
 INPUTS_DIR = "inputs"  # what the run was generated from, pinned (model/inputs.py)
 IMAGE_PINS = "images.json"  # in inputs/
+RUN_INPUTS = "inputs.json"  # in inputs/: the pinned files and the previous run (model/inputs.py)
+PUBLISH_CONFIG = "publish.json"  # in inputs/: where the Publish node publishes and mails
+COMPARISON = "changes.json"
+HISTORY_PAGE = "history.html"
 JOB_LOG = "jobs.log"
 SUBMISSION = "submission.json"
 MATRIX_SUMMARY = "matrix-summary.json"
@@ -181,6 +189,26 @@ class RunDir:
     @property
     def image_pins(self) -> Path:
         return self.inputs / IMAGE_PINS
+
+    @property
+    def run_inputs(self) -> Path:
+        return self.inputs / RUN_INPUTS
+
+    @property
+    def publish_config(self) -> Path:
+        return self.inputs / PUBLISH_CONFIG
+
+    def pinned(self, name: str) -> Path:
+        """A pinned copy in inputs/, by the name inputs.json records."""
+        return self.inputs / name
+
+    @property
+    def comparison(self) -> Path:
+        return self.path / COMPARISON
+
+    @property
+    def history_page(self) -> Path:
+        return self.path / HISTORY_PAGE
 
     @property
     def params(self) -> Path:

@@ -19,6 +19,7 @@ from osgtest_dag.analyze.extract import ExtractJob, extract_disks
 from osgtest_dag.base.atomic import write_json_atomic, write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.generate import cellconfig
+from osgtest_dag.generate.inputs import osg_test_base
 from osgtest_dag.generate.workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK
 from osgtest_dag.guest.iodisk import make_iodisk
 from osgtest_dag.model.documents import (
@@ -30,10 +31,13 @@ from osgtest_dag.model.documents import (
     dump_json,
     read_json,
 )
+from osgtest_dag.model.inputs import RunInputs
 from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.outcome import Outcome
+from osgtest_dag.model.publish import PublishConfig, SmtpConfig, read_credentials
 from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.model.rundir import REPORT_FILES, SOURCE_STAMP, TEST_RUN, CellDir, NodeName, RunDir
+from osgtest_dag.report import compare
 from osgtest_dag.report.email import SmtpSettings, build_message, send
 from osgtest_dag.report.render import render
 
@@ -67,7 +71,7 @@ def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Pat
     cell.path.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cell.config, cfg.to_json())
     with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
-        cellconfig.write_input_dir(cfg, Path(tmp) / "input")
+        cellconfig.write_input_dir(cfg, Path(tmp) / "input", osg_test_base(run_dir))
         make_iodisk(
             Path(tmp) / "input", cell.io_disk, size_mb=opts.iodisk_size_mb, backend=opts.iodisk_backend
         )
@@ -308,34 +312,73 @@ def analyze(run_dir: Path) -> ResultsDocument:
     return results.analyze_run(Path(run_dir))
 
 
+def previous_diff(run_dir: Path, doc: ResultsDocument) -> dict | None:
+    """What changed since the run's pinned previous run (report/compare.py); None when the
+    run pinned none."""
+    layout = RunDir(run_dir)
+    pinned = RunInputs.read(layout.path)
+    if pinned is None or pinned.previous is None:
+        return None
+    return compare.compare(ResultsDocument.read(layout.pinned(pinned.previous.results.copy)), doc)
+
+
 def report(run_dir: Path) -> dict[str, Path]:
-    """The Report node: text, HTML and JUnit renderings of results.json."""
+    """The Report node: text, HTML and JUnit renderings of results.json; with a pinned
+    previous run, the text and HTML open with what changed since, and changes.json has it."""
     layout = RunDir(run_dir)
     doc = ResultsDocument.read(layout.path)
+    diff = previous_diff(layout.path, doc)
     written = {}
     for fmt in REPORT_FILES:
         path = layout.report(fmt)
-        write_text_atomic(path, render(doc, fmt, out_path=path))
+        write_text_atomic(
+            path, render(doc, fmt, diff=diff if fmt in ("text", "html") else None, out_path=path)
+        )
         written[fmt] = path
+    if diff is not None:
+        write_json_atomic(layout.comparison, diff)
+        written["changes"] = layout.comparison
     return written
 
 
+def _smtp_settings(smtp: SmtpConfig) -> SmtpSettings:
+    """The mail settings of a run's publish.json, the login read from its credentials file now."""
+    user, password = read_credentials(Path(smtp.credentials)) if smtp.credentials else (None, None)
+    return SmtpSettings(
+        host=smtp.host,
+        port=smtp.port,
+        starttls=smtp.starttls,
+        user=user,
+        password=password,
+        sender=smtp.sender,
+        recipients=smtp.recipients,
+        cafile=smtp.cafile,
+    )
+
+
 def publish(run_dir: Path) -> str:
-    """The Publish node: mail the summary when SMTP is configured (OSGTEST_DAG_SMTP_* in the
-    environment), copy the reports to publish_dir when the run names one; else say so."""
-    run_dir = Path(run_dir)
+    """The Publish node, configured by the run's inputs/publish.json alone: copy the reports
+    (and the history page, when there) to DIR/<run name>/, and mail the summary with what
+    changed since the pinned previous run. Says what it did."""
     layout = RunDir(run_dir)
+    config = PublishConfig.read(layout.path)
+    if config is None or (config.publish_dir is None and config.smtp is None):
+        return "nothing to publish to (the run has no inputs/publish.json: generate with --publish-config)"
     said = []
-    opts = RunManifest.read(run_dir).options
-    if opts.publish_dir:
-        dest = Path(opts.publish_dir) / run_dir.resolve().name
+    if config.publish_dir:
+        dest = Path(config.publish_dir) / layout.path.resolve().name
         dest.mkdir(parents=True, exist_ok=True)
-        for path in (layout.results, *(layout.report(fmt) for fmt in REPORT_FILES)):
+        extra = (layout.comparison, layout.history_page)
+        for path in (layout.results, *(layout.report(fmt) for fmt in REPORT_FILES), *extra):
             if path.is_file():
                 shutil.copy2(path, dest / path.name)
         said.append(f"reports copied to {dest}")
-    if os.environ.get("OSGTEST_DAG_SMTP_HOST"):
-        settings = SmtpSettings.from_env()
-        send(build_message(ResultsDocument.read(run_dir), settings), settings)
-        said.append(f"summary mailed to {', '.join(settings.recipients)}")
-    return "; ".join(said) or "nothing to publish to (no publish_dir, no OSGTEST_DAG_SMTP_HOST)"
+    if config.smtp:
+        doc = ResultsDocument.read(layout.path)
+        settings = _smtp_settings(config.smtp)
+        msg = build_message(
+            doc, settings, previous_diff(layout.path, doc), subject_prefix=config.smtp.subject_prefix
+        )
+        send(msg, settings)
+        said.append(f"summary mailed to {', '.join(settings.recipients)} via {settings.host}:{settings.port}")
+    return "; ".join(said)

@@ -181,6 +181,16 @@ def host_report(runs_root: Path, last: int = 10) -> dict:
     }
 
 
+def failing_hosts(rep: dict, above: float, min_jobs: int) -> list[str]:
+    """The hosts of a host_report whose VM jobs failed more often than `above` (0-1), over at
+    least `min_jobs` jobs: what `hosts --exclude-above` and the nightly exclude."""
+    return [
+        x["host"]
+        for x in rep["hosts"]
+        if x["jobs"] >= min_jobs and x["failure_rate"] > above and x["host"] not in ("unknown", NO_HOST)
+    ]
+
+
 def format_report(rep: dict) -> str:
     lines = [f"{len(rep['runs'])} run(s): {', '.join(rep['runs']) or '-'}"]
     head = f"{'HOST':<32} {'JOBS':>5} {'OK':>4} {'FAIL':>5} {'RATE':>5} {'SHADOW':>6} {'VMGAHP':>6} {'HOLD':>5} {'EVICT':>5}  LAST FAILURE"

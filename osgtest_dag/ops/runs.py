@@ -1,5 +1,5 @@
-"""Operations on run directories as a collection: rerun some cells of a run, keep a runs root
-within a disk budget, and the nightly (dated run directory, generate, submit).
+"""Operations on run directories as a collection: rerun some cells of a run from its pinned
+inputs, keep a runs root within a disk budget (the nightly is ops/nightly.py).
 
 A run directory is recognised ONLY by a readable run.json of schema osgtest-dag/run: nothing
 else under a runs root is ever deleted.
@@ -19,11 +19,13 @@ from pathlib import Path
 from osgtest_dag.analyze.results import run_outcomes
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.engine.condor.condor import SubmitOptions, submit_run
 from osgtest_dag.generate.cellconfig import iter_cells
-from osgtest_dag.generate.workflow import wall_clock_limit, write_run
+from osgtest_dag.generate.inputs import InputFiles, catalog_entries
+from osgtest_dag.generate.workflow import write_run
+from osgtest_dag.guest import pins
 from osgtest_dag.model import runlock
 from osgtest_dag.model.documents import read_json
+from osgtest_dag.model.inputs import ImagePins, RunInputs
 from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
 from osgtest_dag.model.outcome import Outcome
 from osgtest_dag.model.rundir import RunDir
@@ -44,6 +46,8 @@ class RerunPlan:
     selected: tuple[str, ...]  # serials
     outcomes: dict[str, Outcome]  # serial -> outcome (of the source run)
     new_run: str
+    image_changes: tuple[str, ...] = ()  # base images changed since the source (allowed)
+    differences: tuple[str, ...] = ()  # today's inputs unlike the source's pinned ones
 
 
 def _rerun_options(manifest: RunManifest) -> WorkflowOptions:
@@ -81,10 +85,15 @@ def rerun(
     outcomes: Sequence[str] | None = None,
     catalogs: Sequence[Path] = (),
     force: bool = False,
+    allow_image_change: bool = False,
 ) -> RerunPlan:
     """A new run of the chosen cells of `source`, from the same pinned inputs: the run's
     params/ copies (under their original names, in the original order), its options, its
-    image directory. Cells keep their serials. Writes rerun.json into the new run."""
+    image directory, and its inputs/ (the catalog entries it used over today's catalog, its
+    known failures, component tags and osg-test configuration). Cells keep their serials.
+    Refuses when a base image of a chosen cell changed since the source pinned it, unless
+    `allow_image_change`. Writes rerun.json into the new run; the plan says what differs
+    today from what the source pinned."""
     source = Path(source).resolve()
     new_run = Path(new_run)
     manifest = RunManifest.read(source)
@@ -99,7 +108,9 @@ def rerun(
     if not copies:
         raise UserError("the run has no params/ copies to rerun from", where=layout.params)
     names = [Path(p).name for p in manifest.param_files]
-    catalog = Catalog.load(list(catalogs), image_dir=manifest.image_dir or None)
+    pinned = RunInputs.read(source)
+    pinned_catalog = [layout.pinned(pinned.catalog.copy)] if pinned else []
+    catalog = Catalog.load([*catalogs, *pinned_catalog], image_dir=manifest.image_dir or None)
     with tempfile.TemporaryDirectory(prefix="osgtest-rerun-") as tmp:
         files = []
         for i, copy in enumerate(copies):
@@ -137,11 +148,24 @@ def rerun(
                 where=source,
                 hint="outcomes: " + (", ".join(f"{k.value} {v}" for k, v in _count(outs).items()) or "none"),
             )
+        images = [(c.platform.id, c.platform.image) for c in cells]
+        image_changes = pins.changes(source, images)
+        if not allow_image_change:
+            pins.refuse_changed(image_changes, layout.image_pins, "rerun", "--allow-image-change")
+        differences = _differences(source, pinned, cells, catalogs, manifest)
         opts = _rerun_options(manifest)
         write_run(
-            new_run, cells, catalog, opts, param_files=files, force=force, command="osgtest-dag rerun --force"
+            new_run,
+            cells,
+            catalog,
+            opts,
+            param_files=files,
+            force=force,
+            command="osgtest-dag rerun --force",
+            inputs=_rerun_inputs(source, pinned),
         )
-    images = _image_digests(catalog, {c.platform.id for c in cells})
+    source_pins = ImagePins.read(source)
+    used = {path for _, path in images}
     doc = {
         "schema": "osgtest-dag/rerun",
         "version": 1,
@@ -150,7 +174,9 @@ def rerun(
         "source_generated": manifest.generated,
         "selection": {"failed_only": failed_only, "only": list(only), "outcomes": list(outcomes or [])},
         "cells": {c.serial: outs[c.serial].value for c in cells if c.serial in outs},
-        "images": images,
+        "images": {p.path: p.sha256 for p in source_pins.images if p.path in used},
+        "image_changes": [c.describe() for c in image_changes],
+        "allow_image_change": allow_image_change,
     }
     write_json_atomic(RunDir(new_run).rerun, doc)
     return RerunPlan(
@@ -158,7 +184,47 @@ def rerun(
         selected=tuple(c.serial for c in cells),
         outcomes={s: outs[s] for s in sorted(chosen)},
         new_run=str(new_run),
+        image_changes=tuple(c.describe() for c in image_changes),
+        differences=differences,
     )
+
+
+def _rerun_inputs(source: Path, pinned: RunInputs | None) -> InputFiles:
+    """The source's pinned copies as the rerun's inputs (no previous run: a rerun of some
+    cells is compared with nothing; no publishing: it is not the nightly)."""
+    if pinned is None:
+        return InputFiles()
+    layout = RunDir(source)
+    return InputFiles(
+        parameter_arguments=tuple(Path(a) for a in pinned.parameter_set.arguments),
+        only=pinned.parameter_set.only,
+        catalog_files=(layout.pinned(pinned.catalog.copy),),
+        known_failures=tuple(layout.pinned(k.copy) for k in pinned.known_failures),
+        component_tags=layout.pinned(pinned.component_tags.copy) if pinned.component_tags else None,
+        osg_test_config=layout.pinned(pinned.osg_test_config.copy) if pinned.osg_test_config else None,
+    )
+
+
+def _differences(
+    source: Path, pinned: RunInputs | None, cells: list, catalogs: Sequence[Path], manifest: RunManifest
+) -> tuple[str, ...]:
+    """What today's files and catalog say differently from what the source pinned (the rerun
+    uses the pinned ones)."""
+    if pinned is None:
+        return ("the run pinned no inputs (generated before they were pinned): today's catalog is used",)
+    out = [f"{what}: {why}" for what, p in pinned.files() if (why := p.origin_now()) is not None]
+    today = catalog_entries(cells, Catalog.load(list(catalogs), image_dir=manifest.image_dir or None))
+    then = read_json(RunDir(source).pinned(pinned.catalog.copy))
+    for section in sorted(set(today) | set(then)):
+        a, b = then.get(section), today.get(section)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            out += [f"catalog: {section}.{k} differs today" for k in keys]
+        else:
+            out.append(f"catalog: {section} differs today")
+    return tuple(out)
 
 
 def _count(outs: dict[str, Outcome]) -> dict[Outcome, int]:
@@ -166,20 +232,6 @@ def _count(outs: dict[str, Outcome]) -> dict[Outcome, int]:
     for o in sorted(outs.values()):
         c[o] = c.get(o, 0) + 1
     return c
-
-
-def _image_digests(catalog, platform_ids) -> dict[str, str]:
-    """sha256 of each platform's base image from the image store's metadata, where known."""
-    out = {}
-    for pid in sorted(platform_ids):
-        try:
-            image = Path(catalog.platform(pid).image)
-            meta = read_json(image.with_suffix(".json"))
-            if isinstance(meta, dict) and meta.get("sha256"):
-                out[pid] = meta["sha256"]
-        except Exception:
-            continue
-    return out
 
 
 # ============================================================================================
@@ -341,47 +393,3 @@ def _delete_run(runs_root: Path, path: Path) -> None:
             child.unlink()
     manifest.unlink()
     path.rmdir()
-
-
-# ============================================================================================
-# nightly
-# ============================================================================================
-
-
-def dated_run_dir(runs_root: Path, now: dt.datetime | None = None) -> Path:
-    """RUNS_ROOT/YYYY-MM-DD, or YYYY-MM-DD-HHMM(SS) if that exists already."""
-    now = now or dt.datetime.now()
-    runs_root = Path(runs_root)
-    for name in (now.strftime("%Y-%m-%d"), now.strftime("%Y-%m-%d-%H%M"), now.strftime("%Y-%m-%d-%H%M%S")):
-        if not (runs_root / name).exists():
-            return runs_root / name
-    raise UserError("a run directory for this second exists already", where=runs_root / name)
-
-
-def nightly(
-    params: Sequence[Path],
-    runs_root: Path,
-    *,
-    catalogs: Sequence[Path] = (),
-    image_dir: Path | None = None,
-    excluded_hosts: Sequence[str] = (),
-    submit_opts=None,
-    submit: bool = True,
-    now: dt.datetime | None = None,
-) -> dict:
-    """The nightly: a dated run directory under `runs_root`, generated from `params` (VM jobs
-    avoiding `excluded_hosts`), then submitted. Returns what it did."""
-    runs_root = Path(runs_root)
-    runs_root.mkdir(parents=True, exist_ok=True)
-    run_dir = dated_run_dir(runs_root, now)
-    catalog = Catalog.load(list(catalogs), image_dir=image_dir)
-    m = matrix.build(list(params), catalog)
-    excluded = tuple(excluded_hosts)
-    cells = list(m.cells)
-    opts = WorkflowOptions(nightly=True, excluded_hosts=excluded, max_wall=wall_clock_limit(cells, None))
-    write_run(run_dir, cells, catalog, opts, param_files=list(m.files))
-    result = {"run_dir": str(run_dir), "cells": len(m.cells), "excluded_hosts": list(excluded)}
-    if submit:
-        rep = submit_run(run_dir, submit_opts or SubmitOptions())
-        result["cluster"] = rep.cluster
-    return result
