@@ -43,8 +43,6 @@ from osgtest_dag.model import dagfile
 from osgtest_dag.model.rundir import OUTER_DAG, RunDir
 
 DAGMAN_PARSED = "Bootstrapping..."
-# condor_submit 23.9 says this once per batch of repeated descriptions; it is ours, not the user's
-_MULTI_QUEUE_NOTE = "multiple queue statements"
 # DAGMan log lines that a dry run outside a schedd always writes: not about the DAG
 _DAGMAN_NOISE = ("Queue manager not initialized", "DagmanClassad")
 _TIMESTAMP = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d ")
@@ -242,8 +240,8 @@ class _Checker:
         groups: dict[tuple, _Group] = {}
         for dag in dags:
             for node in dag.nodes.values():
-                if node.submit_file is None or node.noop:
-                    continue
+                if node.submit_file is None or node.noop or node.done:
+                    continue  # DAGMan submits neither
                 cwd = dag.path.parent / (node.dir or "")
                 key = (cwd, node.submit_file, tuple(node.vars))
                 if key not in groups:
@@ -322,7 +320,9 @@ class _Checker:
             return _Result(False, str(e), [])
         lines = [ln.rstrip() for ln in proc.stderr.splitlines() if ln.strip()]
         errors = [ln for ln in lines if _ERROR.search(ln)]
-        warnings = [ln for ln in lines if ln.startswith("WARNING") and _MULTI_QUEUE_NOTE not in ln]
+        # "WARNING: ...": about the description. (23.9's mixed-case "Warning: Use of multiple
+        # queue statements ... is deprecated" is about our batch, not the user's file.)
+        warnings = [ln for ln in lines if ln.startswith("WARNING")]
         ok = proc.returncode == 0 and not errors
         message = "; ".join(errors) or "\n".join(lines)[-800:] or f"condor_submit exited {proc.returncode}"
         return _Result(ok, self._here(message), warnings)
@@ -366,7 +366,7 @@ class _Checker:
                     text = out.read_text(errors="replace") if out.exists() else ""
                     if DAGMAN_PARSED not in text:
                         self.errors.append(
-                            Finding(self._where(dag.path), self._dagman_errors(text, proc.returncode))
+                            Finding(self._where(dag.path), self._here(_dagman_errors(text, proc.returncode)))
                         )
                     return
                 if time.monotonic() > end:
@@ -384,15 +384,15 @@ class _Checker:
                     os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
 
-    def _dagman_errors(self, log: str, returncode: int | None) -> str:
-        lines = [_TIMESTAMP.sub("", ln).strip() for ln in log.splitlines()]
-        picked = []
-        for i, ln in enumerate(lines):
-            if _ERROR.search(ln) and not any(noise in ln for noise in _DAGMAN_NOISE):
-                if "Warning is fatal" in ln and i > 0:
-                    picked.append(lines[i - 1])  # the warning DAGMan's strict mode made fatal
-                picked.append(ln)
-        text = (
-            "; ".join(dict.fromkeys(picked)) or "\n".join(lines[-10:]) or f"condor_dagman exited {returncode}"
-        )
-        return self._here(text)
+
+def _dagman_errors(log: str, returncode: int | None) -> str:
+    """What DAGMan said when it gave up: its ERROR lines, and the warning its strict mode made
+    fatal."""
+    lines = [_TIMESTAMP.sub("", ln).strip() for ln in log.splitlines()]
+    picked = []
+    for i, ln in enumerate(lines):
+        if _ERROR.search(ln) and not any(noise in ln for noise in _DAGMAN_NOISE):
+            if "Warning is fatal" in ln and i > 0:
+                picked.append(lines[i - 1])
+            picked.append(ln)
+    return "; ".join(dict.fromkeys(picked)) or "\n".join(lines[-10:]) or f"condor_dagman exited {returncode}"
