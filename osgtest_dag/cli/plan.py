@@ -10,6 +10,9 @@ import click
 
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.cli.options import CATALOG, IMAGE_DIR, ONLY, PARAMS, input_files, pinned_input_options
+from osgtest_dag.devpool.chroot import Pool
+from osgtest_dag.devpool.inside import pool_tools
+from osgtest_dag.engine.condor.dryrun import dry_run, host_tools
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.generate.workflow import WorkflowOptions, check_run, wall_clock_limit, write_run
 from osgtest_dag.ops.hosts import active_excluded_hosts
@@ -222,15 +225,47 @@ def generate(
 
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-def check(run_dir):
-    """Check a run directory: DAGs acyclic with their files present, submit files parse; warn
-    about each missing base image."""
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail (exit 2) when HTCondor's tools are not found and only the syntax could be checked.",
+)
+def check(run_dir, strict):
+    """Check a run directory: DAGs acyclic with their files present; then HTCondor's own
+    tools: `condor_submit -dry-run` of every node's submit file with its VARS, and
+    `condor_dagman -DryRun` parsing every DAG. The tools are the test pool's (when its root is
+    built), else the host's on PATH; without either only the syntax is checked, which is said
+    and exits 0 (2 with --strict). Warns about each missing base image. Exit 2 on an error."""
     c = check_run(run_dir)
     _warn_missing_images(cellconfig.missing_images(run_dir))
-    click.echo(
-        f"ok: {c['dags']} DAG(s), {c['nodes']} nodes, {c['submit_files']} submit files "
-        "accepted by HTCondor's parser"
+    structure = f"{c['dags']} DAG(s), {c['nodes']} nodes, {c['submit_files']} submit files"
+    tools = pool_tools() or host_tools()
+    if tools is None:
+        message = (
+            f"only the syntax was checked ({structure} parsed by the htcondor2 bindings): HTCondor's "
+            f"tools were not found (no test pool root in {Pool().root}, no condor_submit on PATH)"
+        )
+        hint = "build the test pool's root once with `osgtest-dag pool up` (as root), or install HTCondor"
+        if strict:
+            raise UserError(message, hint=hint)
+        click.echo(f"osgtest-dag: warning: {message}\n  hint: {hint}", err=True)
+        click.echo(f"ok (syntax only): {structure}")
+        return
+    report = dry_run(run_dir, tools)
+    for w in report.warnings[:10]:
+        click.echo(f"osgtest-dag: warning: {w}", err=True)
+    if len(report.warnings) > 10:
+        click.echo(f"osgtest-dag: warning: ... and {len(report.warnings) - 10} more", err=True)
+    checked = (
+        f"{report.nodes} node submissions ({report.submit_files} submit files) by condor_submit -dry-run "
+        f"and {report.dags} DAG(s) by condor_dagman -DryRun, {report.htcondor} from "
+        f"{report.tools}, in {report.seconds:g} s"
     )
+    if report.errors:
+        for e in report.errors:
+            click.echo(f"{e.where}: error: {e.message}", err=True)
+        raise UserError(f"{len(report.errors)} error(s) found by HTCondor's tools ({checked})")
+    click.echo(f"ok: {structure}; {checked}")
 
 
 def _warn_missing_images(missing) -> None:

@@ -1,6 +1,6 @@
-"""HTCondor's own command-line tools run inside the test pool as its job owner: submitting a
-DAG with condor_submit_dag, and checking generated submit files and DAGs with the pool's
-condor_submit and condor_dagman (the same HTCondor version that will run them)."""
+"""HTCondor's own command-line tools from the test pool's root: run inside it as its job owner
+(submitting a DAG with condor_submit_dag, checking generated files on a running pool), and
+`pool_tools` for running them on the host without the pool (`osgtest-dag check`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,26 @@ from pathlib import Path
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.devpool.chroot import POOL_USER, Pool
+from osgtest_dag.engine.condor.dryrun import CondorTools
+
+
+def pool_tools(pool: Pool | None = None) -> CondorTools | None:
+    """The root's HTCondor (23.9, what the pool runs) as tools run on the host: each program
+    through the root's own dynamic loader and libraries, so it needs no chroot, mount, daemon
+    or root privileges, and sees the host's files where they are. A minimal configuration
+    stands in for the root's (which names the root's paths). None while the root is not built."""
+    pool = pool or Pool()
+    loaders = sorted(pool.root.glob("usr/lib/*-linux-gnu/ld-linux*.so.*"))
+    bindir = pool.inside("/usr/bin")
+    if not pool.stamp.is_file() or not loaders or not (bindir / "condor_submit").is_file():
+        return None
+    libraries = ":".join(str(d) for d in (pool.inside("/usr/lib"), loaders[0].parent))
+    return CondorTools(
+        origin=f"the test pool's root ({pool.root})",
+        bindir=str(bindir),
+        prefix=(str(loaders[0]), "--library-path", libraries),
+        minimal_config=True,
+    )
 
 
 def submit_dag_inside(
