@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from osgtest_dag.analyze import results
+from osgtest_dag.analyze import results, runindex
 from osgtest_dag.analyze.extract import ExtractJob, extract_disks
 from osgtest_dag.base.atomic import write_json_atomic, write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
@@ -309,13 +309,15 @@ def analyze(run_dir: Path) -> ResultsDocument:
 
 
 def report(run_dir: Path) -> dict[str, Path]:
-    """The Report node: text, HTML and JUnit renderings of results.json."""
+    """The Report node: text, HTML and JUnit renderings of results.json (a nightly's with its
+    flaky and slower cells, from the run index of its runs root)."""
     layout = RunDir(run_dir)
     doc = ResultsDocument.read(layout.path)
+    history = runindex.nightly_history(layout.path)
     written = {}
     for fmt in REPORT_FILES:
         path = layout.report(fmt)
-        write_text_atomic(path, render(doc, fmt, out_path=path))
+        write_text_atomic(path, render(doc, fmt, out_path=path, history=history))
         written[fmt] = path
     return written
 
@@ -336,6 +338,7 @@ def publish(run_dir: Path) -> str:
         said.append(f"reports copied to {dest}")
     if os.environ.get("OSGTEST_DAG_SMTP_HOST"):
         settings = SmtpSettings.from_env()
-        send(build_message(ResultsDocument.read(run_dir), settings), settings)
+        history = runindex.nightly_history(run_dir)
+        send(build_message(ResultsDocument.read(run_dir), settings, history=history), settings)
         said.append(f"summary mailed to {', '.join(settings.recipients)}")
     return "; ".join(said) or "nothing to publish to (no publish_dir, no OSGTEST_DAG_SMTP_HOST)"
