@@ -110,7 +110,9 @@ def runs_root(tmp_path_factory) -> Path:
 def root_copy(runs_root, tmp_path) -> Path:
     dest = tmp_path / "runs"
     # the run directories as they are (mtimes too), without the index another test built
-    shutil.copytree(runs_root, dest, copy_function=shutil.copy2, ignore=shutil.ignore_patterns(runindex.INDEX_NAME))
+    shutil.copytree(
+        runs_root, dest, copy_function=shutil.copy2, ignore=shutil.ignore_patterns(runindex.INDEX_NAME)
+    )
     return dest
 
 

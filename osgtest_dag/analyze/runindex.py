@@ -3,7 +3,7 @@ SQLite file in the runs root (RUNS_ROOT/.osgtest-dag-history.sqlite).
 
 The index is a cache, never the only copy of a fact: every row comes from a results.json and
 the whole file can be deleted at any time. Each call brings it up to date first, incrementally:
-a results.json whose mtime and size are those recorded is not opened; one that changed is read
+a results.json whose mtime, size and inode are those recorded is not opened; one that changed is read
 and its digest compared, and only a new digest is parsed again; runs gone from the root are
 dropped. An index that is missing, unreadable (corrupt, not SQLite) or of another schema version
 is rebuilt from the run directories. An update is one transaction: a build killed half-way
@@ -46,6 +46,7 @@ _TABLES = (
         generated TEXT,
         mtime_ns INTEGER NOT NULL,
         size INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
         digest TEXT NOT NULL,
         error TEXT)""",
     # Cell identities (platform id, raw source, label), with the names of their latest reading.
@@ -187,13 +188,15 @@ class _Writer:
             self.db.execute("DELETE FROM results WHERE run = ?", (run_id,))
             self.db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         cur = self.db.execute(
-            "INSERT INTO runs (dir, name, generated, mtime_ns, size, digest, error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO runs (dir, name, generated, mtime_ns, size, ino, digest, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 scanned.dir,
                 doc.run.name if doc else scanned.dir,
                 doc.run.generated if doc else None,
                 st.st_mtime_ns,
                 st.st_size,
+                st.st_ino,
                 digest,
                 error,
             ),
@@ -246,7 +249,8 @@ def _update(db: sqlite3.Connection, scanned: list[_Scanned]) -> _Counter:
     """Bring the tables in line with the run directories (inside the caller's transaction)."""
     counter = _Counter()
     known = {
-        d: (i, m, s, g) for i, d, m, s, g in db.execute("SELECT id, dir, mtime_ns, size, digest FROM runs")
+        d: (i, (m, s, n), g)
+        for i, d, m, s, n, g in db.execute("SELECT id, dir, mtime_ns, size, ino, digest FROM runs")
     }
     writer = _Writer(db)
     present = set()
@@ -254,7 +258,7 @@ def _update(db: sqlite3.Connection, scanned: list[_Scanned]) -> _Counter:
         if sc.stat is None:
             continue
         old = known.get(sc.dir)
-        if old and (old[1], old[2]) == (sc.stat.st_mtime_ns, sc.stat.st_size):
+        if old and old[1] == (sc.stat.st_mtime_ns, sc.stat.st_size, sc.stat.st_ino):
             present.add(sc.dir)
             counter.kept += 1
             continue
@@ -264,9 +268,10 @@ def _update(db: sqlite3.Connection, scanned: list[_Scanned]) -> _Counter:
             counter.unreadable.append((sc.dir, f"cannot read results.json: {e}"))
             continue
         present.add(sc.dir)
-        if old and hashlib.sha256(raw).hexdigest() == old[3]:
+        if old and hashlib.sha256(raw).hexdigest() == old[2]:
             db.execute(
-                "UPDATE runs SET mtime_ns = ?, size = ? WHERE id = ?", (st.st_mtime_ns, st.st_size, old[0])
+                "UPDATE runs SET mtime_ns = ?, size = ?, ino = ? WHERE id = ?",
+                (st.st_mtime_ns, st.st_size, st.st_ino, old[0]),
             )
             counter.kept += 1
             continue
