@@ -194,7 +194,6 @@ def test_two_nightlies_mail_the_regression_and_the_waived_failure(tmp_path, smtp
     r2.packages(
         s, {"bash": "5.1-2"}, {"bash": "5.1-2", "osg-xrootd-standalone": "24-2.el8", "xrootd": "5.7.2-1.el8"}
     )
-    (run2 / "history.html").write_text("<!doctype html><title>history</title>")  # the history page's place
     sink.event.clear()
     for action in ("analyze", "report", "publish"):
         _node(run2, action, captured)
@@ -220,7 +219,8 @@ def test_two_nightlies_mail_the_regression_and_the_waived_failure(tmp_path, smtp
 
     published = pub / run2.name
     assert "What changed since" in (published / "report.html").read_text()
-    assert (published / "history.html").read_text().startswith("<!doctype html>")
+    page = (published / "history.html").read_text()  # the Report node's, from the run index
+    assert page.startswith("<!DOCTYPE html>") and run1.name in page and run2.name in page
     assert (published / "changes.json").is_file() and (pub / run1.name / "report.html").is_file()
 
     # night 3 compares with night 2 (the latest analyzed) and retention deletes night 1

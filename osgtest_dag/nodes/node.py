@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from osgtest_dag.analyze import results
+from osgtest_dag.analyze import results, runindex
 from osgtest_dag.analyze.extract import ExtractJob, extract_disks
 from osgtest_dag.base.atomic import write_json_atomic, write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
@@ -38,6 +38,7 @@ from osgtest_dag.model.publish import PublishConfig, SmtpConfig, read_credential
 from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.model.rundir import REPORT_FILES, SOURCE_STAMP, TEST_RUN, CellDir, NodeName, RunDir
 from osgtest_dag.report import compare
+from osgtest_dag.report import history as history_page
 from osgtest_dag.report.email import SmtpSettings, build_message, send
 from osgtest_dag.report.render import render
 
@@ -324,20 +325,25 @@ def previous_diff(run_dir: Path, doc: ResultsDocument) -> dict | None:
 
 def report(run_dir: Path) -> dict[str, Path]:
     """The Report node: text, HTML and JUnit renderings of results.json; with a pinned
-    previous run, the text and HTML open with what changed since, and changes.json has it."""
+    previous run, the text and HTML open with what changed since, and changes.json has it; a
+    nightly's text and HTML carry its flaky and slower cells, and history.html the history of
+    its runs root (the run index's) up to this run."""
     layout = RunDir(run_dir)
     doc = ResultsDocument.read(layout.path)
     diff = previous_diff(layout.path, doc)
+    history = runindex.nightly_history(layout.path)
     written = {}
     for fmt in REPORT_FILES:
         path = layout.report(fmt)
-        write_text_atomic(
-            path, render(doc, fmt, diff=diff if fmt in ("text", "html") else None, out_path=path)
-        )
+        shown = diff if fmt in ("text", "html") else None
+        write_text_atomic(path, render(doc, fmt, diff=shown, out_path=path, history=history))
         written[fmt] = path
     if diff is not None:
         write_json_atomic(layout.comparison, diff)
         written["changes"] = layout.comparison
+    if history is not None:
+        write_text_atomic(layout.history_page, history_page.render(history, "html"))
+        written["history"] = layout.history_page
     return written
 
 
@@ -377,7 +383,11 @@ def publish(run_dir: Path) -> str:
         doc = ResultsDocument.read(layout.path)
         settings = _smtp_settings(config.smtp)
         msg = build_message(
-            doc, settings, previous_diff(layout.path, doc), subject_prefix=config.smtp.subject_prefix
+            doc,
+            settings,
+            previous_diff(layout.path, doc),
+            subject_prefix=config.smtp.subject_prefix,
+            history=runindex.nightly_history(layout.path),
         )
         send(msg, settings)
         said.append(f"summary mailed to {', '.join(settings.recipients)} via {settings.host}:{settings.port}")

@@ -18,9 +18,11 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from osgtest_dag.base.errors import UserError
+from osgtest_dag.model.history import History
 from osgtest_dag.model.outcome import ORDERED, Outcome
 from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.report import compare as compare_mod
+from osgtest_dag.report import history_section
 from osgtest_dag.report import html as report_html
 from osgtest_dag.report import text as report_text
 
@@ -92,7 +94,7 @@ def subject(doc: ResultsDocument, diff: dict | None = None) -> str:
     return s
 
 
-def html_summary(doc: ResultsDocument, diff: dict | None = None) -> str:
+def html_summary(doc: ResultsDocument, diff: dict | None = None, *, history: History | None = None) -> str:
     """A short HTML body (mail clients drop scripts and style sheets: inline styles only)."""
     e = html.escape
     counts = doc.counts
@@ -112,6 +114,8 @@ def html_summary(doc: ResultsDocument, diff: dict | None = None) -> str:
     if diff is not None:
         out.append(f"<h3>What changed since {e(diff['previous']['name'])}</h3>")
         out.append(f"<pre>{e(compare_mod.text(diff))}</pre>")
+    if history is not None:  # a nightly: its flaky and slower cells
+        out += history_section.email(history)
     present = [o.value for o in ORDERED if counts["by_outcome"][o.value]]
     out.append(
         '<table style="border-collapse:collapse" border="1" cellpadding="3"><tr><th>OS release</th>'
@@ -144,7 +148,12 @@ def html_summary(doc: ResultsDocument, diff: dict | None = None) -> str:
 
 
 def build_message(
-    doc: ResultsDocument, settings: SmtpSettings, diff: dict | None = None, subject_prefix: str = ""
+    doc: ResultsDocument,
+    settings: SmtpSettings,
+    diff: dict | None = None,
+    subject_prefix: str = "",
+    *,
+    history: History | None = None,
 ) -> EmailMessage:
     msg = EmailMessage()
     msg["Subject"] = subject_prefix + subject(doc, diff)
@@ -152,9 +161,9 @@ def build_message(
     msg["To"] = ", ".join(settings.recipients)
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = make_msgid(domain=settings.sender.rpartition("@")[2] or "localhost")
-    msg.set_content(report_text.render(doc, diff))
-    msg.add_alternative(html_summary(doc, diff), subtype="html")
-    report = report_html.render(doc, diff)
+    msg.set_content(report_text.render(doc, diff, history=history))
+    msg.add_alternative(html_summary(doc, diff, history=history), subtype="html")
+    report = report_html.render(doc, diff, history=history)
     msg.add_attachment(
         report.encode("utf-8"), maintype="text", subtype="html", filename=f"osgtest-dag-{doc.run.name}.html"
     )

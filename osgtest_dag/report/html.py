@@ -15,8 +15,10 @@ import os
 import urllib.parse
 from pathlib import Path
 
+from osgtest_dag.model.history import History
 from osgtest_dag.model.outcome import ORDERED, Outcome
 from osgtest_dag.model.results import ResultsDocument
+from osgtest_dag.report import history_section
 
 COLORS = {
     "pass": ("#1a7f37", "#fff"),
@@ -276,6 +278,7 @@ def render(
     *,
     out_path: Path | str | None = None,
     link_base: str | None = None,
+    history: History | None = None,
 ) -> str:
     """The page. Links to logs are relative to `out_path`'s directory (or under `link_base`)."""
     run = doc.run
@@ -308,6 +311,8 @@ def render(
     parts.append("</p>")
     if diff is not None:
         parts += _changes(diff)
+    if history is not None:  # a nightly: its flaky and slower cells
+        parts += history_section.html(history, COLORS)
     parts.append('<p class="filters" id="filters">Show: ')
     for name in present:
         parts.append(f'<label><input type="checkbox" data-filter="{e(name)}" checked> {e(name)}</label>')

@@ -3,9 +3,11 @@ by source, then every cell that did not pass, worst first."""
 
 from __future__ import annotations
 
+from osgtest_dag.model.history import History
 from osgtest_dag.model.outcome import ORDERED, Outcome
 from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.report import compare as compare_mod
+from osgtest_dag.report import history_section
 
 REASON_WIDTH = 100
 
@@ -24,7 +26,7 @@ def _table(title: str, groups: list[dict], outcomes: list[str]) -> list[str]:
     return lines
 
 
-def render(doc: ResultsDocument, diff: dict | None = None) -> str:
+def render(doc: ResultsDocument, diff: dict | None = None, *, history: History | None = None) -> str:
     run = doc.run
     counts = doc.counts
     total = sum(counts["by_outcome"].values())
@@ -39,6 +41,8 @@ def render(doc: ResultsDocument, diff: dict | None = None) -> str:
     ]
     if diff is not None:
         out += [compare_mod.text(diff).rstrip("\n"), ""]
+    if history is not None:  # a nightly: its flaky and slower cells
+        out += [*history_section.text(history), ""]
     out += _table("OS release", counts["by_os"], present) + [""]
     out += _table("Package set", counts["by_package_set"], present) + [""]
     out += _table("Source", counts["by_source"], present) + [""]
