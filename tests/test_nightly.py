@@ -533,6 +533,14 @@ def test_two_nightlies_on_the_pool(test_pool, pool_workdir, smtp_server):
     assert re.search(r"pass -> fail +debian_12\.x86_64 +Regress", plain)
     assert "FAIL test_55_condorce.test_04_trace (waived)" in plain
     assert (pub / run2.name / "report.html").is_file() and (pub / run1.name / "report.html").is_file()
+    page = (pub / run2.name / "history.html").read_text()
+    assert run1.name in page and run2.name in page
+    from click.testing import CliRunner
+
+    from osgtest_dag.cli.main import main
+
+    listed = json.loads(CliRunner().invoke(main, ["history", str(runs), "--format", "json"]).output)
+    assert [r["name"] for r in listed["runs"]] == [run1.name, run2.name]
     secret = PASSWORD.encode()
     assert _files_holding(runs, secret) == [] and _files_holding(pub, secret) == []
     assert not any(PASSWORD in text for text in outputs)
