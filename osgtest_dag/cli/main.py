@@ -31,6 +31,7 @@ LAZY_COMMANDS = {
     "pool": "pool",
     **dict.fromkeys(("lint", "plan", "generate", "check"), "plan"),
     "run": "local",
+    "reproduce": "reproduce",
 }
 
 
