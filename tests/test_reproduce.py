@@ -131,6 +131,8 @@ def test_cli_refuses_before_booting(generated, cli):
     assert r.returncode == 2 and "no cell '007'" in r.stderr, r.stderr
     r = cli("reproduce", run, "000", "--until", "later")
     assert r.returncode == 2 and "Invalid value for '--until'" in r.stderr
+    r = cli("reproduce", run, "000")  # a shell on the console, with no terminal for it
+    assert r.returncode == 2 and "needs a terminal" in r.stderr, r.stderr
     img.write_bytes(b"changed")
     r = cli("reproduce", run, "000", "--exec", "true")
     assert r.returncode == 2 and "--allow-image-change" in r.stderr, r.stderr
@@ -231,33 +233,24 @@ def test_reproduce_runs_a_command_and_leaves_the_run_alone(hello_run, tmp_path):
     exe = Path(sys.executable).parent / "osgtest-dag"
     t0 = time.monotonic()
     r = subprocess.run(
-        [str(exe), "reproduce", hello_run, "000", "--until", "install", "--exec", "hello"],
+        [str(exe), "reproduce", hello_run, "000", "--until", "install", "--exec", "hello", "--keep"],
         capture_output=True,
         text=True,
         timeout=900,
         cwd=tmp_path,
     )
+    print(f"reproduce --exec: {time.monotonic() - t0:.0f} s")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout == "Hello, world!\n", r.stdout + r.stderr
     assert "phase install" in r.stderr and "phase test" not in r.stderr, r.stderr
     assert _tree_digest(hello_run) == before
-    print(f"reproduce --exec: {time.monotonic() - t0:.0f} s")
-    # a failing command's status is the command's; --keep keeps the VM's disks and says where
-    r = subprocess.run(
-        [str(exe), "reproduce", hello_run, "000", "--until", "environment", "--keep", "--exec", "exit 7"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=tmp_path,
-    )
-    assert r.returncode == 7, r.stdout + r.stderr
-    kept = Path(r.stderr.split("kept in ", 1)[1].split(":", 1)[0])
+    kept = Path(r.stderr.split("kept in ", 1)[1].split(":", 1)[0])  # --keep says where
     try:
         assert (kept / "io-000.qcow2").is_file() and list(kept.glob("overlay-*.qcow2"))
-        assert "phase environment: start" in (kept / "console.log").read_text(errors="replace")
+        console = (kept / "console.log").read_text(errors="replace")
+        assert "phase install: start" in console and "phase test: start" not in console
     finally:
         shutil.rmtree(kept)
-    assert _tree_digest(hello_run) == before
 
 
 def _tmux(*args: str) -> str:
@@ -288,13 +281,13 @@ def test_reproduce_gives_a_root_shell_on_the_console(hello_run, tmp_path):
     try:
         screen = _wait_for(session, "Ctrl-a x", 30)
         assert "poweroff" in screen
-        _wait_for(session, "a root shell: type poweroff", 600)
+        _wait_for(session, "a root shell: type poweroff", 900)  # TCG, on a loaded host
         time.sleep(2)  # the shell's prompt
         _tmux("send-keys", "-t", session, "id -u; hello", "Enter")
-        screen = _wait_for(session, "Hello, world!", 60)
+        screen = _wait_for(session, "Hello, world!", 120)
         assert "\n0\n" in screen.replace("\r", "")
         _tmux("send-keys", "-t", session, "poweroff", "Enter")
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while not status.exists() and time.monotonic() < deadline:
             time.sleep(1)
         assert status.exists(), _tmux("capture-pane", "-p", "-t", session)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.local.accel import RunAccel
 from osgtest_dag.engine.local.reproduce import ALLOW_IMAGE_CHANGE, prepare, reproduce
 from osgtest_dag.guest import payload
@@ -71,6 +72,10 @@ def reproduce_cmd(run_dir, serial, until, exec_command, keep, allow_image_change
         err=True,
     )
     if exec_command is None:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise UserError(
+                "a root shell on the VM's console needs a terminal", hint="run a command with --exec CMD"
+            )
         click.echo(
             "the console comes to this terminal: a root shell once the phases ran (a minute or "
             "more without KVM); `poweroff` in it ends the session, Ctrl-a x quits qemu at once.",
