@@ -7,6 +7,7 @@ phase function is replaced, so nothing touches the host.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from osgtest_dag.guest import payload
 
 RUN_JOB = payload.payload_file(payload.RUN_JOB)
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
-PHASES = ["environment", "network", "hostname", "repositories", "install", "test", "update", "collect"]
+PHASES = list(payload.PHASES)
 
 
 def sh(script: str, shell: str = "dash", env: dict | None = None) -> subprocess.CompletedProcess:
@@ -74,10 +75,14 @@ def _fake_run(
     cell_env: str | None = None,
     has_update: bool = False,
     extra: str = "",
+    reproduce: payload.Reproduction | None = None,
 ) -> tuple[dict, str, subprocess.CompletedProcess]:
-    """Run run-job's main with fake phases; `fail` names the phase that exits 3."""
+    """Run run-job's main with fake phases; `fail` names the phase that exits 3. With
+    `reproduce`, its reproduce.env is on the input and the console is the file `console`."""
     inp, out = tmp_path / "input", tmp_path / "output"
     inp.mkdir()
+    if reproduce is not None:
+        (inp / payload.REPRODUCE_ENV).write_text(reproduce.env())
     if cell_env is None:
         cell_env = (
             f"CELL_SERIAL='007'\nCELL_PLATFORM='debian_12.x86_64'\nCELL_FAMILY='debian'\n"
@@ -90,7 +95,8 @@ def _fake_run(
         body += "exit 3" if p == fail else "true"
         fakes.append(f"phase_{p}() {{ {body}; }}")
     script = f". {RUN_JOB}\n" + "\n".join(fakes) + f"\n{extra}\nmain\n"
-    r = sh(script, env={"RUN_JOB_INPUT": str(inp), "RUN_JOB_OUTPUT": str(out)})
+    console = {"RUN_JOB_CONSOLE": str(tmp_path / "console")}
+    r = sh(script, env={"RUN_JOB_INPUT": str(inp), "RUN_JOB_OUTPUT": str(out), **console})
     return json.loads((out / "result.json").read_text()), (out / "exit-status").read_text(), r
 
 
@@ -221,3 +227,57 @@ def test_what_the_host_reads_of_a_guest_stopped_mid_run(tmp_path):
     assert not payload.console_reached_test(tmp_path / "no-such-console.log")
     reached = {p: GuestResult.read(out / f"seen-{p}.json").reached_test for p in PHASES}
     assert reached == {p: PHASES.index(p) >= PHASES.index("test") for p in PHASES}
+
+
+def test_phases_are_the_ones_run_job_runs():
+    text = RUN_JOB.read_text()
+    main = text[text.index("main() {") :]
+    assert re.findall(r"\bphase (\w+)(?: phase_\w+)?(?:;|$)", main, re.M) == PHASES[:-1] + ["update"]
+    assert [p for p in PHASES if f"phase_{p}()" not in text] == []
+
+
+MARK = "osgtest-repro-0123456789abcdef"
+
+
+def test_reproduction_stops_after_its_phase_and_runs_the_command(tmp_path):
+    cmd = "echo one; printf 'tab\\there\\n\\n'; echo err >&2; printf 'no newline'; exit 3"
+    repro = payload.Reproduction(until="install", mark=MARK, exec_command=cmd)
+    res, code, r = _fake_run(tmp_path, has_update=True, reproduce=repro)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = {p["name"]: p["status"] for p in res["phases"]}
+    assert [p for p, s in st.items() if s == "ok"] == PHASES[: PHASES.index("install") + 1]
+    assert {st[p] for p in ("test", "update", "collect")} == {"skipped"}
+    assert res["status"] == "pass" and code == "0\n"
+    log = (tmp_path / "output" / payload.REPRODUCE_EXEC_LOG).read_bytes()
+    assert log == b"one\ntab\there\n\nerr\nno newline"
+    # what the host reads back from the console (CR LF as a serial line gives it)
+    console = (tmp_path / "console").read_bytes().replace(b"\n", b"\r\n")
+    reader = payload.ExecConsole(MARK)
+    got = b"".join(t for line in console.splitlines(keepends=True) if (t := reader.line(line)) is not None)
+    assert got == log and reader.status == 3
+
+
+def test_a_reproduction_runs_its_command_after_a_failed_phase(tmp_path):
+    repro = payload.Reproduction(until="test", mark=MARK, exec_command="echo here")
+    res, code, _ = _fake_run(tmp_path, fail="install", reproduce=repro)
+    assert res["status"] == "install" and code == "2\n"
+    assert (tmp_path / "output" / payload.REPRODUCE_EXEC_LOG).read_text() == "here\n"
+    assert (tmp_path / "console").read_text().endswith(f"{MARK}:status 0\n")
+
+
+def test_a_reproduction_until_collect_runs_every_phase(tmp_path):
+    repro = payload.Reproduction(until="collect", mark=MARK, exec_command="true")
+    res, _, _ = _fake_run(tmp_path, reproduce=repro)
+    assert [p["status"] for p in res["phases"]] == ["ok"] * 6 + ["skipped", "ok"]
+
+
+def test_a_bad_reproduction_file_is_a_payload_error(tmp_path):
+    inp = tmp_path / "input"
+    inp.mkdir()
+    (inp / payload.REPRODUCE_ENV).write_text("REPRODUCE_UNTIL=nope\nREPRODUCE_MARK=x\n")
+    (inp / "cell.env").write_text("CELL_SERIAL='1'\nCELL_FAMILY='debian'\n")
+    r = sh(f". {RUN_JOB}\nmain\n", env={"RUN_JOB_INPUT": str(inp), "RUN_JOB_OUTPUT": str(tmp_path / "out")})
+    res = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert r.returncode == 6 and res["status"] == "payload"
+    assert "REPRODUCE_UNTIL is not a phase" in res["message"]
+    assert not (tmp_path / "console").exists()

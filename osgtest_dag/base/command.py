@@ -80,6 +80,7 @@ def which(name: str) -> Path | None:
 def spawn(
     argv: Sequence[str | os.PathLike[str]],
     *,
+    stdin: int | IO[Any] | None = subprocess.DEVNULL,
     stdout: int | IO[Any] | None = None,
     stderr: int | IO[Any] | None = None,
     cwd: str | os.PathLike[str] | None = None,
@@ -88,7 +89,8 @@ def spawn(
     """Start `argv` in the background in its own session (process group), for long-lived
     children such as a VM that the caller waits on and may have to kill as a group.
 
-    `env` is added to the current environment. A missing program is a CommandError.
+    `env` is added to the current environment; `stdin` is /dev/null unless given (None: the
+    caller's, for a VM console in the user's terminal). A missing program is a CommandError.
     """
     args = [os.fspath(a) for a in argv]
     log.debug("spawn: %s", shlex.join(args))
@@ -96,7 +98,7 @@ def spawn(
     try:
         return subprocess.Popen(
             args,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=stdout,
             stderr=stderr,
             cwd=cwd,

@@ -32,6 +32,7 @@ LAZY_COMMANDS = {
     **dict.fromkeys(("lint", "plan", "generate", "check"), "plan"),
     "run": "local",
     "history": "history",
+    "reproduce": "reproduce",
 }
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 from osgtest_dag.base import paths
@@ -55,3 +57,75 @@ def files_hash(names: tuple[str, ...] = IMAGE_FILES, directory: Path | None = No
     for name in names:
         h.update(name.encode() + b"\0" + payload_file(name, directory).read_bytes() + b"\0")
     return h.hexdigest()
+
+
+# run-job's phases, in the order it runs them (payload/run-job's main).
+PHASES = ("environment", "network", "hostname", "repositories", "install", "test", "update", "collect")
+
+# A reproduction (`osgtest-dag reproduce`) puts this file in the IO disk's input/: run-job runs
+# the phases up to and including REPRODUCE_UNTIL, skips the later ones, then runs
+# REPRODUCE_EXEC as root (each output line on the console tagged `<mark>|`, then
+# `<mark>:status N`), or without it gives a root shell on the serial console.
+REPRODUCE_ENV = "reproduce.env"
+REPRODUCE_EXEC_LOG = "reproduce-exec.log"  # in output/: the command's output, as it printed it
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """What a reproduction asks run-job to do after its phases."""
+
+    until: str
+    mark: str  # tags the command's console lines: unique per reproduction
+    exec_command: str | None = None  # None: a root shell on the serial console
+    term: str = "vt220"  # the shell's TERM (the user's terminal)
+    rows: int = 0  # the shell's terminal size (0: unknown)
+    columns: int = 0
+
+    def __post_init__(self) -> None:
+        if self.until not in PHASES:
+            raise UserError(f"unknown phase {self.until!r}", hint=f"one of {', '.join(PHASES)}")
+        if not re.fullmatch(r"[A-Za-z0-9-]{8,}", self.mark):
+            raise ValueError(f"not a console mark: {self.mark!r}")
+
+    def env(self) -> str:
+        """The reproduce.env file: shell assignments, every value quoted."""
+        values = {
+            "REPRODUCE_UNTIL": self.until,
+            "REPRODUCE_MARK": self.mark,
+            "REPRODUCE_MODE": "shell" if self.exec_command is None else "exec",
+            "REPRODUCE_EXEC": self.exec_command or "",
+            "REPRODUCE_TERM": re.sub(r"[^A-Za-z0-9._+-]", "", self.term) or "vt220",
+            "REPRODUCE_ROWS": str(self.rows),
+            "REPRODUCE_COLUMNS": str(self.columns),
+        }
+        lines = ["# osgtest-dag reproduce: what run-job does after its phases"]
+        lines += [f"{k}={shlex.quote(v)}" for k, v in values.items()]
+        return "\n".join(lines) + "\n"
+
+
+class ExecConsole:
+    """Reads a reproduction's command output back from the console's lines: the text of the
+    lines tagged `<mark>|`, and the status from `<mark>:status N`. The console adds CR before
+    each LF and may interleave other writers' lines (the kernel, journald), never ours."""
+
+    def __init__(self, mark: str):
+        self._text = (mark + "|").encode()
+        self._status = (mark + ":status ").encode()
+        self.status: int | None = None
+
+    def line(self, line: bytes) -> bytes | None:
+        """The command's output in one console line (with its newline), None when the line is
+        not the command's; sets `status` when the line says the command ended."""
+        line = line.rstrip(b"\r\n")
+        text = None
+        at = line.find(self._text)
+        if at >= 0:
+            text = line[at + len(self._text) :]
+        end = (text if text is not None else line).find(self._status)
+        if end >= 0:
+            base = text if text is not None else line
+            code = base[end + len(self._status) :].strip()
+            self.status = int(code) if code.isdigit() else 255
+            # the command's last line had no newline: the status followed it on the same line
+            return base[:end] if text is not None and end > 0 else None
+        return None if text is None else text + b"\n"

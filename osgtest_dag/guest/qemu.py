@@ -244,8 +244,22 @@ def qemu_argv(
     vcpus: int,
     networking: bool,
     console_log: Path,
+    console_stdio: bool = False,
 ) -> list[str]:
-    """The qemu command line; separate so tests and `--dry-run`-style callers can see it."""
+    """The qemu command line; separate so tests and `--dry-run`-style callers can see it.
+
+    `console_stdio`: the serial console on qemu's stdin/stdout (the user's terminal), still
+    logged to `console_log`; Ctrl-C goes to the guest, Ctrl-a x quits qemu."""
+    serial = (
+        [
+            "-chardev",
+            f"stdio,id=console0,mux=on,signal=off,logfile={_q(console_log)}",
+            "-serial",
+            "chardev:console0",
+        ]
+        if console_stdio
+        else ["-serial", f"file:{console_log}"]
+    )
     argv = [
         QEMU,
         *_ACCEL_ARGS[accel],
@@ -259,8 +273,7 @@ def qemu_argv(
         "none",
         "-monitor",
         "none",
-        "-serial",
-        f"file:{console_log}",
+        *serial,
         "-rtc",
         "base=utc",
         "-object",
@@ -424,11 +437,13 @@ def start(
     base_format: str | None = None,
     accel: str | None = None,
     keep_overlay: bool = False,
+    console_stdio: bool = False,
 ) -> VM:
     """Start a VM in the background and return its handle.
 
     The base image is never written: it backs a qcow2 overlay created in `workdir`. `disks`
     are attached writable with an explicit format (a bare path is probed with qemu-img).
+    `console_stdio`: the serial console in this process's terminal (see `qemu_argv`).
     """
     base = Path(base_image).resolve()
     if not base.is_file():
@@ -471,12 +486,19 @@ def start(
         vcpus=vcpus,
         networking=networking,
         console_log=console.resolve(),
+        console_stdio=console_stdio,
     )
     stderr_path = work / f"{overlay.stem}.qemu-stderr.log"
     with open(stderr_path, "wb") as err:
         started = time.monotonic()
         try:
-            proc = command.spawn(argv, stdout=subprocess.DEVNULL, stderr=err, cwd=work)
+            proc = command.spawn(
+                argv,
+                stdin=None if console_stdio else subprocess.DEVNULL,
+                stdout=None if console_stdio else subprocess.DEVNULL,
+                stderr=err,
+                cwd=work,
+            )
         except BaseException:
             overlay.unlink(missing_ok=True)
             raise

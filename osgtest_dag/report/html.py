@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+import shlex
 import urllib.parse
 from pathlib import Path
 
@@ -244,6 +245,11 @@ def _changes(diff: dict) -> list[str]:
     return out
 
 
+def reproduce_command(run_dir: str, serial: str) -> str:
+    """The command that boots a cell's VM again as it ran (`osgtest-dag reproduce`)."""
+    return shlex.join(["osgtest-dag", "reproduce", run_dir, serial])
+
+
 def _details(doc: ResultsDocument, hrefs: dict) -> list[str]:
     bad = [c for c in doc.cells if c["outcome"] != "pass"]
     bad.sort(key=lambda c: (-Outcome(c["outcome"]).severity, c["serial"]))
@@ -255,6 +261,7 @@ def _details(doc: ResultsDocument, hrefs: dict) -> list[str]:
             f'<details data-outcome="{e(c["outcome"])}"><summary><b>{e(c["outcome"])}</b> '
             f"{e(c['serial'])} {e(c['platform']['name'])} | {e(c['label'])} | "
             f"{e(c['source']['display'])}</summary><p>{e(c.get('reason'))}{link}</p>"
+            f'<p class="reproduce">Reproduce: <code>{e(reproduce_command(doc.run.dir, c["serial"]))}</code></p>'
         )
         for f in (c.get("failures") or [])[:20]:
             name = ".".join(p for p in (f.get("module"), f.get("class"), f.get("test")) if p)

@@ -6,16 +6,19 @@ the console file grows as qemu writes it, so each `poll()` reads only what was a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from osgtest_dag.guest.payload import PHASE_START
 
 
 class ConsoleFollower:
-    """Reads a console file incrementally; `printed` once any byte came, `phase` the latest."""
+    """Reads a console file incrementally; `printed` once any byte came, `phase` the latest;
+    `on_line` is given every complete line (with its end) as it comes."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, on_line: Callable[[bytes], None] | None = None):
         self.path = path
+        self.on_line = on_line
         self.printed = False
         self.phase: str | None = None
         self._offset = 0
@@ -34,6 +37,9 @@ class ConsoleFollower:
         self._offset += len(data)
         self.printed = True
         *lines, self._partial = (self._partial + data).split(b"\n")
+        if self.on_line:
+            for line in lines:
+                self.on_line(line + b"\n")
         started = [m.group(1).decode() for line in lines if (m := PHASE_START.search(line))]
         if started:
             self.phase = started[-1]
