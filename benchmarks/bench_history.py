@@ -21,6 +21,9 @@ call (no index: it is built), a later call (index present) and a call after one 
 Targets: first <= 3x the baseline, later <= 0.5x.
 
     .venv/bin/python benchmarks/bench_history.py [--nights 120] [--keep DIR]
+
+With --keep DIR the run directories stay in DIR, and a later call with the same DIR measures
+again without making them anew.
 """
 
 from __future__ import annotations
@@ -225,18 +228,24 @@ def timed(fn):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--nights", type=int, default=120)
-    ap.add_argument("--keep", type=Path, help="Build in (and keep) this directory.")
+    ap.add_argument("--keep", type=Path, help="Build in (and keep, or reuse) this directory.")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-history-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        base = base_run(work)
-        root = work / "runs"
-        root.mkdir()
-        planted, made_s = timed(lambda: make_nights(base, root, args.nights))
+        base, root = work / "base", work / "runs"
+        if (root / f"nightly-{args.nights - 1:03d}" / "results.json").is_file():  # made by an earlier --keep
+            shutil.rmtree(root / f"nightly-{args.nights:03d}", ignore_errors=True)
+            planted = plant(ResultsDocument.read(base).to_json()["cells"])
+            print(f"reusing the run directories of {root}")
+        else:
+            base_run(work)
+            root.mkdir()
+            planted, made_s = timed(lambda: make_nights(base, root, args.nights))
+            print(f"run directories made in {made_s:.0f} s")
         files = sorted(root.glob("*/results.json"))
         size = sum(p.stat().st_size for p in files)
-        print(f"{len(files)} run directories made in {made_s:.0f} s ({size / 1e9:.2f} GB of results.json)")
+        print(f"{len(files)} run directories ({size / 1e9:.2f} GB of results.json)", flush=True)
         for p in files:  # page cache warm for every measurement alike
             p.read_bytes()
 
