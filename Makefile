@@ -14,7 +14,7 @@ demo: setup
 	@scripts/demo
 
 test: setup
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_generate.py
