@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import configparser
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.generate.cellconfig import OSG_TEST_BASE, PER_CELL_OSG_TEST_KEYS
+from osgtest_dag.generate.cellconfig import OSG_TEST_BASE, PER_CELL_OSG_TEST_KEYS, write_input_dir
+from osgtest_dag.guest.iodisk import make_iodisk
+from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.model.inputs import ParameterSet, PinnedFile, PinnedPrevious, RunInputs, file_sha256
+from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.publish import PublishConfig
 from osgtest_dag.model.results import ResultsDocument
 from osgtest_dag.model.rundir import RunDir
@@ -106,6 +110,20 @@ def osg_test_base(run_dir: Path) -> str:
     if inputs is None or inputs.osg_test_config is None:
         return OSG_TEST_BASE
     return RunDir(run_dir).pinned(inputs.osg_test_config.copy).read_text()
+
+
+def write_cell_io_disk(
+    run_dir: Path, cfg: CellConfig, disk: Path, *, extra_files: Mapping[str, str] | None = None
+) -> Path:
+    """A cell's IO disk as its CreateDisk node makes it: its input tree with the run's pinned
+    osg-test configuration, the run's disk size and backend; `extra_files` (name -> text) go
+    into input/ too (a reproduction's control file)."""
+    opts = RunManifest.read(run_dir).options
+    with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
+        inputs = write_input_dir(cfg, Path(tmp) / "input", osg_test_base(run_dir))
+        for name, text in (extra_files or {}).items():
+            (inputs / name).write_text(text)
+        return make_iodisk(inputs, disk, size_mb=opts.iodisk_size_mb, backend=opts.iodisk_backend)
 
 
 def pin_inputs(

@@ -19,9 +19,8 @@ from osgtest_dag.analyze.extract import ExtractJob, extract_disks
 from osgtest_dag.base.atomic import write_json_atomic, write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.generate import cellconfig
-from osgtest_dag.generate.inputs import osg_test_base
+from osgtest_dag.generate.inputs import write_cell_io_disk
 from osgtest_dag.generate.workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK
-from osgtest_dag.guest.iodisk import make_iodisk
 from osgtest_dag.model.documents import (
     GuestResult,
     PostDecision,
@@ -66,17 +65,11 @@ def cell_dir(run_dir: Path, serial: str) -> CellDir:
 
 def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Path:
     """Make the cell's directory and IO disk from its configuration (the CreateDisk node)."""
-    opts = RunManifest.read(run_dir).options
     cfg = cellconfig.read_cell(run_dir, serial, offset)
     cell = RunDir(run_dir).cell(serial)
     cell.path.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cell.config, cfg.to_json())
-    with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
-        cellconfig.write_input_dir(cfg, Path(tmp) / "input", osg_test_base(run_dir))
-        make_iodisk(
-            Path(tmp) / "input", cell.io_disk, size_mb=opts.iodisk_size_mb, backend=opts.iodisk_backend
-        )
-    return cell.io_disk
+    return write_cell_io_disk(run_dir, cfg, cell.io_disk)
 
 
 def read_guest_result(disk: Path, staging: Path) -> tuple[Path, GuestResult | None, dict]:

@@ -32,13 +32,12 @@ from osgtest_dag.engine.local.console import ConsoleFollower
 from osgtest_dag.engine.local.submit import JobSpec, read_job
 from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 from osgtest_dag.generate import cellconfig
+from osgtest_dag.generate.inputs import write_cell_io_disk
 from osgtest_dag.guest import image, payload, pins, qemu
-from osgtest_dag.guest.iodisk import make_iodisk
 from osgtest_dag.model import dagfile
 from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.model.documents import GuestResult
 from osgtest_dag.model.inputs import ImagePins
-from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.rundir import CellDir, RunDir, vm_node
 
 ALL_PHASES = payload.PHASES[-1]  # up to the last phase: all of them
@@ -86,8 +85,6 @@ class Target:
     vcpus: int
     networking: bool
     max_wall: int
-    iodisk_size_mb: int
-    iodisk_backend: str
     warnings: tuple[str, ...] = ()
 
 
@@ -136,7 +133,6 @@ def prepare(
     warnings = _image_warnings(run.path, cfg, allow_image_change)
     chosen, why = (until, f"running the phases up to {until}") if until else default_until(run.cell(serial))
     spec = _job_spec(run, serial)
-    opts = RunManifest.read(run.path).options
     return Target(
         run_dir=run.path,
         cell=cfg,
@@ -148,8 +144,6 @@ def prepare(
         vcpus=spec.vm_vcpus,
         networking=spec.vm_networking,
         max_wall=spec.max_wall,
-        iodisk_size_mb=opts.iodisk_size_mb,
-        iodisk_backend=opts.iodisk_backend,
         warnings=tuple(warnings),
     )
 
@@ -174,17 +168,12 @@ def _terminal_size() -> tuple[int, int]:
 
 def _io_disk(target: Target, repro: payload.Reproduction, workdir: Path) -> Path:
     """The cell's IO disk as its CreateDisk node makes it, plus the reproduction's file."""
-    inputs = workdir / "input"
-    cellconfig.write_input_dir(target.cell, inputs)
-    (inputs / payload.REPRODUCE_ENV).write_text(repro.env())
-    disk = make_iodisk(
-        inputs,
+    return write_cell_io_disk(
+        target.run_dir,
+        target.cell,
         workdir / f"input-{target.cell.serial}.qcow2",
-        size_mb=target.iodisk_size_mb,
-        backend=target.iodisk_backend,
+        extra_files={payload.REPRODUCE_ENV: repro.env()},
     )
-    shutil.rmtree(inputs)
-    return disk
 
 
 @contextlib.contextmanager
