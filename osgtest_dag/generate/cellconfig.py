@@ -175,6 +175,7 @@ def cell_env(cfg: CellConfig) -> str:
         "NETWORK_RETRIES": str(cfg.network.retries),
         "REPO_RETRIES": str(cfg.retries.count),
         "REPO_BACKOFF": str(cfg.retries.backoff),
+        "APT_LISTS_MAX_AGE": str(cfg.repositories.lists_max_age),
     }
     lines = [f"# osgtest-dag cell {cfg.serial}: generated from cell.json, do not edit"]
     lines += [f"{k}={shlex.quote(v)}" for k, v in values.items()]

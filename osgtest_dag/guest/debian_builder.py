@@ -13,17 +13,18 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import CommandError, UserError
-from osgtest_dag.guest import gfs, payload
+from osgtest_dag.guest import gfs, initramfs, payload
 
 log = logging.getLogger("osgtest_dag.guest.debian_builder")
 
 # Bump when the build changes in a way the recipe text below does not show.
-CODE_VERSION = "debian-local-4"
+CODE_VERSION = "debian-local-7"
 
 ROOT_LABEL = "rootfs"
 PART_OFFSET = 1024 * 1024  # the one partition starts at 1 MiB
@@ -52,13 +53,22 @@ BASE_PACKAGES = (
     "apt",
     "gawk",
     "less",
+    "busybox-static",  # the minimal initramfs's only program (guest/initramfs.py)
 )
-# Packages that exist only from some release on (systemd split its resolver in bookworm).
-EXTRA_PACKAGES = {
+# Packages that exist only from some release on. None: no resolver service (systemd-resolved
+# took 7 s of a TCG boot before the payload could start); run-job's network phase writes
+# /etc/resolv.conf from the DHCP lease.
+EXTRA_PACKAGES: dict[str, tuple[str, ...]] = {
     "bullseye": (),
-    "bookworm": ("systemd-resolved",),
-    "trixie": ("systemd-resolved",),
+    "bookworm": (),
+    "trixie": (),
 }
+# /etc/resolv.conf as the image has it: qemu user networking's DNS until the network phase puts
+# the lease's servers in (its first line tells run-job it may).
+RESOLV_CONF = """\
+# osgtest-dag: replaced with the DHCP lease's DNS servers by run-job (phase network)
+nameserver 10.0.2.3
+"""
 SUPPORTED = tuple(EXTRA_PACKAGES)
 
 DPKG_EXCLUDES = (
@@ -93,15 +103,31 @@ ExecStart=
 ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=20
 """
 
+# The first entry boots with the minimal initramfs, quietly (the kernel's messages are in the
+# cell's dmesg.txt; printing them on an emulated serial port costs seconds); the second with
+# Debian's own initramfs and every message, for an image that does not boot the first way.
 EXTLINUX_CONF = """\
-DEFAULT linux
+DEFAULT osgtest
 PROMPT 0
 TIMEOUT 0
 SERIAL 0 115200
-LABEL linux
+LABEL osgtest
+  LINUX /boot/{kernel}
+  INITRD /boot/{fast_initrd}
+  APPEND root=LABEL={label} rw console=ttyS0,115200 panic=-1 quiet systemd.show_status=auto
+LABEL debian
   LINUX /boot/{kernel}
   INITRD /boot/{initrd}
   APPEND root=LABEL={label} rw console=ttyS0,115200 panic=-1 systemd.show_status=auto
+"""
+FAST_INITRD = "initrd.osgtest.img"
+
+# The journal lives in memory: the VM is thrown away, and the collect phase reads it before
+# power-off (no flush to /var/log/journal at boot).
+JOURNALD_CONF = """\
+[Journal]
+Storage=volatile
+RateLimitBurst=100000
 """
 
 # apt in the guest: no translations (a third of `apt-get update`'s download), no recommends.
@@ -120,7 +146,9 @@ UPDATED_STAMP = """\
 # was updated. See man:systemd-update-done.service(8).
 """
 
-# Units that would write to the disk or the console behind the test's back.
+# Units that would write to the disk or the console behind the test's back, and units that
+# do nothing in a VM that boots once from a fresh copy of the image (each costs a second or
+# more of an emulated CPU at boot).
 MASKED_UNITS = (
     "apt-daily.timer",
     "apt-daily-upgrade.timer",
@@ -129,7 +157,42 @@ MASKED_UNITS = (
     "fstrim.timer",
     "serial-getty@ttyS0.service",
     "getty@tty1.service",
+    "systemd-journal-flush.service",
+    "systemd-random-seed.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    "systemd-tmpfiles-clean.timer",
+    "systemd-pstore.service",
+    "systemd-firstboot.service",
+    "systemd-machine-id-commit.service",
+    "systemd-hwdb-update.service",
+    "systemd-journal-catalog-update.service",
+    "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "dev-hugepages.mount",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@configfs.service",
 )
+# Generators systemd runs before it starts anything; these find nothing to do in a test VM
+# (no SysV scripts, encrypted or GPT-auto disks, hibernation image, gettys).
+MASKED_GENERATORS = (
+    "systemd-sysv-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-cryptsetup-generator",
+    "systemd-veritysetup-generator",
+    "systemd-integritysetup-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-bless-boot-generator",
+    "systemd-getty-generator",
+    "systemd-system-update-generator",
+)
+# Where the build records when the image's apt lists were fetched (seconds since the epoch):
+# run-job uses the lists without `apt-get update` while they are younger than the cell's limit.
+APT_LISTS_STAMP = "var/lib/apt/osgtest-lists-fetched"
 
 
 @dataclass(frozen=True)
@@ -160,8 +223,14 @@ class Recipe:
                 "wait_online": WAIT_ONLINE_DROPIN,
                 "extlinux": EXTLINUX_CONF,
                 "fstab": FSTAB,
+                "resolv_conf": RESOLV_CONF,
                 "apt": APT_CONF,
                 "masked": list(MASKED_UNITS),
+                "masked_generators": list(MASKED_GENERATORS),
+                "journald": JOURNALD_CONF,
+                "initramfs": initramfs.INIT_SCRIPT,
+                "initramfs_modules": list(initramfs.WANTED_MODULES),
+                "apt_lists": "kept",
             },
             indent=1,
             sort_keys=True,
@@ -211,6 +280,9 @@ def bootstrap(recipe: Recipe, tree: Path) -> None:
         "--include=" + ",".join(recipe.packages),
         '--aptopt=Acquire::Retries "3"',
         '--aptopt=APT::Install-Recommends "false"',
+        '--aptopt=Acquire::Languages "none"',
+        # the lists stay in the image: cells use them instead of fetching them again
+        "--skip=cleanup/apt/lists",
     ]
     argv += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
     argv += [recipe.codename, str(tree), *recipe.sources]
@@ -254,7 +326,7 @@ def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
     # The image's apt sources: the same suites it was built from.
     _write(etc / "apt" / "sources.list", "".join(s + "\n" for s in recipe.sources))
     _write(etc / "apt" / "apt.conf.d" / "90osgtest", APT_CONF)
-    # Networking: networkd + DHCP on any NIC name, resolved for DHCP-provided DNS.
+    # Networking: networkd + DHCP on any NIC name; DNS from the lease (RESOLV_CONF).
     _write(etc / "systemd" / "network" / "80-osgtest-dhcp.network", NETWORK_FILE)
     _write(
         etc / "systemd" / "system" / "systemd-networkd-wait-online.service.d" / "osgtest.conf",
@@ -262,13 +334,9 @@ def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
     )
     (etc / "udev" / "rules.d" / "70-persistent-net.rules").unlink(missing_ok=True)
     resolv = etc / "resolv.conf"
-    if (tree / "lib" / "systemd" / "systemd-resolved").exists():
-        _symlink(resolv, "../run/systemd/resolve/stub-resolv.conf")
-    else:
-        # No resolver service: qemu user networking's DNS, the common case for local runs.
-        if resolv.is_symlink():
-            resolv.unlink()
-        _write(resolv, "nameserver 10.0.2.3\n")
+    if resolv.is_symlink():
+        resolv.unlink()
+    _write(resolv, RESOLV_CONF)
     # A fresh machine-id on every boot (the image is shared by many VMs).
     _write(etc / "machine-id", "")
     (tree / "var" / "lib" / "dbus" / "machine-id").unlink(missing_ok=True)
@@ -288,19 +356,23 @@ def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
             payload.BOOT_UNIT,
             "systemd-networkd.service",
             "systemd-networkd-wait-online.service",
-        ]
-        + (["systemd-resolved.service"] if (tree / "lib" / "systemd" / "systemd-resolved").exists() else []),
+        ],
         timeout=60,
     )
     for unit_name in MASKED_UNITS:
         _symlink(etc / "systemd" / "system" / unit_name, "/dev/null")
+    for generator in MASKED_GENERATORS:
+        _symlink(etc / "systemd" / "system-generators" / generator, "/dev/null")
+    _symlink(etc / "systemd" / "system" / "default.target", "/lib/systemd/system/multi-user.target")
+    _write(etc / "systemd" / "journald.conf.d" / "osgtest.conf", JOURNALD_CONF)
     # Stamp: what the image is and when it was made.
     _write(etc / "osgtest-image-release", "".join(f"{k}={v}\n" for k, v in stamp.items()))
     # Bootloader configuration (installed into the filesystem later).
     kernel, initrd = kernel_and_initrd(tree)
+    initramfs.build(tree, kernel[len("vmlinuz-") :], tree / "boot" / FAST_INITRD, ROOT_LABEL)
     _write(
         tree / "boot" / "extlinux" / "extlinux.conf",
-        EXTLINUX_CONF.format(kernel=kernel, initrd=initrd, label=ROOT_LABEL),
+        EXTLINUX_CONF.format(kernel=kernel, initrd=initrd, fast_initrd=FAST_INITRD, label=ROOT_LABEL),
     )
     # Every VM boots this image fresh, so first-boot-after-update work would run on every
     # boot: mark /etc and /var as up to date with /usr, as systemd-update-done would (this
@@ -309,12 +381,12 @@ def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
     for d in (etc, tree / "var"):
         _write(d / ".updated", UPDATED_STAMP)
         os.utime(d / ".updated", ns=(usr_mtime, usr_mtime))
-    # Leave no apt lists or caches in the image (run-job updates anyway).
-    for d in (tree / "var" / "lib" / "apt" / "lists", tree / "var" / "cache" / "apt"):
-        if d.is_dir():
-            for p in d.rglob("*"):
-                if p.is_file() and p.name != "lock":
-                    p.unlink()
+    # The apt lists mmdebstrap fetched for the image's sources stay; no downloaded packages.
+    _write(tree / APT_LISTS_STAMP, f"{int(time.time())}\n")
+    archives = tree / "var" / "cache" / "apt" / "archives"
+    if archives.is_dir():
+        for p in archives.glob("*.deb"):
+            p.unlink()
 
 
 def installed_packages(tree: Path) -> list[str]:

@@ -113,13 +113,25 @@ class RepoSetup:
         )
 
 
+# A week: Debian keeps superseded versions in the pool until the next point release, and a
+# cell whose install fails on the image's lists fetches them and tries once more.
+PACKAGE_LISTS_MAX_AGE_S = 7 * 86400
+
+
 @dataclass(frozen=True)
 class Repositories:
     initial: RepoSetup
     update: RepoSetup | None = None  # None when the source has no update part
+    # The base image's package lists serve the cell's sources they cover while younger than
+    # this (s); 0: every cell fetches them (run-job, phase repositories).
+    lists_max_age: int = PACKAGE_LISTS_MAX_AGE_S
 
     def to_json(self) -> JsonObject:
-        return {"initial": self.initial.to_json(), "update": self.update.to_json() if self.update else None}
+        return {
+            "initial": self.initial.to_json(),
+            "update": self.update.to_json() if self.update else None,
+            "lists_max_age": self.lists_max_age,
+        }
 
     @classmethod
     def from_fields(cls, f: Fields) -> Repositories:
@@ -127,6 +139,7 @@ class Repositories:
         return cls(
             initial=RepoSetup.from_fields(f.obj("initial")),
             update=RepoSetup.from_fields(update) if update else None,
+            lists_max_age=f.integer("lists_max_age") if f.has("lists_max_age") else PACKAGE_LISTS_MAX_AGE_S,
         )
 
 
