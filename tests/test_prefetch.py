@@ -190,3 +190,17 @@ def test_a_damaged_read_ahead_is_not_used(tmp_path, damage):
     assert prefetch.usable(cell, cell.result_disk) is None
     prefetch.discard(cell)
     assert not cell.prefetch.exists()
+
+
+def test_disks_gone_or_extractor_closed(tmp_path):
+    """A cell whose disk is gone is skipped (nothing launched, nothing left); a closed
+    extractor takes no more disks."""
+    cell = RunDir(tmp_path).cell("009")
+    cell.path.mkdir(parents=True)
+    cell.prefetch.mkdir()
+    (cell.prefetch / "output").mkdir()  # an earlier read cut short
+    extractor = BatchExtractor(others_running=lambda: True, gather_s=0.2)
+    assert extractor.read_ahead(cell, threading.Event())
+    assert not cell.prefetch.exists()
+    extractor.close()
+    assert not extractor.read_ahead(cell, threading.Event())
