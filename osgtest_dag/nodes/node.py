@@ -96,7 +96,9 @@ def guest_result_in(out: Path) -> GuestResult | None:
         return GuestResult(status="running")
 
 
-def take_prefetched(cell: CellDir, disk: Path, staging: Path) -> tuple[Path, GuestResult | None, dict] | None:
+def _take_prefetched(
+    cell: CellDir, disk: Path, staging: Path
+) -> tuple[Path, GuestResult | None, dict] | None:
     """What read_guest_result gives, from the local executor's read-ahead of `disk` moved into
     `staging/output`, when that read is whole and of the disk as it is now (model/prefetch.py);
     None otherwise. Either way no read-ahead is left behind."""
@@ -112,7 +114,8 @@ def take_prefetched(cell: CellDir, disk: Path, staging: Path) -> tuple[Path, Gue
             record = None
     else:
         log.info(
-            "cell %s: the read-ahead result is not of the disk as it is now; reading the disk", cell.serial
+            "cell %s: the read-ahead result is incomplete or not of the disk as it is now; reading the disk",
+            cell.serial,
         )
     prefetch.discard(cell)
     if record is None:
@@ -196,7 +199,7 @@ def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict, vm: VmRec
     - into attempts/<retry>/ for a failed one (kept for diagnosis, superseded by the retry)."""
     tmp = Path(tempfile.mkdtemp(prefix=".post-output.", dir=cell.path))
     try:
-        extracted, result, report = take_prefetched(cell, disk, tmp) or read_guest_result(disk, tmp)
+        extracted, result, report = _take_prefetched(cell, disk, tmp) or read_guest_result(disk, tmp)
     except (CommandError, RuntimeError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         return PostDecision(
