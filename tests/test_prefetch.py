@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from osgtest_dag.base import command
+from osgtest_dag.engine.local import executor
 from osgtest_dag.engine.local.extraction import BatchExtractor
 from osgtest_dag.guest.iodisk import IO_LABEL
 from osgtest_dag.model import prefetch
@@ -204,3 +206,44 @@ def test_disks_gone_or_extractor_closed(tmp_path):
     assert not cell.prefetch.exists()
     extractor.close()
     assert not extractor.read_ahead(cell, threading.Event())
+
+
+def test_executor_reads_ahead_for_the_post_scripts(tmp_path, caplog):
+    """The executor path with real POST scripts (`osgtest-dag node post-vm`, as the matrix DAG
+    runs them): TestRun jobs that end together (local jobs standing in for VMs, copying a
+    result disk back) get their disks read ahead in fewer appliances than cells, and every
+    POST script uses that read instead of launching its own."""
+    caplog.set_level(logging.INFO, logger="osgtest_dag")
+    run = RunDir(tmp_path / "run")
+    serials = ("001", "002", "003")
+    tool = Path(sys.executable).parent / "osgtest-dag"
+    lines = []
+    for s in serials:
+        cell = _cell(run, s)
+        _result_disk(cell, "pass", tmp_path)
+        os.rename(cell.result_disk, tmp_path / f"returned-{s}.qcow2")
+        lines += [
+            f"JOB {vm_node(s)} back.sub",
+            f'VARS {vm_node(s)} serial="{s}"',
+            f"SCRIPT POST {vm_node(s)} {tool} -v node post-vm $JOB $RETURN $RETRY $MAX_RETRIES",
+        ]
+    (run.path / "back.sub").write_text(
+        "universe = local\nexecutable = /bin/sh\n"
+        f"arguments = \"-c 'sleep 1; cp {tmp_path}/returned-$(serial).qcow2 cells/$(serial)/result-$(serial).qcow2'\"\n"
+        "queue\n"
+    )
+    run.logs.mkdir()
+    dag = run.path / "m.dag"
+    dag.write_text("\n".join(lines) + "\n")
+    assert executor.run_dag(dag, executor.Options(local_jobs=3)) is True
+    batches = [r.getMessage() for r in caplog.records if "ahead in one batch" in r.getMessage()]
+    assert 1 <= len(batches) < len(serials) == sum(int(b.split()[1]) for b in batches), batches
+    assert len(_launches(caplog)) == len(batches)
+    for s in serials:
+        post_log = (run.logs / f"{vm_node(s)}.post.log").read_text()
+        assert "using the result disk as the local executor read it ahead" in post_log, post_log
+        assert "appliance up" not in post_log
+        cell = run.cell(s)
+        assert json.loads(cell.guest_result.read_text())["status"] == "pass"
+        assert json.loads(cell.extraction.read_text())["ok"] is True
+        assert not cell.prefetch.exists()
