@@ -121,6 +121,8 @@ LOCAL_VM = "local-vm.json"
 EXTRACTION = "extraction.json"
 ATTEMPTS_DIR = "attempts"
 SOURCE_STAMP = ".extracted-from.json"  # in output/: which returned disk it was extracted from
+PREFETCH_DIR = ".prefetch"  # the local executor's read-ahead of the result disk (model/prefetch.py)
+PREFETCH_RECORD = "prefetch.json"  # in .prefetch/: what was read, written last
 
 
 def cell_rel(serial: str) -> PurePosixPath:
@@ -299,6 +301,20 @@ class CellDir:
     def extraction(self) -> Path:
         """The extraction report of output/."""
         return self.path / EXTRACTION
+
+    @property
+    def prefetch(self) -> Path:
+        """The local executor's staging directory for its read-ahead of the result disk."""
+        return self.path / PREFETCH_DIR
+
+    @property
+    def prefetched_output(self) -> Path:
+        """output/ as the local executor read it ahead (trusted only through model.prefetch)."""
+        return self.prefetch / OUTPUT_DIR
+
+    @property
+    def prefetch_record(self) -> Path:
+        return self.prefetch / PREFETCH_RECORD
 
     def attempt_output(self, retry: int) -> Path:
         """A failed attempt's extracted output, kept for diagnosis."""

@@ -21,6 +21,7 @@ from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.generate.inputs import write_cell_io_disk
 from osgtest_dag.generate.workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK
+from osgtest_dag.model import prefetch
 from osgtest_dag.model.documents import (
     GuestResult,
     PostDecision,
@@ -81,13 +82,46 @@ def read_guest_result(disk: Path, staging: Path) -> tuple[Path, GuestResult | No
     (report,) = extract_disks([ExtractJob(Path(disk), out)])
     if not report["ok"]:
         raise RuntimeError(report["error"] or "extraction failed")
+    return out, guest_result_in(out), report
+
+
+def guest_result_in(out: Path) -> GuestResult | None:
+    """The guest's result.json in an extracted output/ (None when the payload left none)."""
     rj = out / "result.json"
     if rj.is_symlink() or not rj.is_file():
-        return out, None, report
+        return None
     try:
-        return out, GuestResult.read(rj), report
+        return GuestResult.read(rj)
     except UserError:  # a guest that died while writing it
-        return out, GuestResult(status="running"), report
+        return GuestResult(status="running")
+
+
+def _take_prefetched(
+    cell: CellDir, disk: Path, staging: Path
+) -> tuple[Path, GuestResult | None, dict] | None:
+    """What read_guest_result gives, from the local executor's read-ahead of `disk` moved into
+    `staging/output`, when that read is whole and of the disk as it is now (model/prefetch.py);
+    None otherwise. Either way no read-ahead is left behind."""
+    if not (cell.prefetch.exists() or cell.prefetch.is_symlink()):
+        return None  # always, on HTCondor
+    record = prefetch.usable(cell, disk)
+    out = staging / "output"
+    if record is not None:
+        try:
+            os.rename(cell.prefetched_output, out)
+        except OSError as e:
+            log.warning("cell %s: cannot take the read-ahead result (%s); reading the disk", cell.serial, e)
+            record = None
+    else:
+        log.info(
+            "cell %s: the read-ahead result is incomplete or not of the disk as it is now; reading the disk",
+            cell.serial,
+        )
+    prefetch.discard(cell)
+    if record is None:
+        return None
+    log.info("cell %s: using the result disk as the local executor read it ahead", cell.serial)
+    return out, guest_result_in(out), record.report
 
 
 def last_local_vm(cell: CellDir) -> VmRecord | None:
@@ -165,7 +199,7 @@ def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict, vm: VmRec
     - into attempts/<retry>/ for a failed one (kept for diagnosis, superseded by the retry)."""
     tmp = Path(tempfile.mkdtemp(prefix=".post-output.", dir=cell.path))
     try:
-        extracted, result, report = read_guest_result(disk, tmp)
+        extracted, result, report = _take_prefetched(cell, disk, tmp) or read_guest_result(disk, tmp)
     except (CommandError, RuntimeError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         return PostDecision(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from osgtest_dag.base.errors import OsgtestDagError
 from osgtest_dag.engine.local.accel import RunAccel
+from osgtest_dag.engine.local.extraction import BatchExtractor
 from osgtest_dag.engine.local.jobs import RunningJobs
 from osgtest_dag.engine.local.progress import Progress
 from osgtest_dag.engine.local.reaper import ChildRecord
@@ -43,6 +44,12 @@ class Context:
         self.children = children  # ... and what a `kill -9` would leave running
         self._job_ids = itertools.count(1)
         self.accel = RunAccel(opts.accel, on_change=opts.progress.note_accel if opts.progress else None)
+        # result disks of VMs that end close together, read in one appliance for their POST scripts
+        self.extractor = BatchExtractor(others_running=self.vms_running)
+
+    def vms_running(self) -> bool:
+        with self.slots.cond:
+            return self.slots.used.get("vm", 0) > 0
 
     def next_job_id(self) -> str:
         """$JOBID of the next job, as HTCondor numbers them (cluster.proc.subproc)."""

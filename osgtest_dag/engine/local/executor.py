@@ -21,6 +21,7 @@ The parts, each in its own module:
     jobs       the Job protocol (run, kill), ProcessJob, and the jobs running now
     vmjob      VmJob: a VM-universe job under qemu, and its local-vm.json records
     reaper     what a `kill -9`ed executor left running
+    extraction result disks of VMs that end close together, read ahead in one appliance
     noderun    one node: PRE, job, POST, retries
     scheduler  one DAG: readiness, priorities, slots, the FINAL node
     executor   the entry point: one executor per DAG file, Ctrl-C
@@ -67,7 +68,10 @@ class Executor:
                     hint="wait for it, or stop it first",
                 ) from None
             self.ctx.children.reap()
-            return DagScheduler(self.ctx, dag_path).run()
+            try:
+                return DagScheduler(self.ctx, dag_path).run()
+            finally:
+                self.ctx.extractor.close()
 
     def interrupt(self) -> None:
         """Stop: no new jobs; running VMs and processes are terminated."""

@@ -23,6 +23,7 @@ from osgtest_dag.engine.local.state import Attempt, NodeStatus, StateFile
 from osgtest_dag.engine.local.submit import read_job
 from osgtest_dag.engine.local.vmjob import VmJob
 from osgtest_dag.model import dagfile
+from osgtest_dag.model.rundir import TEST_RUN, NodeName, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class NodeRunner:
                     slot.release()
                 attempt.job = job_rc
                 result = job_rc
+            if job_rc is not None and node.post and not stop.is_set():
+                self._read_result_ahead(name)
             if stop.is_set():
                 return None
             if node.post and not skip_job:
@@ -134,6 +137,17 @@ class NodeRunner:
                 st.status = NodeStatus.FAILED
                 st.stopped_by_unless_exit = verdict.stopped_by_unless_exit
             return verdict.abort_dag
+
+    def _read_result_ahead(self, name: str) -> None:
+        """A matrix cell's VM ended with its result disk back: have it read, with the disks of
+        VMs that end close to it, in one appliance, before its POST script reads it (which
+        then uses that read: model/prefetch.py)."""
+        cell_node = NodeName.parse_or_none(name)
+        if cell_node is None or cell_node.layer != TEST_RUN:
+            return
+        cell = RunDir(self.dag_dir).cell(cell_node.serial)
+        if cell.result_disk.is_file():
+            self.ctx.extractor.read_ahead(cell, self.ctx.stop)
 
     def _script(self, script: dagfile.Script, macros: dict, label: str) -> int:
         dag_dir = self.dag_dir
