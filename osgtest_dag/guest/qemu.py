@@ -100,6 +100,17 @@ def _probe_kernel() -> Path | None:
     return kernels[-1] if kernels else None
 
 
+def host_kernel() -> Path | None:
+    """The newest kernel in /boot: the KVM probe's guest, and the floor the cell latency
+    benchmark measures VMs against."""
+    return _probe_kernel()
+
+
+def accel_args(accel: str) -> list[str]:
+    """The `-machine` / `-cpu` options every VM gets under `accel` (one of ACCELS)."""
+    return list(_ACCEL_ARGS[accel])
+
+
 def _probe_initrd(kernel: Path) -> Path | None:
     """The kernel's own initramfs (Debian's initramfs-tools, with klibc's poweroff)."""
     initrd = kernel.with_name(kernel.name.replace("vmlinuz-", "initrd.img-", 1))
