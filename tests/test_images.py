@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from conftest import extract_output
 
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.guest import debian_builder, gfs, image, iodisk, oz_builder, payload, qemu
+from osgtest_dag.guest import debian_builder, gfs, image, initramfs, iodisk, oz_builder, payload, qemu
 from osgtest_dag.plan.catalog import Catalog
 
 PLATFORMS = [
@@ -138,6 +139,16 @@ def _strip_customization(disk: Path) -> dict:
             "extlinux": g.cat("/boot/extlinux/extlinux.conf"),
             "apt_conf": g.cat("/etc/apt/apt.conf.d/90osgtest"),
             "updated": _updated_with_usr(g),
+            "resolv_conf": g.cat("/etc/resolv.conf"),
+            "default_target": g.readlink("/etc/systemd/system/default.target"),
+            "masked_generators": [
+                name
+                for name in debian_builder.MASKED_GENERATORS
+                if g.readlink(f"/etc/systemd/system-generators/{name}") == "/dev/null"
+            ],
+            "lists_stamp": g.cat("/" + debian_builder.APT_LISTS_STAMP),
+            "lists": [n for n in g.ls("/var/lib/apt/lists") if n.endswith(("Packages", "InRelease"))],
+            "initramfs": g.read_file("/boot/" + debian_builder.FAST_INITRD),
         }
         for f in (
             "/usr/local/sbin/osgtest-boot",
@@ -186,6 +197,23 @@ def test_local_image_content(customized):
     assert "SERIAL 0 115200" in seen["extlinux"] and "root=LABEL=rootfs" in seen["extlinux"]
     assert seen["apt_conf"] == debian_builder.APT_CONF
     assert seen["updated"]
+    # boot to payload: the minimal initramfs first, Debian's second; what a throw-away VM does
+    # not need is masked; DNS from the lease; the package lists of the build kept
+    conf = seen["extlinux"]
+    assert "DEFAULT osgtest" in conf and f"INITRD /boot/{debian_builder.FAST_INITRD}" in conf
+    assert "INITRD /boot/initrd.img-" in conf
+    assert seen["default_target"] == "/lib/systemd/system/multi-user.target"
+    assert seen["masked_generators"] == list(debian_builder.MASKED_GENERATORS)
+    assert seen["resolv_conf"] == debian_builder.RESOLV_CONF
+    assert int(seen["lists_stamp"]) > 1_700_000_000
+    assert "deb.debian.org_debian_dists_bookworm_InRelease" in seen["lists"]
+    assert "deb.debian.org_debian-security_dists_bookworm-security_InRelease" in seen["lists"]
+    assert any(
+        n.startswith("deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages") for n in seen["lists"]
+    )
+    listing = command.run(["cpio", "-t", "--quiet"], input=gzip.decompress(seen["initramfs"])).stdout.decode()
+    names = set(listing.split())
+    assert {"init", "bin/busybox", "modules/virtio_blk.ko", "modules/virtio_pci.ko", "modules.order"} <= names
 
 
 def test_oz_customization_result(customized):
@@ -213,8 +241,10 @@ def test_oz_customization_result(customized):
         assert g.readlink("/etc/systemd/system/apt-daily.timer") == "/dev/null"
         conf = g.cat("/boot/extlinux/extlinux.conf")
         append = [ln for ln in conf.splitlines() if ln.strip().startswith("APPEND")]
-        assert len(append) == 1 and "root=LABEL=rootfs" in append[0]
-        assert append[0].count("console=ttyS0,115200n8") == 1 and "panic=-1" in append[0]
+        assert len(append) == 2  # the minimal initramfs's entry and Debian's
+        for line in append:
+            assert "root=LABEL=rootfs" in line and line.split().count("quiet") <= 1
+            assert line.count("console=ttyS0,115200n8") == 1 and "panic=-1" in line
         assert g.cat("/etc/osgtest-image-release") == "".join(f"{k}={v}\n" for k, v in stamp.items())
         assert _updated_with_usr(g)
 
@@ -317,3 +347,26 @@ def test_failed_rebuild_keeps_old_image(tmp_path, fake_local_builder):
 def test_unknown_platform(tmp_path):
     with pytest.raises(UserError, match="unknown platform"):
         image.build_image("debian_99", tmp_path)
+
+
+def test_initramfs_modules_come_after_what_they_need(tmp_path):
+    """module_closure on a modules.dep as the kernel package writes it."""
+    moddir = tmp_path / "6.1.0-test"
+    moddir.mkdir()
+    (moddir / "modules.dep").write_text(
+        "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n"
+        "kernel/drivers/virtio/virtio_pci.ko.xz: kernel/drivers/virtio/virtio_pci_modern_dev.ko"
+        " kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n"
+        "kernel/drivers/virtio/virtio_pci_modern_dev.ko:\n"
+        "kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko\n"
+        "kernel/drivers/virtio/virtio.ko:\n"
+        "kernel/drivers/scsi/sd_mod.ko:\n"
+    )
+    order = [Path(p).name for p in initramfs.module_closure(moddir, ("virtio_pci", "virtio_blk", "ahci"))]
+    assert sorted(order) == sorted(
+        ["virtio.ko", "virtio_ring.ko", "virtio_pci_modern_dev.ko", "virtio_pci.ko.xz", "virtio_blk.ko"]
+    )  # ahci: built into this kernel (not in modules.dep), so skipped
+    pos = {name: i for i, name in enumerate(order)}
+    assert pos["virtio.ko"] < pos["virtio_ring.ko"] < pos["virtio_pci.ko.xz"]
+    assert pos["virtio_pci_modern_dev.ko"] < pos["virtio_pci.ko.xz"]
+    assert pos["virtio_ring.ko"] < pos["virtio_blk.ko"]

@@ -281,3 +281,109 @@ def test_a_bad_reproduction_file_is_a_payload_error(tmp_path):
     assert r.returncode == 6 and res["status"] == "payload"
     assert "REPRODUCE_UNTIL is not a phase" in res["message"]
     assert not (tmp_path / "console").exists()
+
+
+# --- the image's package lists (issue: cells skip `apt-get update` when the image's serve) ---
+
+
+def _apt_tree(tmp_path: Path, sources: str, age_s: int = 10) -> dict:
+    """A fake /etc/apt + lists dir + build stamp, as the local builder leaves them."""
+    etc, lists = tmp_path / "etc", tmp_path / "lists"
+    (etc / "sources.list.d").mkdir(parents=True)
+    lists.mkdir()
+    (etc / "sources.list").write_text(sources)
+    for name in (
+        "deb.debian.org_debian_dists_bookworm_InRelease",
+        "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages",
+        "deb.debian.org_debian_dists_bookworm-updates_InRelease",
+        "deb.debian.org_debian_dists_bookworm-updates_main_binary-amd64_Packages.lz4",
+    ):
+        (lists / name).write_text("x")
+    stamp = tmp_path / "stamp"
+    r = subprocess.run(["date", "+%s"], capture_output=True, text=True, check=True)
+    stamp.write_text(f"{int(r.stdout) - age_s}\n")
+    return {
+        "RUN_JOB_APT_ETC": str(etc),
+        "RUN_JOB_APT_LISTS_DIR": str(lists),
+        "RUN_JOB_APT_LISTS_STAMP": str(stamp),
+        "RUN_JOB_APT_REFRESHED_MARK": str(tmp_path / "refreshed"),
+    }
+
+
+@pytest.mark.parametrize(
+    "sources, max_age, covered, why",
+    [
+        ("deb http://deb.debian.org/debian bookworm main\n", 3600, True, "cover every source"),
+        (
+            "# comment\ndeb [trusted=yes] http://deb.debian.org/debian/ bookworm main\n"
+            "deb http://deb.debian.org/debian bookworm-updates main\n",
+            3600,
+            True,
+            "cover every source",
+        ),
+        ("deb http://deb.debian.org/debian bookworm main contrib\n", 3600, False, "bookworm contrib"),
+        ("deb http://repo.example.org/osg bookworm main\n", 3600, False, "none for http://repo.example.org"),
+        ("deb http://deb.debian.org/debian bookworm main\n", 5, False, "s old (limit 5 s)"),
+        ("deb http://deb.debian.org/debian bookworm main\n", 0, False, "fetched for every cell"),
+    ],
+)
+def test_image_package_lists_serve_only_what_they_cover(tmp_path, sources, max_age, covered, why):
+    env = _apt_tree(tmp_path, sources)
+    for shell in SHELLS:
+        r = sh(f". {RUN_JOB}; APT_LISTS_MAX_AGE={max_age}; apt_lists_cover", shell, env)
+        assert (r.returncode == 0) is covered, (shell, r.stdout, r.stderr)
+        assert why in r.stdout, (shell, r.stdout)
+
+
+def test_a_deb822_sources_file_means_fetching(tmp_path):
+    env = _apt_tree(tmp_path, "deb http://deb.debian.org/debian bookworm main\n")
+    (Path(env["RUN_JOB_APT_ETC"]) / "sources.list.d" / "x.sources").write_text("Types: deb\n")
+    r = sh(f". {RUN_JOB}; APT_LISTS_MAX_AGE=3600; apt_lists_cover", env=env)
+    assert r.returncode == 1 and "x.sources is not read here" in r.stdout
+
+
+INSTALL_FAKES = """apt_get() {{ echo "apt_get $*" >> {log}; case "$1" in
+    update) return 0 ;;
+    install) [ -e {refreshed} ] && return 0; return 100 ;;
+esac; }}"""
+
+
+def test_install_failing_on_the_image_lists_fetches_them_and_retries(tmp_path):
+    env = _apt_tree(tmp_path, "deb http://deb.debian.org/debian bookworm main\n")
+    log = tmp_path / "apt.log"
+    fakes = INSTALL_FAKES.format(log=log, refreshed=env["RUN_JOB_APT_REFRESHED_MARK"])
+    script = f". {RUN_JOB}; {fakes}; CELL_FAMILY=debian CELL_PACKAGES=hello REPO_BACKOFF=0 phase_install"
+    r = sh(script, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = [ln.split()[1] for ln in log.read_text().splitlines()]
+    assert calls == ["install", "update", "install"]
+    assert "on the image's package lists: fetching them, trying again" in r.stdout
+
+
+def test_install_failing_after_a_fetch_is_not_retried(tmp_path):
+    env = _apt_tree(tmp_path, "deb http://deb.debian.org/debian bookworm main\n")
+    log = tmp_path / "apt.log"
+    fakes = f'apt_get() {{ echo "apt_get $*" >> {log}; return 100; }}'
+    Path(env["RUN_JOB_APT_REFRESHED_MARK"]).write_text("")  # the repositories phase fetched them
+    r = sh(f". {RUN_JOB}; {fakes}; CELL_FAMILY=debian CELL_PACKAGES=hello phase_install", env=env)
+    assert r.returncode == 100
+    assert [ln.split()[1] for ln in log.read_text().splitlines()] == ["install"]
+
+
+def test_dns_servers_come_from_the_dhcp_lease_only_where_the_image_says_so(tmp_path):
+    conf, leases = tmp_path / "resolv.conf", tmp_path / "leases"
+    leases.mkdir()
+    (leases / "2").write_text("ADDRESS=192.168.122.50\nDNS=192.168.122.1 192.168.122.2\n")
+    # the function's paths are fixed: run a copy of its text with them replaced
+    text = RUN_JOB.read_text()
+    body = text[text.index("dns_from_lease() {") : text.index("\n}\n", text.index("dns_from_lease() {")) + 3]
+    body = body.replace("/etc/resolv.conf", str(conf)).replace("/run/systemd/netif/leases", str(leases))
+    conf.write_text(
+        "# osgtest-dag: replaced with the DHCP lease's DNS servers by run-job\nnameserver 10.0.2.3\n"
+    )
+    r = sh(body + "\ndns_from_lease", env={})
+    assert r.returncode == 0, r.stderr
+    assert conf.read_text().splitlines()[1:] == ["nameserver 192.168.122.1", "nameserver 192.168.122.2"]
+    conf.write_text("nameserver 8.8.8.8\n")  # an image with its own resolver setup: left alone
+    assert sh(body + "\ndns_from_lease", env={}).returncode == 0
+    assert conf.read_text() == "nameserver 8.8.8.8\n"

@@ -248,7 +248,7 @@ def _set_kernel_args(g) -> str:
         text = g.cat("/boot/extlinux/extlinux.conf")
 
         def fix(m: re.Match) -> str:
-            line = re.sub(r"\s*\b(console=\S+|panic=\S+)", "", m.group(0))
+            line = re.sub(r"\s*\b(console=\S+|panic=\S+|quiet|systemd\.show_status=\S+)", "", m.group(0))
             return line.rstrip() + " " + args
 
         _gwrite(g, "/boot/extlinux/extlinux.conf", re.sub(r"(?m)^\s*APPEND\b.*$", fix, text))
