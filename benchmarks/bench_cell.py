@@ -43,7 +43,7 @@ from osgtest_dag.base.errors import UserError
 from osgtest_dag.base.paths import default_image_dir
 from osgtest_dag.engine.local.localrun import run_local
 from osgtest_dag.generate import cellconfig, workflow
-from osgtest_dag.guest import image, qemu
+from osgtest_dag.guest import image, initramfs, qemu
 from osgtest_dag.guest.payload import PHASES
 from osgtest_dag.model.documents import GuestResult, VmRecord, read_json
 from osgtest_dag.model.evidence import read_extraction
@@ -69,31 +69,16 @@ SHORT = {"environment": "env", "network": "net", "hostname": "host", "repositori
 CELL_TARGET_X = 5  # issue 14: one small cell's whole run at most 5x the floor
 DEMO_TARGET_S = 180  # issue 14: the 8-cell demo in at most 3 minutes
 
+
 # ------------------------------------------------------------------------------ the floor
-INIT = """\
-#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-exec /bin/busybox poweroff -f
-"""
-
-
 def busybox_initramfs(work: Path) -> Path:
-    """A gzipped newc initramfs: the static busybox and an /init that powers off at once."""
-    busybox = Path("/bin/busybox")
-    status = command.run(["dpkg-query", "-W", "-f=${Status}", "busybox-static"], check=False).stdout
-    if "install ok installed" not in status or not busybox.is_file():
+    """The floor's initramfs: this machine's static busybox powering off at once (the one the
+    accelerator probe boots)."""
+    out = initramfs.poweroff_initramfs(work / "floor-initramfs.gz")
+    if out is None:
         raise UserError(
             "the floor needs a static busybox", hint="run scripts/setup (installs busybox-static)"
         )
-    root = work / "floor-root"
-    for d in ("bin", "proc", "dev"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(busybox, root / "bin" / "busybox")
-    (root / "init").write_text(INIT)
-    (root / "init").chmod(0o755)
-    out = work / "floor-initramfs.gz"
-    pack = 'find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > "$1"'
-    command.run(["sh", "-c", pack, "sh", out], cwd=root, timeout=60)
     return out
 
 

@@ -152,3 +152,37 @@ def build(tree: Path, kernel_version: str, dest: Path, root_label: str) -> None:
     log.info(
         "initramfs %s: busybox and %d modules, %d KiB", dest.name, len(names), dest.stat().st_size // 1024
     )
+
+
+# The smallest user space there is: /init powers the VM off at once. The accelerator probe boots
+# it with this machine's own kernel, and the cell benchmark takes that boot as its floor.
+POWEROFF_INIT = """\
+#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+exec /bin/busybox poweroff -f
+"""
+HOST_BUSYBOX = Path("/bin/busybox")
+
+
+def poweroff_initramfs(dest: Path) -> Path | None:
+    """Write a gzipped initramfs of this machine's static busybox and POWEROFF_INIT to `dest`;
+    None when there is no static busybox (the set-up installs busybox-static)."""
+    if not HOST_BUSYBOX.is_file() or b"ld-linux" in HOST_BUSYBOX.read_bytes()[:4096]:
+        return None  # missing, or a dynamically linked busybox: no loader in this initramfs
+    with tempfile.TemporaryDirectory(prefix="osgtest-poweroff-") as tmp:
+        root = Path(tmp)
+        for d in ("bin", "proc", "dev"):
+            (root / d).mkdir()
+        shutil.copyfile(HOST_BUSYBOX, root / "bin" / "busybox")
+        (root / "bin" / "busybox").chmod(0o755)
+        (root / "init").write_text(POWEROFF_INIT)
+        (root / "init").chmod(0o755)
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        cpio = command.run(
+            ["cpio", "--quiet", "-o", "-H", "newc", "--owner", "0:0"],
+            input="".join(f + "\n" for f in ["."] + files).encode(),
+            cwd=root,
+            timeout=60,
+        ).stdout
+    dest.write_bytes(gzip.compress(cpio, compresslevel=1, mtime=0))
+    return dest

@@ -26,6 +26,7 @@ from pathlib import Path
 from osgtest_dag.base import command, paths
 from osgtest_dag.base.atomic import write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
+from osgtest_dag.guest import initramfs
 from osgtest_dag.model.documents import parse_json
 
 log = logging.getLogger("osgtest_dag.guest.qemu")
@@ -39,13 +40,14 @@ _ACCEL_ARGS = {
     "tcg": ["-machine", "q35,accel=tcg", "-cpu", "max"],
 }
 
-# The KVM probe boots a real Linux guest: the host's kernel from /boot with its own initramfs,
-# whose klibc `poweroff` runs as the first user-space process, so "reboot: Power down" on the
-# console says the kernel booted and user space ran. A boot sector is not enough: on some hosts
+# The KVM probe boots a real Linux guest: the host's kernel from /boot with a busybox initramfs
+# whose /init powers off (guest.initramfs.poweroff_initramfs; not the host's own initramfs,
+# whose contents depend on what else is installed), so "reboot: Power down" on the console says
+# the kernel booted and user space ran. A boot sector is not enough: on some hosts
 # it runs under KVM while a Linux kernel hangs silently right after "Probing EDD". Without an
 # initramfs the kernel alone must reach its no-root panic. The answer is kept per host boot (the
 # cache file), so each process does not pay the probe again.
-_PROBE_USER_SPACE = ("reboot: Power down", "console=ttyS0 panic=-1 rdinit=/usr/bin/poweroff quiet")
+_PROBE_USER_SPACE = ("reboot: Power down", "console=ttyS0 panic=-1 quiet")
 _PROBE_KERNEL_ONLY = ("Kernel panic", "console=ttyS0 panic=-1 root=/dev/osgtest-probe-no-root")
 
 _accel_cache: AccelChoice | None = None
@@ -111,12 +113,6 @@ def accel_args(accel: str) -> list[str]:
     return list(_ACCEL_ARGS[accel])
 
 
-def _probe_initrd(kernel: Path) -> Path | None:
-    """The kernel's own initramfs (Debian's initramfs-tools, with klibc's poweroff)."""
-    initrd = kernel.with_name(kernel.name.replace("vmlinuz-", "initrd.img-", 1))
-    return initrd if initrd.is_file() else None
-
-
 def _probe(accel: str, timeout: float) -> tuple[bool, str]:
     """Boot the probe guest with `accel`'s options; True when it reached user space (or, with no
     initramfs to run, when the kernel ran to its no-root panic)."""
@@ -125,7 +121,12 @@ def _probe(accel: str, timeout: float) -> tuple[bool, str]:
     kernel = _probe_kernel()
     if kernel is None:
         return False, "no Linux kernel in /boot to probe with (run `make setup`)"
-    initrd = _probe_initrd(kernel)
+    with tempfile.TemporaryDirectory(prefix="osgtest-probe-") as tmp:
+        initrd = initramfs.poweroff_initramfs(Path(tmp) / "poweroff.img")
+        return _probe_boot(accel, kernel, initrd, timeout)
+
+
+def _probe_boot(accel: str, kernel: Path, initrd: Path | None, timeout: float) -> tuple[bool, str]:
     mark, append = _PROBE_USER_SPACE if initrd else _PROBE_KERNEL_ONLY
     initrd_args: list[str | Path] = ["-initrd", initrd] if initrd else []
     argv: list[str | Path] = [
@@ -167,7 +168,8 @@ def _probe_key() -> str:
         boot_id = "unknown-boot"
     parts = [boot_id]
     kernel = _probe_kernel()
-    for path in (kernel, kernel and _probe_initrd(kernel), command.which(QEMU)):
+    busybox = initramfs.HOST_BUSYBOX if initramfs.HOST_BUSYBOX.is_file() else None
+    for path in (kernel, busybox, command.which(QEMU)):
         parts.append(f"{path}:{path.stat().st_mtime_ns}" if path else "none")
     return "|".join(parts)
 
