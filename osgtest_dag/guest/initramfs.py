@@ -116,6 +116,18 @@ def _copy_module(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
+def _pack(root: Path, dest: Path, compresslevel: int) -> None:
+    """The tree at `root` as a gzipped newc cpio (owned by root) at `dest`."""
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    cpio = command.run(
+        ["cpio", "--quiet", "-o", "-H", "newc", "--owner", "0:0"],
+        input="".join(f + "\n" for f in ["."] + files).encode(),
+        cwd=root,
+        timeout=120,
+    ).stdout
+    dest.write_bytes(gzip.compress(cpio, compresslevel=compresslevel, mtime=0))
+
+
 def build(tree: Path, kernel_version: str, dest: Path, root_label: str) -> None:
     """Write the initramfs for the tree's kernel `kernel_version` to `dest`: a gzipped cpio
     (a plain one has runs of zeros, which `mkfs.ext4 -d` stores as holes, and EXTLINUX then
@@ -140,14 +152,7 @@ def build(tree: Path, kernel_version: str, dest: Path, root_label: str) -> None:
         init = INIT_SCRIPT.replace("@LABEL@", root_label).replace("@WAIT_TENTHS@", str(ROOT_WAIT_S * 10))
         (root / "init").write_text(init)
         (root / "init").chmod(0o755)
-        files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-        cpio = command.run(
-            ["cpio", "--quiet", "-o", "-H", "newc", "--owner", "0:0"],
-            input="".join(f + "\n" for f in ["."] + files).encode(),
-            cwd=root,
-            timeout=120,
-        ).stdout
-        dest.write_bytes(gzip.compress(cpio, compresslevel=6, mtime=0))
+        _pack(root, dest, compresslevel=6)
         os.chmod(dest, 0o644)
     log.info(
         "initramfs %s: busybox and %d modules, %d KiB", dest.name, len(names), dest.stat().st_size // 1024
@@ -177,12 +182,5 @@ def poweroff_initramfs(dest: Path) -> Path | None:
         (root / "bin" / "busybox").chmod(0o755)
         (root / "init").write_text(POWEROFF_INIT)
         (root / "init").chmod(0o755)
-        files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-        cpio = command.run(
-            ["cpio", "--quiet", "-o", "-H", "newc", "--owner", "0:0"],
-            input="".join(f + "\n" for f in ["."] + files).encode(),
-            cwd=root,
-            timeout=60,
-        ).stdout
-    dest.write_bytes(gzip.compress(cpio, compresslevel=1, mtime=0))
+        _pack(root, dest, compresslevel=1)
     return dest
