@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from osgtest_dag.model.cluster import CellCluster, ClusterVm
 from osgtest_dag.model.documents import Fields, JsonObject, check_document, read_json
 
 HINT = "regenerate the run with this version of osgtest-dag"
@@ -214,6 +215,13 @@ class CellConfig:
     retries: RepoRetries
     nightly: bool = False
     param_file: str = ""  # the parameter file's name
+    cluster: CellCluster | None = None  # several VMs on a private network (docs/clusters.md)
+
+    def cluster_vms(self) -> tuple[ClusterVm, ...]:
+        """The cluster's VMs with this cell's VM profile; () for a one-VM cell."""
+        if self.cluster is None:
+            return ()
+        return self.cluster.vms(self.vm.memory, self.vm.vcpus, self.vm.disk)
 
     def fields(self) -> dict[str, Any]:
         """The values `--only` globs match, as plan.matrix.Cell.fields() gives them."""
@@ -230,7 +238,7 @@ class CellConfig:
         }
 
     def to_json(self) -> JsonObject:
-        return {
+        doc: JsonObject = {
             "schema": self.SCHEMA,
             "version": self.VERSION,
             "serial": self.serial,
@@ -247,6 +255,9 @@ class CellConfig:
             "nightly": self.nightly,
             "param_file": self.param_file,
         }
+        if self.cluster is not None:  # one-VM cells keep the documents they always had
+            doc["cluster"] = self.cluster.to_json()
+        return doc
 
     @classmethod
     def from_json(cls, data: Any, where: Path | str) -> CellConfig:
@@ -265,6 +276,7 @@ class CellConfig:
             retries=RepoRetries.from_fields(f.obj("retries")),
             nightly=f.flag("nightly"),
             param_file=f.text("param_file"),
+            cluster=CellCluster.from_fields(cluster) if (cluster := f.opt_obj("cluster")) else None,
         )
 
     @classmethod

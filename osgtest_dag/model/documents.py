@@ -150,6 +150,27 @@ class Fields:
     def has(self, key: str) -> bool:
         return key in self.data
 
+    def opt_integer(self, key: str) -> int | None:
+        return None if self.data.get(key) is None else self.integer(key)
+
+    def choice(self, key: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(key)
+        if value not in allowed:
+            raise self._bad(key, "one of " + ", ".join(allowed))
+        return value
+
+    def text_map(self, key: str) -> dict[str, str]:
+        value = self.data.get(key)
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise self._bad(key, "an object of strings")
+        return dict(value)
+
+    def objs(self, key: str) -> tuple[Fields, ...]:
+        value = self.data.get(key)
+        if not isinstance(value, list):
+            raise self._bad(key, "a list of objects")
+        return tuple(Fields(v, self.where, f"{self.prefix}{key}[{i}].") for i, v in enumerate(value))
+
 
 def _opt_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -371,6 +392,10 @@ class GuestResult:
     current_phase: str | None = None
     message: str | None = None
     phases: tuple[Phase, ...] = ()
+    # A cluster VM's (docs/clusters.md): its name, role and the cluster's stages as it ran them.
+    vm: str | None = None
+    role: str | None = None
+    stages: tuple[Phase, ...] = ()
 
     def phase(self, name: str) -> Phase | None:
         return next((p for p in self.phases if p.name == name), None)
@@ -395,12 +420,17 @@ class GuestResult:
             "status": self.status,
             "exit_code": self.exit_code,
             "message": self.message,
+            **(
+                {"vm": self.vm, "role": self.role, "stages": [s.to_json() for s in self.stages]}
+                if self.vm is not None
+                else {}
+            ),
         }
 
     @classmethod
     def from_json(cls, data: Any, where: Path | str) -> GuestResult:
         doc = check_document(data, cls.SCHEMA, cls.VERSION, where)
-        phases = doc.get("phases")
+        phases, stages = doc.get("phases"), doc.get("stages")
         return cls(
             status=_opt_str(doc.get("status")),
             exit_code=_opt_int(doc.get("exit_code")),
@@ -411,6 +441,11 @@ class GuestResult:
             message=_opt_str(doc.get("message")),
             phases=tuple(Phase.from_json(p) for p in phases if isinstance(p, dict))
             if isinstance(phases, list)
+            else (),
+            vm=_opt_str(doc.get("vm")),
+            role=_opt_str(doc.get("role")),
+            stages=tuple(Phase.from_json(s) for s in stages if isinstance(s, dict))
+            if isinstance(stages, list)
             else (),
         )
 

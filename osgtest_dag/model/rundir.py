@@ -123,6 +123,8 @@ ATTEMPTS_DIR = "attempts"
 SOURCE_STAMP = ".extracted-from.json"  # in output/: which returned disk it was extracted from
 PREFETCH_DIR = ".prefetch"  # the local executor's read-ahead of the result disk (model/prefetch.py)
 PREFETCH_RECORD = "prefetch.json"  # in .prefetch/: what was read, written last
+VMS_DIR = "vms"  # in a cluster cell's directory: one directory per VM (docs/clusters.md)
+CLUSTER_RECORD = "cluster.json"  # in a cluster cell's directory: the runner's barrier log
 
 
 def cell_rel(serial: str) -> PurePosixPath:
@@ -248,8 +250,12 @@ class RunDir:
 
 @dataclass(frozen=True)
 class CellDir:
+    """A cell's directory; with `vm`, the directory of one VM of a cluster cell
+    (cells/<serial>/vms/<vm>/), which holds that VM's disks and output like a cell's."""
+
     run: RunDir
     serial: str
+    vm: str | None = None
 
     @property
     def path(self) -> Path:
@@ -258,7 +264,21 @@ class CellDir:
     @property
     def rel(self) -> PurePosixPath:
         """The directory relative to the run directory (as results.json records paths)."""
-        return cell_rel(self.serial)
+        rel = cell_rel(self.serial)
+        return rel / VMS_DIR / self.vm if self.vm else rel
+
+    @property
+    def disk_stem(self) -> str:
+        """What names this directory's disks: the serial, `<serial>-<vm>` for a cluster VM (the
+        VMs' disks meet in one job's scratch directory on HTCondor)."""
+        return f"{self.serial}-{self.vm}" if self.vm else self.serial
+
+    def vm_dir(self, name: str) -> CellDir:
+        return CellDir(self.run, self.serial, name)
+
+    @property
+    def cluster_record(self) -> Path:
+        return self.path / CLUSTER_RECORD
 
     @property
     def config(self) -> Path:
@@ -267,12 +287,12 @@ class CellDir:
     @property
     def io_disk(self) -> Path:
         """The IO disk that goes into the VM (CreateDisk makes it)."""
-        return self.path / f"io-{self.serial}.qcow2"
+        return self.path / f"io-{self.disk_stem}.qcow2"
 
     @property
     def result_disk(self) -> Path:
         """The IO disk as the VM job returned it (transfer_output_remaps)."""
-        return self.path / f"result-{self.serial}.qcow2"
+        return self.path / f"result-{self.disk_stem}.qcow2"
 
     @property
     def output(self) -> Path:
