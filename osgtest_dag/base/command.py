@@ -6,10 +6,12 @@ failure into `CommandError`, so callers never see a bare `subprocess` exception.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -77,6 +79,13 @@ def which(name: str) -> Path | None:
     return Path(found) if found else None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: PR_SET_PDEATHSIG = SIGKILL (prctl(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(127)
+
+
 def spawn(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -85,12 +94,16 @@ def spawn(
     stderr: int | IO[Any] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` in the background in its own session (process group), for long-lived
     children such as a VM that the caller waits on and may have to kill as a group.
 
     `env` is added to the current environment; `stdin` is /dev/null unless given (None: the
     caller's, for a VM console in the user's terminal). A missing program is a CommandError.
+    `die_with_parent`: the kernel kills the child (SIGKILL) when the calling thread ends, so a
+    runner killed with -9 leaves no VM behind; call it from a thread that lives as long as the
+    child should.
     """
     args = [os.fspath(a) for a in argv]
     log.debug("spawn: %s", shlex.join(args))
@@ -104,6 +117,7 @@ def spawn(
             cwd=cwd,
             env=full_env,
             start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     except FileNotFoundError as e:
         raise CommandError(args, None, reason=f"not found ({e.strerror}); run `make setup`") from None

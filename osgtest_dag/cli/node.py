@@ -10,6 +10,9 @@ from pathlib import Path
 
 import click
 
+from osgtest_dag.engine.cluster.runner import ClusterJob, run_cluster
+from osgtest_dag.model.cell import CellConfig
+from osgtest_dag.nodes import cluster as cluster_work
 from osgtest_dag.nodes import node as node_work
 
 RUN_DIR = click.option(
@@ -31,7 +34,8 @@ def node():
 @click.option("--offset", type=int, default=None, help="Byte offset of the cell in cells.jsonl.")
 @RUN_DIR
 def create_io_disk(serial, offset, run_dir):
-    click.echo(node_work.create_io_disk(run_dir, serial, offset))
+    for disk in cluster_work.create_io_disk(run_dir, serial, offset):
+        click.echo(disk)
 
 
 # $RETURN is negative for a job killed by a signal or removed (-1004): not an option.
@@ -43,14 +47,40 @@ def create_io_disk(serial, offset, run_dir):
 @RUN_DIR
 @click.pass_context
 def post_vm(ctx, node_name, returncode, retry, max_retries, run_dir):
-    ctx.exit(node_work.post_vm(run_dir, node_name, returncode, retry, max_retries))
+    ctx.exit(cluster_work.post_vm(run_dir, node_name, returncode, retry, max_retries))
+
+
+@node.command("cluster-run")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default="cell.json",
+    show_default=True,
+)
+@click.option(
+    "--image", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The base image."
+)
+@click.option("--image-format", default="qcow2", show_default=True)
+@click.option("--max-wall", type=int, required=True, help="Every VM's wall-clock limit (s).")
+@click.pass_context
+def cluster_run(ctx, config, image, image_format, max_wall):
+    """A cluster cell's VMs, in the job's directory (its TestRun job)."""
+    job = ClusterJob(
+        cell=CellConfig.read(config),
+        image=image,
+        image_format=image_format,
+        workdir=Path.cwd(),
+        max_wall=max_wall,
+    )
+    ctx.exit(run_cluster(job))
 
 
 @node.command("process-result")
 @click.argument("serial")
 @RUN_DIR
 def process_result(serial, run_dir):
-    s = node_work.process_result(run_dir, serial)
+    s = cluster_work.process_result(run_dir, serial)
     click.echo(f"cell {serial}: {s['outcome']} (exit {s['exit_code']})")
 
 

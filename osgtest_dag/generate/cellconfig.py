@@ -9,7 +9,9 @@ the shell payload) and `osg-test.conf` for the IO disk.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import shlex
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from osgtest_dag.model.cell import (
     Repositories,
     VmSize,
 )
+from osgtest_dag.model.cluster import PRIVATE_NETWORK, ClusterVm
 from osgtest_dag.model.documents import parse_json
 from osgtest_dag.model.rundir import RunDir
 from osgtest_dag.plan.catalog import Catalog
@@ -143,8 +146,48 @@ def _check(line: bytes, path: Path) -> CellConfig:
     return CellConfig.from_json(parse_json(line, path), path)
 
 
-def cell_env(cfg: CellConfig) -> str:
-    """The shell view of cell.json: `KEY='value'` lines, every value quoted."""
+def stage_log(index: int, name: str) -> str:
+    """A stage's log in the VM's output/: numbered, its name made safe for a file name."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "stage"
+    return f"stages/{index}-{slug}.log"
+
+
+def cluster_env(cfg: CellConfig, vm: ClusterVm) -> dict[str, str]:
+    """What a cluster VM knows of itself and its cluster (docs/clusters.md); its stages'
+    commands are files of input/stages/ (`stage_files`)."""
+    assert cfg.cluster is not None
+    vms = cfg.cluster_vms()
+    values = {
+        "CLUSTER_VM": vm.name,
+        "CLUSTER_ROLE": vm.role,
+        "CLUSTER_ADDRESS": vm.address,
+        "CLUSTER_PREFIX": str(ipaddress.ip_network(PRIVATE_NETWORK).prefixlen),
+        "CLUSTER_MAC": vm.mac,
+        "CLUSTER_HOSTS": "\n".join(f"{v.address} {v.name}" for v in vms if not v.network_boot),
+        "CLUSTER_STAGE_COUNT": str(len(cfg.cluster.stages)),
+    }
+    for i, stage in enumerate(cfg.cluster.stages, 1):
+        values[f"CLUSTER_STAGE_{i}_NAME"] = stage.name
+        values[f"CLUSTER_STAGE_{i}_ALWAYS"] = "true" if stage.runs_always else "false"
+        values[f"CLUSTER_STAGE_{i}_TIMEOUT"] = str(stage.timeout or cfg.test.timeout)
+        values[f"CLUSTER_STAGE_{i}_LOG"] = stage_log(i, stage.name)
+    return values
+
+
+def stage_files(cfg: CellConfig, vm: ClusterVm) -> dict[str, str]:
+    """input/stages/<k>.sh for each stage this VM's role runs a command in."""
+    assert cfg.cluster is not None
+    out = {}
+    for i, stage in enumerate(cfg.cluster.stages, 1):
+        command = stage.command_for(vm.role)
+        if command is not None:
+            out[f"{i}.sh"] = f"# osgtest-dag: stage {stage.name} of {vm.name} ({vm.role})\n{command}\n"
+    return out
+
+
+def cell_env(cfg: CellConfig, vm: ClusterVm | None = None) -> str:
+    """The shell view of cell.json: `KEY='value'` lines, every value quoted; for a cluster VM,
+    its role's packages added and its place in the cluster."""
     p, s = cfg.platform, cfg.source
     init = cfg.repositories.initial
     upd = cfg.repositories.update or RepoSetup()
@@ -156,7 +199,9 @@ def cell_env(cfg: CellConfig) -> str:
         "CELL_ARCH": p.arch,
         "CELL_CODENAME": p.codename or "",
         "CELL_LABEL": cfg.label,
-        "CELL_PACKAGES": " ".join(cfg.packages),
+        "CELL_PACKAGES": " ".join(
+            cfg.packages + (cfg.cluster.role(vm.role).packages if cfg.cluster and vm else ())
+        ),
         "CELL_SELINUX": "true" if cfg.selinux else "false",
         "CELL_SERIES": s.series,
         "CELL_TEST_SOURCE": s.test_source or "",
@@ -177,6 +222,8 @@ def cell_env(cfg: CellConfig) -> str:
         "REPO_BACKOFF": str(cfg.retries.backoff),
         "APT_LISTS_MAX_AGE": str(cfg.repositories.lists_max_age),
     }
+    if vm is not None:
+        values.update(cluster_env(cfg, vm))
     lines = [f"# osgtest-dag cell {cfg.serial}: generated from cell.json, do not edit"]
     lines += [f"{k}={shlex.quote(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
@@ -206,12 +253,19 @@ def osg_test_conf(cfg: CellConfig, base: str = OSG_TEST_BASE) -> str:
     return out
 
 
-def write_input_dir(cfg: CellConfig, dest: Path, osg_test_base: str = OSG_TEST_BASE) -> Path:
-    """Write the IO disk's `input/` tree for one cell: cell.json, cell.env, osg-test.conf
-    (the cell's keys appended to `osg_test_base`, the run's pinned configuration)."""
+def write_input_dir(
+    cfg: CellConfig, dest: Path, osg_test_base: str = OSG_TEST_BASE, vm: ClusterVm | None = None
+) -> Path:
+    """Write the IO disk's `input/` tree for one cell (or one VM of a cluster cell): cell.json,
+    cell.env, osg-test.conf (the cell's keys appended to `osg_test_base`, the run's pinned
+    configuration), a cluster VM's stages/."""
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "cell.json").write_text(json.dumps(cfg.to_json(), indent=1) + "\n")
-    (dest / "cell.env").write_text(cell_env(cfg))
+    (dest / "cell.env").write_text(cell_env(cfg, vm))
+    if vm is not None:
+        (dest / "stages").mkdir(exist_ok=True)
+        for name, text in stage_files(cfg, vm).items():
+            (dest / "stages" / name).write_text(text)
     if cfg.test.osg_test:
         (dest / "osg-test.conf").write_text(osg_test_conf(cfg, osg_test_base))
     return dest

@@ -18,6 +18,7 @@ from osgtest_dag.base.errors import UserError
 from osgtest_dag.generate.cellconfig import OSG_TEST_BASE, PER_CELL_OSG_TEST_KEYS, write_input_dir
 from osgtest_dag.guest.iodisk import make_iodisk
 from osgtest_dag.model.cell import CellConfig
+from osgtest_dag.model.cluster import ClusterVm
 from osgtest_dag.model.inputs import ParameterSet, PinnedFile, PinnedPrevious, RunInputs, file_sha256
 from osgtest_dag.model.manifest import RunManifest
 from osgtest_dag.model.publish import PublishConfig
@@ -113,14 +114,19 @@ def osg_test_base(run_dir: Path) -> str:
 
 
 def write_cell_io_disk(
-    run_dir: Path, cfg: CellConfig, disk: Path, *, extra_files: Mapping[str, str] | None = None
+    run_dir: Path,
+    cfg: CellConfig,
+    disk: Path,
+    *,
+    extra_files: Mapping[str, str] | None = None,
+    vm: ClusterVm | None = None,
 ) -> Path:
-    """A cell's IO disk as its CreateDisk node makes it: its input tree with the run's pinned
-    osg-test configuration, the run's disk size and backend; `extra_files` (name -> text) go
-    into input/ too (a reproduction's control file)."""
+    """A cell's IO disk (or a cluster VM's) as its CreateDisk node makes it: its input tree
+    with the run's pinned osg-test configuration, the run's disk size and backend;
+    `extra_files` (name -> text) go into input/ too (a reproduction's control file)."""
     opts = RunManifest.read(run_dir).options
     with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
-        inputs = write_input_dir(cfg, Path(tmp) / "input", osg_test_base(run_dir))
+        inputs = write_input_dir(cfg, Path(tmp) / "input", osg_test_base(run_dir), vm=vm)
         for name, text in (extra_files or {}).items():
             (inputs / name).write_text(text)
         return make_iodisk(inputs, disk, size_mb=opts.iodisk_size_mb, backend=opts.iodisk_backend)

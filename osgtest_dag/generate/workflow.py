@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from osgtest_dag.generate.cellconfig import cell_config, write_store
 from osgtest_dag.generate.inputs import InputFiles, pin_inputs
 from osgtest_dag.guest import pins
 from osgtest_dag.model import dagfile, rundir, runlock
+from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.model.manifest import RunManifest, WorkflowOptions
 from osgtest_dag.model.rundir import NodeName, cell_rel
 from osgtest_dag.plan.catalog import Catalog
@@ -125,7 +127,9 @@ class _Writer(dags.writer.DAGWriter):
     - its dagman config file has no trailing newline, and is always called dagman.config
       (two DAGs in one directory need two names);
     - a layer has one priority for all its nodes: we write each node's own (`priorities`,
-      node name -> PRIORITY) where the writer would put the layer's.
+      node name -> PRIORITY) where the writer would put the layer's;
+    - a layer has one submit file: a node may have its own (`submit_files`, node name -> path;
+      a cluster cell's TestRun runs the cluster runner, not a VM job).
     """
 
     def __init__(
@@ -134,10 +138,12 @@ class _Writer(dags.writer.DAGWriter):
         node_name_formatter,
         config_name: str = dags.CONFIG_FILE_NAME,
         priorities: dict[str, int] | None = None,
+        submit_files: dict[str, str] | None = None,
     ):
         super().__init__(dag, node_name_formatter=node_name_formatter)
         self.config_name = config_name
         self.priorities = priorities or {}
+        self.submit_files = submit_files or {}
 
     def yield_node_meta_lines(self, node, name):
         lines = list(super().yield_node_meta_lines(node, name))
@@ -159,9 +165,10 @@ class _Writer(dags.writer.DAGWriter):
             yield line
 
     def yield_layer_lines(self, layer):
-        sub = Path(layer.submit_description).as_posix()
+        layer_sub = Path(layer.submit_description).as_posix()
         for idx, vars_ in enumerate(layer.vars):
             name = self.get_node_name(layer, idx)
+            sub = self.submit_files.get(name, layer_sub)
             yield " ".join([f"JOB {name} {sub}"] + self.get_node_meta_parts(layer, idx))
             if vars_:
                 parts = [f"VARS {name}"]
@@ -198,7 +205,54 @@ def cell_vars(cell: Cell) -> dict:
     }
 
 
-def matrix_dag(cells: list[Cell], opts: WorkflowOptions, offsets: list[int]) -> dags.DAG:
+# The runner and each VM's qemu process beside the guests' own memory (MB).
+CLUSTER_MEMORY_OVERHEAD_MB = 256
+CLUSTER_RUN_SUB = "cluster-run.sub"
+
+
+def cluster_vars(cell: Cell, cfg: CellConfig) -> dict:
+    """A cluster cell's TestRun VARS (submit_templates/cluster-run.sub.j2): its VMs' IO disks
+    in, their disks and consoles back where the run directory keeps them, and the resources of
+    all its VMs at once."""
+    vms = cfg.cluster_vms()
+    booted = [v for v in vms if not v.network_boot]
+    cell_dir = rundir.RunDir(Path(".")).cell(cell.serial)
+
+    def io(vm: str) -> str:
+        return cell_dir.vm_dir(vm).io_disk.name
+
+    def returned(path: Path) -> str:
+        return path.relative_to(cell_dir.path).as_posix()
+
+    remaps = [f"{io(v.name)}={returned(cell_dir.vm_dir(v.name).result_disk)}" for v in booted]
+    remaps += [f"{rundir.vm_console(v.name)}={rundir.vm_console_returned(v.name)}" for v in vms]
+    return {
+        **cell_vars(cell),
+        "vms": str(len(vms)),
+        "request_memory": str(sum(v.memory for v in vms) + CLUSTER_MEMORY_OVERHEAD_MB),
+        "request_cpus": str(sum(v.vcpus for v in vms)),
+        "request_disk": f"{sum(v.disk for v in vms)}MB",
+        "vm_inputs": ",".join(returned(cell_dir.vm_dir(v.name).io_disk) for v in booted),
+        "vm_outputs": ",".join([io(v.name) for v in booted] + [rundir.vm_console(v.name) for v in vms]),
+        "vm_remaps": ";".join(remaps),
+    }
+
+
+def cluster_submit_files(configs: list[CellConfig]) -> dict[str, str]:
+    """The TestRun nodes that run the cluster runner, with their submit file."""
+    return {
+        NodeName(rundir.TEST_RUN, c.serial).format(): f"submit/{CLUSTER_RUN_SUB}"
+        for c in configs
+        if c.cluster is not None
+    }
+
+
+def matrix_dag(
+    cells: list[Cell],
+    opts: WorkflowOptions,
+    offsets: list[int],
+    configs: Sequence[CellConfig | None] | None = None,
+) -> dags.DAG:
     dag = dags.DAG(
         dagman_config={"DAGMAN_MAX_JOBS_IDLE": 1000, "DAGMAN_USER_LOG_SCAN_INTERVAL": 5},
         max_jobs_by_category={"LocalIO": opts.local_io_maxjobs},
@@ -215,7 +269,10 @@ def matrix_dag(cells: list[Cell], opts: WorkflowOptions, offsets: list[int]) -> 
     test = create.child_layer(
         name=rundir.TEST_RUN,
         submit_description=Path("submit/test-run.sub"),
-        vars=[cell_vars(c) for c in cells],
+        vars=[
+            cluster_vars(c, cfg) if cfg is not None and cfg.cluster else cell_vars(c)
+            for c, cfg in zip(cells, configs if configs is not None else [None] * len(cells), strict=True)
+        ],
         edge=dags.OneToOne(),
         retries=opts.vm_retries,
         retry_unless_exit=POST_INFRA_FATAL,
@@ -317,7 +374,9 @@ def _jinja(opts: WorkflowOptions) -> jinja2.Environment:
     )
 
 
-def render_submit_files(opts: WorkflowOptions, run_name: str, generated: str) -> dict[str, str]:
+def render_submit_files(
+    opts: WorkflowOptions, run_name: str, generated: str, clusters: bool = False
+) -> dict[str, str]:
     env = _jinja(opts)
     common = {
         "generated": generated,
@@ -338,6 +397,14 @@ def render_submit_files(opts: WorkflowOptions, run_name: str, generated: str) ->
             max_queue_time=opts.max_queue_time,
             requirements=opts.requirements(),
         )
+        if clusters:  # only runs with cluster cells have the file
+            files[CLUSTER_RUN_SUB] = env.get_template("cluster-run.sub.j2").render(
+                **common,
+                max_wall=opts.max_wall,
+                max_starts=opts.max_starts,
+                max_queue_time=opts.max_queue_time,
+                requirements=opts.requirements(capability="OsgtestDagQemu"),
+            )
         tmpl = env.get_template("local-node.sub.j2")
         for name, (action, args, purpose, stem) in LOCAL_NODES.items():
             files[name] = tmpl.render(
@@ -442,7 +509,10 @@ def _write_run(
         opts = replace(opts, tool=default_tool())
     run_name = run_dir.resolve().name
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    submit_files = render_submit_files(opts, run_name, generated)
+    configs = [cell_config(c, catalog, nightly=opts.nightly) for c in cells]
+    submit_files = render_submit_files(
+        opts, run_name, generated, clusters=any(c.cluster is not None for c in configs)
+    )
     for name, text in submit_files.items():
         _check_submit(name, text)
 
@@ -457,18 +527,17 @@ def _write_run(
             (layout.submit / name).write_text(text)
         for i, pf in enumerate(param_files):
             shutil.copy2(pf, layout.params / f"{i:02d}-{Path(pf).name}")
-        offsets = write_store(
-            layout.cell_store, (cell_config(c, catalog, nightly=opts.nightly) for c in cells)
-        )
+        offsets = write_store(layout.cell_store, configs)
         # Images not built yet are pinned when the run builds or submits them.
         pins.pin(tmp, ((c.platform.id, c.platform.image) for c in cells))
         pin_inputs(tmp, cells, catalog, inputs, param_files)
         formatter = _SerialFormatter([c.serial for c in cells])
         _Writer(
-            matrix_dag(cells, opts, offsets),
+            matrix_dag(cells, opts, offsets, configs),
             formatter,
             rundir.MATRIX_CONFIG,
             priorities=node_priorities(cells),
+            submit_files=cluster_submit_files(configs),
         ).write(tmp, rundir.MATRIX_DAG)
         _Writer(outer_dag(opts), _OuterFormatter()).write(tmp, rundir.OUTER_DAG)
         manifest = RunManifest(

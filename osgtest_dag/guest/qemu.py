@@ -258,6 +258,7 @@ def qemu_argv(
     networking: bool,
     console_log: Path,
     console_stdio: bool = False,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The qemu command line; separate so tests and `--dry-run`-style callers can see it.
 
@@ -308,7 +309,7 @@ def qemu_argv(
             f"virtio-blk-pci,drive={name}",
         ]
     argv += ["-nic", "user,model=virtio-net-pci"] if networking else ["-nic", "none"]
-    return argv
+    return argv + list(extra_args)
 
 
 class VM:
@@ -451,12 +452,16 @@ def start(
     accel: str | None = None,
     keep_overlay: bool = False,
     console_stdio: bool = False,
+    extra_args: Sequence[str] = (),
+    die_with_parent: bool = False,
 ) -> VM:
     """Start a VM in the background and return its handle.
 
     The base image is never written: it backs a qcow2 overlay created in `workdir`. `disks`
     are attached writable with an explicit format (a bare path is probed with qemu-img).
     `console_stdio`: the serial console in this process's terminal (see `qemu_argv`).
+    `extra_args` go on qemu's command line last (a cluster VM's private NIC and sync port);
+    `die_with_parent`: see `command.spawn`.
     """
     base = Path(base_image).resolve()
     if not base.is_file():
@@ -500,6 +505,7 @@ def start(
         networking=networking,
         console_log=console.resolve(),
         console_stdio=console_stdio,
+        extra_args=extra_args,
     )
     stderr_path = work / f"{overlay.stem}.qemu-stderr.log"
     with open(stderr_path, "wb") as err:
@@ -511,6 +517,7 @@ def start(
                 stdout=None if console_stdio else subprocess.DEVNULL,
                 stderr=err,
                 cwd=work,
+                die_with_parent=die_with_parent,
             )
         except BaseException:
             overlay.unlink(missing_ok=True)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from osgtest_dag.model.documents import Fields, JsonObject
+from osgtest_dag.base.errors import UserError
+from osgtest_dag.model.documents import Fields, JsonObject, VmRecord, check_document, read_json
 
 BOOT_DISK = "disk"  # from the platform's base image and its own bootloader
 BOOT_NETWORK = "network"  # no disk: PXE from another role of the cluster
@@ -164,3 +167,51 @@ class CellCluster:
             roles=tuple(ClusterRole.from_fields(r) for r in f.objs("roles")),
             stages=tuple(ClusterStage.from_fields(s) for s in f.objs("stages")),
         )
+
+
+@dataclass(frozen=True)
+class ClusterRunRecord:
+    """cluster.json: what the cluster runner did (engine/cluster/runner.py) - each VM's start
+    as a `VmRecord` (`node` is the VM's name), the barrier of each stage in host time (who
+    arrived when with which status, when it was released, run or skip), the frames each VM sent
+    on the private network. The POST script reads it as a one-VM cell's local-vm.json."""
+
+    SCHEMA = "osgtest-dag/cluster-run"
+    VERSION = 1
+    vms: tuple[VmRecord, ...]
+    barriers: tuple[JsonObject, ...] = ()
+    frames: tuple[tuple[str, int], ...] = ()  # vm -> frames it sent on the private network
+    error: str | None = None  # why the runner stopped early (a signal, a VM that did not start)
+
+    def vm(self, name: str) -> VmRecord | None:
+        return next((r for r in reversed(self.vms) if r.node == name), None)
+
+    def to_json(self) -> JsonObject:
+        return {
+            "schema": self.SCHEMA,
+            "version": self.VERSION,
+            "vms": [r.to_json() for r in self.vms],
+            "barriers": list(self.barriers),
+            "frames": dict(self.frames),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: Path | str) -> ClusterRunRecord:
+        doc = check_document(data, cls.SCHEMA, cls.VERSION, where)
+        vms, barriers, frames = doc.get("vms"), doc.get("barriers"), doc.get("frames")
+        if not isinstance(vms, list) or not isinstance(barriers, list) or not isinstance(frames, dict):
+            raise UserError("`vms`, `barriers` or `frames` is not of its type", where=where)
+        return cls(
+            vms=tuple(VmRecord.from_json(v, where) for v in vms),
+            barriers=tuple(b for b in barriers if isinstance(b, dict)),
+            frames=tuple((str(k), int(v)) for k, v in frames.items() if isinstance(v, int)),
+            error=doc.get("error") if isinstance(doc.get("error"), str) else None,
+        )
+
+    @classmethod
+    def read(cls, path: Path) -> ClusterRunRecord | None:
+        """The record in `path`; None when there is none (the runner never got to write it)."""
+        if not Path(path).is_file():
+            return None
+        return cls.from_json(read_json(path), path)

@@ -40,8 +40,10 @@ class WorkflowOptions:
     keep_disks: bool = False
     environment: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
-    def requirements(self, arch_macro: str = "$(condor_arch)") -> str:
-        parts = [f'(TARGET.Arch == "{arch_macro}")', "(TARGET.HasVM =?= True)"]
+    def requirements(self, arch_macro: str = "$(condor_arch)", capability: str = "HasVM") -> str:
+        """The execute points a VM job may run on; a cluster cell's job asks for `capability`
+        OsgtestDagQemu instead (docs/clusters.md): the machine runs qemu for it."""
+        parts = [f'(TARGET.Arch == "{arch_macro}")', f"(TARGET.{capability} =?= True)"]
         if self.extra_requirements:
             parts.append(f"({self.extra_requirements})")
         if self.excluded_hosts:

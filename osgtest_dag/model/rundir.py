@@ -125,6 +125,23 @@ PREFETCH_DIR = ".prefetch"  # the local executor's read-ahead of the result disk
 PREFETCH_RECORD = "prefetch.json"  # in .prefetch/: what was read, written last
 VMS_DIR = "vms"  # in a cluster cell's directory: one directory per VM (docs/clusters.md)
 CLUSTER_RECORD = "cluster.json"  # in a cluster cell's directory: the runner's barrier log
+VM_CONSOLE = "console.log"  # in a cluster VM's directory: its console, as the job returned it
+
+
+def vm_disk_stem(serial: str, vm: str) -> str:
+    """What names a cluster VM's disks (`io-<stem>.qcow2`, `result-<stem>.qcow2`): the VMs'
+    disks meet in one job's scratch directory on HTCondor."""
+    return f"{serial}-{vm}"
+
+
+def vm_console(vm: str) -> str:
+    """A cluster VM's console as the cluster runner writes it in its job's directory."""
+    return f"console-{vm}.log"
+
+
+def vm_console_returned(vm: str) -> str:
+    """Where that console comes back, relative to the cell directory (CellDir.vm_console)."""
+    return f"{VMS_DIR}/{vm}/{VM_CONSOLE}"
 
 
 def cell_rel(serial: str) -> PurePosixPath:
@@ -269,9 +286,13 @@ class CellDir:
 
     @property
     def disk_stem(self) -> str:
-        """What names this directory's disks: the serial, `<serial>-<vm>` for a cluster VM (the
-        VMs' disks meet in one job's scratch directory on HTCondor)."""
-        return f"{self.serial}-{self.vm}" if self.vm else self.serial
+        """What names this directory's disks: the serial, or vm_disk_stem for a cluster VM."""
+        return vm_disk_stem(self.serial, self.vm) if self.vm else self.serial
+
+    @property
+    def vm_console(self) -> Path:
+        """A cluster VM's console of the job's last start (the runner's console-<vm>.log)."""
+        return self.path / VM_CONSOLE
 
     def vm_dir(self, name: str) -> CellDir:
         return CellDir(self.run, self.serial, name)

@@ -22,6 +22,7 @@ from osgtest_dag.generate import cellconfig
 from osgtest_dag.generate.inputs import write_cell_io_disk
 from osgtest_dag.generate.workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK
 from osgtest_dag.model import prefetch
+from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.model.documents import (
     GuestResult,
     PostDecision,
@@ -210,7 +211,7 @@ def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict, vm: VmRec
         )
     status = result.status if result else None
     verdict, reason, code = classify(result, vm)
-    _stamp_source(extracted, disk)
+    stamp_source(extracted, disk)
     if code == POST_OK:
         dest, report_path = cell.output, cell.extraction
     else:
@@ -230,13 +231,13 @@ def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict, vm: VmRec
     )
 
 
-def _disk_stamp(disk: Path) -> dict:
+def disk_stamp(disk: Path) -> dict:
     st = disk.stat()
     return {"disk": disk.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _stamp_source(out: Path, disk: Path) -> None:
-    (out / SOURCE_STAMP).write_text(dump_json(_disk_stamp(disk)))
+def stamp_source(out: Path, disk: Path) -> None:
+    (out / SOURCE_STAMP).write_text(dump_json(disk_stamp(disk)))
 
 
 def process_result(run_dir: Path, serial: str) -> dict:
@@ -246,7 +247,7 @@ def process_result(run_dir: Path, serial: str) -> dict:
     disk = cell.result_disk
     out = cell.output
     fresh = (
-        disk.is_file() and cell.source_stamp.is_file() and read_json(cell.source_stamp) == _disk_stamp(disk)
+        disk.is_file() and cell.source_stamp.is_file() and read_json(cell.source_stamp) == disk_stamp(disk)
     )
     if not fresh:
         if not disk.is_file():
@@ -254,7 +255,7 @@ def process_result(run_dir: Path, serial: str) -> dict:
         tmp = Path(tempfile.mkdtemp(prefix=".output.", dir=cell.path))
         try:
             extracted, _, report = read_guest_result(disk, tmp)
-            _stamp_source(extracted, disk)
+            stamp_source(extracted, disk)
             write_json_atomic(cell.extraction, report)
             shutil.rmtree(out, ignore_errors=True)
             os.rename(extracted, out)
@@ -269,9 +270,12 @@ def clean_output(run_dir: Path, serial: str) -> list[Path]:
     opts = RunManifest.read(run_dir).options
     removed = []
     cell = cell_dir(run_dir, serial)
-    targets = [cell.io_disk]
-    if not opts.keep_disks and cell.output.is_dir():
-        targets.append(cell.result_disk)
+    cfg = CellConfig.read(cell.config)
+    targets = []
+    for d in [cell.vm_dir(vm.name) for vm in cfg.cluster_vms()] or [cell]:
+        targets.append(d.io_disk)
+        if not opts.keep_disks and d.output.is_dir():
+            targets.append(d.result_disk)
     for t in targets:
         if t.exists():
             t.unlink()

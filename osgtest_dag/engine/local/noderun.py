@@ -21,6 +21,7 @@ from osgtest_dag.engine.local.jobs import Output, ProcessJob
 from osgtest_dag.engine.local.slots import JobSlot
 from osgtest_dag.engine.local.state import Attempt, NodeStatus, StateFile
 from osgtest_dag.engine.local.submit import read_job
+from osgtest_dag.engine.local.transfer import TransferJob, transfers_files
 from osgtest_dag.engine.local.vmjob import VmJob
 from osgtest_dag.model import dagfile
 from osgtest_dag.model.rundir import TEST_RUN, NodeName, RunDir
@@ -199,4 +200,17 @@ class NodeRunner:
             exe = spec.executable
             if exe and not os.path.isabs(exe) and (spec.initialdir / exe).exists():
                 exe = str(spec.initialdir / exe)
+            if transfers_files(spec):
+                # the run's accelerator (KVM given up by a watchdog stays given up)
+                env = {**spec.environment, "OSGTEST_DAG_ACCEL": self.ctx.accel.current()}
+                job = TransferJob(
+                    spec,
+                    node.name,
+                    [exe, *spec.arguments],
+                    stdout=out,
+                    stderr=err,
+                    env=env,
+                    children=self.ctx.children,
+                )
+                return self.ctx.jobs.run(job)
             return self._process([exe, *spec.arguments], spec.initialdir, out, err, spec.environment)

@@ -13,7 +13,7 @@ from osgtest_dag.engine.local.context import Context, Interrupted
 from osgtest_dag.engine.local.decide import DagOutcome, Parent, Readiness, dag_outcome, readiness
 from osgtest_dag.engine.local.noderun import NodeRunner
 from osgtest_dag.engine.local.state import NodeStatus, StateFile
-from osgtest_dag.engine.local.submit import quick_universe
+from osgtest_dag.engine.local.submit import quick_vm_count
 from osgtest_dag.model import dagfile
 
 if TYPE_CHECKING:  # the graph comes from dagfile, which imports networkx when it builds one
@@ -148,7 +148,8 @@ class DagScheduler:
         return final.status is NodeStatus.DONE
 
     def _slot_keys(self, name: str) -> list[str]:
-        """The slots a node's job holds: its MAXJOBS category, and a VM or a local one."""
+        """The slots a node's job holds: its MAXJOBS category, and one VM slot per VM it runs
+        (a cluster cell's job: several) or a local one."""
         node = self.dag.nodes[name]
         keys = []
         if node.category and node.category in self.dag.maxjobs:
@@ -157,5 +158,6 @@ class DagScheduler:
             self.ctx.slots.add_limit(key, self.dag.maxjobs[node.category])
         if node.kind == "subdag" or node.noop:
             return keys
-        keys.append("vm" if quick_universe(self.dag.path.parent, node) == "vm" else "local")
+        vms = quick_vm_count(self.dag.path.parent, node)
+        keys += ["vm"] * vms if vms else ["local"]
         return keys

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections import Counter
 from pathlib import Path
 
 
@@ -22,12 +23,19 @@ class Slots:
             self.limits.setdefault(key, limit)
 
     def try_take(self, keys: list[str]) -> bool:
+        """Take one of each key; a key named n times is n of it (a cluster cell's VMs). More
+        than a limit allows is taken only when none is in use: the job runs alone."""
+        need = Counter(keys)
         with self.cond:
-            if all(self.used.get(k, 0) < self.limits.get(k, 1 << 30) for k in keys):
-                for k in keys:
-                    self.used[k] = self.used.get(k, 0) + 1
+            if all(self._fits(k, n) for k, n in need.items()):
+                for k, n in need.items():
+                    self.used[k] = self.used.get(k, 0) + n
                 return True
             return False
+
+    def _fits(self, key: str, n: int) -> bool:
+        used = self.used.get(key, 0)
+        return used + n <= self.limits.get(key, 1 << 30) or used == 0
 
     def give(self, keys: list[str]) -> None:
         with self.cond:

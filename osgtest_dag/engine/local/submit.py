@@ -143,12 +143,19 @@ def read_job(submit_file: Path, node_vars: dict, dag_dir: Path, *, node_name: st
     )
 
 
-def quick_universe(dag_dir: Path, node: dagfile.Node) -> str:
-    """The universe a node's submit file names, without HTCondor's parser: the scheduler asks
-    for every ready node, to know whether it needs a VM slot or a local one."""
+def quick_vm_count(dag_dir: Path, node: dagfile.Node) -> int:
+    """How many VMs a node's job runs at once, for the executor's -j: 1 for a VM-universe job,
+    a cluster cell's VM count (`+OsgtestDagVms = $(vms)`, the node's `vms` VAR), else 0."""
     try:
         text = (dag_dir / (node.dir or ".") / (node.submit_file or "")).read_text()
     except OSError:
-        return "local"
+        return 0
     m = re.search(r"^\s*universe\s*=\s*(\w+)", text, re.MULTILINE | re.IGNORECASE)
-    return m.group(1).lower() if m else "vanilla"
+    if m and m.group(1).lower() == "vm":
+        return 1
+    if re.search(r"^\s*\+OsgtestDagVms\s*=", text, re.MULTILINE):
+        try:
+            return max(1, int(node.vars.get("vms", "1")))
+        except ValueError:
+            return 1
+    return 0
