@@ -19,6 +19,7 @@ from osgtest_dag.ops.hosts import active_excluded_hosts
 from osgtest_dag.ops.nightly import check_inputs
 from osgtest_dag.plan import matrix
 from osgtest_dag.plan.catalog import Catalog
+from osgtest_dag.plan.cluster import describe
 
 
 def _matrix(params, catalogs, image_dir, only=()):
@@ -40,6 +41,9 @@ def lint(params, catalogs):
     repository id the catalog does not know) go to stderr and do not change the exit code."""
     _, m, cells = _matrix(params, catalogs, None)
     warned = f", {len(m.warnings)} warning(s)" if m.warnings else ""
+    clusters = [c.cluster for c in cells if c.cluster is not None]
+    if clusters:
+        warned = f" ({len(clusters)} cluster cell(s), {sum(c.size for c in clusters)} VMs){warned}"
     click.echo(f"ok: {len(m.files)} parameter file(s), {len(cells)} cells{warned}")
 
 
@@ -60,6 +64,10 @@ def plan(params, only, catalogs, image_dir, fmt):
     head = ("SERIAL", "PLATFORM", "SOURCE", "PACKAGE SET", "PRIORITY")
     widths = [max([len(head[i])] + [len(r[i]) for r in rows]) for i in range(4)]
     out = ["  ".join(f"{r[i]:<{widths[i]}}" for i in range(4)) + f"  {r[4]}" for r in [head, *rows]]
+    # a cluster cell's line is followed by its roles and stages (one-VM cells have one line)
+    for at, c in reversed(list(enumerate(cells, start=1))):
+        if c.cluster is not None:
+            out.insert(at + 1, f"{'':<{widths[0]}}  cluster: {describe(c.cluster)}")
     out += ["", "Per parameter file, in expansion order:"]
     out += [line for part in m.expansions for line in _file_lines(part)]
     total = f"{len(m.cells)} cells from {len(m.files)} parameter file(s)"

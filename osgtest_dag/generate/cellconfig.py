@@ -80,14 +80,18 @@ def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellC
         packages=tuple(cell.package_set.packages),
         selinux=cell.package_set.selinux,
         repositories=Repositories(initial=initial, update=update),
+        # a cluster's stages are its test: no osg-test (plan gives it no test_command)
         test=CellTest(
-            command=cell.test_command, timeout=cell.test_timeout, osg_test=cell.test_command is None
+            command=cell.test_command,
+            timeout=cell.test_timeout,
+            osg_test=cell.test_command is None and cell.cluster is None,
         ),
         vm=VmSize(memory=cell.vm.memory, vcpus=cell.vm.vcpus, disk=cell.vm.disk),
         network=NetworkCheck(check_host=catalog.network_check_host(p.family), retries=5),
         retries=RepoRetries(count=3, backoff=10),
         nightly=nightly,
         param_file=cell.origin.name,
+        cluster=cell.cluster,
     )
 
 

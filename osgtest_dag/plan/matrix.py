@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from osgtest_dag.base.errors import Location, UserError
+from osgtest_dag.model.cluster import CellCluster
+from osgtest_dag.model.documents import JsonObject
 from osgtest_dag.plan.catalog import Catalog, Platform, did_you_mean
 from osgtest_dag.plan.params import (
     PackageSet,
@@ -46,6 +48,11 @@ class Cell:
     origin: Path
     priority: int = 0  # DAG priority of the cell's nodes (cell_priority)
 
+    @property
+    def cluster(self) -> CellCluster | None:
+        """The package set's cluster: this cell is several VMs (docs/clusters.md)."""
+        return self.package_set.cluster
+
     def fields(self) -> dict:
         """The values `--only`, `include` and `exclude` globs match against."""
         return {"serial": self.serial, **_rule_fields(self.platform, self.source, self.package_set)}
@@ -53,7 +60,7 @@ class Cell:
     def to_json(self) -> dict:
         """The plan's view of a cell (`plan --format json`)."""
         s = self.source
-        return {
+        doc: JsonObject = {
             "serial": self.serial,
             "platform": self.platform.id,
             "platform_name": self.platform.name,
@@ -70,11 +77,22 @@ class Cell:
             "priority": self.priority,
             "param_file": str(self.origin),
         }
+        if self.cluster is not None:  # one-VM cells keep the form they always had
+            vms = self.cluster.vms(self.vm.memory, self.vm.vcpus, self.vm.disk)
+            doc["cluster"] = {
+                **self.cluster.to_json(),
+                "vms": [
+                    {"name": v.name, "role": v.role, "memory": v.memory, "vcpus": v.vcpus, "disk": v.disk}
+                    for v in vms
+                ],
+            }
+        return doc
 
 
 def _check_package_sets(files: list[ParamFile]) -> None:
     """A label means one package list, and a package list has one label — across all files.
-    (With a per-set test_command or another selinux setting, the same packages are another set.)"""
+    (With a per-set test_command, another selinux setting or a cluster, the same packages are
+    another set.) A label names one cluster, or none."""
     by_label: dict[str, PackageSet] = {}
     by_packages: dict[tuple, PackageSet] = {}
     for pf in files:
@@ -86,9 +104,15 @@ def _check_package_sets(files: list[ParamFile]) -> None:
                     where=ps.where,
                     hint="labels identify package sets in reports: use one package list per label, or rename one",
                 )
+            if first.cluster != ps.cluster:
+                raise UserError(
+                    f"package set label {ps.label!r} names another cluster here than at {first.where}",
+                    where=ps.where,
+                    hint="labels identify package sets in reports: rename one",
+                )
             # (the reference's package list gains /usr/sbin/semanage when selinux is on, so the
             # same packages with and without SELinux are two sets there too)
-            first = by_packages.setdefault((ps.packages, ps.selinux, ps.test_command), ps)
+            first = by_packages.setdefault((ps.packages, ps.selinux, ps.test_command, ps.cluster), ps)
             if first.label != ps.label:
                 raise UserError(
                     f"the same packages are labelled {ps.label!r} here and {first.label!r} at {first.where}",
@@ -204,7 +228,7 @@ def expand(files: list[ParamFile]) -> tuple[list[Cell], list[FileExpansion]]:
         serials = []
         for entry, (src, _), ps in kept:
             plat = entry.platform
-            key = (plat.id, src.raw, ps.label, ps.packages, ps.selinux, ps.test_command)
+            key = (plat.id, src.raw, *ps.key())
             if key in seen:
                 duplicates += 1
                 continue
@@ -218,7 +242,8 @@ def expand(files: list[ParamFile]) -> tuple[list[Cell], list[FileExpansion]]:
                     source=src,
                     package_set=ps,
                     vm=pf.vm_for(plat.id),
-                    test_command=ps.test_command or pf.test_command,
+                    # a cluster's stages are its test: the file's test_command is the other sets'
+                    test_command=None if ps.cluster else ps.test_command or pf.test_command,
                     test_timeout=pf.test_timeout,
                     origin=pf.path,
                     priority=cell_priority(entry, src, ps),

@@ -2,7 +2,8 @@
 
 The reference format (platforms, sources, package_sets) loads unchanged; the optional keys
 (vm, vm_per_platform, exclude, include, test_command, test_timeout) extend it, and so do
-`priority: N` on a package set and a platform written as `{platform: ID, priority: N}`.
+`priority: N` and `cluster:` (plan.cluster) on a package set and a platform written as
+`{platform: ID, priority: N}`.
 Unknown keys are errors with a "did you mean" hint, never a silently skipped file.
 """
 
@@ -15,14 +16,16 @@ from pathlib import Path
 
 from osgtest_dag.base import yamlsrc
 from osgtest_dag.base.errors import Location, UserError
+from osgtest_dag.model.cluster import CellCluster
 from osgtest_dag.plan.catalog import PASS_THROUGH_FAMILIES, Catalog, Platform, did_you_mean
+from osgtest_dag.plan.cluster import parse_cluster
 from osgtest_dag.plan.sources import Source, SourceSyntaxError, parse_source
+from osgtest_dag.plan.vmsettings import vm_overrides
 
 REQUIRED_KEYS = ("platforms", "sources", "package_sets")
 OPTIONAL_KEYS = ("vm", "vm_per_platform", "exclude", "include", "test_command", "test_timeout")
-PACKAGE_SET_KEYS = ("label", "packages", "selinux", "test_command", "priority")
+PACKAGE_SET_KEYS = ("label", "packages", "selinux", "test_command", "priority", "cluster")
 PLATFORM_KEYS = ("platform", "priority")
-VM_KEYS = ("memory", "vcpus", "disk")
 MAX_PRIORITY = 1000000  # DAGMan's PRIORITY is an int; this keeps sums far from its limits
 RULE_KEYS = ("platform", "os", "arch", "family", "source", "series", "label", "package")
 
@@ -35,9 +38,11 @@ class PackageSet:
     where: Location | None = None
     test_command: str | None = None  # overrides the file's test_command for this set
     priority: int = 0  # added to the DAG priority of this set's cells (matrix.cell_priority)
+    cluster: CellCluster | None = None  # its cells are several VMs (docs/clusters.md)
 
     def key(self) -> tuple:
-        return (self.label, self.packages, self.selinux)
+        """What makes two package sets the same set (a cell of each is one cell)."""
+        return (self.label, self.packages, self.selinux, self.test_command, self.cluster)
 
 
 @dataclass(frozen=True)
@@ -106,28 +111,6 @@ class ParamFile:
             if fnmatch.fnmatchcase(platform_id, pattern):
                 vm = vm.merged(overrides)
         return vm
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|[KMGT])?\s*$", re.IGNORECASE)
-_FACTOR = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
-
-
-def parse_size_mb(value) -> int:
-    """`2048`, `"2048M"`, `"2GB"`, `"2 GiB"` -> MiB. Plain numbers are MiB."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("must be positive")
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ValueError(f"{value!r} is not a size")
-    unit = (m.group(2) or "").upper()[:1]
-    mb = int(float(m.group(1)) * _FACTOR[unit])
-    if mb <= 0:
-        raise ValueError("must be positive")
-    return mb
 
 
 def find_param_files(paths: list[Path] | tuple) -> list[Path]:
@@ -222,7 +205,7 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
 
     vm = VMProfile()
     if "vm" in data:
-        vm = vm.merged(_vm_overrides(doc, ("vm",), data["vm"]))
+        vm = vm.merged(vm_overrides(doc, ("vm",), data["vm"]))
     per_platform = []
     if "vm_per_platform" in data:
         vpp = data["vm_per_platform"]
@@ -233,7 +216,7 @@ def load_param_file(path: Path, catalog: Catalog) -> ParamFile:
                 hint="e.g. 'rocky_*.x86_64: {memory: 4096}'",
             )
         for pattern, settings in vpp.items():
-            per_platform.append((str(pattern), _vm_overrides(doc, ("vm_per_platform", pattern), settings)))
+            per_platform.append((str(pattern), vm_overrides(doc, ("vm_per_platform", pattern), settings)))
 
     test_command = data.get("test_command")
     if test_command is not None and (not isinstance(test_command, str) or not test_command.strip()):
@@ -378,6 +361,15 @@ def _package_set(doc: yamlsrc.Document, i: int, ps) -> PackageSet:
     priority = 0
     if "priority" in ps:
         priority = _priority(doc, ("package_sets", i, "priority"), ps["priority"], f"package set {label!r}")
+    cluster = None
+    if "cluster" in ps:
+        if test_command is not None:
+            raise UserError(
+                f"package set {label!r}: a cluster's stages are its test, it has no 'test_command'",
+                where=doc.key_where("package_sets", i, "test_command"),
+                hint="move the command into a stage: e.g. '- {name: test, all: COMMAND}' under 'stages:'",
+            )
+        cluster = parse_cluster(doc, ("package_sets", i, "cluster"), ps["cluster"], f"package set {label!r}")
     return PackageSet(
         label=label.strip(),
         packages=tuple(p.strip() for p in pkgs),
@@ -385,33 +377,8 @@ def _package_set(doc: yamlsrc.Document, i: int, ps) -> PackageSet:
         where=where,
         test_command=test_command,
         priority=priority,
+        cluster=cluster,
     )
-
-
-def _vm_overrides(doc: yamlsrc.Document, key: tuple, value) -> dict:
-    if not isinstance(value, dict):
-        raise UserError("VM settings must be a mapping of memory, vcpus, disk", where=doc.where(*key))
-    out = {}
-    for k, v in value.items():
-        where = doc.where(*key, k)
-        if k not in VM_KEYS:
-            raise UserError(
-                f"unknown VM setting {k!r}",
-                where=doc.key_where(*key, k),
-                hint=did_you_mean(str(k), VM_KEYS) or f"known: {', '.join(VM_KEYS)}",
-            )
-        if k == "vcpus":
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
-                raise UserError("'vcpus' must be a whole number from 1 to 256", where=where)
-            out[k] = v
-        else:
-            try:
-                out[k] = parse_size_mb(v)
-            except ValueError as e:
-                raise UserError(
-                    f"bad {k} size: {e}", where=where, hint="a number of MiB or a size such as 4GB"
-                ) from None
-    return out
 
 
 def _rules(doc: yamlsrc.Document, key: str, data: dict) -> tuple[Rule, ...]:
