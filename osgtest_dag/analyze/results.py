@@ -115,7 +115,7 @@ def analyze_cell(
     node_jobs: dict[str, tuple[JobRecord, ...]] | None = None,
     passing: dict | None = None,
 ) -> dict:
-    """One cell's entry of results.json."""
+    """One cell's entry of results.json (a cluster cell's: analyze/cluster_cell.py)."""
     serial = cfg.serial
     cd = RunDir(run_dir).cell(serial)
     d = cd.path
