@@ -15,14 +15,21 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from osgtest_dag import __version__
-from osgtest_dag.analyze import osgtest_log
+from osgtest_dag.analyze import cluster_cell
+from osgtest_dag.analyze.cell_logs import (
+    ZERO_COUNTS,
+    AnalysisOptions,
+    LogFindings,
+    apply_logs,
+    failure_context,
+    read_logs,
+)
 from osgtest_dag.analyze.guest_output import (
-    LOG_READ_CAP,
     durations,
     image_stamp,
     package_summary,
@@ -30,9 +37,6 @@ from osgtest_dag.analyze.guest_output import (
     read_text,
 )
 from osgtest_dag.analyze.known_failures import (
-    ComponentTags,
-    FailureContext,
-    KnownFailures,
     load_component_tags,
     load_known_failures,
     review,
@@ -59,30 +63,6 @@ DEFAULT_COMPONENT_TAGS = ("component-tags.yaml",)
 
 
 # ------------------------------------------------------------------------------ one cell
-@dataclass(frozen=True)
-class AnalysisOptions:
-    known: KnownFailures = field(default_factory=KnownFailures)
-    tags: ComponentTags = field(default_factory=ComponentTags)
-    run_date: dt.date | None = None
-
-
-def _osgtest_logs(out_dir: Path) -> list[tuple[str, Path]]:
-    """(phase, path) of the osg-test logs of a cell's output, test phase first."""
-    found = []
-    for name in sorted(p.name for p in out_dir.glob("osg-test*.log")):
-        found.append(("test", out_dir / name))
-    for phase in ("test", "update"):
-        p = out_dir / f"{phase}.log"
-        if p.is_file() and not p.is_symlink():
-            try:
-                head = read_text(p, LOG_READ_CAP)
-            except OSError:
-                continue
-            if osgtest_log.looks_like_osgtest(head):
-                found.append((phase, p))
-    return found
-
-
 def platform_json(p: CellPlatform) -> dict:
     return {
         "id": p.id,
@@ -135,7 +115,7 @@ def analyze_cell(
     node_jobs: dict[str, tuple[JobRecord, ...]] | None = None,
     passing: dict | None = None,
 ) -> dict:
-    """One cell's entry of results.json."""
+    """One cell's entry of results.json (a cluster cell's: analyze/cluster_cell.py)."""
     serial = cfg.serial
     cd = RunDir(run_dir).cell(serial)
     d = cd.path
@@ -174,7 +154,8 @@ def analyze_cell(
     }
 
     facts = job_facts((node_jobs or {}).get(vm_node(serial), ()))
-    evidence = gather(cd, job=facts)
+    cluster_vms = cfg.cluster_vms()
+    evidence = gather(cd, job=facts, vms=cluster_cell.member_names(cd, cluster_vms))
     cell["attempt_history"] = [
         {
             "attempt": p.attempt,
@@ -195,6 +176,10 @@ def analyze_cell(
     if extraction is not None:
         cell["extraction"] = _extraction_summary(extraction)
 
+    if cfg.cluster is not None:  # its VMs' directories hold what a cell's output holds
+        cluster_cell.analyze(cell, cd, cluster_vms, cfg.cluster.stages, evidence, opts, passing)
+        return cell
+
     guest = evidence.guest
     if out_dir.is_dir():
         cell["logs"]["dir"] = str(cd.rel / OUTPUT_DIR)
@@ -210,55 +195,11 @@ def analyze_cell(
         cell["started"], cell["finished"] = guest.started, guest.finished
 
     # The osg-test log(s).
-    log_outcome = log_reason = None
-    run_date = opts.run_date
-    if guest is not None:
-        started = parse_time(guest.started)
-        run_date = started.date() if started else run_date
-    ctx = FailureContext(
-        test="",
-        module=None,
-        platform=plat["id"] or "",
-        os=plat["os"] or "",
-        source=cell["source"]["raw"],
-        label=cell["label"],
-        date=run_date,
-    )
+    found = LogFindings()
     if out_dir.is_dir():
-        logs = _osgtest_logs(out_dir)
-        for phase, path in logs:
-            try:
-                parsed = osgtest_log.parse(read_text(path, LOG_READ_CAP), str(path))
-            except OSError as e:
-                log.warning("cell %s: cannot read %s: %s", serial, path, e)
-                continue
-            cls = osgtest_log.classify(parsed, known=opts.known, tags=opts.tags, context=ctx)
-            rel = str(cd.rel / OUTPUT_DIR / path.name)
-            for f in cls.failures:
-                entry = f.to_json()
-                entry.update(phase=phase, log=rel)
-                (cell["bad_skips"] if f.kind == "BADSKIP" else cell["failures"]).append(entry)
-            if log_outcome is None:  # the test phase's run decides; the update run adds
-                log_outcome, log_reason = cls.outcome, cls.reason
-                cell["counts"] = parsed.counts()
-                cell["tests"] = _tests(parsed)
-                cell["ok_skips_by_tag"] = cls.ok_skips_by_tag
-                cell["logs"]["main"] = rel
-                cell["yum_timeout"] = parsed.yum_timeout
-                if parsed.alarm is not None:
-                    cell["timeout"] = {
-                        "test": str(parsed.alarm.test) if parsed.alarm.test else None,
-                        "at": parsed.alarm.time,
-                    }
-            elif cls.outcome > Outcome.PASS and phase == "update":
-                log_reason = f"{log_reason}; after the update: {cls.reason}"
-            if passing is not None:
-                _collect_passing(parsed, ctx, passing)
-        if cell["logs"]["main"] is None:
-            for name in ("test.log", "update.log", "install.log", "console-hook.log"):
-                if (out_dir / name).is_file():
-                    cell["logs"]["main"] = str(cd.rel / OUTPUT_DIR / name)
-                    break
+        ctx = failure_context(cell, guest, opts.run_date)
+        found = read_logs(out_dir, cd.rel / OUTPUT_DIR, ctx, opts.known, opts.tags, passing)
+        apply_logs(cell, found)
         cell.update(package_summary(out_dir, cell["packages"]))
         try:
             stamp = image_stamp(read_text(out_dir / "environment.log", 1 << 20))
@@ -268,52 +209,13 @@ def analyze_cell(
             cell["image"] = stamp
             cell["image_digest"] = stamp.get("inputs_hash")
 
-    outcome, reason = derive(replace(evidence, log_outcome=log_outcome, log_reason=log_reason))
+    outcome, reason = derive(replace(evidence, log_outcome=found.outcome, log_reason=found.reason))
     cell["outcome"], cell["reason"] = outcome.value, reason
     if cell["counts"] is None:
-        cell["counts"] = {
-            "run": 0,
-            "ok": 0,
-            "failed": 0,
-            "error": 0,
-            "bad_skips": 0,
-            "ok_skips": 0,
-            "timeouts": 0,
-        }
+        cell["counts"] = dict(ZERO_COUNTS)
     if cell["logs"]["main"] is None and d.is_dir():
         cell["logs"]["dir"] = cell["logs"]["dir"] or str(cd.rel)
     return cell
-
-
-def _tests(parsed) -> list[list]:
-    """Every test of the run, compact: [module, class, name, status] (+ the reason of a skip)."""
-    reasons = {str(s.test): s.reason for s in (*parsed.ok_skips, *parsed.bad_skips)}
-    out = []
-    for t in parsed.tests:
-        row = [t.test.module, t.test.cls, t.test.name, t.status]
-        if t.status in ("okskip", "BADSKIP") and str(t.test) in reasons:
-            row.append(reasons[str(t.test)])
-        out.append(row)
-    return out
-
-
-def _collect_passing(parsed, ctx: FailureContext, passing: dict) -> None:
-    pattern = passing.get("__pattern__")
-    if pattern is None:
-        return
-    for t in parsed.tests:
-        if t.status == "ok" and pattern.match(t.test.name):
-            passing.setdefault((t.test.name, t.test.module), []).append(
-                FailureContext(
-                    test=t.test.name,
-                    module=t.test.module,
-                    platform=ctx.platform,
-                    os=ctx.os,
-                    source=ctx.source,
-                    label=ctx.label,
-                    date=parsed.date or ctx.date,
-                )
-            )
 
 
 def _extraction_summary(rep: dict) -> dict:

@@ -8,7 +8,8 @@ known failures in force).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.model.documents import (
@@ -42,23 +43,15 @@ def read_extraction(cell: CellDir) -> JsonObject | None:
     return check_document(read_json(cell.extraction), EXTRACTION_SCHEMA, EXTRACTION_VERSION, cell.extraction)
 
 
-def gather(cell: CellDir, *, job: JobFacts | None = None, log: LogVerdict | None = None) -> Evidence:
-    """Everything the cell's directory says, and what the caller knows besides."""
+def own_evidence(cell: CellDir, log: LogVerdict | None = None) -> Evidence:
+    """What a directory's output says of itself: its guest result and its extraction report
+    (a cluster VM's directory holds nothing else); no job facts."""
     guest = guest_error = None
     if cell.guest_result.exists() or cell.guest_result.is_symlink():
         try:
             guest = GuestResult.read(cell.guest_result)
         except UserError as e:
             guest_error = e.message[:200]
-    record_error = None
-    try:
-        post = PostHistory.read(cell.post_vm).decisions
-    except UserError as e:
-        post, record_error = (), f"{cell.post_vm.name} unreadable: {e.message[:200]}"
-    try:
-        vms = VmRecord.read_all(cell.local_vm)
-    except UserError as e:
-        vms, record_error = (), record_error or f"{cell.local_vm.name} unreadable: {e.message[:200]}"
     extraction_error = None
     try:
         rep = read_extraction(cell)
@@ -72,9 +65,35 @@ def gather(cell: CellDir, *, job: JobFacts | None = None, log: LogVerdict | None
         guest_error=guest_error,
         log_outcome=log.outcome if log else None,
         log_reason=log.reason if log else None,
-        post_vm=post,
-        vm_records=vms,
-        job=job,
         extraction_error=extraction_error,
+    )
+
+
+def gather(
+    cell: CellDir,
+    *,
+    job: JobFacts | None = None,
+    log: LogVerdict | None = None,
+    vms: Sequence[str] = (),
+) -> Evidence:
+    """Everything the cell's directory says, and what the caller knows besides. `vms`: a
+    cluster cell's VMs (the names CellConfig.cluster_vms() gives), whose directories become
+    the evidence's members."""
+    own = own_evidence(cell, log)
+    record_error = None
+    try:
+        post = PostHistory.read(cell.post_vm).decisions
+    except UserError as e:
+        post, record_error = (), f"{cell.post_vm.name} unreadable: {e.message[:200]}"
+    try:
+        records = VmRecord.read_all(cell.local_vm)
+    except UserError as e:
+        records, record_error = (), record_error or f"{cell.local_vm.name} unreadable: {e.message[:200]}"
+    return replace(
+        own,
+        post_vm=post,
+        vm_records=records,
+        job=job,
         record_error=record_error,
+        members=tuple((name, own_evidence(cell.vm_dir(name))) for name in vms),
     )

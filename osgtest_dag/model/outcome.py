@@ -29,16 +29,18 @@ worse than waived.
 
 `derive` is the only place an outcome is decided: from an `Evidence` (evidence.gather builds
 it from a cell's directory), for status, watch, rerun, the FINAL node's summary and results.json.
+A cluster cell (docs/clusters.md) is one cell: its outcome is the worst over its VMs, each VM's
+derived from its own directory's evidence with the cell's job facts.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import overload
 
-from osgtest_dag.model.documents import GuestResult, PostDecision, Verdict, VmRecord
+from osgtest_dag.model.documents import GuestResult, Phase, PostDecision, Verdict, VmRecord
 
 
 class Outcome(enum.Enum):
@@ -177,6 +179,16 @@ class Evidence:
     job: JobFacts | None = None
     extraction_error: str | None = None  # the result disk could not be read (extract.py)
     record_error: str | None = None  # post-vm.json or local-vm.json cannot be read
+    # A cluster cell's VMs (docs/clusters.md), in the cluster's order: each VM's name and what
+    # its own directory says (guest, guest_error, extraction_error, the log verdict). The job
+    # facts above are the cell's: one job runs all its VMs.
+    members: tuple[tuple[str, Evidence], ...] = ()
+
+    @property
+    def has_own_result(self) -> bool:
+        """The directory holds something of its own: a result, an osg-test log, an extraction
+        report that failed."""
+        return bool(self.guest or self.guest_error or self.log_outcome or self.extraction_error)
 
     @property
     def vm_timed_out(self) -> bool:
@@ -215,8 +227,22 @@ def _exit_code(guest: GuestResult, phase: str) -> int | None:
     return p.exit_code if p else None
 
 
+def _failed_stage(guest: GuestResult) -> Phase | None:
+    """The cluster stage the VM itself failed (docs/clusters.md), if any."""
+    return next((s for s in guest.stages if s.status == "failed"), None)
+
+
+def _stage_failure(stage: Phase) -> tuple[Outcome, str]:
+    if stage.exit_code in TIMEOUT_EXIT_CODES:
+        return Outcome.TIMEOUT, "timed out"
+    return Outcome.FAIL, "failed"
+
+
 def derive(e: Evidence) -> tuple[Outcome, str]:
-    """The cell's outcome and a one-line reason, from the strongest evidence there is."""
+    """The cell's outcome and a one-line reason, from the strongest evidence there is. A
+    cluster cell's is the worst of its VMs' (derive_members)."""
+    if e.members:
+        return _derive_cluster(e)
     g = e.guest
     if e.guest_error and g is None:
         return Outcome.INFRA, f"result.json unreadable: {e.guest_error}"
@@ -228,10 +254,15 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
             return Outcome.PASS, e.log_reason or "all phases passed"
         if status == "test":
             code = _exit_code(g, "test")
+            stage = _failed_stage(g)  # a cluster VM's test phase is its stages
+            if stage is not None and stage.exit_code in TIMEOUT_EXIT_CODES:
+                return Outcome.TIMEOUT, f"stage {stage.name} timed out (exit {stage.exit_code})"
             if code in TIMEOUT_EXIT_CODES:
                 return Outcome.TIMEOUT, f"the test command timed out (exit {code})"
             if e.log_outcome is not None and e.log_outcome is not Outcome.PASS:
                 return e.log_outcome, e.log_reason or "tests failed"
+            if stage is not None:
+                return Outcome.FAIL, f"stage {stage.name} failed (exit {stage.exit_code})"
             if e.log_outcome is Outcome.PASS:
                 return Outcome.FAIL, (
                     f"the test command failed (exit {code}) although the osg-test log shows no failure"
@@ -276,6 +307,56 @@ def derive(e: Evidence) -> tuple[Outcome, str]:
     if e.job_reason:
         return Outcome.INFRA, e.job_reason
     return Outcome.MISSING, "no result came back (the cell has not run, or its run was lost)"
+
+
+def member_evidence(e: Evidence) -> tuple[tuple[str, Evidence], ...]:
+    """A cluster cell's VMs, each with its own evidence and the cell's job facts."""
+    return tuple(
+        (
+            name,
+            replace(
+                m,
+                post_vm=e.post_vm,
+                vm_records=e.vm_records,
+                job=e.job,
+                record_error=e.record_error,
+                members=(),
+            ),
+        )
+        for name, m in e.members
+    )
+
+
+def derive_members(e: Evidence) -> tuple[tuple[str, Outcome, str], ...]:
+    """(VM, outcome, reason) of each VM of a cluster cell, derived as a one-VM cell's with the
+    cell's job facts; a VM that left nothing of its own gets what a cell without a result
+    gets (missing, infra, timeout)."""
+    out = []
+    for name, m in member_evidence(e):
+        outcome, reason = derive(m)
+        if not m.has_own_result and outcome is Outcome.INFRA:
+            reason = f"no result came back from the VM ({reason})"
+        out.append((name, outcome, reason))
+    return tuple(out)
+
+
+def _derive_cluster(e: Evidence) -> tuple[Outcome, str]:
+    """The worst outcome over the VMs; the reason names the first VM that has it (and the
+    stage it failed), and the others that share it."""
+    vms = derive_members(e)
+    worst = Outcome.worst((o for _, o, _ in vms), Outcome.PASS)
+    if worst is Outcome.PASS:
+        return worst, f"all {len(vms)} VMs passed"
+    (name, reason), *others = [(n, r) for n, o, r in vms if o is worst]
+    own = dict(e.members)[name]
+    stage = _failed_stage(own.guest) if own.guest is not None and own.log_outcome is None else None
+    if stage is not None and _stage_failure(stage)[0] is worst:
+        line = f"{stage.name} {_stage_failure(stage)[1]} on {name} (exit {stage.exit_code})"
+    else:
+        line = f"{name}: {reason}"
+    if others:
+        line += f"; {worst.value} on {', '.join(n for n, _ in others)} too"
+    return worst, line
 
 
 # ------------------------------------------------------------------------------ exit codes

@@ -56,6 +56,8 @@ tr.hidden{display:none}
 details{margin:.2em 0}summary{cursor:pointer}
 pre{white-space:pre-wrap;font-size:.8em;background:#f6f8fa;padding:.5em;max-height:20em;overflow:auto}
 .warn{color:#9a6700}
+table.stages td.stage{text-align:center;white-space:nowrap}
+td.s-ok{background:#dafbe1}td.s-failed{background:#ffebe9;font-weight:bold}td.s-skipped{color:#57606a}
 """
 
 JS = """
@@ -134,6 +136,8 @@ def _tooltip(c: dict) -> str:
         lines.append(f"... {len(c['failures']) - 6} more failures")
     if c.get("durations", {}).get("total") is not None:
         lines.append(f"duration {c['durations']['total']:.0f} s")
+    for vm in c.get("vms") or []:
+        lines.append(f"VM {vm['name']} ({vm['role']}): {vm['outcome'] or '-'}")
     if c.get("attempts"):
         lines.append(f"attempts {c['attempts']}")
     if c.get("host"):
@@ -245,6 +249,59 @@ def _changes(diff: dict) -> list[str]:
     return out
 
 
+STAGE_MARKS = {"ok": "ok", "failed": "failed", "skipped": "skipped", None: "no record"}
+
+
+def _stage_td(st: dict, href) -> str:
+    status = st.get("status")
+    text = STAGE_MARKS.get(status, str(status))
+    if st.get("exit_code") is not None and status != "ok":
+        text += f" (exit {st['exit_code']})"
+    link = f' <a href="{e(href(st.get("log")))}">log</a>' if st.get("log") else ""
+    title = f"{st['name']}: {st.get('start') or '?'} .. {st.get('end') or '?'}"
+    return (
+        f'<td class="stage s-{e(status or "none")}" data-stage="{e(st["name"])}" '
+        f'title="{e(title)}">{e(text)}{link}</td>'
+    )
+
+
+def _clusters(doc: ResultsDocument, href) -> list[str]:
+    """Every cluster cell's VM x stage grid: rows the VMs with role and outcome, columns the
+    stages, each the VM's status with its exit code and a link to the stage's log."""
+    clusters = [c for c in doc.cells if c.get("vms")]
+    if not clusters:
+        return []
+    out = [f'<section id="clusters"><h2>Clusters ({len(clusters)})</h2>']
+    for c in clusters:
+        names: list[str] = []
+        for vm in c["vms"]:
+            names += [s["name"] for s in vm["stages"] if s["name"] not in names]
+        out.append(
+            f'<div class="cluster" id="cluster-{e(c["serial"])}" data-outcome="{e(c["outcome"])}">'
+            f"<h3>{e(c['outcome'])} {e(c['serial'])} {e(c['platform']['name'])} | {e(c['label'])} | "
+            f"{e(c['source']['display'])}</h3><p>{e(c.get('reason'))}</p>"
+            '<table class="stages"><thead><tr><th>VM</th><th>role</th><th>outcome</th>'
+            + "".join(f"<th>{e(n)}</th>" for n in names)
+            + "</tr></thead><tbody>"
+        )
+        for vm in c["vms"]:
+            stages = {s["name"]: s for s in vm["stages"]}
+            bg, fg = COLORS.get(vm["outcome"] or "", ("#fff", "#57606a"))
+            out.append(
+                f'<tr data-vm="{e(vm["name"])}"><th class="row">{e(vm["name"])}</th><td>{e(vm["role"])}</td>'
+                f'<td class="vm-outcome" style="background:{bg};color:{fg}" title="{e(vm.get("reason"))}">'
+                f"{e(vm['outcome'] or '-')}</td>"
+                + "".join(
+                    _stage_td(stages[n], href) if n in stages else '<td class="stage s-none">&#8212;</td>'
+                    for n in names
+                )
+                + "</tr>"
+            )
+        out.append("</tbody></table></div>")
+    out.append("</section>")
+    return out
+
+
 def reproduce_command(run_dir: str, serial: str) -> str:
     """The command that boots a cell's VM again as it ran (`osgtest-dag reproduce`)."""
     return shlex.join(["osgtest-dag", "reproduce", run_dir, serial])
@@ -257,6 +314,8 @@ def _details(doc: ResultsDocument, hrefs: dict) -> list[str]:
     for c in bad:
         href = hrefs.get(c["serial"])
         link = f' <a href="{e(href)}">logs</a>' if href else ""
+        if c.get("vms"):
+            link += f' <a href="#cluster-{e(c["serial"])}">VMs and stages</a>'
         out.append(
             f'<details data-outcome="{e(c["outcome"])}"><summary><b>{e(c["outcome"])}</b> '
             f"{e(c['serial'])} {e(c['platform']['name'])} | {e(c['label'])} | "
@@ -332,6 +391,7 @@ def render(
     parts.append('</section><section id="by-package-set"><h2>By package set and source</h2>')
     parts += _grid(doc, "package_set", "grid-by-package-set", hrefs)
     parts.append("</section>")
+    parts += _clusters(doc, lambda path: _href(path, run.dir, out_dir, link_base))
     parts += _details(doc, hrefs)
     warnings = doc.known_failures.warnings
     if warnings:

@@ -1,8 +1,8 @@
 """JUnit XML from results.json, in the Ant/Jenkins dialect (valid against junit-10.xsd).
 
 One <testsuite> per cell; in it one <testcase> per payload phase (environment, network, ...,
-install, test, update: so an install or network failure shows even without a test log) and one
-per osg-test test. Product failures are <failure>, no-verdict outcomes (timeout, infra,
+install, test, update: so an install or network failure shows even without a test log), one
+per VM and stage of a cluster cell (`<vm>.<stage>`, docs/clusters.md) and one per osg-test test. Product failures are <failure>, no-verdict outcomes (timeout, infra,
 missing) are <error>, ok-skips and waived failures are <skipped> (a waived failure is known
 and owned; CI should not go red on it).
 """
@@ -13,6 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from osgtest_dag.analyze.guest_output import parse_time
 from osgtest_dag.model.outcome import Outcome
 from osgtest_dag.model.results import ResultsDocument
 
@@ -97,6 +98,32 @@ def _suite(root: ET.Element, c: dict) -> None:
         elif not Outcome(c["outcome"]).acceptable and c["outcome"] != "cleanup":
             _el(tc, "failure", c.get("reason"), type=c["outcome"], message=c.get("reason"))
             n["failures"] += 1
+
+    # A cluster cell's stages, per VM: a stage skipped after a failure, or one its VM left no
+    # record of (the cell's outcome says why), is skipped.
+    for vm in c.get("vms") or []:
+        for st in vm["stages"]:
+            tc = _el(suite, "testcase", name=f"{vm['name']}.{st['name']}", classname=cls)
+            start, end = parse_time(st.get("start")), parse_time(st.get("end"))
+            if start and end:
+                tc.set("time", f"{(end - start).total_seconds():.3f}")
+            n["tests"] += 1
+            if st.get("status") == "failed":
+                _el(
+                    tc,
+                    "failure",
+                    f"stage {st['name']} failed on {vm['name']} with exit code {st.get('exit_code')}"
+                    + (f" (log: {st['log']})" if st.get("log") else ""),
+                    type="stage",
+                    message=f"exit code {st.get('exit_code')}",
+                )
+                n["failures"] += 1
+            elif st.get("status") == "skipped":
+                _el(tc, "skipped", message="skipped after a failed stage")
+                n["skipped"] += 1
+            elif st.get("status") != "ok":
+                _el(tc, "skipped", message=f"no record of this stage: {vm.get('reason')}")
+                n["skipped"] += 1
 
     # osg-test's tests.
     failures: dict[tuple[str | None, str | None], dict[str, Any]] = {}

@@ -58,6 +58,17 @@ def render(doc: ResultsDocument, diff: dict | None = None, *, history: History |
             reason = c.get("reason") or ""
             if reason:
                 out.append(f"{'':9}{reason[:REASON_WIDTH]}")
+            for vm in c.get("vms") or []:  # a cluster cell: its VMs that did not pass
+                if vm["outcome"] not in (None, Outcome.PASS.value):
+                    failed = [
+                        f"{s['name']} (exit {s['exit_code']})"
+                        for s in vm["stages"]
+                        if s["status"] == "failed"
+                    ]
+                    where = f" in {', '.join(failed)}" if failed else ""
+                    out.append(
+                        f"{'':11}VM {vm['name']} ({vm['role']}) {vm['outcome']}{where}: {vm['reason']}"
+                    )
             for f in c.get("failures", [])[:5]:
                 waived = " (waived)" if f.get("waived_by") else ""
                 name = ".".join(p for p in (f.get("module"), f.get("test")) if p)
