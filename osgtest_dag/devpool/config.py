@@ -18,6 +18,10 @@ XML_SCRIPT = "/etc/condor/osgtest-libvirt.awk"
 CONSOLE_DIR = "/var/log/condor/vm-consoles"
 
 
+# CPUs the pool's slot advertises (see the configuration's comment).
+CLUSTER_CPUS = 6
+
+
 def pool_config(*, vm_memory_mb: int = 8192, accel: str = "tcg", claimtobe: bool = True) -> str:
     """The pool's configuration (HTCondor config language), after minicondor's."""
     auth = "FS, IDTOKENS, PASSWORD" + (", CLAIMTOBE" if claimtobe else "")
@@ -73,6 +77,14 @@ VM_GAHP_SERVER = $(SBIN)/condor_vm-gahp
 LIBVIRT_XML_SCRIPT = {XML_SCRIPT}
 LIBVIRT_XML_SCRIPT_ARGS = {accel}
 OSGTEST_CONSOLE_DIR = {CONSOLE_DIR}
+
+# Cluster cells (docs/clusters.md) run as one vanilla job that starts their VMs with qemu:
+# this execute point says it has qemu, counts a CPU per VM (TCG shares the cores: a 3-VM cell
+# must match here), and tells the runner the accelerator the pool's VMs use.
+OsgtestDagQemu = True
+STARTD_ATTRS = $(STARTD_ATTRS) OsgtestDagQemu
+NUM_CPUS = {CLUSTER_CPUS}
+STARTER_JOB_ENVIRONMENT = "OSGTEST_DAG_ACCEL={accel}"
 
 # security, test pool only: local processes may claim who they are; writes from 127.0.0.1
 SEC_DEFAULT_AUTHENTICATION_METHODS = {auth}

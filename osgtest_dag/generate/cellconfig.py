@@ -168,6 +168,9 @@ def cluster_env(cfg: CellConfig, vm: ClusterVm) -> dict[str, str]:
         "CLUSTER_PREFIX": str(ipaddress.ip_network(PRIVATE_NETWORK).prefixlen),
         "CLUSTER_MAC": vm.mac,
         "CLUSTER_HOSTS": "\n".join(f"{v.address} {v.name}" for v in vms if not v.network_boot),
+        # the VMs that boot from the network, for the role that serves them (e.g. dnsmasq's
+        # dhcp-host lines): name, MAC, address
+        "CLUSTER_NETBOOT": "\n".join(f"{v.name} {v.mac} {v.address}" for v in vms if v.network_boot),
         "CLUSTER_STAGE_COUNT": str(len(cfg.cluster.stages)),
     }
     for i, stage in enumerate(cfg.cluster.stages, 1):

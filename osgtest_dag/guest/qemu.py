@@ -323,7 +323,7 @@ class VM:
         proc: subprocess.Popen,
         *,
         argv: list[str],
-        overlay: Path,
+        overlay: Path | None,  # None: a VM with no disk (guest.netboot)
         console_log: Path,
         accel: str,
         timeout_s: float,
@@ -400,7 +400,7 @@ class VM:
         if self._result is None:
             rc = self.proc.wait()
             wall = time.monotonic() - self.started
-            if not self.keep_overlay:
+            if self.overlay is not None and not self.keep_overlay:
                 self.overlay.unlink(missing_ok=True)
             err = self.stderr_path.read_text(errors="replace").strip() if self.stderr_path.exists() else ""
             if not err:

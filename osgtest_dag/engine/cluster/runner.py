@@ -33,7 +33,7 @@ from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.cluster.barrier import Barrier, SyncChannel
 from osgtest_dag.engine.cluster.switch import Hub
 from osgtest_dag.engine.local.console import ConsoleFollower
-from osgtest_dag.guest import qemu
+from osgtest_dag.guest import netboot, qemu
 from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.model.cluster import ClusterRunRecord, ClusterVm
 from osgtest_dag.model.documents import VmRecord
@@ -114,7 +114,8 @@ class ClusterRunner:
         if error:
             return 143
         last = {r.node: r for r in self.records}
-        return 0 if all(r.returncode == 0 and not r.timed_out for r in last.values()) else 1
+        booted = [last.get(vm.name) for vm in self.booted]
+        return 0 if all(r is not None and r.returncode == 0 and not r.timed_out for r in booted) else 1
 
     def _keep_pristine(self, vm: ClusterVm) -> Path:
         copy = self.job.workdir / f".pristine-{vm.name}.qcow2"
@@ -143,8 +144,11 @@ class ClusterRunner:
             hub.start()
             for ch in channels.values():
                 ch.start()
-            for vm in self.booted:
-                running[vm.name] = self._start_vm(vm, accel, hub, channels[vm.name])
+            for vm in self.vms:
+                if vm.network_boot:
+                    running[vm.name] = self._start_network_boot(vm, accel, hub)
+                else:
+                    running[vm.name] = self._start_vm(vm, accel, hub, channels[vm.name])
             outcome = self._watch(running, barrier, accel, start)
         finally:
             for name, v in running.items():
@@ -175,7 +179,25 @@ class ClusterRunner:
             die_with_parent=True,  # started from the main thread, which outlives every VM
         )
 
+    def _start_network_boot(self, vm: ClusterVm, accel: str, hub: Hub) -> qemu.VM:
+        job = self.job
+        log.info("cluster %s: starting %s to boot from the network", job.cell.serial, vm.name)
+        return netboot.start_network_boot(
+            hub.qemu_args(vm.index, vm.mac, boot=True),
+            memory_mb=vm.memory,
+            vcpus=vm.vcpus,
+            timeout_s=job.max_wall,
+            console_log=job.workdir / vm_console(vm.name),
+            workdir=job.workdir / f".vm-{vm.name}",
+            accel=accel,
+            die_with_parent=True,
+        )
+
     def _watch(self, running: dict[str, qemu.VM], barrier: Barrier, accel: str, start: int) -> str:
+        """Until every VM has ended. Network-booted VMs are stopped once the disk-booted ones
+        (their servers) have all ended; their consoles are silent until a kernel runs, so the
+        KVM watchdog looks at the disk-booted ones only."""
+        booted = {v.name for v in self.booted}
         consoles = {name: ConsoleFollower(vm.console_log) for name, vm in running.items()}
         started = time.monotonic()
         ended: set[str] = set()
@@ -187,11 +209,14 @@ class ClusterRunner:
                     continue
                 consoles[name].poll()
                 res = vm.poll()
+                if res is None and booted <= ended:
+                    log.info("cluster: stopping %s: no VM is left to serve it", name)
+                    res = vm.kill()
                 if res is not None:
                     ended.add(name)
                     barrier.vm_ended(name)
                     self._record(name, res, start)
-            silent = [n for n in running if n not in ended and not consoles[n].printed]
+            silent = [n for n in booted if n not in ended and not consoles[n].printed]
             if accel == "kvm" and silent and time.monotonic() - started > self.job.silent_limit_s:
                 log.warning("cluster: %s printed nothing under KVM: giving KVM up", ", ".join(silent))
                 return "kvm-silent"

@@ -44,13 +44,14 @@ class Hub:
     def vm_path(self, port: int) -> Path:
         return self.dir / f"nic-{port}.sock"
 
-    def qemu_args(self, port: int, mac: str) -> list[str]:
-        """The VM's private NIC, joined to this hub's `port`."""
+    def qemu_args(self, port: int, mac: str, *, boot: bool = False) -> list[str]:
+        """The VM's private NIC, joined to this hub's `port`; `boot`: the NIC it boots from."""
         netdev = (
             f"dgram,id=private,local.type=unix,local.path={self.vm_path(port)},"
             f"remote.type=unix,remote.path={self.hub_path(port)}"
         )
-        return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=private,mac={mac}"]
+        device = f"virtio-net-pci,netdev=private,mac={mac}" + (",bootindex=1" if boot else "")
+        return ["-netdev", netdev, "-device", device]
 
     def start(self) -> None:
         self._thread.start()
