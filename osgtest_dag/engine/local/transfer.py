@@ -5,7 +5,7 @@ As on an execute point, the job runs in a scratch directory of its own that hold
 `transfer_output_remaps`. An input the job also sends back (an IO disk it writes) is a copy,
 so the original stays as it was for a retry; the others (the base image, read through an
 overlay) are symbolic links, not gigabyte copies. What the job left is returned also when it
-failed or was killed, as HTCondor returns output on exit.
+failed or was killed, as HTCondor returns output on exit; a job that never started returns nothing.
 """
 
 from __future__ import annotations
@@ -84,10 +84,15 @@ class TransferJob:
             log.error("node %s: %s", self.node_name, missing)
             shutil.rmtree(self.scratch, ignore_errors=True)
             return RETURN_SUBMIT_FAILED
+        returncode: int | None = None
         try:
-            return self.process.run()
+            returncode = self.process.run()
+            return returncode
         finally:
-            self._return_outputs()
+            # a job that never started (killed first, no program) left nothing: returning the
+            # copies of its inputs would replace an earlier attempt's results
+            if returncode != RETURN_SUBMIT_FAILED:
+                self._return_outputs()
             shutil.rmtree(self.scratch, ignore_errors=True)
 
     def kill(self) -> None:
