@@ -11,12 +11,14 @@ import pytest
 
 pytestmark = pytest.mark.vm
 
-# Two cluster cells at once (-j 5 holds both). The web cluster passes: the clients fetch a page
+# Three cluster cells at once (-j 7 holds them all). The web cluster passes: the clients fetch a page
 # only their own server-1 serves. The other fails its init on server-1, so its run stage is
 # skipped everywhere; its finalize still runs, and client-1 checks there that 10.77.0.13 - the
 # web cluster's client-2, up at that moment (its run stage sleeps) - is out of its reach while
-# its own server-1 answers.
-CLUSTERS = """\
+# its own server-1 answers. The third, OSCAR's case: node-1 has no disk and boots over PXE from
+# head-1, whose stage serves it (dnsmasq: DHCP and TFTP of a kernel and a busybox initramfs) and
+# waits until the initramfs went out.
+CLUSTERS = r"""
 platforms: [debian_12.x86_64]
 sources: ['stable; main']
 package_sets:
@@ -48,6 +50,36 @@ package_sets:
           all: 'true'
         - name: finalize
           client: busybox ping -c 1 -W 5 server-1 && ! busybox ping -c 3 -W 2 10.77.0.13
+  - label: Network boot
+    packages: [dnsmasq-base]
+    selinux: false
+    cluster:
+      roles:
+        head: {count: 1}
+        node: {count: 1, boot: network, vm: {memory: 512}}
+      stages:
+        - name: serve
+          head: |
+            set -e
+            mkdir -p /srv/tftp/root/bin /srv/tftp/root/proc
+            cp /bin/busybox /srv/tftp/root/bin/busybox
+            printf '#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox echo "osgtest-netboot: $(/bin/busybox cat /proc/cmdline)"\n/bin/busybox poweroff -f\n' > /srv/tftp/root/init
+            chmod +x /srv/tftp/root/init
+            (cd /srv/tftp/root && find . | busybox cpio -o -H newc | gzip -1 > ../initrd.gz)
+            cp "$(ls /boot/vmlinuz-* | tail -n 1)" /srv/tftp/vmlinuz
+            printf '#!ipxe\nkernel tftp://%s/vmlinuz console=ttyS0 panic=-1 quiet\ninitrd tftp://%s/initrd.gz\nboot\n' "$CLUSTER_ADDRESS" "$CLUSTER_ADDRESS" > /srv/tftp/boot.ipxe
+            nic=$(ip -o -4 addr show | awk -v a="$CLUSTER_ADDRESS/" 'index($4, a) == 1 {print $2}')
+            hosts=$(printf '%s\n' "$CLUSTER_NETBOOT" | awk '{printf " --dhcp-host=%s,%s,%s", $2, $3, $1}')
+            dnsmasq --port=0 --interface="$nic" --bind-interfaces --dhcp-range=10.77.0.0,static $hosts \
+              --dhcp-boot=boot.ipxe --enable-tftp --tftp-root=/srv/tftp --log-dhcp \
+              --log-facility=/var/log/osgtest-dnsmasq.log --dhcp-leasefile=/run/osgtest-dnsmasq.leases
+        - name: wait
+          head: |
+            timeout 240 sh -c 'until grep -q "sent /srv/tftp/initrd.gz" /var/log/osgtest-dnsmasq.log; do sleep 2; done'
+            rc=$?
+            cat /var/log/osgtest-dnsmasq.log
+            cat /run/osgtest-dnsmasq.leases
+            exit $rc
 vm: {memory: 640, vcpus: 1}
 test_timeout: 300
 """
@@ -67,12 +99,12 @@ def _generate(cli, tmp_path: Path, image: Path) -> Path:
     return run
 
 
-def test_two_cluster_cells_in_step_and_apart(tmp_path, cli, debian12_image):
+def test_cluster_cells_in_step_apart_and_network_booted(tmp_path, cli, debian12_image):
     run = _generate(cli, tmp_path, debian12_image)
-    r = cli("run", run, "-j", "5", "--no-progress")
+    r = cli("run", run, "-j", "7", "--no-progress")
     assert r.returncode == 1, r.stdout + r.stderr  # a product failure (the failing init), no infra
     cells = {c["label"]: c for c in json.loads((run / "results.json").read_text())["cells"]}
-    web, failing = cells["Web cluster"], cells["Failing cluster"]
+    web, failing, netboot = cells["Web cluster"], cells["Failing cluster"], cells["Network boot"]
 
     # The web cluster passes on all three VMs, every stage ok.
     assert web["outcome"] == "pass", web
@@ -124,6 +156,13 @@ def test_two_cluster_cells_in_step_and_apart(tmp_path, cli, debian12_image):
     run_end = _time(next(s["end"] for s in client2["stages"] if s["name"] == "run"))
     assert net_up - 1.0 <= _time(fin["start"]) and _time(fin["end"]) <= run_end + 1.0, (net_up, fin, run_end)
 
+    # Network boot: the head served node-1, whose console shows the kernel and initramfs it got.
+    assert netboot["outcome"] == "pass", netboot
+    head = next(v for v in netboot["vms"] if v["name"] == "head-1")
+    assert [(s["name"], s["status"]) for s in head["stages"]] == [("serve", "ok"), ("wait", "ok")], head
+    console = (run / "cells" / netboot["serial"] / "vms" / "node-1" / "console.log").read_text()
+    assert "osgtest-netboot: console=ttyS0" in console and "reboot: Power down" in console, console[-2000:]
+
     # Reports: the VM x stage grid, a JUnit testcase per VM and stage.
     assert "server-1" in (run / "report.html").read_text()
     junit = (run / "junit.xml").read_text()
@@ -131,7 +170,7 @@ def test_two_cluster_cells_in_step_and_apart(tmp_path, cli, debian12_image):
 
     # Run again: both cells are finished, no VM starts again.
     consoles = {p: p.stat().st_mtime_ns for p in run.glob("cells/*/vms/*/console.log")}
-    assert len(consoles) == 5
-    r = cli("run", run, "-j", "5", "--no-progress")
+    assert len(consoles) == 7
+    r = cli("run", run, "-j", "7", "--no-progress")
     assert r.returncode == 1, r.stdout + r.stderr
     assert {p: p.stat().st_mtime_ns for p in run.glob("cells/*/vms/*/console.log")} == consoles

@@ -387,3 +387,145 @@ def test_dns_servers_come_from_the_dhcp_lease_only_where_the_image_says_so(tmp_p
     conf.write_text("nameserver 8.8.8.8\n")  # an image with its own resolver setup: left alone
     assert sh(body + "\ndns_from_lease", env={}).returncode == 0
     assert conf.read_text() == "nameserver 8.8.8.8\n"
+
+
+# --- a cluster VM's stages (docs/clusters.md) ---------------------------------------------------
+
+CLUSTER_PARAMS = """\
+platforms: [debian_12.x86_64]
+sources: ['stable; main']
+package_sets:
+  - label: Pair
+    packages: [curl]
+    cluster:
+      roles:
+        server: {count: 1}
+        client: {count: 1}
+      stages:
+        - name: init
+          server: echo "init on $CLUSTER_VM"; exit 4
+        - name: run
+          all: echo never
+        - name: finalize
+          server: echo "finalize on $CLUSTER_VM ($CLUSTER_ADDRESS)"
+test_timeout: 30
+"""
+
+
+class _Runner:
+    """The cluster runner's end of a VM's sync port: a pty the payload opens as its port; it
+    answers each `ready` line from `answers` and records every line."""
+
+    def __init__(self, answers: list[str]):
+        import os
+        import pty
+        import threading
+        import tty
+
+        self.master, slave = pty.openpty()
+        tty.setraw(slave)  # no echo, no line discipline: the bytes as a virtio port carries them
+        self.path = os.ttyname(slave)
+        self._slave = slave
+        self.answers, self.lines = list(answers), []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import os
+
+        buf = b""
+        while True:
+            try:
+                data = os.read(self.master, 256)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                self.lines.append(line.decode())
+                if line.startswith(b"ready "):
+                    os.write(self.master, (self.answers.pop(0) + "\n").encode())
+
+    def close(self) -> None:
+        import os
+
+        os.close(self._slave)
+        os.close(self.master)
+
+
+def _cluster_input(tmp_path: Path, vm_name: str) -> Path:
+    from osgtest_dag.generate.cellconfig import cell_config, write_input_dir
+    from osgtest_dag.plan import matrix
+    from osgtest_dag.plan.catalog import Catalog
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "c.yaml").write_text(CLUSTER_PARAMS)
+    cat = Catalog.load(image_dir="/images")
+    cfg = cell_config(matrix.build([tmp_path / "p"], cat).cells[0], cat)
+    vm = next(v for v in cfg.cluster_vms() if v.name == vm_name)
+    return write_input_dir(cfg, tmp_path / "input", vm=vm)
+
+
+def test_cluster_stages_follow_the_runners_answers(tmp_path):
+    """server-1's test phase: it reports before each stage and does what the runner says; its
+    init fails (exit 4), so it reports `failed` from then on; the runner skips `run` and lets
+    `finalize` run. The result has the stages, and the VM's status is test (exit 1)."""
+    inp = _cluster_input(tmp_path, "server-1")
+    assert (inp / "stages" / "1.sh").read_text().endswith('echo "init on $CLUSTER_VM"; exit 4\n')
+    assert (inp / "stages" / "2.sh").is_file() and (inp / "stages" / "3.sh").is_file()
+    runner = _Runner(["run", "skip", "run"])
+    out = tmp_path / "out"
+    try:
+        r = sh(
+            f'. {RUN_JOB}\nload_config || exit 9\nmkdir -p "$OUT"\ncluster_stages\nwrite_result\n',
+            env={"RUN_JOB_INPUT": str(inp), "RUN_JOB_OUTPUT": str(out), "RUN_JOB_SYNC_PORT": runner.path},
+        )
+    finally:
+        runner.close()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert runner.lines == ["ready 1 ok", "ready 2 failed", "ready 3 failed", "done failed"]
+    res = json.loads((out / "result.json").read_text())
+    assert (res["vm"], res["role"], res["status"], res["exit_code"]) == ("server-1", "server", "test", 1)
+    assert res["message"] == "stage init failed with exit code 4"
+    got = [(s["name"], s["status"], s["exit_code"], s["log"]) for s in res["stages"]]
+    assert got == [
+        ("init", "failed", 4, "stages/1-init.log"),
+        ("run", "skipped", None, None),
+        ("finalize", "ok", 0, "stages/3-finalize.log"),
+    ]
+    assert all(
+        re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", res["stages"][0][k]) for k in ("start", "end")
+    )
+    assert (out / "stages" / "1-init.log").read_text() == "init on server-1\n"
+    assert (out / "stages" / "3-finalize.log").read_text() == "finalize on server-1 (10.77.0.11)\n"
+    assert [(p["name"], p["status"]) for p in res["phases"]] == [("test", "failed")]
+
+
+def test_cluster_vm_after_a_failed_install_still_meets_the_barrier(tmp_path):
+    """A VM whose install failed reports `failed` at every barrier (the others do not wait for
+    it in vain) and runs only what the runner lets run; its status stays install."""
+    inp = _cluster_input(tmp_path, "client-1")
+    assert not (inp / "stages" / "1.sh").exists()  # the client has nothing to do in init
+    runner = _Runner(["skip", "skip", "run"])
+    out = tmp_path / "out"
+    try:
+        r = sh(
+            f'. {RUN_JOB}\nload_config || exit 9\nmkdir -p "$OUT"\n'
+            "FAILED_PHASE=install STATUS=install EXIT_CODE=2\ncluster_stages\nwrite_result\n",
+            env={"RUN_JOB_INPUT": str(inp), "RUN_JOB_OUTPUT": str(out), "RUN_JOB_SYNC_PORT": runner.path},
+        )
+    finally:
+        runner.close()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert runner.lines == ["ready 1 failed", "ready 2 failed", "ready 3 failed", "done failed"]
+    res = json.loads((out / "result.json").read_text())
+    assert (res["status"], res["exit_code"]) == ("install", 2)
+    assert [(s["name"], s["status"]) for s in res["stages"]] == [
+        ("init", "skipped"),
+        ("run", "skipped"),
+        ("finalize", "ok"),
+    ]
+    assert (out / "stages" / "3-finalize.log").read_text() == "(no command for role client in this stage)\n"
+    assert [(p["name"], p["status"]) for p in res["phases"]] == [("test", "skipped")]

@@ -447,16 +447,32 @@ package_sets:
     packages: [osgtest-dag-no-such-package]
     selinux: false
     test_command: 'true'
-# one vCPU each: the pool's two cores run both VM jobs at once
-vm: {memory: 1024, vcpus: 1}
+  - label: Web cluster
+    packages: [curl]
+    selinux: false
+    cluster:
+      roles:
+        server: {count: 1, packages: [nginx-light]}
+        client: {count: 2}
+      stages:
+        - name: init
+          server: systemctl start nginx
+        - name: run
+          client: curl -fsS http://server-1/ | grep -q nginx
+        - name: finalize
+          all: 'true'
+# one vCPU each: the pool's slot counts a CPU per VM, and runs the two VM jobs and the cluster
+# cell's job (its three VMs on one execute point) at once
+vm: {memory: 768, vcpus: 1}
 """
 
 
 @pytest.mark.vm
-def test_two_cell_debian_matrix_end_to_end(test_pool, pool_workdir, vm_image):
-    """generate (a passing cell and one whose package does not exist) -> `submit --test-pool`
-    -> `watch`: real CreateDisk, VM jobs with IO disks, POST scripts, extraction, FINAL,
-    Analyze/Report/Publish on HTCondor 23.9; the results say pass and install."""
+def test_debian_matrix_with_a_cluster_end_to_end(test_pool, pool_workdir, vm_image):
+    """generate (a passing cell, one whose package does not exist, a 3-VM cluster cell) ->
+    `submit --test-pool` -> `watch`: real CreateDisk, VM jobs with IO disks, the cluster cell as
+    one vanilla job running the cluster runner on the execute point, POST scripts, extraction,
+    FINAL, Analyze/Report/Publish on HTCondor 23.9; the results say pass, install and pass."""
     from osgtest_dag.engine.condor.status import progress
     from osgtest_dag.generate.workflow import write_run
     from osgtest_dag.model.joblog import JobState, read_job_log
@@ -469,7 +485,7 @@ def test_two_cell_debian_matrix_end_to_end(test_pool, pool_workdir, vm_image):
     params.mkdir()
     (params / "e2e.yaml").write_text(E2E_PARAMS)
     m = matrix.build([params], catalog)
-    assert len(m.cells) == 2
+    assert len(m.cells) == 3
     run = write_run(pool_workdir / "e2e", m.cells, catalog, WorkflowOptions(), param_files=list(m.files))
     with vm_lock():
         r = condor_cli("submit", run, "--test-pool")
@@ -477,17 +493,27 @@ def test_two_cell_debian_matrix_end_to_end(test_pool, pool_workdir, vm_image):
         r = condor_cli("watch", run, "--interval", "5", "--timeout", "1800")
     assert r.exit_code == 1, r.output  # a product failure (install), every other cell passed
     p = progress(run)
-    assert p.cells_finished == 2 and p.cell_counts == {"done": 2}, p  # product failures are done nodes
-    assert p.outcomes == {"pass": 1, "install": 1}, p
+    assert p.cells_finished == 3 and p.cell_counts == {"done": 3}, p  # product failures are done nodes
+    assert p.outcomes == {"pass": 2, "install": 1}, p
     results = json.loads((run / "results.json").read_text())
     assert {c["label"]: c["outcome"] for c in results["cells"]} == {
         "Hello": "pass",
         "Missing package": "install",
+        "Web cluster": "pass",
     }
+    cluster = next(c for c in results["cells"] if c["label"] == "Web cluster")
+    assert [(v["name"], [s["status"] for s in v["stages"]]) for v in cluster["vms"]] == [
+        (name, ["ok", "ok", "ok"]) for name in ("server-1", "client-1", "client-2")
+    ]
+    # the barrier held on the execute point: each stage released once all three had arrived
+    record = json.loads((run / "cells" / cluster["serial"] / "cluster.json").read_text())
+    for b in record["barriers"]:
+        assert sorted(b["arrivals"]) == ["client-1", "client-2", "server-1"], b
+        assert b["released"] >= max(a["time"] for a in b["arrivals"].values())
     assert (run / "report.txt").read_text().strip()  # the Report node ran (its text is the report module's)
     # The VM jobs: real VM-universe jobs whose result disks came back (transfer_output_remaps).
     vm_jobs = [j for j in read_job_log(run / "logs" / "jobs.log") if (j.node or "").startswith("TestRun")]
-    assert len(vm_jobs) == 2 and all(j.state == JobState.DONE and j.host for j in vm_jobs), vm_jobs
+    assert len(vm_jobs) == 3 and all(j.state == JobState.DONE and j.host for j in vm_jobs), vm_jobs
     for serial in ("000", "001"):
         assert json.loads((run / "cells" / serial / "output" / "result.json").read_text())["serial"] == serial
     print(

@@ -6,6 +6,7 @@ import htcondor2
 import networkx as nx
 import pytest
 
+from osgtest_dag.base.errors import UserError
 from osgtest_dag.generate import workflow
 from osgtest_dag.model import dagfile
 from osgtest_dag.plan import matrix
@@ -347,3 +348,89 @@ def test_wall_clock_policy_holds_only_a_guest_past_its_own_limit(tmp_path, cli):
 def test_wall_clock_limit_of_no_cells_and_of_a_given_value():
     assert workflow.wall_clock_limit([], None) == workflow.SETUP_ALLOWANCE_S
     assert workflow.wall_clock_limit([], 600) == 600
+
+
+CLUSTER = """\
+platforms: [debian_12.x86_64]
+sources: ['stable; main']
+package_sets:
+  - label: Hello
+    packages: [hello]
+  - label: Web cluster
+    packages: [curl]
+    cluster:
+      roles:
+        server: {count: 1, packages: [nginx-light], vm: {memory: 1024}}
+        client: {count: 2}
+      stages:
+        - name: init
+          server: systemctl start nginx
+          timeout: 100
+        - name: run
+          client: curl -fsS http://server-1/
+vm: {memory: 512, vcpus: 1, disk: 4096}
+test_timeout: 300
+"""
+
+
+@pytest.fixture
+def cluster_run(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "c.yaml").write_text(CLUSTER)
+    cat = Catalog.load(image_dir="/images")
+    m = matrix.build([tmp_path / "p"], cat)
+    opts = workflow.WorkflowOptions(tool="/opt/osgtest/bin/osgtest-dag")
+    return workflow.write_run(tmp_path / "run", list(m.cells), cat, opts, param_files=list(m.files))
+
+
+def test_cluster_cell_runs_the_cluster_runner(cluster_run):
+    """A cluster cell's TestRun node runs submit/cluster-run.sub (a vanilla job), with the
+    transfers and resources of its three VMs; a one-VM cell's stays a VM job."""
+    lines = (cluster_run / "matrix.dag").read_text().splitlines()
+    assert "JOB TestRun000 submit/test-run.sub" in lines
+    assert "JOB TestRun001 submit/cluster-run.sub" in lines
+    dag = dagfile.parse(cluster_run / "matrix.dag")
+    node = dag.nodes["TestRun001"]
+    sub = htcondor2.Submit((cluster_run / "submit" / "cluster-run.sub").read_text())
+    for k, v in node.vars.items():
+        sub[k] = v
+    assert sub["universe"] == "vanilla"
+    assert sub.expand("arguments") == (
+        '"node cluster-run --image debian_12.x86_64.qcow2 --image-format qcow2 --max-wall 14400"'
+    )
+    assert sub.expand("transfer_input_files") == (
+        "/images/debian_12.x86_64.qcow2,cell.json,vms/server-1/io-001-server-1.qcow2,"
+        "vms/client-1/io-001-client-1.qcow2,vms/client-2/io-001-client-2.qcow2"
+    )
+    assert sub.expand("transfer_output_files") == (
+        "cluster.json,io-001-server-1.qcow2,io-001-client-1.qcow2,io-001-client-2.qcow2,"
+        "console-server-1.log,console-client-1.log,console-client-2.log"
+    )
+    assert sub.expand("transfer_output_remaps") == (
+        '"io-001-server-1.qcow2=vms/server-1/result-001-server-1.qcow2;'
+        "io-001-client-1.qcow2=vms/client-1/result-001-client-1.qcow2;"
+        "io-001-client-2.qcow2=vms/client-2/result-001-client-2.qcow2;"
+        "console-server-1.log=vms/server-1/console.log;console-client-1.log=vms/client-1/console.log;"
+        'console-client-2.log=vms/client-2/console.log"'
+    )
+    # every VM at once: 1024 + 512 + 512 MB and the runner's share, a CPU and a disk each
+    assert sub.expand("request_memory") == "2304"
+    assert sub.expand("request_cpus") == "3"
+    assert sub.expand("request_disk") == "12288MB"
+    assert sub.expand("requirements") == '(TARGET.Arch == "X86_64") && (TARGET.OsgtestDagQemu =?= True)'
+    assert sub.expand("MY.OsgtestDagVms") == "3"
+    assert sub["should_transfer_files"] == "YES"
+
+
+def test_max_wall_counts_a_clusters_stages_one_after_another(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "c.yaml").write_text(CLUSTER)
+    cells = list(matrix.build([tmp_path / "p"], Catalog.load(image_dir="/images")).cells)
+    # set-up (1800 s) plus init's 100 s and run's 300 s (the test timeout) > Hello's 1800 + 300
+    assert workflow.wall_clock_limit(cells, None) == 2200
+    with pytest.raises(UserError, match="not larger than the test timeout of cell 001 \\(400 s"):
+        workflow.wall_clock_limit(cells, 400)
+
+
+def test_runs_without_clusters_have_no_cluster_submit_file(small_run):
+    assert not (small_run / "submit" / "cluster-run.sub").exists()

@@ -64,11 +64,19 @@ POST_INFRA_FATAL = 2
 SETUP_ALLOWANCE_S = 1800
 
 
+def _test_time(cell: Cell) -> int:
+    """The longest the test may run: its timeout, or a cluster's stages' one after another."""
+    cluster = cell.cluster
+    if cluster is None:
+        return cell.test_timeout
+    return sum(stage.timeout or cell.test_timeout for stage in cluster.stages)
+
+
 def _guest_time(cell: Cell) -> int:
     """Seconds the guest may need: set-up plus the test, twice for a cell with an update (the
     update phase upgrades and runs the test again, under the same timeout)."""
     passes = 2 if cell.source.has_update else 1
-    return passes * (cell.test_timeout + SETUP_ALLOWANCE_S)
+    return passes * (_test_time(cell) + SETUP_ALLOWANCE_S)
 
 
 def wall_clock_limit(cells: list[Cell], max_wall: int | None) -> int:
@@ -79,11 +87,11 @@ def wall_clock_limit(cells: list[Cell], max_wall: int | None) -> int:
         return max_wall or SETUP_ALLOWANCE_S
     if max_wall is None:
         return max(_guest_time(c) for c in cells)
-    longest = max(cells, key=lambda c: c.test_timeout)
-    if max_wall <= longest.test_timeout:
+    longest = max(cells, key=_test_time)
+    if max_wall <= _test_time(longest):
         raise UserError(
             f"--max-wall {max_wall} is not larger than the test timeout of cell {longest.serial} "
-            f"({longest.test_timeout} s, {longest.origin})",
+            f"({_test_time(longest)} s, {longest.origin})",
             hint=f"leave --max-wall out to derive it ({max(_guest_time(c) for c in cells)} s here: the "
             f"test timeout plus {SETUP_ALLOWANCE_S} s for boot, repositories and install), or lower "
             "test_timeout",

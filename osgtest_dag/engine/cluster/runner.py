@@ -214,7 +214,8 @@ class ClusterRunner:
                     res = vm.kill()
                 if res is not None:
                     ended.add(name)
-                    barrier.vm_ended(name)
+                    if name in booted:  # network-booted VMs take no part in the barrier
+                        barrier.vm_ended(name)
                     self._record(name, res, start)
             silent = [n for n in booted if n not in ended and not consoles[n].printed]
             if accel == "kvm" and silent and time.monotonic() - started > self.job.silent_limit_s:
