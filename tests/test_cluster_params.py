@@ -319,7 +319,7 @@ def test_bad_cluster_is_a_file_line_error(case, tmp_path, catalog):
 
 
 def test_lint_and_plan_show_clusters(tmp_path, cli):
-    example = ROOT / "examples" / "cluster"
+    example = ROOT / "examples" / "cluster" / "web-cluster.yaml"
     r = cli("plan", example)
     assert r.returncode == 0, r.stderr
     assert "\n        cluster: server x1, client x2 (3 VMs); stages: init, run, finalize\n" in r.stdout

@@ -8,6 +8,8 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
+
 from osgtest_dag.base import command
 from osgtest_dag.guest.iodisk import IO_LABEL
 from osgtest_dag.model.cluster import ClusterRunRecord
@@ -104,3 +106,15 @@ def test_cluster_create_disk_and_post(tmp_path, cli, caplog):
         assert (got["vm"], got["status"]) == (v, status)
         assert cell.vm_dir(v).extraction.is_file()
     assert not (cell.vm_dir("server-1").path / "attempts").exists()  # its first read was a result
+
+
+def test_reproduce_refuses_a_cluster_cell_and_says_what_to_do(tmp_path, cli):
+    from osgtest_dag.base.errors import UserError
+    from osgtest_dag.engine.local import reproduce
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "c.yaml").write_text(PARAMS)
+    assert cli("generate", tmp_path / "p", "-o", tmp_path / "run").returncode == 0
+    with pytest.raises(UserError, match="cell 000 is a cluster cell \\(3 VMs\\)") as e:
+        reproduce.prepare(tmp_path / "run", "000")
+    assert "--only serial=000" in (e.value.hint or "")

@@ -1,7 +1,7 @@
 """Real boots: the debian_12 base image under qemu (TCG here) with a cell's IO disk.
 
 Each boot runs the real payload against the real Debian mirror and is judged by the
-result.json and exit-status it leaves on the IO disk. One VM at a time.
+result.json and exit-status it leaves on the IO disk. Two VMs at a time (one vCPU each).
 """
 
 from __future__ import annotations
@@ -32,24 +32,44 @@ class Outcome:
 
 
 @pytest.fixture
-def run_cell(tmp_path, debian12_image, make_cell_input):
-    def run(*, networking: bool = True, base: Path = debian12_image, **cell) -> Outcome:
-        inp = make_cell_input(**cell)
-        disk = iodisk.make_iodisk(inp, tmp_path / "io.qcow2")
-        res = qemu.boot(
-            base,
-            [qemu.Disk(disk, "qcow2")],
-            memory_mb=1024,
-            vcpus=2,
-            networking=networking,
-            timeout_s=BOOT_LIMIT_S,
-            console_log=tmp_path / "console.log",
-            workdir=tmp_path / "vm",
-        )
-        print(f"boot: {res.wall_s:.1f} s rc={res.returncode} timed_out={res.timed_out} accel={res.accel}")
-        out = extract_output(disk, tmp_path / "extracted")
-        result = json.loads((out / "result.json").read_text())
-        return Outcome(res, result, int((out / "exit-status").read_text()), out)
+def run_cells(tmp_path, debian12_image, make_cell_input):
+    """Boot cells side by side (one vCPU each: the two cores run two VMs), each with its own
+    IO disk; their outcomes in order once all have powered off."""
+
+    def run(*cells: dict) -> list[Outcome]:
+        started = []
+        for i, cell in enumerate(cells):
+            cell = dict(cell)
+            networking, base = cell.pop("networking", True), cell.pop("base", debian12_image)
+            work = tmp_path / f"cell{i}"
+            inp = make_cell_input(name=f"cell{i}", **cell)
+            disk = iodisk.make_iodisk(inp, work / "io.qcow2")
+            vm = qemu.start(
+                base,
+                [qemu.Disk(disk, "qcow2")],
+                memory_mb=1024,
+                vcpus=1,
+                networking=networking,
+                timeout_s=BOOT_LIMIT_S,
+                console_log=work / "console.log",
+                workdir=work / "vm",
+            )
+            started.append((vm, disk, work))
+        outcomes = []
+        try:
+            for vm, disk, work in started:
+                res = vm.wait()
+                assert res is not None
+                print(
+                    f"boot: {res.wall_s:.1f} s rc={res.returncode} timed_out={res.timed_out} accel={res.accel}"
+                )
+                out = extract_output(disk, work / "extracted")
+                result = json.loads((out / "result.json").read_text())
+                outcomes.append(Outcome(res, result, int((out / "exit-status").read_text()), out))
+        finally:
+            for vm, _, _ in started:
+                vm.kill()
+        return outcomes
 
     return run
 
@@ -62,15 +82,20 @@ def _explain(o: Outcome) -> str:
 
 
 @pytest.mark.vm
-def test_success_installs_and_tests_hello(run_cell, debian12_image):
+def test_success_and_a_missing_package_side_by_side(run_cells, debian12_image):
+    """hello installs and passes its test (and the update phase); beside it, a package that
+    does not exist is an install failure."""
     before = (debian12_image.stat().st_mtime_ns, debian12_image.stat().st_size)
-    o = run_cell(
-        packages=["hello"],
-        test_command='hello | grep -q "Hello, world"',
-        update_apt_sources=[
-            "deb http://deb.debian.org/debian bookworm main",
-            "deb http://deb.debian.org/debian bookworm-updates main",
-        ],
+    o, missing = run_cells(
+        {
+            "packages": ["hello"],
+            "test_command": 'hello | grep -q "Hello, world"',
+            "update_apt_sources": [
+                "deb http://deb.debian.org/debian bookworm main",
+                "deb http://deb.debian.org/debian bookworm-updates main",
+            ],
+        },
+        {"packages": ["osgtest-dag-no-such-package"], "test_command": "true"},
     )
     assert o.boot.ok and not o.boot.timed_out, o.boot
     assert o.boot.wall_s < BOOT_LIMIT_S
@@ -100,16 +125,28 @@ def test_success_installs_and_tests_hello(run_cell, debian12_image):
     assert (debian12_image.stat().st_mtime_ns, debian12_image.stat().st_size) == before
     assert not list((o.boot.console_log.parent / "vm").glob("overlay-*.qcow2"))
 
+    assert missing.boot.ok, missing.boot
+    assert (missing.result["status"], missing.exit_status) == ("install", 2), _explain(missing)
+    ph = missing.phases()
+    assert ph["repositories"] == "ok" and ph["install"] == "failed" and ph["test"] == "skipped"
+    assert (
+        "Unable to locate package osgtest-dag-no-such-package" in (missing.output / "install.log").read_text()
+    )
+
 
 @pytest.mark.vm
-def test_failing_test_command_on_trixie(run_cell, debian13_image):
-    """A test that fails, on the local builder's trixie image (so both Debian releases boot)."""
-    o = run_cell(
-        base=debian13_image,
-        platform_id="debian_13.x86_64",
-        packages=["hello"],
-        apt_sources=["deb http://deb.debian.org/debian trixie main"],
-        test_command='hello | grep -q "Goodbye"',
+def test_failing_test_on_trixie_and_no_network_side_by_side(run_cells, debian13_image):
+    """A test that fails, on the local builder's trixie image (so both Debian releases boot);
+    beside it, a VM with no network is a network failure."""
+    o, offline = run_cells(
+        {
+            "base": debian13_image,
+            "platform_id": "debian_13.x86_64",
+            "packages": ["hello"],
+            "apt_sources": ["deb http://deb.debian.org/debian trixie main"],
+            "test_command": 'hello | grep -q "Goodbye"',
+        },
+        {"networking": False, "network_retries": 2, "test_command": "true"},
     )
     assert o.boot.ok, o.boot
     assert "VERSION_CODENAME=trixie" in (o.output / "os-release").read_text()
@@ -119,26 +156,12 @@ def test_failing_test_command_on_trixie(run_cell, debian13_image):
     assert ph["update"] == "skipped" and ph["collect"] == "ok"
     assert "test exit code: 1" in (o.output / "test.log").read_text()
 
-
-@pytest.mark.vm
-def test_missing_package_is_install_failure(run_cell):
-    o = run_cell(packages=["osgtest-dag-no-such-package"], test_command="true")
-    assert o.boot.ok, o.boot
-    assert (o.result["status"], o.exit_status) == ("install", 2), _explain(o)
-    ph = o.phases()
-    assert ph["repositories"] == "ok" and ph["install"] == "failed" and ph["test"] == "skipped"
-    assert "Unable to locate package osgtest-dag-no-such-package" in (o.output / "install.log").read_text()
-
-
-@pytest.mark.vm
-def test_no_network(run_cell):
-    o = run_cell(networking=False, network_retries=2, test_command="true")
-    assert o.boot.ok, o.boot
-    assert (o.result["status"], o.exit_status) == ("network", 5), _explain(o)
-    ph = o.phases()
+    assert offline.boot.ok, offline.boot
+    assert (offline.result["status"], offline.exit_status) == ("network", 5), _explain(offline)
+    ph = offline.phases()
     assert ph["environment"] == "ok" and ph["network"] == "failed"
     assert ph["repositories"] == "skipped" and ph["collect"] == "ok"
-    assert "no global address" in (o.output / "network.log").read_text()
+    assert "no global address" in (offline.output / "network.log").read_text()
 
 
 @pytest.mark.vm

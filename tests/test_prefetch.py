@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import guest_cell_config
 
 from osgtest_dag.base import command
 from osgtest_dag.engine.local import executor
@@ -66,7 +67,7 @@ def _result_disk(cell: CellDir, status: str, work: Path) -> Path:
 def _cell(run: RunDir, serial: str) -> CellDir:
     cell = run.cell(serial)
     cell.path.mkdir(parents=True)
-    cell.config.write_text("{}\n")  # the POST script only checks that CreateDisk made the cell
+    cell.config.write_text(json.dumps(guest_cell_config(serial)))  # as CreateDisk writes it
     return cell
 
 

@@ -37,6 +37,7 @@ from osgtest_dag.base import paths
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.generate.cellconfig import cell_config, write_store
+from osgtest_dag.generate.clusterjob import CLUSTER_RUN_SUB, cluster_submit_files, cluster_vars
 from osgtest_dag.generate.inputs import InputFiles, pin_inputs
 from osgtest_dag.guest import pins
 from osgtest_dag.model import dagfile, rundir, runlock
@@ -213,48 +214,6 @@ def cell_vars(cell: Cell) -> dict:
     }
 
 
-# The runner and each VM's qemu process beside the guests' own memory (MB).
-CLUSTER_MEMORY_OVERHEAD_MB = 256
-CLUSTER_RUN_SUB = "cluster-run.sub"
-
-
-def cluster_vars(cell: Cell, cfg: CellConfig) -> dict:
-    """A cluster cell's TestRun VARS (submit_templates/cluster-run.sub.j2): its VMs' IO disks
-    in, their disks and consoles back where the run directory keeps them, and the resources of
-    all its VMs at once."""
-    vms = cfg.cluster_vms()
-    booted = [v for v in vms if not v.network_boot]
-    cell_dir = rundir.RunDir(Path(".")).cell(cell.serial)
-
-    def io(vm: str) -> str:
-        return cell_dir.vm_dir(vm).io_disk.name
-
-    def returned(path: Path) -> str:
-        return path.relative_to(cell_dir.path).as_posix()
-
-    remaps = [f"{io(v.name)}={returned(cell_dir.vm_dir(v.name).result_disk)}" for v in booted]
-    remaps += [f"{rundir.vm_console(v.name)}={rundir.vm_console_returned(v.name)}" for v in vms]
-    return {
-        **cell_vars(cell),
-        "vms": str(len(vms)),
-        "request_memory": str(sum(v.memory for v in vms) + CLUSTER_MEMORY_OVERHEAD_MB),
-        "request_cpus": str(sum(v.vcpus for v in vms)),
-        "request_disk": f"{sum(v.disk for v in vms)}MB",
-        "vm_inputs": ",".join(returned(cell_dir.vm_dir(v.name).io_disk) for v in booted),
-        "vm_outputs": ",".join([io(v.name) for v in booted] + [rundir.vm_console(v.name) for v in vms]),
-        "vm_remaps": ";".join(remaps),
-    }
-
-
-def cluster_submit_files(configs: list[CellConfig]) -> dict[str, str]:
-    """The TestRun nodes that run the cluster runner, with their submit file."""
-    return {
-        NodeName(rundir.TEST_RUN, c.serial).format(): f"submit/{CLUSTER_RUN_SUB}"
-        for c in configs
-        if c.cluster is not None
-    }
-
-
 def matrix_dag(
     cells: list[Cell],
     opts: WorkflowOptions,
@@ -278,7 +237,7 @@ def matrix_dag(
         name=rundir.TEST_RUN,
         submit_description=Path("submit/test-run.sub"),
         vars=[
-            cluster_vars(c, cfg) if cfg is not None and cfg.cluster else cell_vars(c)
+            {**cell_vars(c), **cluster_vars(cfg)} if cfg is not None and cfg.cluster else cell_vars(c)
             for c, cfg in zip(cells, configs if configs is not None else [None] * len(cells), strict=True)
         ],
         edge=dags.OneToOne(),

@@ -119,6 +119,12 @@ def prepare(
     that is not here or changed since the run, an unknown phase."""
     run = RunDir(Path(run_dir).resolve())
     cfg = cellconfig.read_cell(run.path, serial)
+    if cfg.cluster is not None:
+        raise UserError(
+            f"cell {serial} is a cluster cell ({cfg.cluster.size} VMs): reproduce boots one VM",
+            hint=f"run it again alone: `osgtest-dag rerun {run.path} -o NEW_RUN --only serial={serial}`, "
+            f"then `osgtest-dag run NEW_RUN`; each VM's console and stage logs are in cells/{serial}/vms/",
+        )
     if until is not None and until not in payload.PHASES:
         raise UserError(f"unknown phase {until!r}", hint=f"one of {', '.join(payload.PHASES)}")
     base = cfg.platform.image
