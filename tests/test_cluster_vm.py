@@ -33,7 +33,7 @@ package_sets:
         - name: init
           server: echo "$CELL_SERIAL" > /var/www/html/cell.txt && systemctl start nginx
         - name: run
-          client: curl -fsS http://server-1/cell.txt | grep -qx "$CELL_SERIAL" && sleep 40
+          client: curl -fsS http://server-1/cell.txt | grep -qx "$CELL_SERIAL" && sleep 20
         - name: finalize
           all: ip -4 -o addr show
   - label: Failing cluster
