@@ -67,6 +67,7 @@ def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellC
             codename=p.codename,
             image=p.image,
             image_format=p.image_format,
+            hook=p.hook,
         ),
         source=CellSource(
             raw=s.raw,

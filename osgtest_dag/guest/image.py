@@ -222,6 +222,12 @@ def build_image(
     """Build the base image of `platform_id` into `store` unless it is up to date."""
     catalog = catalog or Catalog.load()
     platform = resolve_platform(platform_id, catalog)
+    if platform.hook == "own":
+        raise UserError(
+            f"{platform.id}'s image has a boot hook of its own (catalog `hook: own`): osgtest-dag "
+            "neither builds nor customizes it (a second hook would run the cell twice)",
+            hint=f"put the image at {platform.image}",
+        )
     which = choose_builder(platform, builder)
     if which == "oz":
         oz_builder.check_supported(platform)  # a clear UserError before any work

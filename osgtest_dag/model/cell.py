@@ -28,9 +28,10 @@ class CellPlatform:
     codename: str | None
     image: str  # path or URL of the base image
     image_format: str  # qcow2 | raw
+    hook: str = "osgtest"  # the image's boot hook: ours, or `own` (plan.catalog.HOOKS)
 
     def to_json(self) -> JsonObject:
-        return {
+        doc: JsonObject = {
             "id": self.id,
             "os": self.os,
             "family": self.family,
@@ -42,6 +43,9 @@ class CellPlatform:
             "image": self.image,
             "image_format": self.image_format,
         }
+        if self.hook != "osgtest":  # written only when it is not ours: older documents stay as they were
+            doc["hook"] = self.hook
+        return doc
 
     @classmethod
     def from_fields(cls, f: Fields) -> CellPlatform:
@@ -56,6 +60,7 @@ class CellPlatform:
             codename=f.opt_text("codename"),
             image=f.text("image"),
             image_format=f.text("image_format"),
+            hook=f.opt_text("hook") or "osgtest",
         )
 
 

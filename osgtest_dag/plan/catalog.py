@@ -26,6 +26,11 @@ FAMILIES = ("el", "debian")
 # not know is enabled as written. An apt repository is nothing without its sources.list lines,
 # so a Debian name must be in the catalog.
 PASS_THROUGH_FAMILIES = ("el",)
+# How a platform's image runs a cell: `osgtest`, the boot hook our builders and customization
+# install (payload/osgtest-boot); `own`, a hook of the image's own that runs the IO disk's
+# run-job, as the reference's images do (mount /dev/vdb at /mnt/user, run /mnt/user/run-job,
+# power off): such an image is used as it is, never built or customized here.
+HOOKS = ("osgtest", "own")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class Platform:
     codename: str | None
     image: str  # path or URL of the base image
     image_format: str  # qcow2 | raw
+    hook: str = "osgtest"  # one of HOOKS
 
     @property
     def name(self) -> str:
@@ -148,6 +154,7 @@ class Catalog:
             codename=entry.get("codename"),
             image=image.format(image_dir=self.image_dir, platform=platform_id, os=os_id, arch=arch),
             image_format=fmt,
+            hook=entry.get("hook", "osgtest"),
         )
 
     # -- repositories --------------------------------------------------------------
@@ -212,6 +219,12 @@ def _check_platform_entry(doc: yamlsrc.Document, os_id: str, entry) -> None:
         raise UserError(
             f"platform {os_id!r}: family must be one of {', '.join(FAMILIES)}",
             where=doc.where("platforms", os_id, "family"),
+        )
+    if entry.get("hook", "osgtest") not in HOOKS:
+        raise UserError(
+            f"platform {os_id!r}: hook must be one of {', '.join(HOOKS)}",
+            where=doc.where("platforms", os_id, "hook"),
+            hint="`own`: the image runs the IO disk's run-job itself (as the reference's images do)",
         )
     for arch in entry["arches"]:
         if arch not in ARCHES:
