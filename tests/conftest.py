@@ -34,7 +34,7 @@ def cli(tmp_path):
 
     exe = Path(sys.executable).parent / "osgtest-dag"
 
-    def run(*args, cwd=None, env=None):
+    def run(*args, cwd=None, env=None, timeout=600):
         full_env = dict(os.environ, OSGTEST_DAG_IMAGES="/images")
         full_env.update(env or {})
         return subprocess.run(
@@ -43,7 +43,7 @@ def cli(tmp_path):
             text=True,
             cwd=cwd or tmp_path,
             env=full_env,
-            timeout=600,
+            timeout=timeout,
         )
 
     return run

@@ -101,7 +101,7 @@ def _generate(cli, tmp_path: Path, image: Path) -> Path:
 
 def test_cluster_cells_in_step_apart_and_network_booted(tmp_path, cli, debian12_image):
     run = _generate(cli, tmp_path, debian12_image)
-    r = cli("run", run, "-j", "7", "--no-progress")
+    r = cli("run", run, "-j", "7", "--no-progress", timeout=1500)  # seven VMs on two cores
     assert r.returncode == 1, r.stdout + r.stderr  # a product failure (the failing init), no infra
     cells = {c["label"]: c for c in json.loads((run / "results.json").read_text())["cells"]}
     web, failing, netboot = cells["Web cluster"], cells["Failing cluster"], cells["Network boot"]
