@@ -180,7 +180,14 @@ def _file_lines(part: matrix.FileExpansion) -> list[str]:
     help="Excluded-hosts list with expiries (default: ~/.config/osgtest-dag/excluded-hosts.yaml, "
     "maintained by `osgtest-dag hosts`).",
 )
-@click.option("--vm-type", type=click.Choice(["kvm", "xen"]), default="kvm", show_default=True)
+@click.option(
+    "--vm-type",
+    type=click.Choice(["kvm", "xen"]),
+    default="kvm",
+    show_default=True,
+    help="The VM jobs' hypervisor. xen: xen_kernel = included (the image's own kernel), disks xvda "
+    "and xvdb (README, 'On an HTCondor pool').",
+)
 @click.option("--tool", default="", help="Path of osgtest-dag for the DAG's nodes (default: this one).")
 @click.option("--batch-name", default="", help="HTCondor batch name (default: the run directory's name).")
 @click.option("--nightly", is_flag=True, help="Mark the run as the nightly run.")
