@@ -609,7 +609,7 @@ def test_an_install_only_cell_fails_on_a_broken_package_state(tmp_path, tools, s
         assert "hello  example" in log  # what dpkg --audit said is in the log
 
 
-def test_a_test_command_runs_as_before_and_an_unknown_kind_fails(tmp_path):
+def test_a_test_command_runs_as_before_a_cluster_runs_none_an_unknown_kind_fails(tmp_path):
     env = "CELL_SERIAL='000'\nCELL_FAMILY='debian'\nTEST_KIND='command'\nTEST_COMMAND='echo hi; exit 3'\n"
     res, log = _run_with_real_test_phase(tmp_path / "a", _fake_tools(tmp_path / "a"), env)
     assert res["status"] == "test" and "hi\n" in log and "test exit code: 3" in log
@@ -618,6 +618,10 @@ def test_a_test_command_runs_as_before_and_an_unknown_kind_fails(tmp_path):
         tmp_path / "b", _fake_tools(tmp_path / "b"), "CELL_SERIAL='0'\nCELL_FAMILY='debian'\n"
     )
     assert res["status"] == "test" and "TEST_KIND '' is not a test run-job runs" in log
+    # a cluster VM's update phase ends with run_test: its stages are its test, nothing runs there
+    env = "CELL_SERIAL='0'\nCELL_FAMILY='debian'\nTEST_KIND='stages'\n"
+    res, log = _run_with_real_test_phase(tmp_path / "c", _fake_tools(tmp_path / "c"), env)
+    assert res["status"] == "pass" and "its stages" in log and _calls(tmp_path / "c") == []
 
 
 @pytest.mark.parametrize(
