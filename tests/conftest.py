@@ -108,7 +108,12 @@ def guest_cell_config(
             "initial": {"setup_packages": [], "enable": [], "apt_sources": list(apt_sources)},
             "update": update,
         },
-        "test": {"command": test_command, "timeout": timeout, "osg_test": False},
+        "test": {
+            "command": test_command,
+            "timeout": timeout,
+            "osg_test": False,
+            "kind": "install-only" if test_command is None else "command",  # a Debian cell
+        },
         "vm": {"memory": 1024, "vcpus": 1, "disk": 4096},
         "network": {"check_host": "deb.debian.org", "retries": network_retries},
         "retries": {"count": 2, "backoff": 3},
