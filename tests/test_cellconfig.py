@@ -13,7 +13,9 @@ BASE = "[Config]\nadduser = True\n"
 
 
 def reference_osg_test_conf(sources: str, packages: list[str], selinux: bool, nightly: bool) -> str:
-    """vm-test-runs' write_osg_test_configuration, restated (including its regular expressions)."""
+    """vm-test-runs' write_osg_test_configuration, restated (including its regular expressions),
+    with its PackageSet's packages (vmu.py: /usr/sbin/semanage appended when selinux is on)."""
+    packages = packages + ["/usr/sbin/semanage"] if selinux else packages
     contents = BASE
     parts = re.split(r"\s*;\s*", sources)
     if len(parts) == 3:
