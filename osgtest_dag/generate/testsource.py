@@ -11,7 +11,6 @@ source share one clone. Where the repositories live is the catalog setting `test
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import CommandError, UserError
+from osgtest_dag.model.documents import read_json
 from osgtest_dag.model.rundir import RunDir
 
 GIT_URL_DEFAULT = "https://github.com/{account}/{package}"
@@ -28,10 +28,9 @@ TARBALL_DIR = "test-sources"
 
 def git_url_template(pinned_catalog: Path) -> str:
     """The `test_source_git` setting of the run's pinned catalog, else GitHub."""
-    try:
-        settings = json.loads(Path(pinned_catalog).read_text()).get("settings", {})
-    except (OSError, ValueError):
+    if not Path(pinned_catalog).is_file():
         return GIT_URL_DEFAULT
+    settings = read_json(pinned_catalog).get("settings") or {}
     return str(settings.get("test_source_git") or GIT_URL_DEFAULT)
 
 
