@@ -48,6 +48,17 @@ PER_CELL_OSG_TEST_KEYS = frozenset(
     ("testsource", "extrarepos", "updaterelease", "updaterepos", "packages", "series", "sources")
     + ("selinux", "nightly")
 )
+# The reference adds this path to an SELinux package set's packages (by path: its package's
+# name differs between EL releases); only on EL, where SELinux is.
+SEMANAGE = "/usr/sbin/semanage"
+
+
+def cell_packages(cell: Cell) -> tuple[str, ...]:
+    """The package set's packages, with semanage for an EL set with SELinux, as the reference."""
+    packages = tuple(cell.package_set.packages)
+    if cell.platform.family == "el" and cell.package_set.selinux and SEMANAGE not in packages:
+        packages += (SEMANAGE,)
+    return packages
 
 
 def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellConfig:
@@ -78,7 +89,7 @@ def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellC
             update_repos=s.update_repos,
         ),
         label=cell.package_set.label,
-        packages=tuple(cell.package_set.packages),
+        packages=cell_packages(cell),
         selinux=cell.package_set.selinux,
         repositories=Repositories(initial=initial, update=update),
         test=CellTest(command=cell.test_command, timeout=cell.test_timeout, kind=cell.test_kind),
