@@ -405,7 +405,10 @@ def test_cluster_cell_runs_the_cluster_runner(cluster_run):
     )
     assert sub.expand("transfer_input_files") == (
         "/images/debian_12.x86_64.qcow2,cell.json,vms/server-1/io-001-server-1.qcow2,"
-        "vms/client-1/io-001-client-1.qcow2,vms/client-2/io-001-client-2.qcow2"
+        "vms/client-1/io-001-client-1.qcow2,vms/client-2/io-001-client-2.qcow2,"
+        # their 4096 MB disks are 1024 MB more than the image's: a scratch disk each, never returned
+        "vms/server-1/scratch-001-server-1.qcow2,vms/client-1/scratch-001-client-1.qcow2,"
+        "vms/client-2/scratch-001-client-2.qcow2"
     )
     assert sub.expand("transfer_output_files") == (
         "cluster.json,io-001-server-1.qcow2,io-001-client-1.qcow2,io-001-client-2.qcow2,"
