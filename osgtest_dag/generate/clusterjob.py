@@ -16,8 +16,8 @@ CLUSTER_RUN_SUB = "cluster-run.sub"
 
 def cluster_vars(cfg: CellConfig) -> dict:
     """A cluster cell's TestRun VARS (submit_templates/cluster-run.sub.j2): its VMs' IO (and
-    scratch) disks in, their disks and consoles back where the run directory keeps them, and the resources of
-    all its VMs at once."""
+    scratch) disks in, their disks and consoles back where the run directory keeps them, and
+    the resources of all its VMs at once."""
     vms = cfg.cluster_vms()
     booted = [v for v in vms if not v.network_boot]
     cell_dir = rundir.RunDir(Path(".")).cell(cfg.serial)

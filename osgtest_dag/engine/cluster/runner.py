@@ -174,9 +174,8 @@ class ClusterRunner:
         workdir = job.workdir / f".vm-{vm.name}"
         disks = [qemu.Disk(job.io_disk(vm), "qcow2")]
         scratch = job.scratch_disk(vm)
-        if (
-            scratch is not None
-        ):  # a fresh copy each start: the transferred disk (maybe a link) stays as it came
+        if scratch is not None:
+            # a fresh copy each start; the transferred one (maybe a link) stays as it came
             workdir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(scratch, workdir / scratch.name)
             disks.append(qemu.Disk(workdir / scratch.name, "qcow2"))
