@@ -131,8 +131,11 @@ def test_matrix_runs_resumes_and_reports(tmp_path, cli, debian12_image):
     for tree in ("/usr", "/opt", "/var", "/tmp"):
         assert f"{tree}: an overlay, written to the scratch disk" in env_log, env_log
     test_log = (run / "cells" / "000" / "output" / "test.log").read_text()
-    sizes = re.findall(r"^osgtest-scratch +(\d+) .* /var/tmp$", test_log, re.MULTILINE)
-    assert sizes and int(sizes[0]) > 4500, test_log  # MiB: the scratch disk's filesystem
+    # df -Pm: / is the image's root; /var/tmp is in /var's overlay, on the 5 GiB scratch disk,
+    # which holds the file larger than the root's free space
+    (root_free,) = re.findall(r"^/dev/vda1 +\d+ +\d+ +(\d+) .* /$", test_log, re.MULTILINE)
+    (size, used) = re.findall(r"^osgtest-scratch +(\d+) +(\d+) .* /var$", test_log, re.MULTILINE)[0]
+    assert int(size) > 4500 and int(used) > int(root_free), test_log
     assert (run / "cells" / "000" / "console.0.1.log").stat().st_size > 0
 
 
