@@ -79,6 +79,7 @@ def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellC
             image=p.image,
             image_format=p.image_format,
             hook=p.hook,
+            image_size=p.image_size,
         ),
         source=CellSource(
             raw=s.raw,
@@ -236,6 +237,8 @@ def cell_env(cfg: CellConfig, vm: ClusterVm | None = None) -> str:
         "REPO_RETRIES": str(cfg.retries.count),
         "REPO_BACKOFF": str(cfg.retries.backoff),
         "APT_LISTS_MAX_AGE": str(cfg.repositories.lists_max_age),
+        # the scratch disk (OSGTEST-SCRATCH) the payload puts under the writable trees; 0: none
+        "SCRATCH_MB": str(cfg.vm_scratch_mb(vm) if vm is not None else cfg.scratch_mb),
     }
     if vm is not None:
         values.update(cluster_env(cfg, vm))
