@@ -72,7 +72,8 @@ class StandingAppliance:
             with open(slot, "wb") as f:
                 f.truncate(self.slot_bytes)
         t0 = time.monotonic()
-        self._ctx = gfs.open_disks([(slot, "raw") for slot in self._slots], readonly=False)
+        # One vCPU: it starts while a VM boots, which should keep the other core.
+        self._ctx = gfs.open_disks([(slot, "raw") for slot in self._slots], readonly=False, smp=1)
         try:
             self._g = self._ctx.__enter__()
             self._g.set_autosync(False)
