@@ -665,3 +665,22 @@ def test_an_el_osg_test_cell_installs_what_osg_test_needs_not_its_packages(tmp_p
         f"{dnf} install /usr/bin/openssl",
         f"{dnf} --enablerepo=osg --enablerepo=osg-testing install osg-test",
     ]
+
+
+def test_the_image_sources_stay_when_they_are_the_cells(tmp_path):
+    """apt trusts the image's package cache only while its sources file is older: sources that
+    are the cell's already are left alone; others replace them (the old ones kept aside)."""
+    env = _apt_tree(tmp_path, "# the image's\ndeb http://deb.debian.org/debian bookworm main\n")
+    etc = Path(env["RUN_JOB_APT_ETC"])
+    before = (etc / "sources.list").stat().st_mtime_ns
+    for shell in SHELLS:
+        r = sh(f". {RUN_JOB}; write_apt_sources 'deb http://deb.debian.org/debian bookworm main'", shell, env)
+        assert r.returncode == 0, r.stderr
+        assert "apt sources: the image's, which are the cell's" in r.stdout
+        assert (etc / "sources.list").stat().st_mtime_ns == before
+        assert sorted(p.name for p in etc.rglob("*")) == ["sources.list", "sources.list.d"]
+    other = "deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian bookworm-updates main"
+    r = sh(f". {RUN_JOB}; write_apt_sources '{other}'", env=env)
+    assert r.returncode == 0 and "apt sources now:" in r.stdout
+    assert (etc / "sources.list.d" / "osgtest.list").read_text() == other + "\n"
+    assert (etc / "osgtest-disabled" / "sources.list").is_file() and not (etc / "sources.list").exists()
