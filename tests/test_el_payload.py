@@ -60,6 +60,7 @@ def el_run(tmp_path_factory, cli_module):
         f"sources: ['{SOURCE}']\n"
         "package_sets:\n"
         f"  - {{label: Stand-in, packages: {PACKAGES}}}\n"
+        "vm: {disk: 3072}\n"  # the image's own size: no scratch disk, which a chroot cannot have
     )
     run_dir = tmp / "run"
     r = cli_module("generate", tmp / "params.yaml", "--catalog", tmp / "catalog.yaml", "-o", run_dir)
