@@ -18,7 +18,7 @@ from pathlib import Path
 
 from osgtest_dag.base import command, paths
 from osgtest_dag.base.errors import CommandError, UserError
-from osgtest_dag.guest import debian_builder, gfs, payload
+from osgtest_dag.guest import cloudprep, debian_builder, gfs, payload
 from osgtest_dag.plan.catalog import Platform
 
 log = logging.getLogger("osgtest_dag.guest.oz_builder")
@@ -41,6 +41,19 @@ method=auto
 [ipv6]
 method=ignore
 """
+
+# What customize_image writes (directories: with what is below them), for SELinux labels.
+WRITTEN_PATHS = [
+    "/usr/local/sbin",
+    "/etc/systemd/system",
+    "/etc/systemd/network",
+    "/etc/NetworkManager/system-connections",
+    "/etc/cloud",
+    "/etc/resolv.conf",
+    "/etc/osgtest-image-release",
+    "/etc/.updated",
+    "/var/.updated",
+]
 
 SERIAL_ARGS = ("console=tty0", "console=ttyS0,115200n8", "panic=-1")
 MASK_UNITS = (
@@ -157,16 +170,17 @@ def check_supported(platform: Platform) -> None:
     ok, why = oz_supports(tdl)
     if ok:
         return
-    hint = f"this Oz ({oz_version()}) installs: {supported_string()}. "
+    oz_knows = f"this Oz ({oz_version()}) installs: {supported_string()}"
     if platform.family == "debian":
-        hint += (
-            "For Debian use the local builder: `osgtest-dag image build "
+        hint = (
+            f"{oz_knows}. For Debian use the local builder: `osgtest-dag image build "
             f"{platform.id} --builder local` (the default)."
         )
     else:
-        hint += (
-            "Install an Oz with support for it, or point the platform's `image` in a "
-            "catalog file (--catalog) at a prebuilt qcow2."
+        hint = (
+            f"use `osgtest-dag image import {platform.id} FILE` with {platform.display}'s own "
+            f"GenericCloud image for {platform.arch} (qcow2), or install an Oz that knows "
+            f"{platform.name} ({oz_knows})."
         )
     raise UserError(f"the installed Oz cannot build {platform.name}: {why}", hint=hint)
 
@@ -230,10 +244,14 @@ def _gwrite(g, path: str, data: str | bytes) -> None:
     g.write(path, data.encode() if isinstance(data, str) else data)
 
 
+class NoOperatingSystem(UserError):
+    """libguestfs' inspection finds no operating system in the image."""
+
+
 def _mount_guest(g) -> str:
     roots = g.inspect_os()
     if not roots:
-        raise UserError("no operating system found in the installed image")
+        raise NoOperatingSystem("libguestfs finds no operating system in the image")
     root = roots[0]
     mps = g.inspect_get_mountpoints(root)
     for mp in sorted(mps, key=len):
@@ -301,9 +319,10 @@ def customize_image(
     """Turn an installed image into an osgtest base image, in place; return its packages.
 
     Installs and enables the boot hook, sets DHCP on any NIC name (NetworkManager keyfile on
-    EL, systemd-networkd on Debian), removes persistent net rules, puts a serial console on
-    the kernel command line, masks update timers, writes /etc/osgtest-image-release, and
-    relabels for SELinux where the image has it.
+    EL, systemd-networkd on Debian), removes persistent net rules, disables cloud-init, puts a
+    serial console on the kernel command line, masks update timers, writes
+    /etc/osgtest-image-release; SELinux permissive and the written files labelled, without
+    `setfiles` (guest/cloudprep.py says why).
     """
     hook = payload.payload_file(payload.BOOT_HOOK, payload_dir).read_bytes()
     unit = payload.payload_file(payload.BOOT_UNIT, payload_dir).read_bytes()
@@ -355,6 +374,10 @@ def customize_image(
             _enable(g, "systemd-networkd-wait-online.service", "network-online.target", units)
             if g.is_file(f"{units}/systemd-resolved.service"):
                 _enable(g, "systemd-resolved.service", "multi-user.target", units)
+            else:
+                cloudprep.resolv_conf_for_lease(g, debian_builder.RESOLV_CONF)
+        if cloudprep.disable_cloud_init(g):
+            log.info("cloud-init disabled")
         for rules in (
             "/etc/udev/rules.d/70-persistent-net.rules",
             "/etc/udev/rules.d/75-persistent-net-generator.rules",
@@ -375,10 +398,10 @@ def customize_image(
             f"\t{a.get('app2_arch', '')}"
             for a in apps
         )
-        if g.is_file("/etc/selinux/config"):
-            ctx = "/etc/selinux/targeted/contexts/files/file_contexts"
-            if g.is_file(ctx):
-                g.selinux_relabel(ctx, "/")
+        mode = cloudprep.selinux_permissive(g)
+        if mode is not None:
+            log.info("SELinux: %s -> permissive", mode)
+            cloudprep.label_like_parent(g, WRITTEN_PATHS)
         g.umount_all()
     return packages
 
