@@ -82,6 +82,8 @@ _SELINUX_LINE = re.compile(r"(?m)^[ \t]*SELINUX[ \t]*=[ \t]*(\S*)[ \t]*$")
 
 def permissive_config(text: str) -> tuple[str, str]:
     """/etc/selinux/config's text with SELINUX=permissive; and the mode it said before."""
+    comment = PERMISSIVE.split("\n")[0] + "\n"
+    text = text.replace(comment, "")  # a customized image customized again: one comment
     m = _SELINUX_LINE.search(text)
     if m is None:
         return text.rstrip("\n") + "\n" + PERMISSIVE + "\n", "unset"
