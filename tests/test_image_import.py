@@ -9,6 +9,7 @@ EXTLINUX with no serial console and no hook - then boot it and run a real cell o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -442,6 +443,23 @@ def test_foreign_image_with_selinux_customized_without_setfiles(foreign_image, t
         assert label(wants) == labels["/etc/systemd/system/multi-user.target.wants"]
         assert label("/etc/osgtest-image-release") == labels["/etc"]
         assert label("/etc/cloud/cloud-init.disabled") == labels["/etc"]  # via /etc/cloud
+
+
+@pytest.mark.vm
+def test_an_image_that_fails_its_smoke_boot_is_not_installed(foreign_image, tmp_path):
+    """A smoke boot cut off before the payload can start (a 5 s limit): no image in the store,
+    and the error names the console log that was kept."""
+    store = tmp_path / "store"
+    with pytest.raises(UserError) as ei:
+        image_import.import_image(
+            PLATFORM, foreign_image, store, verify=functools.partial(smoke.verify_image, limit_s=5)
+        )
+    e = ei.value
+    console = store / f"{PLATFORM}.smoke" / "console.log"
+    assert "the new image was not installed" in e.message and "never started" in e.message
+    assert e.where == console and console.is_file() and str(console) in e.hint
+    assert not list(store.glob("*.qcow2")) and not list(store.glob("*.json"))
+    assert not list(store.glob(".*.tmp-*"))
 
 
 @pytest.mark.vm

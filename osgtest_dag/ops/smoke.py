@@ -145,11 +145,11 @@ def smoke_boot(
     return SmokeResult(ok=ok, why=why, phases=phases, status=status, boot=boot, workdir=workdir)
 
 
-def verify_image(image: Path, platform: Platform) -> SmokeResult:
+def verify_image(image: Path, platform: Platform, *, limit_s: float = LIMIT_S) -> SmokeResult:
     """image.Verify: the smoke boot of a made image, before it is installed in its store;
     UserError naming the console log when the payload did not start."""
     workdir = image.parent / f"{platform.id}.smoke"
-    res = smoke_boot(image, platform, workdir)
+    res = smoke_boot(image, platform, workdir, limit_s=limit_s)
     log.info("%s: %s", platform.id, res.line())
     if not res.ok:
         raise UserError(
