@@ -4,8 +4,9 @@ An image is built here (`build_image`: the local Debian builder or Oz) or import
 distribution's own image (guest/image_import.py: builder `import`, with the imported file's
 digest and origin in the metadata). A build is skipped when the hash of its inputs (builder,
 template/recipe text, package list, payload files baked into the image, builder code version)
-matches the stored metadata; when it does not, the log says which input changed. Image and metadata are written atomically,
-and a per-platform lock keeps two processes from building the same image at once.
+matches the stored metadata; when it does not, the log says which input changed. Image and
+metadata are written atomically, and a per-platform lock keeps two processes from making the
+same image at once.
 """
 
 from __future__ import annotations
