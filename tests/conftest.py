@@ -34,7 +34,7 @@ def cli(tmp_path):
 
     exe = Path(sys.executable).parent / "osgtest-dag"
 
-    def run(*args, cwd=None, env=None):
+    def run(*args, cwd=None, env=None, timeout=600):
         full_env = dict(os.environ, OSGTEST_DAG_IMAGES="/images")
         full_env.update(env or {})
         return subprocess.run(
@@ -43,7 +43,7 @@ def cli(tmp_path):
             text=True,
             cwd=cwd or tmp_path,
             env=full_env,
-            timeout=600,
+            timeout=timeout,
         )
 
     return run
@@ -108,7 +108,12 @@ def guest_cell_config(
             "initial": {"setup_packages": [], "enable": [], "apt_sources": list(apt_sources)},
             "update": update,
         },
-        "test": {"command": test_command, "timeout": timeout, "osg_test": False},
+        "test": {
+            "command": test_command,
+            "timeout": timeout,
+            "osg_test": False,
+            "kind": "install-only" if test_command is None else "command",  # a Debian cell
+        },
         "vm": {"memory": 1024, "vcpus": 1, "disk": 4096},
         "network": {"check_host": "deb.debian.org", "retries": network_retries},
         "retries": {"count": 2, "backoff": 3},

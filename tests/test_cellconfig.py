@@ -70,7 +70,7 @@ def test_el_cell_resolves_release_packages_and_repos(params_d, catalog):
     assert init.enable == ("osg-upcoming",)
     assert upd.setup_packages[1] == "https://repo.osg-htc.org/osg/24-main/osg-24-main-el9-release-latest.rpm"
     assert upd.enable == ("osg",)
-    assert cfg.test.to_json() == {"command": None, "timeout": 14400, "osg_test": True}
+    assert cfg.test.to_json() == {"command": None, "timeout": 14400, "osg_test": True, "kind": "osg-test"}
 
 
 def test_cell_env_round_trips_through_sh(params_d, catalog):
@@ -84,3 +84,45 @@ def test_cell_env_round_trips_through_sh(params_d, catalog):
         check=True,
     ).stdout
     assert out == f"{cfg.label}|{' '.join(cfg.packages)}|false"
+
+
+PACKAGE_SETS = """\
+package_sets:
+  - {label: Plain, packages: [hello]}
+  - {label: Own test, packages: [hello], test_command: hello}
+  - label: Cluster
+    packages: [hello]
+    cluster:
+      roles: {server: {count: 1}}
+      stages: [{name: run, server: 'true'}]
+"""
+
+
+def test_each_family_gets_its_default_test(tmp_path, catalog):
+    """osg-test where it is packaged (EL), install-only where it is not (Debian); a test
+    command is the test everywhere; a cluster's stages are its test."""
+    (tmp_path / "debian.yaml").write_text(
+        "platforms: [debian_12.x86_64]\nsources: ['stable; main']\n" + PACKAGE_SETS
+    )
+    (tmp_path / "el.yaml").write_text("platforms: [rocky_9.x86_64]\nsources: ['24; osg']\n" + PACKAGE_SETS)
+    m = matrix.build([tmp_path], catalog)
+    kinds = {}
+    for c in m.cells:
+        cfg = cellconfig.cell_config(c, catalog)
+        kinds[(c.platform.family, c.package_set.label)] = (cfg.test.kind, cfg.test.command, cfg.test.osg_test)
+        assert c.to_json()["test"] == {"kind": cfg.test.kind, "command": cfg.test.command, "timeout": 14400}
+        env = dict(line.split("=", 1) for line in cellconfig.cell_env(cfg).splitlines()[1:])
+        assert (env["TEST_KIND"], env["OSG_TEST"]) == (
+            cfg.test.kind,
+            "true" if cfg.test.osg_test else "false",
+        )
+        written = cellconfig.write_input_dir(cfg, tmp_path / c.serial)
+        assert (written / "osg-test.conf").exists() is cfg.test.osg_test
+    assert kinds == {
+        ("debian", "Plain"): ("install-only", None, False),
+        ("debian", "Own test"): ("command", "hello", False),
+        ("debian", "Cluster"): ("stages", None, False),
+        ("el", "Plain"): ("osg-test", None, True),
+        ("el", "Own test"): ("command", "hello", False),
+        ("el", "Cluster"): ("stages", None, False),
+    }

@@ -112,7 +112,7 @@ def test_cell_config_carries_the_cluster_through_json(tmp_path, catalog):
     ]
 
 
-# What cells.jsonl held for this one-VM cell before clusters existed.
+# What cells.jsonl holds for this one-VM cell: as before clusters existed, with the test kind since.
 ONE_VM_LINE = (
     '{"schema":"osgtest-dag/cell","version":1,"serial":"000","platform":{"id":"debian_12.x86_64",'
     '"os":"debian_12","family":"debian","distro":"debian","major":12,"arch":"x86_64","name":"Debian 12 '
@@ -121,7 +121,7 @@ ONE_VM_LINE = (
     '"update_series":null,"update_repos":[]},"label":"Hello","packages":["hello"],"selinux":false,'
     '"repositories":{"initial":{"setup_packages":[],"enable":[],"apt_sources":["deb '
     'http://deb.debian.org/debian bookworm main"]},"update":null,"lists_max_age":604800},'
-    '"test":{"command":"./t.sh","timeout":14400,"osg_test":false},"vm":{"memory":2048,"vcpus":2,'
+    '"test":{"command":"./t.sh","timeout":14400,"osg_test":false,"kind":"command"},"vm":{"memory":2048,"vcpus":2,'
     '"disk":8192},"network":{"check_host":"deb.debian.org","retries":5},"retries":{"count":3,'
     '"backoff":10},"nightly":false,"param_file":"p.yaml"}\n'
 )

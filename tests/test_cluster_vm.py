@@ -101,7 +101,7 @@ def _generate(cli, tmp_path: Path, image: Path) -> Path:
 
 def test_cluster_cells_in_step_apart_and_network_booted(tmp_path, cli, debian12_image):
     run = _generate(cli, tmp_path, debian12_image)
-    r = cli("run", run, "-j", "7", "--no-progress")
+    r = cli("run", run, "-j", "7", "--no-progress", timeout=1500)  # seven VMs on two cores
     assert r.returncode == 1, r.stdout + r.stderr  # a product failure (the failing init), no infra
     cells = {c["label"]: c for c in json.loads((run / "results.json").read_text())["cells"]}
     web, failing, netboot = cells["Web cluster"], cells["Failing cluster"], cells["Network boot"]
@@ -119,18 +119,23 @@ def test_cluster_cells_in_step_apart_and_network_booted(tmp_path, cli, debian12_
             ("run", "ok", 0),
             ("finalize", "ok", 0),
         ], vm
-    # The barrier: no VM started a stage before every VM had finished the one before (the
-    # guests' clocks come from the host's; a second of slack for their skew).
+    # The barrier, in host time (the runner's record): a VM reports `ready k+1` only once it has
+    # finished stage k, so each stage was released after every VM had finished the one before.
+    record = json.loads((run / "cells" / web["serial"] / "cluster.json").read_text())
+    barriers = record["barriers"]
+    assert [b["name"] for b in barriers] == ["init", "run", "finalize"]
+    for b in barriers:
+        assert sorted(b["arrivals"]) == ["client-1", "client-2", "server-1"], b
+        assert b["decision"] == "run" and b["released"] >= max(a["time"] for a in b["arrivals"].values())
+    for before, after in zip(barriers, barriers[1:], strict=False):
+        assert min(a["time"] for a in after["arrivals"].values()) >= before["released"], (before, after)
+    # ... and in the guests' own timestamps, which agree within their clocks' skew (each VM's
+    # clock is set from the host's at boot and drifts under emulation: a second or two)
     names = ("init", "run", "finalize")
     for before, after in zip(names, names[1:], strict=False):
         ended = max(_time(s["end"]) for v in web["vms"] for s in v["stages"] if s["name"] == before)
         started = min(_time(s["start"]) for v in web["vms"] for s in v["stages"] if s["name"] == after)
-        assert started >= ended - 1.0, (before, after, ended, started)
-    # ... and in host time, from the runner's record: each barrier released once all had come.
-    record = json.loads((run / "cells" / web["serial"] / "cluster.json").read_text())
-    for b in record["barriers"]:
-        assert sorted(b["arrivals"]) == ["client-1", "client-2", "server-1"], b
-        assert b["decision"] == "run" and b["released"] >= max(a["time"] for a in b["arrivals"].values())
+        assert started >= ended - 5.0, (before, after, ended, started)
     assert all(r["returncode"] == 0 and not r["timed_out"] for r in record["vms"]), record["vms"]
 
     # The failing cluster: init failed on server-1, run skipped everywhere, finalize ok everywhere.

@@ -123,9 +123,9 @@ def test_hung_tests_keep_their_results(tmp_path, cli, debian12_image):
     its install phase ok. One whose guest cannot end it (its `timeout` stopped) is killed at
     the host's limit in its test phase: not started again, its disk kept, its finished phases
     reported, a timeout that is not retried."""
-    # the guest reaches its test phase 1-2 min after start under TCG (two VMs on two cores):
-    # 270 s leaves room for the first cell's 60 s limit before the host's ends the second
-    run = _generate(cli, tmp_path, HUNG, "hung", debian12_image, "--max-wall", "270")
+    # the guest reaches its test phase 40-120 s after start under TCG (two VMs on two cores):
+    # 220 s leaves room for the first cell's 60 s limit before the host's ends the second
+    run = _generate(cli, tmp_path, HUNG, "hung", debian12_image, "--max-wall", "220")
     exe = Path(sys.executable).parent / "osgtest-dag"
     t0 = time.time()
     r = subprocess.run(  # longer than the `cli` fixture's 600 s: the host's limit is part of it

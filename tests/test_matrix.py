@@ -286,3 +286,29 @@ def test_same_packages_with_and_without_selinux_under_two_labels(tmp_path, catal
         ("A", True),
         ("A-permissive", False),
     ]
+
+
+def test_plan_shows_each_cells_test(tmp_path, cli):
+    (tmp_path / "p.yaml").write_text(
+        "platforms: [rocky_9.x86_64, debian_12.x86_64]\nsources: ['stable; main']\n"
+        "package_sets:\n  - {label: A, packages: [x]}\n"
+        "  - {label: B, packages: [y], test_command: 'y --version &&\n      y --selftest'}\n"
+        "test_timeout: 600\n"
+    )
+    r = cli("plan", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[:5] == [
+        "SERIAL  PLATFORM          SOURCE        PACKAGE SET  PRIORITY  TEST",
+        "000     rocky_9.x86_64    stable; main  A            0         osg-test",
+        "001     rocky_9.x86_64    stable; main  B            0         command: y --version && y --selftest",
+        "002     debian_12.x86_64  stable; main  A            0         install-only",
+        "003     debian_12.x86_64  stable; main  B            0         command: y --version && y --selftest",
+    ]
+    r = cli("plan", tmp_path, "--format", "json")
+    tests = [c["test"] for c in json.loads(r.stdout)]
+    assert tests == [
+        {"kind": "osg-test", "command": None, "timeout": 600},
+        {"kind": "command", "command": "y --version && y --selftest", "timeout": 600},
+        {"kind": "install-only", "command": None, "timeout": 600},
+        {"kind": "command", "command": "y --version && y --selftest", "timeout": 600},
+    ]

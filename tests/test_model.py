@@ -253,7 +253,7 @@ CELL = CellConfig(
         initial=RepoSetup(apt_sources=("deb http://deb.debian.org/debian bookworm main",)),
         update=RepoSetup(setup_packages=("x.deb",), enable=("u",)),
     ),
-    test=CellTest(command="hello", timeout=3600, osg_test=False),
+    test=CellTest(command="hello", timeout=3600, kind="command"),
     vm=VmSize(memory=2048, vcpus=2, disk=8192),
     network=NetworkCheck(check_host="deb.debian.org", retries=5),
     retries=RepoRetries(count=3, backoff=10),
@@ -306,11 +306,44 @@ def test_cell_config_round_trip():
         replace(
             CELL,
             repositories=Repositories(RepoSetup()),
-            test=CellTest(None, 14400, True),
+            test=CellTest(None, 14400, "osg-test"),
             platform=replace(CELL.platform, codename=None),
         ),
         CellConfig,
     )
+
+
+@pytest.mark.parametrize(
+    "test, kind",
+    [
+        ({"command": "hello", "timeout": 60, "osg_test": False}, "command"),
+        ({"command": None, "timeout": 60, "osg_test": True}, "osg-test"),
+        # before kinds, only a cluster cell had neither a command nor osg-test
+        ({"command": None, "timeout": 60, "osg_test": False}, "stages"),
+    ],
+)
+def test_a_cell_test_without_kind_gets_it_derived(test, kind):
+    doc = CELL.to_json()
+    doc["test"] = test
+    cfg = CellConfig.from_json(doc, "cell.json")
+    assert (cfg.test.kind, cfg.test.command, cfg.test.osg_test) == (kind, test["command"], test["osg_test"])
+    assert cfg.test.to_json() == {**test, "kind": kind}
+
+
+@pytest.mark.parametrize(
+    "test, message",
+    [
+        ({"kind": "unit-tests"}, "`test.kind` is not one of osg-test, command, install-only, stages"),
+        ({"kind": "install-only"}, "`test.command` and `test.kind` (install-only) disagree"),
+        ({"command": None, "kind": "command"}, "`test.command` and `test.kind` (command) disagree"),
+    ],
+)
+def test_a_cell_test_whose_kind_does_not_fit_is_refused(test, message):
+    doc = CELL.to_json()
+    doc["test"] = {**doc["test"], **test}
+    with pytest.raises(UserError) as e:
+        CellConfig.from_json(doc, "cell.json")
+    assert message in e.value.message and str(e.value.where) == "cell.json"
 
 
 def test_results_document_round_trip():

@@ -529,3 +529,118 @@ def test_cluster_vm_after_a_failed_install_still_meets_the_barrier(tmp_path):
     ]
     assert (out / "stages" / "3-finalize.log").read_text() == "(no command for role client in this stage)\n"
     assert [(p["name"], p["status"]) for p in res["phases"]] == [("test", "skipped")]
+
+
+# --- the test phase by TEST_KIND, with fake package managers on PATH ---
+
+
+def _fake_tools(tmp_path: Path, dpkg_audit: str = "", dpkg_rc: int = 0, apt_check_rc: int = 0) -> dict:
+    """A bin directory first on PATH whose dpkg, apt-get and dnf record their arguments in
+    calls.log; `dpkg --audit` prints `dpkg_audit` and exits `dpkg_rc`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    tools = {
+        "dpkg": f'[ "$1" = --audit ] && {{ printf %s {shlex.quote(dpkg_audit)}; exit {dpkg_rc}; }}',
+        "apt-get": f'for a; do [ "$a" = check ] && exit {apt_check_rc}; done; exit 0',
+        "dnf": "exit 0",
+    }
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n{body}\n')
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def _calls(tmp_path: Path) -> list[str]:
+    log = tmp_path / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def _run_with_real_test_phase(tmp_path: Path, env: dict, cell_env: str) -> tuple[dict, str]:
+    """run-job's test phase as main runs it (main itself resets PATH, which the fakes are on):
+    the result and test.log."""
+    inp, out = tmp_path / "input", tmp_path / "output"
+    inp.mkdir()
+    out.mkdir()
+    (inp / "cell.env").write_text(cell_env)
+    script = (
+        f". {RUN_JOB}\nload_config || exit 9\nrun_phase test phase_test\n"
+        '[ -z "$FAILED_PHASE" ] && STATUS=pass EXIT_CODE=0\nwrite_result\n'
+    )
+    r = sh(script, env={"RUN_JOB_INPUT": str(inp), "RUN_JOB_OUTPUT": str(out), **env})
+    assert r.returncode == 0 and (out / "result.json").exists(), r.stdout + r.stderr
+    return json.loads((out / "result.json").read_text()), (out / "test.log").read_text()
+
+
+DEBIAN_INSTALL_ONLY = (
+    "CELL_SERIAL='000'\nCELL_FAMILY='debian'\nCELL_PACKAGES='hello'\nTEST_KIND='install-only'\n"
+)
+
+
+def test_an_install_only_cell_passes_when_the_package_check_is_clean(tmp_path):
+    res, log = _run_with_real_test_phase(tmp_path, _fake_tools(tmp_path), DEBIAN_INSTALL_ONLY)
+    assert res["status"] == "pass", log
+    assert "this cell has no test of its own (install-only)" in log
+    assert "checking: dpkg --audit, apt-get check" in log and "package check: clean" in log
+    assert [c.split()[:1] + c.split()[-1:] for c in _calls(tmp_path)] == [
+        ["dpkg", "--audit"],
+        ["apt-get", "check"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "tools, says",
+    [
+        (
+            {"dpkg_audit": "The following packages are only half configured:\n hello  example\n"},
+            "packages are not correctly installed (exit 0)",
+        ),
+        ({"dpkg_rc": 2}, "packages are not correctly installed (exit 2)"),
+        ({"apt_check_rc": 100}, "apt-get check failed (exit 100)"),
+    ],
+    ids=["audit-prints", "audit-exits", "apt-check"],
+)
+def test_an_install_only_cell_fails_on_a_broken_package_state(tmp_path, tools, says):
+    res, log = _run_with_real_test_phase(tmp_path, _fake_tools(tmp_path, **tools), DEBIAN_INSTALL_ONLY)
+    assert (res["status"], res["exit_code"]) == ("test", 1), log
+    assert {p["name"]: p["status"] for p in res["phases"]}["test"] == "failed"
+    assert says in log and "package check: clean" not in log
+    if "dpkg_audit" in tools:
+        assert "hello  example" in log  # what dpkg --audit said is in the log
+
+
+def test_a_test_command_runs_as_before_a_cluster_runs_none_an_unknown_kind_fails(tmp_path):
+    env = "CELL_SERIAL='000'\nCELL_FAMILY='debian'\nTEST_KIND='command'\nTEST_COMMAND='echo hi; exit 3'\n"
+    res, log = _run_with_real_test_phase(tmp_path / "a", _fake_tools(tmp_path / "a"), env)
+    assert res["status"] == "test" and "hi\n" in log and "test exit code: 3" in log
+    assert _calls(tmp_path / "a") == []  # no package check
+    res, log = _run_with_real_test_phase(
+        tmp_path / "b", _fake_tools(tmp_path / "b"), "CELL_SERIAL='0'\nCELL_FAMILY='debian'\n"
+    )
+    assert res["status"] == "test" and "TEST_KIND '' is not a test run-job runs" in log
+    # a cluster VM's update phase ends with run_test: its stages are its test, nothing runs there
+    env = "CELL_SERIAL='0'\nCELL_FAMILY='debian'\nTEST_KIND='stages'\n"
+    res, log = _run_with_real_test_phase(tmp_path / "c", _fake_tools(tmp_path / "c"), env)
+    assert res["status"] == "pass" and "its stages" in log and _calls(tmp_path / "c") == []
+
+
+@pytest.mark.parametrize(
+    "family, kind, installed",
+    [
+        ("debian", "install-only", "hello jq"),
+        ("debian", "command", "hello jq"),
+        ("el", "command", "hello jq"),
+        ("el", "osg-test", "hello jq osg-test"),
+        ("el", "stages", "hello jq"),
+    ],
+)
+def test_only_an_osg_test_cell_installs_osg_test(tmp_path, family, kind, installed):
+    env = _fake_tools(tmp_path)
+    script = f". {RUN_JOB}; CELL_FAMILY={family} CELL_PACKAGES='hello jq' TEST_KIND={kind} phase_install"
+    r = sh(script, env={**env, "RUN_JOB_APT_REFRESHED_MARK": str(tmp_path / "refreshed")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    (call,) = _calls(tmp_path)
+    assert call.split()[0] == ("apt-get" if family == "debian" else "dnf")
+    assert call.endswith(f"install {installed}") or call.endswith(
+        f"install --no-install-recommends {installed}"
+    )

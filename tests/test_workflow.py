@@ -55,7 +55,7 @@ RETRY CreateDisk000 3
 PRIORITY CreateDisk000 1
 CATEGORY CreateDisk000 LocalIO
 JOB CreateDisk001 submit/create-io-disk.sub
-VARS CreateDisk001 serial="001" offset="1028"
+VARS CreateDisk001 serial="001" offset="1051"
 RETRY CreateDisk001 3
 PRIORITY CreateDisk001 3
 CATEGORY CreateDisk001 LocalIO

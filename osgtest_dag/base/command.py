@@ -6,12 +6,10 @@ failure into `CommandError`, so callers never see a bare `subprocess` exception.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -79,13 +77,6 @@ def which(name: str) -> Path | None:
     return Path(found) if found else None
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: PR_SET_PDEATHSIG = SIGKILL (prctl(2))."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
-        os._exit(127)
-
-
 def spawn(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -103,9 +94,17 @@ def spawn(
     caller's, for a VM console in the user's terminal). A missing program is a CommandError.
     `die_with_parent`: the kernel kills the child (SIGKILL) when the calling thread ends, so a
     runner killed with -9 leaves no VM behind; call it from a thread that lives as long as the
-    child should.
+    child should. util-linux's setpriv sets it before the exec (a preexec_fn is not safe in a
+    process with threads).
     """
     args = [os.fspath(a) for a in argv]
+    if die_with_parent:
+        program = (
+            args[0] if os.sep in args[0] else shutil.which(args[0], path=(env or os.environ).get("PATH"))
+        )
+        if not program or not os.access(program, os.X_OK):  # as Popen would say, not setpriv's exit 127
+            raise CommandError(args, None, reason="not found (no such program); run `make setup`")
+        args = ["setpriv", "--pdeathsig", "KILL", "--", *args]
     log.debug("spawn: %s", shlex.join(args))
     full_env = _merged_env(env)
     try:
@@ -117,7 +116,6 @@ def spawn(
             cwd=cwd,
             env=full_env,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     except FileNotFoundError as e:
         raise CommandError(args, None, reason=f"not found ({e.strerror}); run `make setup`") from None

@@ -60,10 +60,13 @@ def plan(params, only, catalogs, image_dir, fmt):
     if fmt == "json":
         click.echo(json.dumps([c.to_json() for c in cells], indent=1))
         return
-    rows = [(c.serial, c.platform.id, c.source.raw, c.package_set.label, str(c.priority)) for c in cells]
-    head = ("SERIAL", "PLATFORM", "SOURCE", "PACKAGE SET", "PRIORITY")
-    widths = [max([len(head[i])] + [len(r[i]) for r in rows]) for i in range(4)]
-    out = ["  ".join(f"{r[i]:<{widths[i]}}" for i in range(4)) + f"  {r[4]}" for r in [head, *rows]]
+    rows = [
+        (c.serial, c.platform.id, c.source.raw, c.package_set.label, str(c.priority), _test_text(c))
+        for c in cells
+    ]
+    head = ("SERIAL", "PLATFORM", "SOURCE", "PACKAGE SET", "PRIORITY", "TEST")
+    widths = [max([len(head[i])] + [len(r[i]) for r in rows]) for i in range(5)]
+    out = ["  ".join(f"{r[i]:<{widths[i]}}" for i in range(5)) + f"  {r[5]}" for r in [head, *rows]]
     # a cluster cell's line is followed by its roles and stages (one-VM cells have one line)
     for at, c in reversed(list(enumerate(cells, start=1))):
         if c.cluster is not None:
@@ -73,6 +76,20 @@ def plan(params, only, catalogs, image_dir, fmt):
     total = f"{len(m.cells)} cells from {len(m.files)} parameter file(s)"
     out.append(f"{len(cells)} of {total} selected by --only" if only else total)
     click.echo("\n".join(out))
+
+
+# A test command longer than this is cut in the table (`--format json` has it whole).
+TEST_COMMAND_SHOWN = 60
+
+
+def _test_text(cell: matrix.Cell) -> str:
+    """The TEST column: the kind, and a test command on one line."""
+    if cell.test_command is None:
+        return cell.test_kind
+    command = " ".join(cell.test_command.split())
+    if len(command) > TEST_COMMAND_SHOWN:
+        command = command[: TEST_COMMAND_SHOWN - 3] + "..."
+    return f"command: {command}"
 
 
 def _file_lines(part: matrix.FileExpansion) -> list[str]:
@@ -163,7 +180,14 @@ def _file_lines(part: matrix.FileExpansion) -> list[str]:
     help="Excluded-hosts list with expiries (default: ~/.config/osgtest-dag/excluded-hosts.yaml, "
     "maintained by `osgtest-dag hosts`).",
 )
-@click.option("--vm-type", type=click.Choice(["kvm", "xen"]), default="kvm", show_default=True)
+@click.option(
+    "--vm-type",
+    type=click.Choice(["kvm", "xen"]),
+    default="kvm",
+    show_default=True,
+    help="The VM jobs' hypervisor. xen: xen_kernel = included (the image's own kernel), disks xvda "
+    "and xvdb (README, 'On an HTCondor pool').",
+)
 @click.option("--tool", default="", help="Path of osgtest-dag for the DAG's nodes (default: this one).")
 @click.option("--batch-name", default="", help="HTCondor batch name (default: the run directory's name).")
 @click.option("--nightly", is_flag=True, help="Mark the run as the nightly run.")

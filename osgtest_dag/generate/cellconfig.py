@@ -81,12 +81,7 @@ def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellC
         packages=tuple(cell.package_set.packages),
         selinux=cell.package_set.selinux,
         repositories=Repositories(initial=initial, update=update),
-        # a cluster's stages are its test: no osg-test (plan gives it no test_command)
-        test=CellTest(
-            command=cell.test_command,
-            timeout=cell.test_timeout,
-            osg_test=cell.test_command is None and cell.cluster is None,
-        ),
+        test=CellTest(command=cell.test_command, timeout=cell.test_timeout, kind=cell.test_kind),
         vm=VmSize(memory=cell.vm.memory, vcpus=cell.vm.vcpus, disk=cell.vm.disk),
         network=NetworkCheck(check_host=catalog.network_check_host(p.family), retries=5),
         retries=RepoRetries(count=3, backoff=10),
@@ -223,7 +218,8 @@ def cell_env(cfg: CellConfig, vm: ClusterVm | None = None) -> str:
         "UPDATE_APT_SOURCES": "\n".join(upd.apt_sources),
         "TEST_COMMAND": cfg.test.command or "",
         "TEST_TIMEOUT": str(cfg.test.timeout),
-        "OSG_TEST": "true" if cfg.test.osg_test else "false",
+        "TEST_KIND": cfg.test.kind,
+        "OSG_TEST": "true" if cfg.test.osg_test else "false",  # TEST_KIND is osg-test
         "NETWORK_CHECK_HOST": cfg.network.check_host,
         "NETWORK_RETRIES": str(cfg.network.retries),
         "REPO_RETRIES": str(cfg.retries.count),

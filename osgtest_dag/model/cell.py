@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from osgtest_dag.base.errors import UserError
 from osgtest_dag.model.cluster import CellCluster, ClusterVm
 from osgtest_dag.model.documents import Fields, JsonObject, check_document, read_json
 
@@ -149,18 +150,56 @@ class Repositories:
         )
 
 
+# What a cell's test is (docs/contracts.md §1): osg-test (a family where it is packaged, no
+# test command: the reference's test), its test command, install-only (no test command where
+# osg-test is not packaged: it passes when its packages install and the package manager's own
+# check is clean) or a cluster's stages.
+TEST_KINDS = ("osg-test", "command", "install-only", "stages")
+
+
 @dataclass(frozen=True)
 class CellTest:
-    command: str | None  # None: osg-test
+    command: str | None  # the kind "command"'s shell command, else None
     timeout: int  # s
-    osg_test: bool
+    kind: str  # one of TEST_KINDS
+
+    def __post_init__(self) -> None:
+        if self.kind not in TEST_KINDS:
+            raise ValueError(f"test kind {self.kind!r} is not one of {', '.join(TEST_KINDS)}")
+        if (self.command is not None) != (self.kind == "command"):
+            raise ValueError(
+                f"a test of kind {self.kind!r} {'has no' if self.command is None else 'has a'} command"
+            )
+
+    @property
+    def osg_test(self) -> bool:
+        return self.kind == "osg-test"
 
     def to_json(self) -> JsonObject:
-        return {"command": self.command, "timeout": self.timeout, "osg_test": self.osg_test}
+        # `osg_test` stays for the readers that came before `kind`
+        return {
+            "command": self.command,
+            "timeout": self.timeout,
+            "osg_test": self.osg_test,
+            "kind": self.kind,
+        }
 
     @classmethod
     def from_fields(cls, f: Fields) -> CellTest:
-        return cls(command=f.opt_text("command"), timeout=f.integer("timeout"), osg_test=f.flag("osg_test"))
+        command = f.opt_text("command")
+        if f.has("kind"):
+            kind = f.choice("kind", TEST_KINDS)
+            if (command is not None) != (kind == "command"):
+                raise UserError(
+                    f"`{f.prefix}command` and `{f.prefix}kind` ({kind}) disagree", where=f.where, hint=HINT
+                )
+        elif command is not None:
+            kind = "command"
+        elif f.flag("osg_test"):
+            kind = "osg-test"
+        else:  # before kinds, only a cluster cell had neither a command nor osg-test
+            kind = "stages"
+        return cls(command=command, timeout=f.integer("timeout"), kind=kind)
 
 
 @dataclass(frozen=True)

@@ -298,6 +298,11 @@ class CellDir:
         return CellDir(self.run, self.serial, name)
 
     @property
+    def vms_dir(self) -> Path:
+        """A cluster cell's directory of VM directories."""
+        return self.path / VMS_DIR
+
+    @property
     def cluster_record(self) -> Path:
         return self.path / CLUSTER_RECORD
 

@@ -1,6 +1,7 @@
 """The DAG's nodes for a cluster cell (docs/clusters.md), and the entry points that take any
-cell: CreateDisk makes one IO disk per VM, the POST script reads every VM's returned disk (in
-one libguestfs appliance) and decides for the cell, ProcessResult re-reads what is stale.
+cell: CreateDisk makes one IO disk per VM, the POST script reads every VM's returned disk (the
+local executor's read-ahead of them, else in one libguestfs appliance) and decides for the
+cell, ProcessResult re-reads what is stale.
 
 A cluster cell's POST decision is the worst of its VMs' (each classified as a one-VM cell's
 disk is, with the runner's record of that VM as its local VM record): a VM worth another
@@ -85,13 +86,20 @@ def _post_cluster(cell: CellDir, cfg: CellConfig, retry: int, stamp: dict) -> Po
         log.warning("cell %s: %s", cell.serial, e)
     vms = [vm for vm in cfg.cluster_vms() if not vm.network_boot]
     staging: dict[str, Path] = {}
-    jobs = []
+    reports: dict[str, dict] = {}
+    jobs: list[tuple[str, ExtractJob]] = []
     for vm in vms:
         vm_dir = cell.vm_dir(vm.name)
         if vm_dir.result_disk.is_file():
             staging[vm.name] = Path(tempfile.mkdtemp(prefix=".post-output.", dir=vm_dir.path))
-            jobs.append(ExtractJob(vm_dir.result_disk, staging[vm.name] / "output"))
-    reports = dict(zip(staging, extract_disks(jobs), strict=True)) if jobs else {}
+            # the local executor's read-ahead of the disk, when whole and of the disk as it is
+            ahead = node.take_prefetched(vm_dir, vm_dir.result_disk, staging[vm.name])
+            if ahead is not None:
+                reports[vm.name] = ahead[2]
+            else:
+                jobs.append((vm.name, ExtractJob(vm_dir.result_disk, staging[vm.name] / "output")))
+    if jobs:  # the rest in one appliance
+        reports.update(zip([n for n, _ in jobs], extract_disks([j for _, j in jobs]), strict=True))
     decisions: list[tuple[str, Verdict, str, int]] = []
     first_result = None
     try:

@@ -97,9 +97,7 @@ def guest_result_in(out: Path) -> GuestResult | None:
         return GuestResult(status="running")
 
 
-def _take_prefetched(
-    cell: CellDir, disk: Path, staging: Path
-) -> tuple[Path, GuestResult | None, dict] | None:
+def take_prefetched(cell: CellDir, disk: Path, staging: Path) -> tuple[Path, GuestResult | None, dict] | None:
     """What read_guest_result gives, from the local executor's read-ahead of `disk` moved into
     `staging/output`, when that read is whole and of the disk as it is now (model/prefetch.py);
     None otherwise. Either way no read-ahead is left behind."""
@@ -200,7 +198,7 @@ def _classify_disk(cell: CellDir, disk: Path, retry: int, stamp: dict, vm: VmRec
     - into attempts/<retry>/ for a failed one (kept for diagnosis, superseded by the retry)."""
     tmp = Path(tempfile.mkdtemp(prefix=".post-output.", dir=cell.path))
     try:
-        extracted, result, report = _take_prefetched(cell, disk, tmp) or read_guest_result(disk, tmp)
+        extracted, result, report = take_prefetched(cell, disk, tmp) or read_guest_result(disk, tmp)
     except (CommandError, RuntimeError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         return PostDecision(

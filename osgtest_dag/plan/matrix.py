@@ -20,7 +20,7 @@ from pathlib import Path
 from osgtest_dag.base.errors import Location, UserError
 from osgtest_dag.model.cluster import CellCluster
 from osgtest_dag.model.documents import JsonObject
-from osgtest_dag.plan.catalog import Catalog, Platform, did_you_mean
+from osgtest_dag.plan.catalog import OSG_TEST_FAMILIES, Catalog, Platform, did_you_mean
 from osgtest_dag.plan.params import (
     PackageSet,
     ParamFile,
@@ -53,6 +53,16 @@ class Cell:
         """The package set's cluster: this cell is several VMs (docs/clusters.md)."""
         return self.package_set.cluster
 
+    @property
+    def test_kind(self) -> str:
+        """What the cell's test is (model.cell.TEST_KINDS): a cluster's stages, the test
+        command, else osg-test where it is packaged and install-only elsewhere."""
+        if self.cluster is not None:
+            return "stages"
+        if self.test_command is not None:
+            return "command"
+        return "osg-test" if self.platform.family in OSG_TEST_FAMILIES else "install-only"
+
     def fields(self) -> dict:
         """The values `--only`, `include` and `exclude` globs match against."""
         return {"serial": self.serial, **_rule_fields(self.platform, self.source, self.package_set)}
@@ -76,6 +86,7 @@ class Cell:
             "vm": {"memory": self.vm.memory, "vcpus": self.vm.vcpus, "disk": self.vm.disk},
             "priority": self.priority,
             "param_file": str(self.origin),
+            "test": {"kind": self.test_kind, "command": self.test_command, "timeout": self.test_timeout},
         }
         if self.cluster is not None:  # one-VM cells keep the form they always had
             vms = self.cluster.vms(self.vm.memory, self.vm.vcpus, self.vm.disk)

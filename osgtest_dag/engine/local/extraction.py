@@ -56,18 +56,23 @@ class BatchExtractor:
     def read_ahead(self, cell: CellDir, stop: threading.Event) -> bool:
         """Read the cell's result disk in the next batch and wait for that batch; False when
         the run stopped (or the extractor closed) first."""
-        req = _Request(cell, time.monotonic())
+        return self.read_ahead_all([cell], stop)
+
+    def read_ahead_all(self, cells: list[CellDir], stop: threading.Event) -> bool:
+        """As read_ahead, for several disks at once (a cluster cell's VMs): one batch."""
+        reqs = [_Request(cell, time.monotonic()) for cell in cells]
         with self._cond:
             if self._closing:
                 return False
-            self._queue.append(req)
+            self._queue.extend(reqs)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="batch-extractor", daemon=True)
                 self._worker.start()
             self._cond.notify_all()
-        while not req.done.wait(timeout=0.5):
-            if stop.is_set():
-                return False
+        for req in reqs:
+            while not req.done.wait(timeout=0.5):
+                if stop.is_set():
+                    return False
         return True
 
     def close(self) -> None:

@@ -79,9 +79,11 @@ class ProcessJob:
         stderr: Output,
         env: Mapping[str, str],
         children: ChildRecord,
+        die_with_parent: bool = False,
     ):
         self.argv, self.cwd, self.stdout, self.stderr = list(argv), cwd, stdout, stderr
         self.env, self.children = env, children
+        self.die_with_parent = die_with_parent  # command.spawn's: the node thread waits on it
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._killed = False
@@ -92,7 +94,12 @@ class ProcessJob:
                 return RETURN_SUBMIT_FAILED
             try:
                 self._proc = command.spawn(
-                    self.argv, stdout=self.stdout, stderr=self.stderr, cwd=self.cwd, env=self.env or None
+                    self.argv,
+                    stdout=self.stdout,
+                    stderr=self.stderr,
+                    cwd=self.cwd,
+                    env=self.env or None,
+                    die_with_parent=self.die_with_parent,
                 )
             except CommandError as e:
                 log.error("%s", e)

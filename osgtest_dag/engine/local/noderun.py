@@ -149,6 +149,11 @@ class NodeRunner:
         cell = RunDir(self.dag_dir).cell(cell_node.serial)
         if cell.result_disk.is_file():
             self.ctx.extractor.read_ahead(cell, self.ctx.stop)
+        elif cell.vms_dir.is_dir():  # a cluster cell: its VMs' disks in one batch
+            vms = [cell.vm_dir(d.name) for d in sorted(cell.vms_dir.iterdir()) if d.is_dir()]
+            returned = [vm for vm in vms if vm.result_disk.is_file()]
+            if returned:
+                self.ctx.extractor.read_ahead_all(returned, self.ctx.stop)
 
     def _script(self, script: dagfile.Script, macros: dict, label: str) -> int:
         dag_dir = self.dag_dir

@@ -43,8 +43,15 @@ class TransferJob:
     ):
         self.spec, self.node_name = spec, node_name
         self.scratch = spec.initialdir / f".scratch-{node_name}"
+        # it runs VMs: it dies with the executor (kill -9 included) rather than run on unseen
         self.process = ProcessJob(
-            argv, cwd=self.scratch, stdout=stdout, stderr=stderr, env=env, children=children
+            argv,
+            cwd=self.scratch,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            children=children,
+            die_with_parent=True,
         )
 
     def _source(self, name: str) -> Path:
