@@ -85,7 +85,7 @@ def smoke_cell(platform: Platform, catalog: Catalog | None = None) -> CellConfig
         packages=(),
         selinux=False,
         repositories=Repositories(initial=RepoSetup()),
-        test=CellTest(command="true", timeout=60, osg_test=False),
+        test=CellTest(command="true", timeout=60, kind="command"),
         vm=VmSize(memory=MEMORY_MB.get(platform.family, 1024), vcpus=1, disk=4096),
         network=NetworkCheck(check_host=catalog.network_check_host(platform.family), retries=2),
         retries=RepoRetries(count=1, backoff=5),
