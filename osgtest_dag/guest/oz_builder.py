@@ -306,11 +306,29 @@ def _enable(g, unit: str, target: str, unit_dir: str = "/etc/systemd/system") ->
     g.ln_sf(f"{unit_dir}/{unit}", f"{wants}/{unit}")
 
 
-def _systemd_unit_dir(g) -> str:
+def _unit_dir_of(g, unit: str) -> str | None:
+    """The directory of the image's packaged systemd `unit` (None: not installed)."""
     for d in ("/usr/lib/systemd/system", "/lib/systemd/system"):
-        if g.is_dir(d):
+        if g.is_file(f"{d}/{unit}"):
             return d
-    return "/lib/systemd/system"
+    return None
+
+
+def network_stack(g) -> tuple[str, str]:
+    """The network service customize_image configures, and the directory of its unit:
+    NetworkManager where it is installed (not wherever /etc/NetworkManager exists: Debian's
+    cloud-init ships a dispatcher hook there), else systemd-networkd; UserError for an image
+    with neither (ifupdown alone cannot do DHCP on a NIC whose name it is not told)."""
+    for service in ("NetworkManager", "systemd-networkd"):
+        units = _unit_dir_of(g, f"{service}.service")
+        if units:
+            return service, units
+    raise UserError(
+        "the image has neither NetworkManager nor systemd-networkd: nothing to configure DHCP on "
+        "any NIC with",
+        hint="import an image of a distribution release whose cloud image has one of them "
+        "(Debian 12 and later: systemd; EL 8 and later: NetworkManager)",
+    )
 
 
 def customize_image(
@@ -324,85 +342,91 @@ def customize_image(
     /etc/osgtest-image-release; SELinux permissive and the written files labelled, without
     `setfiles` (guest/cloudprep.py says why).
     """
+    log.info("customizing %s", disk.name)
+    with gfs.open_disks([(disk, disk_format)], readonly=False) as g:
+        return customize_guest(g, stamp=stamp, payload_dir=payload_dir)
+
+
+def customize_guest(g, *, stamp: dict[str, str], payload_dir: Path | None = None) -> list[str]:
+    """customize_image on an open read-write libguestfs handle (the guest's filesystems are
+    mounted from its inspection, and unmounted at the end)."""
     hook = payload.payload_file(payload.BOOT_HOOK, payload_dir).read_bytes()
     unit = payload.payload_file(payload.BOOT_UNIT, payload_dir).read_bytes()
-    with gfs.open_disks([(disk, disk_format)], readonly=False) as g:
-        root = _mount_guest(g)
-        osname = g.inspect_get_distro(root)
-        log.info(
-            "customizing %s (%s %s.%s)",
-            disk.name,
-            osname,
-            g.inspect_get_major_version(root),
-            g.inspect_get_minor_version(root),
+    root = _mount_guest(g)
+    log.info(
+        "customizing %s %s.%s",
+        g.inspect_get_distro(root),
+        g.inspect_get_major_version(root),
+        g.inspect_get_minor_version(root),
+    )
+    # Boot hook + unit, enabled.
+    g.mkdir_p("/usr/local/sbin")
+    _gwrite(g, "/usr/local/sbin/osgtest-boot", hook)
+    g.chmod(0o755, "/usr/local/sbin/osgtest-boot")
+    _gwrite(g, f"/etc/systemd/system/{payload.BOOT_UNIT}", unit)
+    g.chmod(0o644, f"/etc/systemd/system/{payload.BOOT_UNIT}")
+    _enable(g, payload.BOOT_UNIT, "multi-user.target")
+    # Networking on any NIC name.
+    stack, units = network_stack(g)
+    log.info("network: %s, DHCP on any NIC", stack)
+    if stack == "NetworkManager":
+        g.mkdir_p("/etc/NetworkManager/system-connections")
+        for f in g.glob_expand("/etc/NetworkManager/system-connections/*.nmconnection"):
+            g.rm_f(f)
+        for f in g.glob_expand("/etc/sysconfig/network-scripts/ifcfg-e*"):
+            g.rm_f(f)
+        path = "/etc/NetworkManager/system-connections/osgtest-dhcp.nmconnection"
+        _gwrite(g, path, NM_CONNECTION)
+        g.chmod(0o600, path)
+    else:
+        g.mkdir_p("/etc/systemd/network")
+        _gwrite(g, "/etc/systemd/network/80-osgtest-dhcp.network", debian_builder.NETWORK_FILE)
+        g.mkdir_p("/etc/systemd/system/systemd-networkd-wait-online.service.d")
+        _gwrite(
+            g,
+            "/etc/systemd/system/systemd-networkd-wait-online.service.d/osgtest.conf",
+            debian_builder.WAIT_ONLINE_DROPIN,
         )
-        # Boot hook + unit, enabled.
-        g.mkdir_p("/usr/local/sbin")
-        _gwrite(g, "/usr/local/sbin/osgtest-boot", hook)
-        g.chmod(0o755, "/usr/local/sbin/osgtest-boot")
-        _gwrite(g, f"/etc/systemd/system/{payload.BOOT_UNIT}", unit)
-        g.chmod(0o644, f"/etc/systemd/system/{payload.BOOT_UNIT}")
-        _enable(g, payload.BOOT_UNIT, "multi-user.target")
-        # Networking on any NIC name.
-        units = _systemd_unit_dir(g)
-        if g.is_dir("/etc/NetworkManager"):
-            g.mkdir_p("/etc/NetworkManager/system-connections")
-            for f in g.glob_expand("/etc/NetworkManager/system-connections/*.nmconnection"):
-                g.rm_f(f)
-            for f in g.glob_expand("/etc/sysconfig/network-scripts/ifcfg-e*"):
-                g.rm_f(f)
-            path = "/etc/NetworkManager/system-connections/osgtest-dhcp.nmconnection"
-            _gwrite(g, path, NM_CONNECTION)
-            g.chmod(0o600, path)
-        else:
-            g.mkdir_p("/etc/systemd/network")
-            _gwrite(g, "/etc/systemd/network/80-osgtest-dhcp.network", debian_builder.NETWORK_FILE)
-            g.mkdir_p("/etc/systemd/system/systemd-networkd-wait-online.service.d")
+        if g.is_file("/etc/network/interfaces"):
             _gwrite(
                 g,
-                "/etc/systemd/system/systemd-networkd-wait-online.service.d/osgtest.conf",
-                debian_builder.WAIT_ONLINE_DROPIN,
+                "/etc/network/interfaces",
+                "# osgtest-dag: systemd-networkd configures the network\nauto lo\niface lo inet loopback\n",
             )
-            if g.is_file("/etc/network/interfaces"):
-                _gwrite(
-                    g,
-                    "/etc/network/interfaces",
-                    "# osgtest-dag: systemd-networkd configures the network\n"
-                    "auto lo\niface lo inet loopback\n",
-                )
-            _enable(g, "systemd-networkd.service", "multi-user.target", units)
-            _enable(g, "systemd-networkd-wait-online.service", "network-online.target", units)
-            if g.is_file(f"{units}/systemd-resolved.service"):
-                _enable(g, "systemd-resolved.service", "multi-user.target", units)
-            else:
-                cloudprep.resolv_conf_for_lease(g, debian_builder.RESOLV_CONF)
-        if cloudprep.disable_cloud_init(g):
-            log.info("cloud-init disabled")
-        for rules in (
-            "/etc/udev/rules.d/70-persistent-net.rules",
-            "/etc/udev/rules.d/75-persistent-net-generator.rules",
-        ):
-            g.rm_f(rules)
-        if g.is_file("/etc/machine-id"):
-            g.truncate("/etc/machine-id")
-        for name in MASK_UNITS:
-            g.ln_sf("/dev/null", f"/etc/systemd/system/{name}")
-        how = _set_kernel_args(g)
-        log.info("serial console set via %s", how)
-        _gwrite(g, "/etc/osgtest-image-release", "".join(f"{k}={v}\n" for k, v in stamp.items()))
-        _mark_updated(g)
-        apps = g.inspect_list_applications2(root)
-        packages = sorted(
-            f"{a['app2_name']}\t{(a['app2_epoch'] and str(a['app2_epoch']) + ':' or '')}"
-            f"{a['app2_version']}{('-' + a['app2_release']) if a['app2_release'] else ''}"
-            f"\t{a.get('app2_arch', '')}"
-            for a in apps
-        )
-        mode = cloudprep.selinux_permissive(g)
-        if mode is not None:
-            log.info("SELinux: %s -> permissive", mode)
-            cloudprep.label_like_parent(g, WRITTEN_PATHS)
-        g.umount_all()
+        _enable(g, "systemd-networkd.service", "multi-user.target", units)
+        _enable(g, "systemd-networkd-wait-online.service", "network-online.target", units)
+        resolved = _unit_dir_of(g, "systemd-resolved.service")
+        if resolved:
+            _enable(g, "systemd-resolved.service", "multi-user.target", resolved)
+        else:
+            cloudprep.resolv_conf_for_lease(g, debian_builder.RESOLV_CONF)
+    if cloudprep.disable_cloud_init(g):
+        log.info("cloud-init disabled")
+    for rules in (
+        "/etc/udev/rules.d/70-persistent-net.rules",
+        "/etc/udev/rules.d/75-persistent-net-generator.rules",
+    ):
+        g.rm_f(rules)
+    if g.is_file("/etc/machine-id"):
+        g.truncate("/etc/machine-id")
+    for name in MASK_UNITS:
+        g.ln_sf("/dev/null", f"/etc/systemd/system/{name}")
+    how = _set_kernel_args(g)
+    log.info("serial console set via %s", how)
+    _gwrite(g, "/etc/osgtest-image-release", "".join(f"{k}={v}\n" for k, v in stamp.items()))
+    _mark_updated(g)
+    apps = g.inspect_list_applications2(root)
+    packages = sorted(
+        f"{a['app2_name']}\t{(a['app2_epoch'] and str(a['app2_epoch']) + ':' or '')}"
+        f"{a['app2_version']}{('-' + a['app2_release']) if a['app2_release'] else ''}"
+        f"\t{a.get('app2_arch', '')}"
+        for a in apps
+    )
+    mode = cloudprep.selinux_permissive(g)
+    if mode is not None:
+        log.info("SELinux: %s -> permissive", mode)
+        cloudprep.label_like_parent(g, WRITTEN_PATHS)
+    g.umount_all()
     return packages
 
 

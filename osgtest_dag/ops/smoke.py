@@ -1,9 +1,10 @@
 """The smoke boot of a new base image (after `image import` and `image build`): the image
 boots under qemu with a minimal cell's IO disk (no packages, test command `true`, networking
-on, a short wall-clock limit) and must start the payload: the returned disk's
-output/result.json, read with the hardened extractor, says the `environment` phase was ok.
-Later phases are reported but do not decide (the network may be down; an EL image's
-repositories may be out of reach from here).
+on, a short wall-clock limit) and must start the payload and bring its network up: the
+returned disk's output/result.json, read with the hardened extractor, says the `environment`
+and `network` phases were ok (the network phase: an address and a default route from DHCP, the
+lease's DNS servers, the catalog's check host reachable, as every cell needs). Later phases
+are reported but do not decide (an EL image's repositories may be out of reach from here).
 
 An image that fails is not installed (image.Verify); its VM's console log, IO disk and
 extracted output stay in `<store>/<platform>.smoke/` and the error names the console log.
@@ -39,12 +40,13 @@ log = logging.getLogger("osgtest_dag.ops.smoke")
 LIMIT_S = 300  # a payload that starts at all starts well within this, under TCG too
 MEMORY_MB = {"el": 1536, "debian": 1024}  # EL cloud images want more than 1 GiB to boot briskly
 SERIAL = "000"
-DECIDING_PHASE = "environment"
+# The payload started; the image's network came up (a base image without one runs no cell).
+DECIDING_PHASES = ("environment", "network")
 
 
 @dataclass(frozen=True)
 class SmokeResult:
-    """How a smoke boot went: `ok` when the payload started (its environment phase ok)."""
+    """How a smoke boot went: `ok` when the payload started and the network came up."""
 
     ok: bool
     why: str  # what failed, or what passed
@@ -105,10 +107,16 @@ def verdict(output: Path | None, boot: qemu.BootResult) -> tuple[bool, str, dict
         status = doc.get("status")
     except (ValueError, KeyError, TypeError) as e:
         return False, f"output/result.json is unreadable ({e})", {}, None
-    got = phases.get(DECIDING_PHASE)
-    if got != "ok":
-        return False, f"the payload's {DECIDING_PHASE} phase is {got or 'missing'} ({how})", phases, status
-    return True, f"the payload started ({how}; run-job status {status})", phases, status
+    for name in DECIDING_PHASES:
+        got = phases.get(name)
+        if got != "ok":
+            return False, f"the payload's {name} phase is {got or 'missing'} ({how})", phases, status
+    return (
+        True,
+        f"the payload started and its network came up ({how}; run-job status {status})",
+        phases,
+        status,
+    )
 
 
 def smoke_boot(
@@ -147,7 +155,8 @@ def smoke_boot(
 
 def verify_image(image: Path, platform: Platform, *, limit_s: float = LIMIT_S) -> SmokeResult:
     """image.Verify: the smoke boot of a made image, before it is installed in its store;
-    UserError naming the console log when the payload did not start."""
+    UserError naming the console log when the payload did not start or the network did not
+    come up."""
     workdir = image.parent / f"{platform.id}.smoke"
     res = smoke_boot(image, platform, workdir, limit_s=limit_s)
     log.info("%s: %s", platform.id, res.line())
