@@ -1,9 +1,12 @@
 """The base-image store: `<platform>.qcow2` plus `<platform>.json` metadata per platform.
 
-A build is skipped when the hash of its inputs (builder, template/recipe text, package list,
-payload files baked into the image, builder code version) matches the stored metadata; when
-it does not, the log says which input changed. Image and metadata are written atomically,
-and a per-platform lock keeps two processes from building the same image at once.
+An image is built here (`build_image`: the local Debian builder or Oz) or imported from a
+distribution's own image (guest/image_import.py: builder `import`, with the imported file's
+digest and origin in the metadata). A build is skipped when the hash of its inputs (builder,
+template/recipe text, package list, payload files baked into the image, builder code version)
+matches the stored metadata; when it does not, the log says which input changed. Image and
+metadata are written atomically, and a per-platform lock keeps two processes from making the
+same image at once.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +35,7 @@ log = logging.getLogger("osgtest_dag.guest.image")
 META_SCHEMA = "osgtest-dag/image"
 META_VERSION = 1
 BUILDERS = ("auto", "local", "oz")
+IMPORT_BUILDER = "import"  # the metadata's builder of an image made by `image import`
 # What each input is called when it changed (the order is the order of the log message).
 INPUT_NAMES = {
     "builder": "builder changed",
@@ -72,6 +76,36 @@ class BuildInputs:
 
 
 @dataclass(frozen=True)
+class ImageOrigin:
+    """The file an imported image was made from, as it was when imported."""
+
+    path: str  # absolute
+    size: int
+    mtime: str  # ISO 8601, UTC
+    sha256: str
+    format: str  # as qemu-img saw it: qcow2 | raw
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "mtime": self.mtime,
+            "sha256": self.sha256,
+            "format": self.format,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> ImageOrigin:
+        return cls(
+            path=str(doc["path"]),
+            size=int(doc["size"]),
+            mtime=str(doc["mtime"]),
+            sha256=str(doc["sha256"]),
+            format=str(doc["format"]),
+        )
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     """One stored image, as its metadata describes it."""
 
@@ -86,6 +120,7 @@ class ImageInfo:
     built: str
     build_seconds: float
     packages: tuple[str, ...] = field(repr=False)
+    origin: ImageOrigin | None = None  # an imported image's source file
 
 
 @dataclass(frozen=True)
@@ -174,6 +209,7 @@ def read_info(meta_path: Path) -> ImageInfo | None:
             built=doc["built"],
             build_seconds=float(doc.get("build_seconds", 0)),
             packages=tuple(doc.get("packages", ())),
+            origin=ImageOrigin.from_json(doc["origin"]) if doc.get("origin") else None,
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -203,7 +239,8 @@ def sha256_file(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _lock(store: Path, platform_id: str) -> Iterator[None]:
+def platform_lock(store: Path, platform_id: str) -> Iterator[None]:
+    """Held while a platform's image is made: two processes never write the same image."""
     with open(store / f".{platform_id}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -212,38 +249,76 @@ def _lock(store: Path, platform_id: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build_image(
-    platform_id: str,
-    store: Path | str | None = None,
-    builder: str = "auto",
-    force: bool = False,
-    catalog: Catalog | None = None,
-) -> BuildOutcome:
-    """Build the base image of `platform_id` into `store` unless it is up to date."""
-    catalog = catalog or Catalog.load()
-    platform = resolve_platform(platform_id, catalog)
+def utc_stamp(seconds: float | None = None) -> str:
+    """`2026-11-30T22:40:00Z`: now, or the time `seconds` since the epoch."""
+    t = dt.datetime.now(dt.UTC) if seconds is None else dt.datetime.fromtimestamp(seconds, dt.UTC)
+    return t.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# Called with a made image (still a temporary file in the store) and its platform before it is
+# installed; raises to keep it out of the store (ops/smoke.py's smoke boot). What it returns
+# is not used.
+Verify = Callable[[Path, Platform], object]
+
+
+def refuse_own_hook(platform: Platform) -> None:
+    """UserError for a platform whose catalog entry says `hook: own` (plan.catalog.HOOKS)."""
     if platform.hook == "own":
         raise UserError(
             f"{platform.id}'s image has a boot hook of its own (catalog `hook: own`): osgtest-dag "
             "neither builds nor customizes it (a second hook would run the cell twice)",
             hint=f"put the image at {platform.image}",
         )
+
+
+def install_image(tmp: Path, dest: Path, doc: dict) -> ImageInfo:
+    """Move the made image `tmp` to `dest` and write its metadata `doc` beside it; return it."""
+    meta = dest.with_suffix(".json")
+    meta.unlink(missing_ok=True)  # never a new image with old metadata
+    os.replace(tmp, dest)
+    write_json_atomic(meta, {"schema": META_SCHEMA, "version": META_VERSION, **doc}, sort_keys=True)
+    info = read_info(meta)
+    assert info is not None, meta
+    return info
+
+
+def build_image(
+    platform_id: str,
+    store: Path | str | None = None,
+    builder: str = "auto",
+    force: bool = False,
+    catalog: Catalog | None = None,
+    verify: Verify | None = None,
+) -> BuildOutcome:
+    """Build the base image of `platform_id` into `store` unless it is up to date (an imported
+    image is kept unless `force`). `verify` checks the new image before it is installed."""
+    catalog = catalog or Catalog.load()
+    platform = resolve_platform(platform_id, catalog)
+    refuse_own_hook(platform)
+    store = Path(store or paths.default_image_dir())
+    dest = image_path(platform.id, store)
+    meta = dest.with_suffix(".json")
+    imported = read_info(meta)
+    if not force and imported is not None and imported.builder == IMPORT_BUILDER and dest.is_file():
+        log.info(
+            "%s: the stored image was imported (%s); `image build --force` replaces it",
+            platform.id,
+            imported.origin.path if imported.origin else "?",
+        )
+        return BuildOutcome(image=imported, built=False, reasons=())
     which = choose_builder(platform, builder)
     if which == "oz":
         oz_builder.check_supported(platform)  # a clear UserError before any work
     inputs = build_inputs(platform, which, catalog)
-    store = Path(store or paths.default_image_dir())
     store.mkdir(parents=True, exist_ok=True)
-    dest = image_path(platform.id, store)
-    meta = dest.with_suffix(".json")
-    with _lock(store, platform.id):
+    with platform_lock(store, platform.id):
         info = read_info(meta)
         reasons = ["forced"] if force else rebuild_reasons(info, inputs)
         if info is not None and not reasons:
             log.info("%s: image up to date (%s, built %s)", platform.id, info.builder, info.built)
             return BuildOutcome(image=info, built=False, reasons=())
         log.info("%s: building with the %s builder: %s", platform.id, which, ", ".join(reasons))
-        built = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        built = utc_stamp()
         stamp = {
             "platform": platform.id,
             "name": platform.name,
@@ -261,28 +336,27 @@ def build_image(
             else:
                 packages = oz_builder.build(platform, tmp, stamp=stamp, workdir=store)
             seconds = round(time.monotonic() - t0, 1)
-            doc = {
-                "schema": META_SCHEMA,
-                "version": META_VERSION,
-                "platform": platform.id,
-                "builder": which,
-                "sha256": sha256_file(tmp),
-                "size": tmp.stat().st_size,
-                "format": "qcow2",
-                "inputs_hash": inputs.digest,
-                "inputs": inputs.parts(),
-                "built": built,
-                "build_seconds": seconds,
-                "packages": list(packages),
-            }
-            meta.unlink(missing_ok=True)  # never a new image with old metadata
-            os.replace(tmp, dest)
-            write_json_atomic(meta, doc, sort_keys=True)
+            if verify is not None:
+                verify(tmp, platform)
+            info = install_image(
+                tmp,
+                dest,
+                {
+                    "platform": platform.id,
+                    "builder": which,
+                    "sha256": sha256_file(tmp),
+                    "size": tmp.stat().st_size,
+                    "format": "qcow2",
+                    "inputs_hash": inputs.digest,
+                    "inputs": inputs.parts(),
+                    "built": built,
+                    "build_seconds": seconds,
+                    "packages": list(packages),
+                },
+            )
         finally:
             tmp.unlink(missing_ok=True)
         log.info("%s: built in %.1f s (%d packages) -> %s", platform.id, seconds, len(packages), dest)
-        info = read_info(meta)
-        assert info is not None
         return BuildOutcome(image=info, built=True, reasons=tuple(reasons))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from osgtest_dag.base import command, paths
 from osgtest_dag.base.errors import CommandError, UserError
-from osgtest_dag.guest import debian_builder, gfs, payload
+from osgtest_dag.guest import cloudprep, debian_builder, gfs, payload
 from osgtest_dag.plan.catalog import Platform
 
 log = logging.getLogger("osgtest_dag.guest.oz_builder")
@@ -41,6 +41,19 @@ method=auto
 [ipv6]
 method=ignore
 """
+
+# What customize_image writes (directories: with what is below them), for SELinux labels.
+WRITTEN_PATHS = [
+    "/usr/local/sbin",
+    "/etc/systemd/system",
+    "/etc/systemd/network",
+    "/etc/NetworkManager/system-connections",
+    "/etc/cloud",
+    "/etc/resolv.conf",
+    "/etc/osgtest-image-release",
+    "/etc/.updated",
+    "/var/.updated",
+]
 
 SERIAL_ARGS = ("console=tty0", "console=ttyS0,115200n8", "panic=-1")
 MASK_UNITS = (
@@ -157,16 +170,17 @@ def check_supported(platform: Platform) -> None:
     ok, why = oz_supports(tdl)
     if ok:
         return
-    hint = f"this Oz ({oz_version()}) installs: {supported_string()}. "
+    oz_knows = f"this Oz ({oz_version()}) installs: {supported_string()}"
     if platform.family == "debian":
-        hint += (
-            "For Debian use the local builder: `osgtest-dag image build "
+        hint = (
+            f"{oz_knows}. For Debian use the local builder: `osgtest-dag image build "
             f"{platform.id} --builder local` (the default)."
         )
     else:
-        hint += (
-            "Install an Oz with support for it, or point the platform's `image` in a "
-            "catalog file (--catalog) at a prebuilt qcow2."
+        hint = (
+            f"use `osgtest-dag image import {platform.id} FILE` with {platform.display}'s own "
+            f"GenericCloud image for {platform.arch} (qcow2), or install an Oz that knows "
+            f"{platform.name} ({oz_knows})."
         )
     raise UserError(f"the installed Oz cannot build {platform.name}: {why}", hint=hint)
 
@@ -230,10 +244,14 @@ def _gwrite(g, path: str, data: str | bytes) -> None:
     g.write(path, data.encode() if isinstance(data, str) else data)
 
 
+class NoOperatingSystem(UserError):
+    """libguestfs' inspection finds no operating system in the image."""
+
+
 def _mount_guest(g) -> str:
     roots = g.inspect_os()
     if not roots:
-        raise UserError("no operating system found in the installed image")
+        raise NoOperatingSystem("libguestfs finds no operating system in the image")
     root = roots[0]
     mps = g.inspect_get_mountpoints(root)
     for mp in sorted(mps, key=len):
@@ -288,11 +306,29 @@ def _enable(g, unit: str, target: str, unit_dir: str = "/etc/systemd/system") ->
     g.ln_sf(f"{unit_dir}/{unit}", f"{wants}/{unit}")
 
 
-def _systemd_unit_dir(g) -> str:
+def _unit_dir_of(g, unit: str) -> str | None:
+    """The directory of the image's packaged systemd `unit` (None: not installed)."""
     for d in ("/usr/lib/systemd/system", "/lib/systemd/system"):
-        if g.is_dir(d):
+        if g.is_file(f"{d}/{unit}"):
             return d
-    return "/lib/systemd/system"
+    return None
+
+
+def network_stack(g) -> tuple[str, str]:
+    """The network service customize_image configures, and the directory of its unit:
+    NetworkManager where it is installed (not wherever /etc/NetworkManager exists: Debian's
+    cloud-init ships a dispatcher hook there), else systemd-networkd; UserError for an image
+    with neither (ifupdown alone cannot do DHCP on a NIC whose name it is not told)."""
+    for service in ("NetworkManager", "systemd-networkd"):
+        units = _unit_dir_of(g, f"{service}.service")
+        if units:
+            return service, units
+    raise UserError(
+        "the image has neither NetworkManager nor systemd-networkd: nothing to configure DHCP on "
+        "any NIC with",
+        hint="import an image of a distribution release whose cloud image has one of them "
+        "(Debian 12 and later: systemd; EL 8 and later: NetworkManager)",
+    )
 
 
 def customize_image(
@@ -301,85 +337,96 @@ def customize_image(
     """Turn an installed image into an osgtest base image, in place; return its packages.
 
     Installs and enables the boot hook, sets DHCP on any NIC name (NetworkManager keyfile on
-    EL, systemd-networkd on Debian), removes persistent net rules, puts a serial console on
-    the kernel command line, masks update timers, writes /etc/osgtest-image-release, and
-    relabels for SELinux where the image has it.
+    EL, systemd-networkd on Debian), removes persistent net rules, disables cloud-init, puts a
+    serial console on the kernel command line, masks update timers, writes
+    /etc/osgtest-image-release; SELinux permissive and the written files labelled, without
+    `setfiles` (guest/cloudprep.py says why).
     """
+    log.info("customizing %s", disk.name)
+    with gfs.open_disks([(disk, disk_format)], readonly=False) as g:
+        return customize_guest(g, stamp=stamp, payload_dir=payload_dir)
+
+
+def customize_guest(g, *, stamp: dict[str, str], payload_dir: Path | None = None) -> list[str]:
+    """customize_image on an open read-write libguestfs handle (the guest's filesystems are
+    mounted from its inspection, and unmounted at the end)."""
     hook = payload.payload_file(payload.BOOT_HOOK, payload_dir).read_bytes()
     unit = payload.payload_file(payload.BOOT_UNIT, payload_dir).read_bytes()
-    with gfs.open_disks([(disk, disk_format)], readonly=False) as g:
-        root = _mount_guest(g)
-        osname = g.inspect_get_distro(root)
-        log.info(
-            "customizing %s (%s %s.%s)",
-            disk.name,
-            osname,
-            g.inspect_get_major_version(root),
-            g.inspect_get_minor_version(root),
+    root = _mount_guest(g)
+    log.info(
+        "customizing %s %s.%s",
+        g.inspect_get_distro(root),
+        g.inspect_get_major_version(root),
+        g.inspect_get_minor_version(root),
+    )
+    # Boot hook + unit, enabled.
+    g.mkdir_p("/usr/local/sbin")
+    _gwrite(g, "/usr/local/sbin/osgtest-boot", hook)
+    g.chmod(0o755, "/usr/local/sbin/osgtest-boot")
+    _gwrite(g, f"/etc/systemd/system/{payload.BOOT_UNIT}", unit)
+    g.chmod(0o644, f"/etc/systemd/system/{payload.BOOT_UNIT}")
+    _enable(g, payload.BOOT_UNIT, "multi-user.target")
+    # Networking on any NIC name.
+    stack, units = network_stack(g)
+    log.info("network: %s, DHCP on any NIC", stack)
+    if stack == "NetworkManager":
+        g.mkdir_p("/etc/NetworkManager/system-connections")
+        for f in g.glob_expand("/etc/NetworkManager/system-connections/*.nmconnection"):
+            g.rm_f(f)
+        for f in g.glob_expand("/etc/sysconfig/network-scripts/ifcfg-e*"):
+            g.rm_f(f)
+        path = "/etc/NetworkManager/system-connections/osgtest-dhcp.nmconnection"
+        _gwrite(g, path, NM_CONNECTION)
+        g.chmod(0o600, path)
+    else:
+        g.mkdir_p("/etc/systemd/network")
+        _gwrite(g, "/etc/systemd/network/80-osgtest-dhcp.network", debian_builder.NETWORK_FILE)
+        g.mkdir_p("/etc/systemd/system/systemd-networkd-wait-online.service.d")
+        _gwrite(
+            g,
+            "/etc/systemd/system/systemd-networkd-wait-online.service.d/osgtest.conf",
+            debian_builder.WAIT_ONLINE_DROPIN,
         )
-        # Boot hook + unit, enabled.
-        g.mkdir_p("/usr/local/sbin")
-        _gwrite(g, "/usr/local/sbin/osgtest-boot", hook)
-        g.chmod(0o755, "/usr/local/sbin/osgtest-boot")
-        _gwrite(g, f"/etc/systemd/system/{payload.BOOT_UNIT}", unit)
-        g.chmod(0o644, f"/etc/systemd/system/{payload.BOOT_UNIT}")
-        _enable(g, payload.BOOT_UNIT, "multi-user.target")
-        # Networking on any NIC name.
-        units = _systemd_unit_dir(g)
-        if g.is_dir("/etc/NetworkManager"):
-            g.mkdir_p("/etc/NetworkManager/system-connections")
-            for f in g.glob_expand("/etc/NetworkManager/system-connections/*.nmconnection"):
-                g.rm_f(f)
-            for f in g.glob_expand("/etc/sysconfig/network-scripts/ifcfg-e*"):
-                g.rm_f(f)
-            path = "/etc/NetworkManager/system-connections/osgtest-dhcp.nmconnection"
-            _gwrite(g, path, NM_CONNECTION)
-            g.chmod(0o600, path)
-        else:
-            g.mkdir_p("/etc/systemd/network")
-            _gwrite(g, "/etc/systemd/network/80-osgtest-dhcp.network", debian_builder.NETWORK_FILE)
-            g.mkdir_p("/etc/systemd/system/systemd-networkd-wait-online.service.d")
+        if g.is_file("/etc/network/interfaces"):
             _gwrite(
                 g,
-                "/etc/systemd/system/systemd-networkd-wait-online.service.d/osgtest.conf",
-                debian_builder.WAIT_ONLINE_DROPIN,
+                "/etc/network/interfaces",
+                "# osgtest-dag: systemd-networkd configures the network\nauto lo\niface lo inet loopback\n",
             )
-            if g.is_file("/etc/network/interfaces"):
-                _gwrite(
-                    g,
-                    "/etc/network/interfaces",
-                    "# osgtest-dag: systemd-networkd configures the network\n"
-                    "auto lo\niface lo inet loopback\n",
-                )
-            _enable(g, "systemd-networkd.service", "multi-user.target", units)
-            _enable(g, "systemd-networkd-wait-online.service", "network-online.target", units)
-            if g.is_file(f"{units}/systemd-resolved.service"):
-                _enable(g, "systemd-resolved.service", "multi-user.target", units)
-        for rules in (
-            "/etc/udev/rules.d/70-persistent-net.rules",
-            "/etc/udev/rules.d/75-persistent-net-generator.rules",
-        ):
-            g.rm_f(rules)
-        if g.is_file("/etc/machine-id"):
-            g.truncate("/etc/machine-id")
-        for name in MASK_UNITS:
-            g.ln_sf("/dev/null", f"/etc/systemd/system/{name}")
-        how = _set_kernel_args(g)
-        log.info("serial console set via %s", how)
-        _gwrite(g, "/etc/osgtest-image-release", "".join(f"{k}={v}\n" for k, v in stamp.items()))
-        _mark_updated(g)
-        apps = g.inspect_list_applications2(root)
-        packages = sorted(
-            f"{a['app2_name']}\t{(a['app2_epoch'] and str(a['app2_epoch']) + ':' or '')}"
-            f"{a['app2_version']}{('-' + a['app2_release']) if a['app2_release'] else ''}"
-            f"\t{a.get('app2_arch', '')}"
-            for a in apps
-        )
-        if g.is_file("/etc/selinux/config"):
-            ctx = "/etc/selinux/targeted/contexts/files/file_contexts"
-            if g.is_file(ctx):
-                g.selinux_relabel(ctx, "/")
-        g.umount_all()
+        _enable(g, "systemd-networkd.service", "multi-user.target", units)
+        _enable(g, "systemd-networkd-wait-online.service", "network-online.target", units)
+        resolved = _unit_dir_of(g, "systemd-resolved.service")
+        if resolved:
+            _enable(g, "systemd-resolved.service", "multi-user.target", resolved)
+        else:
+            cloudprep.resolv_conf_for_lease(g, debian_builder.RESOLV_CONF)
+    if cloudprep.disable_cloud_init(g):
+        log.info("cloud-init disabled")
+    for rules in (
+        "/etc/udev/rules.d/70-persistent-net.rules",
+        "/etc/udev/rules.d/75-persistent-net-generator.rules",
+    ):
+        g.rm_f(rules)
+    if g.is_file("/etc/machine-id"):
+        g.truncate("/etc/machine-id")
+    for name in MASK_UNITS:
+        g.ln_sf("/dev/null", f"/etc/systemd/system/{name}")
+    how = _set_kernel_args(g)
+    log.info("serial console set via %s", how)
+    _gwrite(g, "/etc/osgtest-image-release", "".join(f"{k}={v}\n" for k, v in stamp.items()))
+    _mark_updated(g)
+    apps = g.inspect_list_applications2(root)
+    packages = sorted(
+        f"{a['app2_name']}\t{(a['app2_epoch'] and str(a['app2_epoch']) + ':' or '')}"
+        f"{a['app2_version']}{('-' + a['app2_release']) if a['app2_release'] else ''}"
+        f"\t{a.get('app2_arch', '')}"
+        for a in apps
+    )
+    mode = cloudprep.selinux_permissive(g)
+    if mode is not None:
+        log.info("SELinux: %s -> permissive", mode)
+        cloudprep.label_like_parent(g, WRITTEN_PATHS)
+    g.umount_all()
     return packages
 
 
