@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import signal
 import subprocess
 import tempfile
@@ -39,6 +40,39 @@ _ACCEL_ARGS = {
     "kvm": ["-machine", "q35,accel=kvm", "-cpu", "host"],
     "tcg": ["-machine", "q35,accel=tcg", "-cpu", "max"],
 }
+# The UEFI firmware an aarch64 VM boots its disk through (Debian's edk2 build for qemu's
+# `virt` machine, package qemu-efi-aarch64; `-bios` keeps its variables in memory, so no
+# per-VM variable store).
+AARCH64_FIRMWARE = Path("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """How qemu runs a guest of one architecture: its binary, `-machine` / `-cpu` per
+    accelerator, and the firmware (none: qemu's own BIOS)."""
+
+    qemu: str
+    accel_args: dict[str, list[str]]
+    firmware: Path | None = None
+    package: str = ""  # the Debian package with `qemu` (and the firmware)
+
+
+MACHINES = {
+    "x86_64": Machine(QEMU, _ACCEL_ARGS, package="qemu-system-x86"),
+    # The `virt` machine, as an aarch64 execute point's qemu-kvm runs it. TCG: `-cpu max` with
+    # the cheap pointer-authentication algorithm (the architected one, QARMA, costs the
+    # emulated guest a large share of its time).
+    "aarch64": Machine(
+        "qemu-system-aarch64",
+        {
+            "kvm": ["-machine", "virt,accel=kvm,gic-version=host", "-cpu", "host"],
+            "tcg": ["-machine", "virt,accel=tcg", "-cpu", "max,pauth-impdef=on"],
+        },
+        firmware=AARCH64_FIRMWARE,
+        package="qemu-system-arm and qemu-efi-aarch64",
+    ),
+}
+HOST_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
 
 # The KVM probe boots a real Linux guest: the host's kernel from /boot with a busybox initramfs
 # whose /init powers off (guest.initramfs.poweroff_initramfs; not the host's own initramfs,
@@ -111,6 +145,32 @@ def host_kernel() -> Path | None:
 def accel_args(accel: str) -> list[str]:
     """The `-machine` / `-cpu` options every VM gets under `accel` (one of ACCELS)."""
     return list(_ACCEL_ARGS[accel])
+
+
+def machine(arch: str) -> Machine:
+    """The qemu machine for guests of `arch`; UserError for an architecture it cannot run."""
+    if arch not in MACHINES:
+        raise UserError(f"no qemu machine for {arch!r} guests", hint=f"known: {', '.join(MACHINES)}")
+    return MACHINES[arch]
+
+
+def check_machine(arch: str) -> None:
+    """UserError unless this host has the qemu binary and firmware for `arch` guests."""
+    kind = machine(arch)
+    missing = [kind.qemu] if command.which(kind.qemu) is None else []
+    if kind.firmware is not None and not kind.firmware.is_file():
+        missing.append(str(kind.firmware))
+    if missing:
+        raise UserError(
+            f"cannot run {arch} VMs here: {' and '.join(missing)} missing",
+            hint=f"install {kind.package} (scripts/setup: make setup)",
+        )
+
+
+def accel_for(arch: str, accel: str) -> str:
+    """The accelerator a VM of `arch` really gets when the run's is `accel`: KVM runs guests of
+    the host's own architecture only, so any other is emulated (TCG)."""
+    return accel if arch == HOST_ARCH else "tcg"
 
 
 def _probe(accel: str, timeout: float) -> tuple[bool, str]:
@@ -259,11 +319,15 @@ def qemu_argv(
     console_log: Path,
     console_stdio: bool = False,
     extra_args: Sequence[str] = (),
+    arch: str = "x86_64",
 ) -> list[str]:
     """The qemu command line; separate so tests and `--dry-run`-style callers can see it.
 
     `console_stdio`: the serial console on qemu's stdin/stdout (the user's terminal), still
-    logged to `console_log`; Ctrl-C goes to the guest, Ctrl-a x quits qemu."""
+    logged to `console_log`; Ctrl-C goes to the guest, Ctrl-a x quits qemu. `arch`: the guest's
+    architecture (MACHINES), whatever the host's; the disks and the NIC are the same."""
+    kind = machine(arch)
+    firmware = ["-bios", str(kind.firmware)] if kind.firmware else []
     serial = (
         [
             "-chardev",
@@ -275,8 +339,9 @@ def qemu_argv(
         else ["-serial", f"file:{console_log}"]
     )
     argv = [
-        QEMU,
-        *_ACCEL_ARGS[accel],
+        kind.qemu,
+        *kind.accel_args[accel],
+        *firmware,
         "-smp",
         str(vcpus),
         "-m",
@@ -454,6 +519,7 @@ def start(
     console_stdio: bool = False,
     extra_args: Sequence[str] = (),
     die_with_parent: bool = False,
+    arch: str = "x86_64",
 ) -> VM:
     """Start a VM in the background and return its handle.
 
@@ -461,7 +527,8 @@ def start(
     are attached writable with an explicit format (a bare path is probed with qemu-img).
     `console_stdio`: the serial console in this process's terminal (see `qemu_argv`).
     `extra_args` go on qemu's command line last (a cluster VM's private NIC and sync port);
-    `die_with_parent`: see `command.spawn`.
+    `die_with_parent`: see `command.spawn`. `arch`: the guest's architecture; one that is not
+    the host's is emulated (TCG) whatever `accel` says.
     """
     base = Path(base_image).resolve()
     if not base.is_file():
@@ -474,7 +541,8 @@ def start(
     for d in attach:
         if not d.path.is_file():
             raise UserError(f"disk {d.path} does not exist")
-    accel = accel or detect_accel()
+    check_machine(arch)
+    accel = accel_for(arch, accel or (detect_accel() if arch == HOST_ARCH else "tcg"))
     console = Path(console_log) if console_log else work / "console.log"
     console.parent.mkdir(parents=True, exist_ok=True)
     console.write_bytes(b"")
@@ -506,6 +574,7 @@ def start(
         console_log=console.resolve(),
         console_stdio=console_stdio,
         extra_args=extra_args,
+        arch=arch,
     )
     stderr_path = work / f"{overlay.stem}.qemu-stderr.log"
     with open(stderr_path, "wb") as err:

@@ -86,6 +86,7 @@ class Target:
     networking: bool
     max_wall: int
     warnings: tuple[str, ...] = ()
+    arch: str = "x86_64"
 
 
 def _job_spec(run: RunDir, serial: str) -> JobSpec:
@@ -151,6 +152,7 @@ def prepare(
         networking=spec.vm_networking,
         max_wall=spec.max_wall,
         warnings=tuple(warnings),
+        arch=spec.arch,
     )
 
 
@@ -266,7 +268,7 @@ def _boot(
     io = workdir / f"io-{serial}.qcow2"
     while True:
         shutil.copy2(pristine, io)
-        choice = accel.current()
+        choice = accel.current() if target.arch == qemu.HOST_ARCH else "tcg"  # foreign: emulated
         console = workdir / "console.log"
         exec_console = payload.ExecConsole(repro.mark)
         with contextlib.ExitStack() as stack:
@@ -285,6 +287,7 @@ def _boot(
                 accel=choice,
                 keep_overlay=keep,
                 console_stdio=interactive,
+                arch=target.arch,
             )
             stack.enter_context(vm)  # killed on the way out, whatever happens
             on_line = None if interactive else _printer(exec_console, out)
