@@ -14,7 +14,7 @@ from osgtest_dag.base import command
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.local import submit
 from osgtest_dag.generate import workflow
-from osgtest_dag.guest import debian_builder, image, qemu, uefi_disk
+from osgtest_dag.guest import debian_builder, image, machines, qemu, uefi_disk
 from osgtest_dag.model import dagfile
 from osgtest_dag.plan import matrix
 from osgtest_dag.plan.catalog import Catalog
@@ -126,12 +126,12 @@ def test_qemu_argv_aarch64(tmp_path):
     s = " ".join(argv)
     assert argv[0] == "qemu-system-aarch64"
     assert "-machine virt,accel=tcg -cpu max,pauth-impdef=on" in s
-    assert f"-bios {qemu.AARCH64_FIRMWARE}" in s
+    assert f"-bios {machines.AARCH64_FIRMWARE}" in s
     # the same disks and NIC as an x86_64 VM: the IO disk is vdb, the image boots from vda
     assert "virtio-blk-pci,drive=vda,bootindex=1" in s and "id=vdb,cache=writeback" in s
     assert "-nic user,model=virtio-net-pci" in s
-    assert qemu.accel_for("aarch64", "kvm") == ("kvm" if qemu.HOST_ARCH == "aarch64" else "tcg")
-    assert qemu.accel_for(qemu.HOST_ARCH, "kvm") == "kvm"
+    assert machines.accel_for("aarch64", "kvm") == ("kvm" if machines.HOST_ARCH == "aarch64" else "tcg")
+    assert machines.accel_for(machines.HOST_ARCH, "kvm") == "kvm"
     with pytest.raises(UserError, match="no qemu machine for 'sparc'"):
         qemu.qemu_argv(
             tmp_path / "o",

@@ -308,7 +308,7 @@ def _check_tools(recipe: Recipe) -> None:
         raise UserError(f"{MBR_BIN} is missing", hint="install the extlinux/syslinux-common packages")
     if recipe.arch == "amd64":
         return
-    for tool in ("mkfs.vfat", "mmd", "mcopy"):
+    for tool in ("mkfs.vfat", "mmd", "mcopy", "arch-test"):  # arch-test: mmdebstrap's foreign-arch check
         if command.which(tool) is None:
             raise UserError(f"{tool} is not installed", hint="run scripts/setup (make setup)")
     binfmt = BINFMT[recipe.arch]

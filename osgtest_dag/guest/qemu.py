@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import signal
 import subprocess
 import tempfile
@@ -28,51 +27,14 @@ from osgtest_dag.base import command, paths
 from osgtest_dag.base.atomic import write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.guest import initramfs
+from osgtest_dag.guest.machines import HOST_ARCH, MACHINES, accel_for, check_machine, machine
 from osgtest_dag.model.documents import parse_json
 
 log = logging.getLogger("osgtest_dag.guest.qemu")
 
-QEMU = "qemu-system-x86_64"
 ACCELS = ("kvm", "tcg")
-# `-machine` / `-cpu` per accelerator. TCG: `-cpu max` gives every feature TCG emulates
-# (x86-64-v2 and up, needed by EL9+ userlands).
-_ACCEL_ARGS = {
-    "kvm": ["-machine", "q35,accel=kvm", "-cpu", "host"],
-    "tcg": ["-machine", "q35,accel=tcg", "-cpu", "max"],
-}
-# The UEFI firmware an aarch64 VM boots its disk through (Debian's edk2 build for qemu's
-# `virt` machine, package qemu-efi-aarch64; `-bios` keeps its variables in memory, so no
-# per-VM variable store).
-AARCH64_FIRMWARE = Path("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd")
-
-
-@dataclass(frozen=True)
-class Machine:
-    """How qemu runs a guest of one architecture: its binary, `-machine` / `-cpu` per
-    accelerator, and the firmware (none: qemu's own BIOS)."""
-
-    qemu: str
-    accel_args: dict[str, list[str]]
-    firmware: Path | None = None
-    package: str = ""  # the Debian package with `qemu` (and the firmware)
-
-
-MACHINES = {
-    "x86_64": Machine(QEMU, _ACCEL_ARGS, package="qemu-system-x86"),
-    # The `virt` machine, as an aarch64 execute point's qemu-kvm runs it. TCG: `-cpu max` with
-    # the cheap pointer-authentication algorithm (the architected one, QARMA, costs the
-    # emulated guest a large share of its time).
-    "aarch64": Machine(
-        "qemu-system-aarch64",
-        {
-            "kvm": ["-machine", "virt,accel=kvm,gic-version=host", "-cpu", "host"],
-            "tcg": ["-machine", "virt,accel=tcg", "-cpu", "max,pauth-impdef=on"],
-        },
-        firmware=AARCH64_FIRMWARE,
-        package="qemu-system-arm and qemu-efi-aarch64",
-    ),
-}
-HOST_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
+QEMU = MACHINES["x86_64"].qemu
+_ACCEL_ARGS = MACHINES["x86_64"].accel_args
 
 # The KVM probe boots a real Linux guest: the host's kernel from /boot with a busybox initramfs
 # whose /init powers off (guest.initramfs.poweroff_initramfs; not the host's own initramfs,
@@ -145,32 +107,6 @@ def host_kernel() -> Path | None:
 def accel_args(accel: str) -> list[str]:
     """The `-machine` / `-cpu` options every VM gets under `accel` (one of ACCELS)."""
     return list(_ACCEL_ARGS[accel])
-
-
-def machine(arch: str) -> Machine:
-    """The qemu machine for guests of `arch`; UserError for an architecture it cannot run."""
-    if arch not in MACHINES:
-        raise UserError(f"no qemu machine for {arch!r} guests", hint=f"known: {', '.join(MACHINES)}")
-    return MACHINES[arch]
-
-
-def check_machine(arch: str) -> None:
-    """UserError unless this host has the qemu binary and firmware for `arch` guests."""
-    kind = machine(arch)
-    missing = [kind.qemu] if command.which(kind.qemu) is None else []
-    if kind.firmware is not None and not kind.firmware.is_file():
-        missing.append(str(kind.firmware))
-    if missing:
-        raise UserError(
-            f"cannot run {arch} VMs here: {' and '.join(missing)} missing",
-            hint=f"install {kind.package} (scripts/setup: make setup)",
-        )
-
-
-def accel_for(arch: str, accel: str) -> str:
-    """The accelerator a VM of `arch` really gets when the run's is `accel`: KVM runs guests of
-    the host's own architecture only, so any other is emulated (TCG)."""
-    return accel if arch == HOST_ARCH else "tcg"
 
 
 def _probe(accel: str, timeout: float) -> tuple[bool, str]:
@@ -626,6 +562,7 @@ def boot(
     workdir: Path | str,
     base_format: str | None = None,
     accel: str | None = None,
+    arch: str = "x86_64",
 ) -> BootResult:
     """Boot, wait for power-off or the wall-clock limit, return how it ended."""
     vm = start(
@@ -639,6 +576,7 @@ def boot(
         workdir=workdir,
         base_format=base_format,
         accel=accel,
+        arch=arch,
     )
     try:
         res = vm.wait()

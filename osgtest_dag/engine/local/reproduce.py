@@ -33,7 +33,7 @@ from osgtest_dag.engine.local.submit import JobSpec, read_job
 from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.generate.inputs import write_cell_io_disk
-from osgtest_dag.guest import image, payload, pins, qemu
+from osgtest_dag.guest import image, machines, payload, pins, qemu
 from osgtest_dag.model import dagfile
 from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.model.documents import GuestResult
@@ -268,7 +268,7 @@ def _boot(
     io = workdir / f"io-{serial}.qcow2"
     while True:
         shutil.copy2(pristine, io)
-        choice = accel.current() if target.arch == qemu.HOST_ARCH else "tcg"  # foreign: emulated
+        choice = accel.current() if target.arch == machines.HOST_ARCH else "tcg"  # foreign: emulated
         console = workdir / "console.log"
         exec_console = payload.ExecConsole(repro.mark)
         with contextlib.ExitStack() as stack:

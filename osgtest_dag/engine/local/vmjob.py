@@ -38,7 +38,7 @@ from osgtest_dag.engine.local.jobs import RETURN_REMOVED, RETURN_SUBMIT_FAILED
 from osgtest_dag.engine.local.reaper import ChildRecord
 from osgtest_dag.engine.local.state import Attempt
 from osgtest_dag.engine.local.submit import JobSpec
-from osgtest_dag.guest import payload, qemu
+from osgtest_dag.guest import machines, payload, qemu
 from osgtest_dag.model import dagfile
 from osgtest_dag.model.documents import VmRecord
 from osgtest_dag.model.rundir import LOCAL_VM
@@ -140,7 +140,7 @@ class VmJob:
                     shutil.copy2(self._source(f), d.path)
             fresh = False
             # a foreign architecture is always emulated: no KVM probe for it
-            accel = self.accel.current() if spec.arch == qemu.HOST_ARCH else "tcg"
+            accel = self.accel.current() if spec.arch == machines.HOST_ARCH else "tcg"
             console = init / f"console.{self.attempt.retry}.{starts}.log"
             with self._lock:
                 if self._killed:
