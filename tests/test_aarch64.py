@@ -231,6 +231,5 @@ def test_aarch64_run(tmp_path, cli, debian12_arm64_image):
         ]
         assert vm["accel"] == "tcg" and vm["returncode"] == 0 and not vm["timed_out"]
         console = (run / "cells" / serial / vm["console"]).read_text(errors="replace")
-        assert "EFI stub" in console or "UEFI" in console or "BdsDxe" in console, console[-2000:]
-    result = json.loads((run / "cells" / "000" / "output" / "result.json").read_text())
-    assert result
+        # the firmware started the disk's own loader (systemd-boot on the ESP): no -kernel
+        assert "BdsDxe: starting Boot" in console and "reboot: Power down" in console, console[-2000:]
