@@ -82,15 +82,18 @@ def test_uefi_disk_layout(tmp_path):
     (tree / "usr/lib/systemd/boot/efi/systemd-bootaa64.efi").write_bytes(b"MZ-systemd-boot")
     (tree / "etc").mkdir()
     (tree / "etc/hostname").write_text("osgtest\n")
-    kernel = tmp_path / "k"
-    kernel.write_bytes(b"MZ-kernel")
+    (tree / "boot").mkdir()
+    (tree / "boot/vmlinuz-x").write_bytes(gzip.compress(b"MZ-kernel"))  # as Debian may ship it
+    (tree / "boot/f.img").write_bytes(b"fast")
+    (tree / "boot/i.img").write_bytes(b"debian")
     texts = uefi_disk.entries(
         "arm64", kernel="vmlinuz-x", fast_initrd="f.img", initrd="i.img", label="rootfs"
     )
     raw = tmp_path / "disk.raw"
-    uefi_disk.make_disk(
-        tree, "arm64", {"osgtest/vmlinuz-x": kernel}, texts, label="rootfs", raw=raw, size_mb=256
+    uefi_disk.make_bootable_disk(
+        tree, "arm64", "vmlinuz-x", ("f.img", "i.img"), label="rootfs", raw=raw, size_mb=256
     )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw", "tree"]  # nothing left behind
     table = json.loads(command.run(["sfdisk", "--json", raw], timeout=60).stdout)["partitiontable"]
     assert table["label"] == "gpt"
     esp, root = table["partitions"]
@@ -105,6 +108,7 @@ def test_uefi_disk_layout(tmp_path):
 
     assert esp_file("EFI/BOOT/BOOTAA64.EFI") == b"MZ-systemd-boot"
     assert esp_file("osgtest/vmlinuz-x") == b"MZ-kernel"
+    assert esp_file("osgtest/f.img") == b"fast" and esp_file("osgtest/i.img") == b"debian"
     assert esp_file("loader/entries/osgtest.conf").decode() == texts["loader/entries/osgtest.conf"]
     blkid = command.run(
         ["blkid", "-p", "-O", str(root["start"] * 512), "-o", "export", raw], timeout=60

@@ -6,6 +6,8 @@ import re
 import subprocess
 from dataclasses import replace
 
+import pytest
+
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.plan import matrix
 
@@ -13,7 +15,9 @@ BASE = "[Config]\nadduser = True\n"
 
 
 def reference_osg_test_conf(sources: str, packages: list[str], selinux: bool, nightly: bool) -> str:
-    """vm-test-runs' write_osg_test_configuration, restated (including its regular expressions)."""
+    """vm-test-runs' write_osg_test_configuration, restated (including its regular expressions),
+    with its PackageSet's packages (vmu.py: /usr/sbin/semanage appended when selinux is on)."""
+    packages = packages + ["/usr/sbin/semanage"] if selinux else packages
     contents = BASE
     parts = re.split(r"\s*;\s*", sources)
     if len(parts) == 3:
@@ -126,3 +130,40 @@ def test_each_family_gets_its_default_test(tmp_path, catalog):
         ("el", "Own test"): ("command", "hello", False),
         ("el", "Cluster"): ("stages", None, False),
     }
+
+
+def test_an_el_selinux_package_set_gains_semanage_as_the_references(params_d, catalog):
+    m = matrix.build([params_d], catalog)
+    el = next(c for c in m.cells if c.platform.family == "el" and c.package_set.selinux)
+    assert cellconfig.cell_config(el, catalog).packages == (*el.package_set.packages, "/usr/sbin/semanage")
+    off = replace(el, package_set=replace(el.package_set, selinux=False))
+    assert cellconfig.cell_config(off, catalog).packages == tuple(el.package_set.packages)
+
+
+def test_test_source_tarballs_are_the_branchs_git_archive(tmp_path):
+    from osgtest_dag.base.errors import UserError
+    from osgtest_dag.generate import testsource
+
+    for account, package, branch in (
+        ("me", "osg-test", "fix/x"),
+        ("opensciencegrid", "osg-ca-generator", "master"),
+    ):
+        repo = tmp_path / "git" / account / package
+        repo.mkdir(parents=True)
+        (repo / "Makefile").write_text(f"# {package} of {account}\n")
+        git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@localhost"]
+        for args in (["init", "-q", "-b", branch], ["add", "."], ["commit", "-q", "-m", "x"]):
+            subprocess.run([*git, *args], check=True)
+    template = f"file://{tmp_path}/git/{{account}}/{{package}}"
+    run = tmp_path / "run"
+    run.mkdir()
+    got = testsource.source_tarballs(run, "me:fix/x", template)
+    assert sorted(got) == ["osg-ca-generator-git.tar.gz", "osg-test-git.tar.gz"]
+    listing = subprocess.run(
+        ["tar", "tzf", got["osg-test-git.tar.gz"]], capture_output=True, text=True, check=True
+    ).stdout
+    assert listing.split() == ["osg-test-git/", "osg-test-git/Makefile"]
+    assert got["osg-test-git.tar.gz"].name == "osg-test-git.me.fix_x.tar.gz"  # cached per source
+    assert testsource.git_url_template(tmp_path / "no-catalog.json") == testsource.GIT_URL_DEFAULT
+    with pytest.raises(UserError, match="me:no-such-branch"):
+        testsource.source_tarballs(run, "me:no-such-branch", template)

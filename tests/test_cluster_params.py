@@ -112,12 +112,13 @@ def test_cell_config_carries_the_cluster_through_json(tmp_path, catalog):
     ]
 
 
-# What cells.jsonl holds for this one-VM cell: as before clusters existed, with the test kind since.
+# What cells.jsonl holds for this one-VM cell: as before clusters existed, with the test kind
+# and the image's size (its VM profile's disk beyond it is a scratch disk) since.
 ONE_VM_LINE = (
     '{"schema":"osgtest-dag/cell","version":1,"serial":"000","platform":{"id":"debian_12.x86_64",'
     '"os":"debian_12","family":"debian","distro":"debian","major":12,"arch":"x86_64","name":"Debian 12 '
-    '(x86_64)","codename":"bookworm","image":"/images/debian_12.x86_64.qcow2","image_format":"qcow2"},'
-    '"source":{"raw":"stable; main","test_source":null,"series":"stable","repos":["main"],'
+    '(x86_64)","codename":"bookworm","image":"/images/debian_12.x86_64.qcow2","image_format":"qcow2",'
+    '"image_size":3072},"source":{"raw":"stable; main","test_source":null,"series":"stable","repos":["main"],'
     '"update_series":null,"update_repos":[]},"label":"Hello","packages":["hello"],"selinux":false,'
     '"repositories":{"initial":{"setup_packages":[],"enable":[],"apt_sources":["deb '
     'http://deb.debian.org/debian bookworm main"]},"update":null,"lists_max_age":604800},'

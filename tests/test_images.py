@@ -147,6 +147,13 @@ def _strip_customization(disk: Path) -> dict:
             "lists_stamp": g.cat("/" + debian_builder.APT_LISTS_STAMP),
             "lists": [n for n in g.ls("/var/lib/apt/lists") if n.endswith(("Packages", "InRelease"))],
             "initramfs": g.read_file("/boot/" + debian_builder.FAST_INITRD),
+            "sources": g.cat("/etc/apt/sources.list"),
+            "pkgcache": g.is_file("/var/cache/apt/pkgcache.bin"),
+            "no_sandbox": [
+                s
+                for s in debian_builder.UNSANDBOXED_SERVICES
+                if g.is_file(f"/etc/systemd/system/{s}.d/osgtest-no-sandbox.conf")
+            ],
         }
         for f in (
             "/usr/local/sbin/osgtest-boot",
@@ -209,6 +216,9 @@ def test_local_image_content(customized):
     assert any(
         n.startswith("deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages") for n in seen["lists"]
     )
+    # the package cache built for the image's sources, the main suite (a `stable; main` cell's)
+    assert seen["sources"] == "deb http://deb.debian.org/debian bookworm main\n" and seen["pkgcache"]
+    assert seen["no_sandbox"] == list(debian_builder.UNSANDBOXED_SERVICES)
     listing = command.run(["cpio", "-t", "--quiet"], input=gzip.decompress(seen["initramfs"])).stdout.decode()
     names = set(listing.split())
     assert {"init", "bin/busybox", "modules/virtio_blk.ko", "modules/virtio_pci.ko", "modules.order"} <= names

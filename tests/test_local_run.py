@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,15 @@ package_sets:
   - label: Hello
     packages: [hello]
     selinux: false
-    test_command: hello | grep -q 'Hello, world!'
+    # and the scratch disk (the default 8192 MB disk is 5 GiB more than the image's): a file
+    # larger than the root's free space fits in /var/tmp, and hello went to /usr's overlay
+    test_command: >-
+      hello | grep -q 'Hello, world!' &&
+      free=$(df -Pm / | awk 'NR == 2 {print $4}') &&
+      fallocate -l $((free + 256))M /var/tmp/larger-than-the-root &&
+      df -Pm / /var/tmp /usr &&
+      test "$(findmnt -n -o FSTYPE /usr)" = overlay &&
+      test -x /run/osgtest-scratch/trees/usr/upper/bin/hello
   - label: Failing test
     packages: [hello]
     selinux: false
@@ -115,6 +124,18 @@ def test_matrix_runs_resumes_and_reports(tmp_path, cli, debian12_image):
     assert "pass" in (run / "report.txt").read_text()
     assert (run / "cells" / "000" / "output" / "result.json").is_file()
     assert not (run / "cells" / "000" / "io-000.qcow2").exists()
+    assert not (run / "cells" / "000" / "scratch-000.qcow2").exists()
+    # the cell's scratch disk, under the trees before the install (its test proved the space)
+    env_log = (run / "cells" / "000" / "output" / "environment.log").read_text()
+    assert "scratch disk: /dev/vdc (OSGTEST-SCRATCH, 5120 MiB) on /run/osgtest-scratch" in env_log, env_log
+    for tree in ("/usr", "/opt", "/var", "/tmp"):
+        assert f"{tree}: an overlay, written to the scratch disk" in env_log, env_log
+    test_log = (run / "cells" / "000" / "output" / "test.log").read_text()
+    # df -Pm: / is the image's root; /var/tmp is in /var's overlay, on the 5 GiB scratch disk,
+    # which holds the file larger than the root's free space
+    (root_free,) = re.findall(r"^/dev/vda1 +\d+ +\d+ +(\d+) .* /$", test_log, re.MULTILINE)
+    (size, used) = re.findall(r"^osgtest-scratch +(\d+) +(\d+) .* /var$", test_log, re.MULTILINE)[0]
+    assert int(size) > 4500 and int(used) > int(root_free), test_log
     assert (run / "cells" / "000" / "console.0.1.log").stat().st_size > 0
 
 

@@ -630,7 +630,6 @@ def test_a_test_command_runs_as_before_a_cluster_runs_none_an_unknown_kind_fails
         ("debian", "install-only", "hello jq"),
         ("debian", "command", "hello jq"),
         ("el", "command", "hello jq"),
-        ("el", "osg-test", "hello jq osg-test"),
         ("el", "stages", "hello jq"),
     ],
 )
@@ -641,6 +640,47 @@ def test_only_an_osg_test_cell_installs_osg_test(tmp_path, family, kind, install
     assert r.returncode == 0, r.stdout + r.stderr
     (call,) = _calls(tmp_path)
     assert call.split()[0] == ("apt-get" if family == "debian" else "dnf")
+    if family == "el":
+        assert "--enablerepo" not in call  # no INITIAL_ENABLE: none for the transaction
     assert call.endswith(f"install {installed}") or call.endswith(
         f"install --no-install-recommends {installed}"
     )
+
+
+def test_an_el_osg_test_cell_installs_what_osg_test_needs_not_its_packages(tmp_path):
+    """As the reference: osg-test installs the cell's packages itself; without a test source's
+    tarballs osg-test comes from the cell's repositories, enabled for that transaction
+    (tests/test_el_payload.py runs the whole branch with real dnf)."""
+    env = _fake_tools(tmp_path)
+    (tmp_path / "input").mkdir()
+    script = (
+        f". {RUN_JOB}; IN={tmp_path / 'input'} CELL_FAMILY=el CELL_MAJOR=9 CELL_PACKAGES='hello jq' "
+        "INITIAL_ENABLE='osg osg-testing' TEST_KIND=osg-test phase_install"
+    )
+    r = sh(script, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    dnf = "dnf -y --setopt=retries=5"
+    assert _calls(tmp_path) == [
+        f"{dnf} install python3 python3-rpm",
+        f"{dnf} install /usr/bin/openssl",
+        f"{dnf} --enablerepo=osg --enablerepo=osg-testing install osg-test",
+    ]
+
+
+def test_the_image_sources_stay_when_they_are_the_cells(tmp_path):
+    """apt trusts the image's package cache only while its sources file is older: sources that
+    are the cell's already are left alone; others replace them (the old ones kept aside)."""
+    env = _apt_tree(tmp_path, "# the image's\ndeb http://deb.debian.org/debian bookworm main\n")
+    etc = Path(env["RUN_JOB_APT_ETC"])
+    before = (etc / "sources.list").stat().st_mtime_ns
+    for shell in SHELLS:
+        r = sh(f". {RUN_JOB}; write_apt_sources 'deb http://deb.debian.org/debian bookworm main'", shell, env)
+        assert r.returncode == 0, r.stderr
+        assert "apt sources: the image's, which are the cell's" in r.stdout
+        assert (etc / "sources.list").stat().st_mtime_ns == before
+        assert sorted(p.name for p in etc.rglob("*")) == ["sources.list", "sources.list.d"]
+    other = "deb http://deb.debian.org/debian bookworm main\ndeb http://deb.debian.org/debian bookworm-updates main"
+    r = sh(f". {RUN_JOB}; write_apt_sources '{other}'", env=env)
+    assert r.returncode == 0 and "apt sources now:" in r.stdout
+    assert (etc / "sources.list.d" / "osgtest.list").read_text() == other + "\n"
+    assert (etc / "osgtest-disabled" / "sources.list").is_file() and not (etc / "sources.list").exists()

@@ -55,19 +55,19 @@ RETRY CreateDisk000 3
 PRIORITY CreateDisk000 1
 CATEGORY CreateDisk000 LocalIO
 JOB CreateDisk001 submit/create-io-disk.sub
-VARS CreateDisk001 serial="001" offset="1051"
+VARS CreateDisk001 serial="001" offset="1069"
 RETRY CreateDisk001 3
 PRIORITY CreateDisk001 3
 CATEGORY CreateDisk001 LocalIO
 PARENT CreateDisk000 CHILD TestRun000
 PARENT CreateDisk001 CHILD TestRun001
 JOB TestRun000 submit/test-run.sub
-VARS TestRun000 serial="000" platform="debian_12.x86_64" image="/images/debian_12.x86_64.qcow2" image_name="debian_12.x86_64.qcow2" image_format="qcow2" condor_arch="X86_64" vm_memory="2048" vm_vcpus="2" request_disk="8192MB"
+VARS TestRun000 serial="000" platform="debian_12.x86_64" image="/images/debian_12.x86_64.qcow2" image_name="debian_12.x86_64.qcow2" image_format="qcow2" condor_arch="X86_64" vm_memory="2048" vm_vcpus="2" request_disk="8192MB" scratch_inputs=",scratch-000.qcow2" scratch_vm_disks=",scratch-000.qcow2:vdc:w:qcow2"
 RETRY TestRun000 2 UNLESS-EXIT 2
 SCRIPT POST TestRun000 /opt/osgtest/bin/osgtest-dag node post-vm $JOB $RETURN $RETRY $MAX_RETRIES
 PRIORITY TestRun000 1
 JOB TestRun001 submit/test-run.sub
-VARS TestRun001 serial="001" platform="debian_13.aarch64" image="/images/debian_13.aarch64.qcow2" image_name="debian_13.aarch64.qcow2" image_format="qcow2" condor_arch="aarch64" vm_memory="2048" vm_vcpus="2" request_disk="8192MB"
+VARS TestRun001 serial="001" platform="debian_13.aarch64" image="/images/debian_13.aarch64.qcow2" image_name="debian_13.aarch64.qcow2" image_format="qcow2" condor_arch="aarch64" vm_memory="2048" vm_vcpus="2" request_disk="8192MB" scratch_inputs=",scratch-001.qcow2" scratch_vm_disks=",scratch-001.qcow2:vdc:w:qcow2"
 RETRY TestRun001 2 UNLESS-EXIT 2
 SCRIPT POST TestRun001 /opt/osgtest/bin/osgtest-dag node post-vm $JOB $RETURN $RETRY $MAX_RETRIES
 PRIORITY TestRun001 3
@@ -135,8 +135,13 @@ def test_vm_submit_with_node_vars_parses_and_expands(small_run):
     for k, v in node.vars.items():
         sub[k] = v
     assert sub["universe"] == "vm"
-    assert sub.expand("vm_disk") == "debian_12.x86_64.qcow2:vda:w:qcow2,io-000.qcow2:vdb:w:qcow2"
-    assert sub.expand("transfer_input_files") == "/images/debian_12.x86_64.qcow2,io-000.qcow2"
+    # the default profile's 8192 MB disk is 5120 MB more than the image's: a scratch disk
+    assert sub.expand("vm_disk") == (
+        "debian_12.x86_64.qcow2:vda:w:qcow2,io-000.qcow2:vdb:w:qcow2,scratch-000.qcow2:vdc:w:qcow2"
+    )
+    assert (
+        sub.expand("transfer_input_files") == "/images/debian_12.x86_64.qcow2,io-000.qcow2,scratch-000.qcow2"
+    )
     assert sub.expand("transfer_output_remaps") == '"io-000.qcow2 = result-000.qcow2"'
     assert sub.expand("vm_memory") == "2048" and sub.expand("request_memory") == "2048"
     assert sub.expand("vm_vcpus") == "2" and sub.expand("request_cpus") == "2"
@@ -400,7 +405,10 @@ def test_cluster_cell_runs_the_cluster_runner(cluster_run):
     )
     assert sub.expand("transfer_input_files") == (
         "/images/debian_12.x86_64.qcow2,cell.json,vms/server-1/io-001-server-1.qcow2,"
-        "vms/client-1/io-001-client-1.qcow2,vms/client-2/io-001-client-2.qcow2"
+        "vms/client-1/io-001-client-1.qcow2,vms/client-2/io-001-client-2.qcow2,"
+        # their 4096 MB disks are 1024 MB more than the image's: a scratch disk each, never returned
+        "vms/server-1/scratch-001-server-1.qcow2,vms/client-1/scratch-001-client-1.qcow2,"
+        "vms/client-2/scratch-001-client-2.qcow2"
     )
     assert sub.expand("transfer_output_files") == (
         "cluster.json,io-001-server-1.qcow2,io-001-client-1.qcow2,io-001-client-2.qcow2,"

@@ -46,12 +46,17 @@ def _vm_submit(run: Path) -> htcondor2.Submit:
 def test_a_xen_job_names_its_kernel_and_xen_disks(tmp_path):
     xen, kvm = _vm_submit(_run(tmp_path / "xen", "xen")), _vm_submit(_run(tmp_path / "kvm", "kvm"))
     assert (xen["vm_type"], xen["xen_kernel"]) == ("xen", "included")
-    assert xen.expand("vm_disk") == "debian_12.x86_64.qcow2:xvda:w:qcow2,io-000.qcow2:xvdb:w:qcow2"
+    # the base image, the IO disk, the scratch disk (the default profile's disk is larger than the image)
+    assert xen.expand("vm_disk") == (
+        "debian_12.x86_64.qcow2:xvda:w:qcow2,io-000.qcow2:xvdb:w:qcow2,scratch-000.qcow2:xvdc:w:qcow2"
+    )
     assert kvm["vm_type"] == "kvm" and "xen_kernel" not in kvm
-    assert kvm.expand("vm_disk") == "debian_12.x86_64.qcow2:vda:w:qcow2,io-000.qcow2:vdb:w:qcow2"
+    assert kvm.expand("vm_disk") == (
+        "debian_12.x86_64.qcow2:vda:w:qcow2,io-000.qcow2:vdb:w:qcow2,scratch-000.qcow2:vdc:w:qcow2"
+    )
     # everything else is the same job
-    others = set(kvm.keys()) - {"vm_type", "vm_disk"}
-    assert set(xen.keys()) == others | {"vm_type", "vm_disk", "xen_kernel"}
+    others = set(kvm.keys()) - {"vm_type", "vm_disk", "scratch_vm_disks"}
+    assert set(xen.keys()) == others | {"vm_type", "vm_disk", "scratch_vm_disks", "xen_kernel"}
     assert {k: xen.expand(k) for k in others} == {k: kvm.expand(k) for k in others}
 
 
@@ -64,8 +69,13 @@ def test_the_local_executor_reads_a_xen_job_as_its_disks_in_order(tmp_path):
     assert spec.vm_disks == (
         ("debian_12.x86_64.qcow2", "xvda", "w", "qcow2"),
         ("io-000.qcow2", "xvdb", "w", "qcow2"),
+        ("scratch-000.qcow2", "xvdc", "w", "qcow2"),
     )
-    assert spec.transfer_input_files == ("/images/debian_12.x86_64.qcow2", "io-000.qcow2")
+    assert spec.transfer_input_files == (
+        "/images/debian_12.x86_64.qcow2",
+        "io-000.qcow2",
+        "scratch-000.qcow2",
+    )
 
 
 @pytest.fixture

@@ -77,7 +77,7 @@ def _glob_escape(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------ pre-check
-def _inspect_disk(disk: Path) -> tuple[str | None, int | None]:
+def inspect_disk(disk: Path) -> tuple[str | None, int | None]:
     """(why it is refused or None, its virtual size)."""
     try:
         st = os.lstat(disk)
@@ -215,7 +215,7 @@ def _plan(
     return [f"./{_glob_escape(rel)}" for rel in excludes], budget, planned
 
 
-def _extract_one(g, dev: str, mp: str, job: ExtractJob, limits: ExtractLimits, rep: ExtractionReport) -> None:
+def extract_one(g, dev: str, mp: str, job: ExtractJob, limits: ExtractLimits, rep: ExtractionReport) -> None:
     """One disk, mounted at its own mount point `mp` (left mounted: unmounting costs ~0.2 s a
     disk, and the appliance goes away after the batch anyway)."""
     top = f"{mp}/{limits.subdir}"
@@ -301,14 +301,14 @@ def _extract_one(g, dev: str, mp: str, job: ExtractJob, limits: ExtractLimits, r
         raise
 
 
-def _alive(g) -> bool:
+def appliance_alive(g) -> bool:
     try:
         return g.get_state() == _STATE_READY
     except RuntimeError:
         return False
 
 
-def _device_name(index: int) -> str:
+def device_name(index: int) -> str:
     """The appliance's name of the index-th drive added: sda .. sdz, sdaa .. (Linux sd order)."""
     letters = ""
     n = index + 1
@@ -321,7 +321,7 @@ def _device_name(index: int) -> str:
 def _devices(g, sizes: list[int | None]) -> list[str]:
     """Device names in the order the drives were added. list_devices costs ~0.2 s a drive
     under TCG (it waits for udev), so compute the names and check each one's size instead."""
-    names = [_device_name(i) for i in range(len(sizes))]
+    names = [device_name(i) for i in range(len(sizes))]
     try:
         if all(sz is None or g.blockdev_getsize64(n) == sz for n, sz in zip(names, sizes, strict=True)):
             return names
@@ -374,10 +374,10 @@ def _run_batch(
                 rep = reports[i]
                 t1 = time.monotonic()
                 try:
-                    _extract_one(g, devices[pos], f"/d{pos}", jobs[i], limits, rep)
+                    extract_one(g, devices[pos], f"/d{pos}", jobs[i], limits, rep)
                 except RuntimeError as e:
                     rep.fail(f"reading the disk failed: {str(e)[:300]}")
-                    if not _alive(g):
+                    if not appliance_alive(g):
                         rep.error = f"the appliance died while reading this disk: {str(e)[:200]}"
                         remaining = batch[pos + 1 :]
                         break
@@ -401,7 +401,7 @@ def extract_disks(jobs: Sequence[ExtractJob], limits: ExtractLimits = ExtractLim
     good, sizes = [], {}
     for i, j in enumerate(jobs):
         t0 = time.monotonic()
-        why, sizes[i] = _inspect_disk(Path(j.disk))
+        why, sizes[i] = inspect_disk(Path(j.disk))
         reports[i].seconds += time.monotonic() - t0
         if why:
             reports[i].fail(why)

@@ -48,6 +48,17 @@ PER_CELL_OSG_TEST_KEYS = frozenset(
     ("testsource", "extrarepos", "updaterelease", "updaterepos", "packages", "series", "sources")
     + ("selinux", "nightly")
 )
+# The reference adds this path to an SELinux package set's packages (by path: its package's
+# name differs between EL releases); only on EL, where SELinux is.
+SEMANAGE = "/usr/sbin/semanage"
+
+
+def cell_packages(cell: Cell) -> tuple[str, ...]:
+    """The package set's packages, with semanage for an EL set with SELinux, as the reference."""
+    packages = tuple(cell.package_set.packages)
+    if cell.platform.family == "el" and cell.package_set.selinux and SEMANAGE not in packages:
+        packages += (SEMANAGE,)
+    return packages
 
 
 def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellConfig:
@@ -68,6 +79,7 @@ def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellC
             image=p.image,
             image_format=p.image_format,
             hook=p.hook,
+            image_size=p.image_size,
         ),
         source=CellSource(
             raw=s.raw,
@@ -78,7 +90,7 @@ def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellC
             update_repos=s.update_repos,
         ),
         label=cell.package_set.label,
-        packages=tuple(cell.package_set.packages),
+        packages=cell_packages(cell),
         selinux=cell.package_set.selinux,
         repositories=Repositories(initial=initial, update=update),
         test=CellTest(command=cell.test_command, timeout=cell.test_timeout, kind=cell.test_kind),
@@ -225,6 +237,8 @@ def cell_env(cfg: CellConfig, vm: ClusterVm | None = None) -> str:
         "REPO_RETRIES": str(cfg.retries.count),
         "REPO_BACKOFF": str(cfg.retries.backoff),
         "APT_LISTS_MAX_AGE": str(cfg.repositories.lists_max_age),
+        # the scratch disk (OSGTEST-SCRATCH) the payload puts under the writable trees; 0: none
+        "SCRATCH_MB": str(cfg.vm_scratch_mb(vm) if vm is not None else cfg.scratch_mb),
     }
     if vm is not None:
         values.update(cluster_env(cfg, vm))

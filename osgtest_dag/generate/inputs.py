@@ -16,6 +16,7 @@ from typing import Any
 from osgtest_dag.base.atomic import write_json_atomic
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.generate.cellconfig import OSG_TEST_BASE, PER_CELL_OSG_TEST_KEYS, write_input_dir
+from osgtest_dag.generate.testsource import copy_tarballs, git_url_template
 from osgtest_dag.guest.iodisk import make_iodisk
 from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.model.cluster import ClusterVm
@@ -113,6 +114,27 @@ def osg_test_base(run_dir: Path) -> str:
     return RunDir(run_dir).pinned(inputs.osg_test_config.copy).read_text()
 
 
+def write_cell_inputs(
+    run_dir: Path,
+    cfg: CellConfig,
+    dest: Path,
+    *,
+    extra_files: Mapping[str, str] | None = None,
+    vm: ClusterVm | None = None,
+) -> Path:
+    """A cell's (or a cluster VM's) input/ tree as its IO disk holds it: write_input_dir with
+    the run's pinned osg-test configuration, `extra_files` (name -> text: a reproduction's
+    control file), and for an osg-test cell with a test source its osg-test and
+    osg-ca-generator tarballs."""
+    inputs = write_input_dir(cfg, dest, osg_test_base(run_dir), vm=vm)
+    for name, text in (extra_files or {}).items():
+        (inputs / name).write_text(text)
+    if cfg.test.osg_test and cfg.source.test_source:
+        template = git_url_template(RunDir(run_dir).pinned(CATALOG_COPY))
+        copy_tarballs(run_dir, cfg.source.test_source, template, inputs)
+    return inputs
+
+
 def write_cell_io_disk(
     run_dir: Path,
     cfg: CellConfig,
@@ -122,13 +144,10 @@ def write_cell_io_disk(
     vm: ClusterVm | None = None,
 ) -> Path:
     """A cell's IO disk (or a cluster VM's) as its CreateDisk node makes it: its input tree
-    with the run's pinned osg-test configuration, the run's disk size and backend;
-    `extra_files` (name -> text) go into input/ too (a reproduction's control file)."""
+    (write_cell_inputs), the run's disk size and backend."""
     opts = RunManifest.read(run_dir).options
     with tempfile.TemporaryDirectory(prefix="osgtest-input-") as tmp:
-        inputs = write_input_dir(cfg, Path(tmp) / "input", osg_test_base(run_dir), vm=vm)
-        for name, text in (extra_files or {}).items():
-            (inputs / name).write_text(text)
+        inputs = write_cell_inputs(run_dir, cfg, Path(tmp) / "input", extra_files=extra_files, vm=vm)
         return make_iodisk(inputs, disk, size_mb=opts.iodisk_size_mb, backend=opts.iodisk_backend)
 
 

@@ -199,9 +199,13 @@ class _Writer(dags.writer.DAGWriter):
         (dag_dir / self.config_name).write_text(text)
 
 
-def cell_vars(cell: Cell) -> dict:
+# The scratch disk's device after the base image (vda) and the IO disk (vdb), per vm_type.
+SCRATCH_DEVICE = {"kvm": "vdc", "xen": "xvdc"}
+
+
+def cell_vars(cell: Cell, vm_type: str = "kvm") -> dict:
     p = cell.platform
-    return {
+    out = {
         "serial": cell.serial,
         "platform": p.id,
         "image": p.image,
@@ -212,6 +216,11 @@ def cell_vars(cell: Cell) -> dict:
         "vm_vcpus": str(cell.vm.vcpus),
         "request_disk": f"{cell.vm.disk}MB",
     }
+    if cell.scratch_mb:  # appended to test-run.sub's lists, hence the comma; no VAR: nothing
+        disk = rundir.RunDir(Path(".")).cell(cell.serial).scratch_disk.name
+        out["scratch_inputs"] = f",{disk}"
+        out["scratch_vm_disks"] = f",{disk}:{SCRATCH_DEVICE[vm_type]}:w:qcow2"
+    return out
 
 
 def matrix_dag(
@@ -237,7 +246,9 @@ def matrix_dag(
         name=rundir.TEST_RUN,
         submit_description=Path("submit/test-run.sub"),
         vars=[
-            {**cell_vars(c), **cluster_vars(cfg)} if cfg is not None and cfg.cluster else cell_vars(c)
+            {**cell_vars(c), **cluster_vars(cfg)}
+            if cfg is not None and cfg.cluster
+            else cell_vars(c, opts.vm_type)
             for c, cfg in zip(cells, configs if configs is not None else [None] * len(cells), strict=True)
         ],
         edge=dags.OneToOne(),
@@ -342,8 +353,10 @@ def _jinja(opts: WorkflowOptions) -> jinja2.Environment:
 
 
 def render_submit_files(
-    opts: WorkflowOptions, run_name: str, generated: str, clusters: bool = False
+    opts: WorkflowOptions, run_name: str, generated: str, clusters: bool = False, scratch: bool = False
 ) -> dict[str, str]:
+    """The run's submit files; `clusters`: it has cluster cells, `scratch`: cells with a
+    scratch disk (test-run.sub then names their VARS; a run without stays as it always was)."""
     env = _jinja(opts)
     common = {
         "generated": generated,
@@ -359,6 +372,7 @@ def render_submit_files(
         files["test-run.sub"] = env.get_template("test-run.sub.j2").render(
             **common,
             vm_type=opts.vm_type,
+            scratch=scratch,
             max_wall=opts.max_wall,
             max_starts=opts.max_starts,
             max_queue_time=opts.max_queue_time,
@@ -478,7 +492,11 @@ def _write_run(
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     configs = [cell_config(c, catalog, nightly=opts.nightly) for c in cells]
     submit_files = render_submit_files(
-        opts, run_name, generated, clusters=any(c.cluster is not None for c in configs)
+        opts,
+        run_name,
+        generated,
+        clusters=any(c.cluster is not None for c in configs),
+        scratch=any(c.scratch_mb for c in cells),
     )
     for name, text in submit_files.items():
         _check_submit(name, text)

@@ -62,21 +62,25 @@ def _module():
 
 @contextlib.contextmanager
 def open_disks(
-    disks: Sequence[tuple[Path, str]], *, readonly: bool, launch_limit_s: float = LAUNCH_LIMIT_S
+    disks: Sequence[tuple[Path, str]],
+    *,
+    readonly: bool,
+    launch_limit_s: float = LAUNCH_LIMIT_S,
+    smp: int = 2,
 ) -> Iterator[Any]:
     """A launched guestfs handle with `disks` ((path, format) pairs) added, closed on exit.
 
     `readonly` adds the drives with readonly=1: libguestfs then writes to its own overlay,
     so e.g. a journal replay happens there and the file is untouched. A launch that does not
     finish in `launch_limit_s` raises LaunchTimedOut (after one more try under TCG if it ran
-    under KVM).
+    under KVM). `smp`: the appliance's vCPUs (one leaves the other core to a booting VM).
     """
     prepare_environment()
     guestfs = _module()
     while True:
         g = guestfs.GuestFS(python_return_dict=True)
         try:
-            g.set_smp(2)
+            g.set_smp(smp)
             for path, fmt in disks:
                 g.add_drive_opts(str(path), readonly=1 if readonly else 0, format=fmt)
             log.debug("launching libguestfs appliance for %s", ", ".join(str(p) for p, _ in disks))

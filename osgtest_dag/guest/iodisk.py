@@ -1,5 +1,7 @@
 """The per-cell IO disk: an ext4 filesystem labelled OSGTEST-IO that carries the job into the
-guest (`run-job`, `input/`) and the results back out (`output/`).
+guest (`run-job`, `input/`) and the results back out (`output/`); and the scratch disk a cell
+whose VM profile asks for more disk than its image has gets beside it: an empty ext4 labelled
+OSGTEST-SCRATCH that the payload puts under the guest's writable trees (docs/contracts.md §1).
 
 Two backends make the same filesystem: `mke2fs` (mkfs.ext4 -d from a staged tree, then
 qemu-img convert; ~0.02 s a disk, no VM) and `virt-make-fs` (libguestfs; boots an appliance,
@@ -23,6 +25,7 @@ from osgtest_dag.model.documents import read_json
 log = logging.getLogger("osgtest_dag.guest.iodisk")
 
 IO_LABEL = "OSGTEST-IO"
+SCRATCH_LABEL = "OSGTEST-SCRATCH"
 BACKENDS = ("mke2fs", "virt-make-fs")
 CELL_SCHEMA = "osgtest-dag/cell"
 CELL_VERSION = 1
@@ -147,4 +150,38 @@ def make_iodisk(
         dest_tmp.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
         os.replace(dest_tmp, dest)
     log.debug("IO disk %s made (%s, %d MiB)", dest, backend, size_mb)
+    return dest
+
+
+def make_scratch_disk(dest_qcow2: Path | str, size_mb: int) -> Path:
+    """An empty ext4 of `size_mb` MiB labelled OSGTEST-SCRATCH, as a qcow2 at `dest_qcow2`
+    (atomically). Formatted here, not in the guest: the guest needs no mkfs and finds it by its
+    label whatever the hypervisor names it (vdc, xvdc). Lazy initialisation keeps the file to a
+    few MiB (the filesystem's metadata) whatever its size: small to transfer."""
+    dest = Path(dest_qcow2)
+    if size_mb < MIN_SIZE_MB:
+        raise UserError(f"scratch disk size {size_mb} MiB is too small", hint=f"use at least {MIN_SIZE_MB}")
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
+        raw, dest_tmp = Path(tmp) / "scratch.raw", Path(tmp) / "scratch.qcow2"
+        with open(raw, "wb") as f:
+            f.truncate(size_mb * 1024 * 1024)  # sparse
+        command.run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                SCRATCH_LABEL,
+                "-m",
+                "0",
+                "-E",
+                "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
+                raw,
+            ],
+            timeout=120,
+        )
+        command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, dest_tmp], timeout=300)
+        dest_tmp.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.replace(dest_tmp, dest)
+    log.debug("scratch disk %s made (%d MiB)", dest, size_mb)
     return dest

@@ -168,3 +168,29 @@ def make_disk(
         timeout=600,
     )
     log.info("UEFI disk: ESP %d MiB (systemd-boot), root %d MiB", ESP_SIZE_MB, root_size >> 20)
+
+
+def make_bootable_disk(
+    tree: Path,
+    debian_arch: str,
+    kernel: str,
+    initrds: tuple[str, str],
+    *,
+    label: str,
+    raw: Path,
+    size_mb: int,
+) -> None:
+    """`make_disk` with the tree's /boot/`kernel` and its two initramfs images (the minimal one,
+    then Debian's) on the ESP, and systemd-boot's entries for them."""
+    boot = tree / "boot"
+    efi = raw.with_name("vmlinuz.efi")
+    efi_kernel(boot / kernel, efi)
+    fast, debian = initrds
+    files = {
+        f"{ESP_DIR}/{kernel}": efi,
+        f"{ESP_DIR}/{fast}": boot / fast,
+        f"{ESP_DIR}/{debian}": boot / debian,
+    }
+    texts = entries(debian_arch, kernel=kernel, fast_initrd=fast, initrd=debian, label=label)
+    make_disk(tree, debian_arch, files, texts, label=label, raw=raw, size_mb=size_mb)
+    efi.unlink()

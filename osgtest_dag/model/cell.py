@@ -17,6 +17,19 @@ from osgtest_dag.model.documents import Fields, JsonObject, check_document, read
 HINT = "regenerate the run with this version of osgtest-dag"
 
 
+MIN_SCRATCH_MB = 64  # less is not worth a disk
+
+
+def scratch_size(disk_mb: int, image_mb: int | None) -> int:
+    """The scratch disk a VM gets (MiB, docs/contracts.md §1, "Scratch disk"): what its profile's
+    `disk` has beyond its base image's root, which a VM-universe job cannot grow; 0 (no scratch
+    disk) when that is less than MIN_SCRATCH_MB, or the image's size is not known (a run
+    generated before the catalog said it)."""
+    if image_mb is None or disk_mb - image_mb < MIN_SCRATCH_MB:
+        return 0
+    return disk_mb - image_mb
+
+
 @dataclass(frozen=True)
 class CellPlatform:
     id: str  # rocky_9.x86_64
@@ -30,6 +43,7 @@ class CellPlatform:
     image: str  # path or URL of the base image
     image_format: str  # qcow2 | raw
     hook: str = "osgtest"  # the image's boot hook: ours, or `own` (plan.catalog.HOOKS)
+    image_size: int | None = None  # MiB: the image's root (the catalog's); None in older documents
 
     def to_json(self) -> JsonObject:
         doc: JsonObject = {
@@ -46,6 +60,8 @@ class CellPlatform:
         }
         if self.hook != "osgtest":  # written only when it is not ours: older documents stay as they were
             doc["hook"] = self.hook
+        if self.image_size is not None:
+            doc["image_size"] = self.image_size
         return doc
 
     @classmethod
@@ -62,6 +78,7 @@ class CellPlatform:
             image=f.text("image"),
             image_format=f.text("image_format"),
             hook=f.opt_text("hook") or "osgtest",
+            image_size=f.opt_integer("image_size"),
         )
 
 
@@ -266,6 +283,15 @@ class CellConfig:
         if self.cluster is None:
             return ()
         return self.cluster.vms(self.vm.memory, self.vm.vcpus, self.vm.disk)
+
+    @property
+    def scratch_mb(self) -> int:
+        """The one-VM cell's scratch disk (MiB; 0: none): see scratch_size."""
+        return scratch_size(self.vm.disk, self.platform.image_size)
+
+    def vm_scratch_mb(self, vm: ClusterVm) -> int:
+        """A cluster VM's scratch disk (MiB; 0: none, and always for a VM booted from the network)."""
+        return 0 if vm.network_boot else scratch_size(vm.disk, self.platform.image_size)
 
     def fields(self) -> dict[str, Any]:
         """The values `--only` globs match, as plan.matrix.Cell.fields() gives them."""

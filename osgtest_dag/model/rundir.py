@@ -316,6 +316,12 @@ class CellDir:
         return self.path / f"io-{self.disk_stem}.qcow2"
 
     @property
+    def scratch_disk(self) -> Path:
+        """The VM's empty scratch disk, when its profile's disk is larger than its image
+        (CreateDisk makes it; the VM gets it as its third disk; it never comes back)."""
+        return self.path / f"scratch-{self.disk_stem}.qcow2"
+
+    @property
     def result_disk(self) -> Path:
         """The IO disk as the VM job returned it (transfer_output_remaps)."""
         return self.path / f"result-{self.disk_stem}.qcow2"

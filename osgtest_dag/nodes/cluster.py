@@ -24,6 +24,7 @@ from osgtest_dag.base.errors import UserError
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.generate.inputs import write_cell_io_disk
 from osgtest_dag.generate.workflow import POST_INFRA_RETRY
+from osgtest_dag.guest.iodisk import make_scratch_disk
 from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.model.cluster import ClusterRunRecord
 from osgtest_dag.model.documents import PostDecision, PostHistory, Verdict, read_json
@@ -38,7 +39,8 @@ _VERDICT_ORDER = (Verdict.INFRA_FATAL, Verdict.INFRA, Verdict.TIMEOUT, Verdict.D
 
 def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> list[Path]:
     """The CreateDisk node of any cell: its directory, cell.json and IO disk, or one IO disk
-    per VM of a cluster cell (in vms/<vm>/)."""
+    per VM of a cluster cell (in vms/<vm>/); and scratch disks where the VMs' disks are larger
+    than their image."""
     cfg = cellconfig.read_cell(run_dir, serial, offset)
     if cfg.cluster is None:
         return [node.create_io_disk(run_dir, serial, offset)]
@@ -49,6 +51,8 @@ def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> lis
     for vm in cfg.cluster_vms():
         vm_dir = cell.vm_dir(vm.name)
         vm_dir.path.mkdir(parents=True, exist_ok=True)
+        if cfg.vm_scratch_mb(vm):
+            make_scratch_disk(vm_dir.scratch_disk, cfg.vm_scratch_mb(vm))
         if not vm.network_boot:
             disks.append(write_cell_io_disk(run_dir, cfg, vm_dir.io_disk, vm=vm))
     return disks

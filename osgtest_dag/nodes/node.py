@@ -21,6 +21,7 @@ from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.generate.inputs import write_cell_io_disk
 from osgtest_dag.generate.workflow import POST_INFRA_FATAL, POST_INFRA_RETRY, POST_OK
+from osgtest_dag.guest.iodisk import make_scratch_disk
 from osgtest_dag.model import prefetch
 from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.model.documents import (
@@ -66,11 +67,14 @@ def cell_dir(run_dir: Path, serial: str) -> CellDir:
 
 
 def create_io_disk(run_dir: Path, serial: str, offset: int | None = None) -> Path:
-    """Make the cell's directory and IO disk from its configuration (the CreateDisk node)."""
+    """Make the cell's directory and IO disk from its configuration (the CreateDisk node),
+    and its scratch disk when its VM profile's disk is larger than its image."""
     cfg = cellconfig.read_cell(run_dir, serial, offset)
     cell = RunDir(run_dir).cell(serial)
     cell.path.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cell.config, cfg.to_json())
+    if cfg.scratch_mb:
+        make_scratch_disk(cell.scratch_disk, cfg.scratch_mb)
     return write_cell_io_disk(run_dir, cfg, cell.io_disk)
 
 
@@ -264,14 +268,15 @@ def process_result(run_dir: Path, serial: str) -> dict:
 
 def clean_output(run_dir: Path, serial: str) -> list[Path]:
     """Remove what is no longer needed once the result is extracted: the IO disk that went
-    in (the result disk is its returned copy), and the result disk unless keep_disks."""
+    in (the result disk is its returned copy), the scratch disk, and the result disk unless
+    keep_disks."""
     opts = RunManifest.read(run_dir).options
     removed = []
     cell = cell_dir(run_dir, serial)
     cfg = CellConfig.read(cell.config)
     targets = []
     for d in [cell.vm_dir(vm.name) for vm in cfg.cluster_vms()] or [cell]:
-        targets.append(d.io_disk)
+        targets += [d.io_disk, d.scratch_disk]
         if not opts.keep_disks and d.output.is_dir():
             targets.append(d.result_disk)
     for t in targets:

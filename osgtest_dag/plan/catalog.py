@@ -35,6 +35,10 @@ HOOKS = ("osgtest", "own")
 # without a test command runs osg-test, as the reference does; elsewhere it is install-only: it
 # passes when its packages install and the package manager's own check is clean.
 OSG_TEST_FAMILIES = ("el",)
+# The size (MiB) of a base image's disk, its root, when the catalog does not say: the local
+# builder's (guest.debian_builder.DISK_SIZE_MB). A VM profile's `disk` beyond it is the cell's
+# scratch disk (model.cell.scratch_size).
+DEFAULT_IMAGE_SIZE_MB = 3072
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Platform:
     image: str  # path or URL of the base image
     image_format: str  # qcow2 | raw
     hook: str = "osgtest"  # one of HOOKS
+    image_size: int = DEFAULT_IMAGE_SIZE_MB  # MiB: the image's disk (its root)
 
     @property
     def name(self) -> str:
@@ -114,6 +119,7 @@ class Catalog:
             for os_id, entry in (data.get("platforms") or {}).items():
                 _check_platform_entry(doc, os_id, entry)
                 platforms[os_id] = entry
+            _check_image_size(doc, ("defaults",), data.get("defaults") or {})
             defaults.update(data.get("defaults") or {})
             settings.update(data.get("settings") or {})
             for fam in FAMILIES:
@@ -147,6 +153,7 @@ class Catalog:
             )
         image = entry.get("image", self.platform_defaults.get("image", "{image_dir}/{platform}.qcow2"))
         fmt = entry.get("image_format", self.platform_defaults.get("image_format", "qcow2"))
+        size = entry.get("image_size", self.platform_defaults.get("image_size", DEFAULT_IMAGE_SIZE_MB))
         return Platform(
             id=platform_id,
             os=os_id,
@@ -159,6 +166,7 @@ class Catalog:
             image=image.format(image_dir=self.image_dir, platform=platform_id, os=os_id, arch=arch),
             image_format=fmt,
             hook=entry.get("hook", "osgtest"),
+            image_size=size,
         )
 
     # -- repositories --------------------------------------------------------------
@@ -230,6 +238,7 @@ def _check_platform_entry(doc: yamlsrc.Document, os_id: str, entry) -> None:
             where=doc.where("platforms", os_id, "hook"),
             hint="`own`: the image runs the IO disk's run-job itself (as the reference's images do)",
         )
+    _check_image_size(doc, ("platforms", os_id), entry)
     for arch in entry["arches"]:
         if arch not in ARCHES:
             raise UserError(
@@ -237,3 +246,14 @@ def _check_platform_entry(doc: yamlsrc.Document, os_id: str, entry) -> None:
                 where=doc.where("platforms", os_id, "arches"),
                 hint=f"known: {', '.join(ARCHES)}",
             )
+
+
+def _check_image_size(doc: yamlsrc.Document, key: tuple, entry: dict) -> None:
+    """`image_size`: the image's disk in MiB, a whole number (e.g. 10240 for a 10 GiB cloud image)."""
+    size = entry.get("image_size", DEFAULT_IMAGE_SIZE_MB)
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise UserError(
+            f"image_size must be a positive whole number of MiB, not {size!r}",
+            where=doc.where(*key, "image_size"),
+            hint="the size of the image's disk, e.g. `qemu-img info` shows it",
+        )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from osgtest_dag.base.errors import Location, UserError
+from osgtest_dag.model.cell import scratch_size
 from osgtest_dag.model.cluster import CellCluster
 from osgtest_dag.model.documents import JsonObject
 from osgtest_dag.plan.catalog import OSG_TEST_FAMILIES, Catalog, Platform, did_you_mean
@@ -52,6 +53,12 @@ class Cell:
     def cluster(self) -> CellCluster | None:
         """The package set's cluster: this cell is several VMs (docs/clusters.md)."""
         return self.package_set.cluster
+
+    @property
+    def scratch_mb(self) -> int:
+        """The scratch disk of the cell's VM (MiB; 0: none): its profile's disk beyond the
+        image's (model.cell.scratch_size). A cluster cell's VMs have theirs in their cell.json."""
+        return 0 if self.cluster is not None else scratch_size(self.vm.disk, self.platform.image_size)
 
     @property
     def test_kind(self) -> str:

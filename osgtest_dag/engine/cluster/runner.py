@@ -60,6 +60,12 @@ class ClusterJob:
     def io_disk(self, vm: ClusterVm) -> Path:
         return self.workdir / f"io-{vm_disk_stem(self.cell.serial, vm.name)}.qcow2"
 
+    def scratch_disk(self, vm: ClusterVm) -> Path | None:
+        """The VM's scratch disk, transferred beside its IO disk, when its cell gives it one."""
+        if not self.cell.vm_scratch_mb(vm):
+            return None
+        return self.workdir / f"scratch-{vm_disk_stem(self.cell.serial, vm.name)}.qcow2"
+
 
 class _Stopped(Exception):
     """SIGTERM or SIGINT: stop every VM, write the record."""
@@ -73,8 +79,9 @@ class ClusterRunner:
         self.vms = job.cell.cluster_vms()
         self.booted = [v for v in self.vms if not v.network_boot]
         for vm in self.booted:
-            if not job.io_disk(vm).is_file():
-                raise UserError(f"VM {vm.name}: its IO disk is missing", where=job.io_disk(vm))
+            for disk in (job.io_disk(vm), job.scratch_disk(vm)):
+                if disk is not None and not disk.is_file():
+                    raise UserError(f"VM {vm.name}: its disk {disk.name} is missing", where=disk)
         self.records: list[VmRecord] = []
         self.stop = threading.Event()
 
@@ -164,15 +171,23 @@ class ClusterRunner:
     def _start_vm(self, vm: ClusterVm, accel: str, hub: Hub, channel: SyncChannel) -> qemu.VM:
         job = self.job
         log.info("cluster %s: starting %s (%s, %s)", job.cell.serial, vm.name, vm.address, accel)
+        workdir = job.workdir / f".vm-{vm.name}"
+        disks = [qemu.Disk(job.io_disk(vm), "qcow2")]
+        scratch = job.scratch_disk(vm)
+        if scratch is not None:
+            # a fresh copy each start; the transferred one (maybe a link) stays as it came
+            workdir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(scratch, workdir / scratch.name)
+            disks.append(qemu.Disk(workdir / scratch.name, "qcow2"))
         return qemu.start(
             job.image,
-            [qemu.Disk(job.io_disk(vm), "qcow2")],
+            disks,
             memory_mb=vm.memory,
             vcpus=vm.vcpus,
             networking=True,
             timeout_s=job.max_wall,
             console_log=job.workdir / vm_console(vm.name),
-            workdir=job.workdir / f".vm-{vm.name}",
+            workdir=workdir,
             base_format=job.image_format,
             accel=accel,
             extra_args=[*hub.qemu_args(vm.index, vm.mac), *channel.qemu_args()],

@@ -45,7 +45,9 @@ class Context:
         self._job_ids = itertools.count(1)
         self.accel = RunAccel(opts.accel, on_change=opts.progress.note_accel if opts.progress else None)
         # result disks of VMs that end close together, read in one appliance for their POST scripts
-        self.extractor = BatchExtractor(others_running=self.vms_running)
+        self.extractor = BatchExtractor(
+            others_running=self.vms_running, standing_slots=self.slots.limits["vm"]
+        )
 
     def vms_running(self) -> bool:
         with self.slots.cond:

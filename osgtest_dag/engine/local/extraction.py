@@ -9,6 +9,11 @@ POST script's), each into the cell's staging directory with a model.prefetch.Pre
 written last. The POST script then uses that read instead of launching its own appliance, and
 falls back to its own read when the record is missing or does not match the disk: nothing here
 decides an outcome, and a failed read only costs the POST script its own.
+
+`warm_up`, called when the run's first matrix VM starts, launches an appliance that then serves
+the whole run (analyze/standing.py) while that VM boots: a lone cell's disk is then read in a
+second or two instead of waiting for an appliance to start. Should it fail to start or die,
+batches get an appliance of their own again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from osgtest_dag.analyze.extract import ExtractJob, extract_disks
+from osgtest_dag.analyze.standing import StandingAppliance
 from osgtest_dag.model import prefetch
 from osgtest_dag.model.prefetch import DiskIdentity, PrefetchRecord
 from osgtest_dag.model.rundir import CellDir
@@ -44,14 +50,29 @@ class BatchExtractor:
         *,
         others_running: Callable[[], bool] = lambda: False,
         gather_s: float = GATHER_S,
+        standing_slots: int = 0,
     ):
         # others_running: whether another VM may end soon (worth the gather window); a lone VM's
-        # disk is read at once.
+        # disk is read at once. standing_slots: disks the run's standing appliance reads at
+        # once (about the VMs that run at once); 0: an appliance per batch.
         self._others_running, self._gather_s = others_running, gather_s
+        self._standing_slots = standing_slots
+        self._standing: StandingAppliance | None = None
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._closing = False
         self._worker: threading.Thread | None = None
+
+    def warm_up(self) -> None:
+        """Start the standing appliance now (once), so that it is up when the first disk comes."""
+        if self._standing_slots > 0:
+            with self._cond:
+                self._start_worker()
+
+    def _start_worker(self) -> None:
+        if self._worker is None and not self._closing:
+            self._worker = threading.Thread(target=self._work, name="batch-extractor", daemon=True)
+            self._worker.start()
 
     def read_ahead(self, cell: CellDir, stop: threading.Event) -> bool:
         """Read the cell's result disk in the next batch and wait for that batch; False when
@@ -65,9 +86,7 @@ class BatchExtractor:
             if self._closing:
                 return False
             self._queue.extend(reqs)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="batch-extractor", daemon=True)
-                self._worker.start()
+            self._start_worker()
             self._cond.notify_all()
         for req in reqs:
             while not req.done.wait(timeout=0.5):
@@ -89,6 +108,21 @@ class BatchExtractor:
             worker.join()
 
     def _work(self) -> None:
+        if self._standing_slots > 0:
+            standing = StandingAppliance(self._standing_slots)
+            try:
+                standing.launch()
+            except Exception:  # noqa: BLE001 - batches then launch their own appliances
+                log.exception("the run's standing appliance did not start; reading each batch in its own")
+            else:
+                self._standing = standing
+        try:
+            self._serve()
+        finally:
+            if self._standing is not None:
+                self._standing.close()
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -124,7 +158,8 @@ class BatchExtractor:
         if not jobs:
             return
         t0 = time.monotonic()
-        reports = extract_disks(jobs)  # the POST script's own limits
+        standing = self._standing  # either way, the POST script's own limits
+        reports = standing.extract(jobs) if standing is not None and standing.alive() else extract_disks(jobs)
         for (cell, before), report in zip(read, reports, strict=True):
             try:
                 same = DiskIdentity.of(cell.result_disk) == before

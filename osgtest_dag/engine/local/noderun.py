@@ -107,6 +107,8 @@ class NodeRunner:
             if result is None and not skip_job:
                 if not slot.take(stop):  # a retry waits for a slot again
                     return None
+                if node.post and self._is_matrix_cell(name):
+                    self.ctx.extractor.warm_up()  # its appliance starts while this VM boots
                 try:
                     job_rc = self._job(node, macros, attempt)
                 finally:
@@ -139,14 +141,18 @@ class NodeRunner:
                 st.stopped_by_unless_exit = verdict.stopped_by_unless_exit
             return verdict.abort_dag
 
+    @staticmethod
+    def _is_matrix_cell(name: str) -> bool:
+        cell_node = NodeName.parse_or_none(name)
+        return cell_node is not None and cell_node.layer == TEST_RUN
+
     def _read_result_ahead(self, name: str) -> None:
         """A matrix cell's VM ended with its result disk back: have it read, with the disks of
         VMs that end close to it, in one appliance, before its POST script reads it (which
         then uses that read: model/prefetch.py)."""
-        cell_node = NodeName.parse_or_none(name)
-        if cell_node is None or cell_node.layer != TEST_RUN:
+        if not self._is_matrix_cell(name):
             return
-        cell = RunDir(self.dag_dir).cell(cell_node.serial)
+        cell = RunDir(self.dag_dir).cell(NodeName.parse(name).serial)
         if cell.result_disk.is_file():
             self.ctx.extractor.read_ahead(cell, self.ctx.stop)
         elif cell.vms_dir.is_dir():  # a cluster cell: its VMs' disks in one batch

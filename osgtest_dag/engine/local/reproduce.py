@@ -34,6 +34,7 @@ from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.generate.inputs import write_cell_io_disk
 from osgtest_dag.guest import image, machines, payload, pins, qemu
+from osgtest_dag.guest.iodisk import make_scratch_disk
 from osgtest_dag.model import dagfile
 from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.model.documents import GuestResult
@@ -266,8 +267,13 @@ def _boot(
     serial = target.cell.serial
     interactive = repro.exec_command is None
     io = workdir / f"io-{serial}.qcow2"
+    disks = [qemu.Disk(io, "qcow2")]
+    if target.cell.scratch_mb:  # as its CreateDisk node gives it one
+        disks.append(qemu.Disk(workdir / f"scratch-{serial}.qcow2", "qcow2"))
     while True:
         shutil.copy2(pristine, io)
+        if len(disks) > 1:  # fresh, as the IO disk
+            make_scratch_disk(disks[1].path, target.cell.scratch_mb)
         choice = accel.current() if target.arch == machines.HOST_ARCH else "tcg"  # foreign: emulated
         console = workdir / "console.log"
         exec_console = payload.ExecConsole(repro.mark)
@@ -276,7 +282,7 @@ def _boot(
                 stack.enter_context(_terminal_restored())
             vm = qemu.start(
                 target.image,
-                [qemu.Disk(io, "qcow2")],
+                disks,
                 memory_mb=target.memory_mb,
                 vcpus=target.vcpus,
                 networking=target.networking,
