@@ -4,6 +4,11 @@ mmdebstrap makes a minbase tree from the Debian mirror; we add the boot hook, DH
 NIC, a serial console and a stamp; `mkfs.ext4 -d` writes the tree straight into the
 partition of a raw disk; EXTLINUX (MBR + ldlinux) boots the image's own kernel and initrd from
 BIOS; qemu-img converts to qcow2. About 30-40 s for bookworm on 2 cores.
+
+arm64 images are made the same way under emulation (mmdebstrap runs the arm64 maintainer
+scripts through qemu-user-static's binfmt interpreter) and boot through UEFI from their own
+disk: GPT, an EFI system partition with systemd-boot (guest/uefi_disk.py), the same root file
+system and the same minimal initramfs (the image's arm64 busybox and modules).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import CommandError, UserError
-from osgtest_dag.guest import gfs, initramfs, payload
+from osgtest_dag.guest import gfs, initramfs, payload, uefi_disk
 
 log = logging.getLogger("osgtest_dag.guest.debian_builder")
 
@@ -31,8 +36,15 @@ PART_OFFSET = 1024 * 1024  # the one partition starts at 1 MiB
 DISK_SIZE_MB = 3072  # sparse; the qcow2 holds only what is used
 MBR_BIN = Path("/usr/lib/EXTLINUX/mbr.bin")
 
+# Debian's name for each architecture the builder makes images of; the kernel and the packages
+# only some architectures need (systemd-boot-efi: the UEFI loader of guest/uefi_disk.py).
+DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+KERNEL_PACKAGE = {"amd64": "linux-image-cloud-amd64", "arm64": "linux-image-cloud-arm64"}
+ARCH_PACKAGES: dict[str, tuple[str, ...]] = {"amd64": (), "arm64": ("systemd-boot-efi",)}
+# qemu-user-static's interpreter for foreign arm64 binaries, registered with binfmt_misc.
+BINFMT = {"arm64": Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")}
+
 BASE_PACKAGES = (
-    "linux-image-cloud-amd64",
     "systemd-sysv",
     "udev",
     "e2fsprogs",
@@ -237,6 +249,7 @@ class Recipe:
     mirror: str
     security_mirror: str
     packages: tuple[str, ...]
+    arch: str = "amd64"  # Debian's name
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -247,9 +260,22 @@ class Recipe:
         )
 
     def text(self) -> str:
-        """The recipe as text: suites, sources, excludes, and the files we write."""
+        """The recipe as text: suites, sources, excludes, and the files we write. An amd64
+        recipe's text says nothing of its architecture, as before there were others: the
+        images already built stay current."""
+        uefi = (
+            {
+                "arch": self.arch,
+                "uefi": uefi_disk.entries(
+                    self.arch, kernel="K", fast_initrd="F", initrd="I", label=ROOT_LABEL
+                ),
+            }
+            if self.arch != "amd64"
+            else {}
+        )
         return json.dumps(
             {
+                **uefi,
                 "codename": self.codename,
                 "sources": list(self.sources),
                 "dpkg": list(DPKG_EXCLUDES),
@@ -276,22 +302,31 @@ def recipe_for(
     codename: str | None,
     mirror: str = "http://deb.debian.org/debian",
     security_mirror: str = "http://deb.debian.org/debian-security",
+    arch: str = "x86_64",
 ) -> Recipe:
-    """The recipe for one Debian release; UserError for releases this builder does not know."""
+    """The recipe for one Debian release on one architecture (`x86_64`, `aarch64`); UserError
+    for releases or architectures this builder does not know."""
     if codename not in EXTRA_PACKAGES:
         raise UserError(
             f"the local Debian builder does not know release {codename!r}",
             hint=f"known: {', '.join(SUPPORTED)}",
         )
+    if arch not in DEBIAN_ARCH:
+        raise UserError(
+            f"the local Debian builder makes no {arch} images", hint=f"known: {', '.join(DEBIAN_ARCH)}"
+        )
+    debian_arch = DEBIAN_ARCH[arch]
     return Recipe(
         codename=codename,
         mirror=mirror.rstrip("/"),
         security_mirror=security_mirror.rstrip("/"),
-        packages=BASE_PACKAGES + EXTRA_PACKAGES[codename],
+        packages=(KERNEL_PACKAGE[debian_arch], *BASE_PACKAGES, *ARCH_PACKAGES[debian_arch])
+        + EXTRA_PACKAGES[codename],
+        arch=debian_arch,
     )
 
 
-def _check_tools() -> None:
+def _check_tools(recipe: Recipe) -> None:
     if os.geteuid() != 0:
         raise UserError(
             "the local Debian builder must run as root (mmdebstrap --mode=root, loop mounts)",
@@ -302,6 +337,18 @@ def _check_tools() -> None:
             raise UserError(f"{tool} is not installed", hint="run scripts/setup (make setup)")
     if not MBR_BIN.is_file():
         raise UserError(f"{MBR_BIN} is missing", hint="install the extlinux/syslinux-common packages")
+    if recipe.arch == "amd64":
+        return
+    for tool in ("mkfs.vfat", "mmd", "mcopy", "arch-test"):  # arch-test: mmdebstrap's foreign-arch check
+        if command.which(tool) is None:
+            raise UserError(f"{tool} is not installed", hint="run scripts/setup (make setup)")
+    binfmt = BINFMT[recipe.arch]
+    if not binfmt.is_file() or not binfmt.read_text().startswith("enabled"):
+        raise UserError(
+            f"{recipe.arch} programs do not run here ({binfmt} is not an enabled binfmt_misc entry): "
+            "mmdebstrap cannot configure the image's packages",
+            hint="run scripts/setup (qemu-user-static, binfmt-support, `update-binfmts --enable`)",
+        )
 
 
 def bootstrap(recipe: Recipe, tree: Path) -> None:
@@ -312,6 +359,7 @@ def bootstrap(recipe: Recipe, tree: Path) -> None:
         "--mode=root",
         "--format=directory",
         "--components=main",
+        f"--architectures={recipe.arch}",
         "--include=" + ",".join(recipe.packages),
         '--aptopt=Acquire::Retries "3"',
         '--aptopt=APT::Install-Recommends "false"',
@@ -406,13 +454,15 @@ def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
         _write(etc / "systemd" / "system" / f"{service}.d" / "osgtest-no-sandbox.conf", NO_SANDBOX_DROPIN)
     # Stamp: what the image is and when it was made.
     _write(etc / "osgtest-image-release", "".join(f"{k}={v}\n" for k, v in stamp.items()))
-    # Bootloader configuration (installed into the filesystem later).
+    # Bootloader configuration (installed into the filesystem later; a UEFI image's is on its
+    # ESP, made with the disk).
     kernel, initrd = kernel_and_initrd(tree)
     initramfs.build(tree, kernel[len("vmlinuz-") :], tree / "boot" / FAST_INITRD, ROOT_LABEL)
-    _write(
-        tree / "boot" / "extlinux" / "extlinux.conf",
-        EXTLINUX_CONF.format(kernel=kernel, initrd=initrd, fast_initrd=FAST_INITRD, label=ROOT_LABEL),
-    )
+    if recipe.arch == "amd64":
+        _write(
+            tree / "boot" / "extlinux" / "extlinux.conf",
+            EXTLINUX_CONF.format(kernel=kernel, initrd=initrd, fast_initrd=FAST_INITRD, label=ROOT_LABEL),
+        )
     # Every VM boots this image fresh, so first-boot-after-update work would run on every
     # boot: mark /etc and /var as up to date with /usr, as systemd-update-done would (this
     # skips ldconfig.service, the journal catalog rebuild and friends: ~4 s per TCG boot here).
@@ -503,6 +553,20 @@ def make_disk(tree: Path, dest_qcow2: Path, work: Path, size_mb: int = DISK_SIZE
     raw.unlink()
 
 
+def make_uefi_disk(
+    tree: Path, recipe: Recipe, dest_qcow2: Path, work: Path, size_mb: int = DISK_SIZE_MB
+) -> None:
+    """Tree -> GPT raw disk with an ESP (systemd-boot, the kernel, both initramfs images) and
+    the root file system -> qcow2 at `dest_qcow2`."""
+    kernel, initrd = kernel_and_initrd(tree)
+    raw = work / "disk.raw"
+    uefi_disk.make_bootable_disk(
+        tree, recipe.arch, kernel, (FAST_INITRD, initrd), label=ROOT_LABEL, raw=raw, size_mb=size_mb
+    )
+    command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, dest_qcow2], timeout=600)
+    raw.unlink()
+
+
 def build(
     recipe: Recipe, dest_qcow2: Path, *, stamp: dict[str, str], workdir: Path | None = None
 ) -> list[str]:
@@ -510,7 +574,7 @@ def build(
 
     The caller (image.build_image) makes the result atomic and writes the metadata.
     """
-    _check_tools()
+    _check_tools(recipe)
     with tempfile.TemporaryDirectory(prefix="osgtest-debian-", dir=workdir) as tmp:
         work = Path(tmp)
         tree = work / "tree"
@@ -523,5 +587,8 @@ def build(
         customize(tree, recipe, stamp)
         packages = installed_packages(tree)
         log.info("%s: %d packages; making the disk", recipe.codename, len(packages))
-        make_disk(tree, dest_qcow2, work)
+        if recipe.arch == "amd64":
+            make_disk(tree, dest_qcow2, work)
+        else:
+            make_uefi_disk(tree, recipe, dest_qcow2, work)
     return packages

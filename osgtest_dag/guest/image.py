@@ -157,14 +157,13 @@ def choose_builder(platform: Platform, builder: str) -> str:
 
 
 def _local_recipe(platform: Platform, catalog: Catalog) -> debian_builder.Recipe:
-    if platform.arch != "x86_64":
-        raise UserError(f"the local builder makes x86_64 images only, not {platform.id}")
     return debian_builder.recipe_for(
         platform.codename,
         mirror=catalog.settings.get("debian_mirror", "http://deb.debian.org/debian"),
         security_mirror=catalog.settings.get(
             "debian_security_mirror", "http://deb.debian.org/debian-security"
         ),
+        arch=platform.arch,
     )
 
 

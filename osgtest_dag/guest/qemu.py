@@ -27,18 +27,14 @@ from osgtest_dag.base import command, paths
 from osgtest_dag.base.atomic import write_text_atomic
 from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.guest import initramfs
+from osgtest_dag.guest.machines import HOST_ARCH, MACHINES, accel_for, check_machine, machine
 from osgtest_dag.model.documents import parse_json
 
 log = logging.getLogger("osgtest_dag.guest.qemu")
 
-QEMU = "qemu-system-x86_64"
 ACCELS = ("kvm", "tcg")
-# `-machine` / `-cpu` per accelerator. TCG: `-cpu max` gives every feature TCG emulates
-# (x86-64-v2 and up, needed by EL9+ userlands).
-_ACCEL_ARGS = {
-    "kvm": ["-machine", "q35,accel=kvm", "-cpu", "host"],
-    "tcg": ["-machine", "q35,accel=tcg", "-cpu", "max"],
-}
+QEMU = MACHINES["x86_64"].qemu
+_ACCEL_ARGS = MACHINES["x86_64"].accel_args
 
 # The KVM probe boots a real Linux guest: the host's kernel from /boot with a busybox initramfs
 # whose /init powers off (guest.initramfs.poweroff_initramfs; not the host's own initramfs,
@@ -259,11 +255,15 @@ def qemu_argv(
     console_log: Path,
     console_stdio: bool = False,
     extra_args: Sequence[str] = (),
+    arch: str = "x86_64",
 ) -> list[str]:
     """The qemu command line; separate so tests and `--dry-run`-style callers can see it.
 
     `console_stdio`: the serial console on qemu's stdin/stdout (the user's terminal), still
-    logged to `console_log`; Ctrl-C goes to the guest, Ctrl-a x quits qemu."""
+    logged to `console_log`; Ctrl-C goes to the guest, Ctrl-a x quits qemu. `arch`: the guest's
+    architecture (MACHINES), whatever the host's; the disks and the NIC are the same."""
+    kind = machine(arch)
+    firmware = ["-bios", str(kind.firmware)] if kind.firmware else []
     serial = (
         [
             "-chardev",
@@ -275,8 +275,9 @@ def qemu_argv(
         else ["-serial", f"file:{console_log}"]
     )
     argv = [
-        QEMU,
-        *_ACCEL_ARGS[accel],
+        kind.qemu,
+        *kind.accel_args[accel],
+        *firmware,
         "-smp",
         str(vcpus),
         "-m",
@@ -454,6 +455,7 @@ def start(
     console_stdio: bool = False,
     extra_args: Sequence[str] = (),
     die_with_parent: bool = False,
+    arch: str = "x86_64",
 ) -> VM:
     """Start a VM in the background and return its handle.
 
@@ -461,7 +463,8 @@ def start(
     are attached writable with an explicit format (a bare path is probed with qemu-img).
     `console_stdio`: the serial console in this process's terminal (see `qemu_argv`).
     `extra_args` go on qemu's command line last (a cluster VM's private NIC and sync port);
-    `die_with_parent`: see `command.spawn`.
+    `die_with_parent`: see `command.spawn`. `arch`: the guest's architecture; one that is not
+    the host's is emulated (TCG) whatever `accel` says.
     """
     base = Path(base_image).resolve()
     if not base.is_file():
@@ -474,7 +477,8 @@ def start(
     for d in attach:
         if not d.path.is_file():
             raise UserError(f"disk {d.path} does not exist")
-    accel = accel or detect_accel()
+    check_machine(arch)
+    accel = accel_for(arch, accel or (detect_accel() if arch == HOST_ARCH else "tcg"))
     console = Path(console_log) if console_log else work / "console.log"
     console.parent.mkdir(parents=True, exist_ok=True)
     console.write_bytes(b"")
@@ -506,6 +510,7 @@ def start(
         console_log=console.resolve(),
         console_stdio=console_stdio,
         extra_args=extra_args,
+        arch=arch,
     )
     stderr_path = work / f"{overlay.stem}.qemu-stderr.log"
     with open(stderr_path, "wb") as err:
@@ -557,6 +562,7 @@ def boot(
     workdir: Path | str,
     base_format: str | None = None,
     accel: str | None = None,
+    arch: str = "x86_64",
 ) -> BootResult:
     """Boot, wait for power-off or the wall-clock limit, return how it ended."""
     vm = start(
@@ -570,6 +576,7 @@ def boot(
         workdir=workdir,
         base_format=base_format,
         accel=accel,
+        arch=arch,
     )
     try:
         res = vm.wait()

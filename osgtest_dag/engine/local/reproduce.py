@@ -33,7 +33,7 @@ from osgtest_dag.engine.local.submit import JobSpec, read_job
 from osgtest_dag.engine.local.vmjob import DEFAULT_SILENT_LIMIT_S
 from osgtest_dag.generate import cellconfig
 from osgtest_dag.generate.inputs import write_cell_io_disk
-from osgtest_dag.guest import image, payload, pins, qemu
+from osgtest_dag.guest import image, machines, payload, pins, qemu
 from osgtest_dag.guest.iodisk import make_scratch_disk
 from osgtest_dag.model import dagfile
 from osgtest_dag.model.cell import CellConfig
@@ -87,6 +87,7 @@ class Target:
     networking: bool
     max_wall: int
     warnings: tuple[str, ...] = ()
+    arch: str = "x86_64"
 
 
 def _job_spec(run: RunDir, serial: str) -> JobSpec:
@@ -152,6 +153,7 @@ def prepare(
         networking=spec.vm_networking,
         max_wall=spec.max_wall,
         warnings=tuple(warnings),
+        arch=spec.arch,
     )
 
 
@@ -272,7 +274,7 @@ def _boot(
         shutil.copy2(pristine, io)
         if len(disks) > 1:  # fresh, as the IO disk
             make_scratch_disk(disks[1].path, target.cell.scratch_mb)
-        choice = accel.current()
+        choice = accel.current() if target.arch == machines.HOST_ARCH else "tcg"  # foreign: emulated
         console = workdir / "console.log"
         exec_console = payload.ExecConsole(repro.mark)
         with contextlib.ExitStack() as stack:
@@ -291,6 +293,7 @@ def _boot(
                 accel=choice,
                 keep_overlay=keep,
                 console_stdio=interactive,
+                arch=target.arch,
             )
             stack.enter_context(vm)  # killed on the way out, whatever happens
             on_line = None if interactive else _printer(exec_console, out)

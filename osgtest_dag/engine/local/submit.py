@@ -11,6 +11,7 @@ import htcondor2
 
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.model import dagfile
+from osgtest_dag.plan.catalog import CONDOR_ARCH
 
 DEFAULT_MAX_WALL = 14400
 DEFAULT_MAX_STARTS = 3
@@ -36,6 +37,7 @@ class JobSpec:
     transfer_output_remaps: dict = field(default_factory=dict)
     max_wall: int = DEFAULT_MAX_WALL
     max_starts: int = DEFAULT_MAX_STARTS
+    arch: str = "x86_64"  # the execute point's architecture `requirements` asks for
 
 
 def split_arguments(text: str) -> list[str]:
@@ -82,6 +84,28 @@ def _max_wall(periodic_hold: str, fallback: int) -> int:
 def _max_starts(periodic_release: str, fallback: int) -> int:
     m = re.search(r"NumJobStarts\s*<\s*(\d+)", periodic_release or "")
     return int(m.group(1)) if m else fallback
+
+
+# `TARGET.Arch == "aarch64"` in `requirements` (ClassAd string comparison ignores case).
+_ARCH_REQUIREMENT = re.compile(r'(?:TARGET\.)?\bArch\s*==\s*"([^"]*)"', re.IGNORECASE)
+_ARCH_BY_CONDOR_NAME = {condor.lower(): arch for arch, condor in CONDOR_ARCH.items()}
+
+
+def _arch(requirements: str, node_name: str, where: Path) -> str:
+    """The architecture the job's requirements ask for: the local executor plays an execute
+    point of that architecture (x86_64 when they name none)."""
+    m = _ARCH_REQUIREMENT.search(requirements or "")
+    if m is None:
+        return "x86_64"
+    arch = _ARCH_BY_CONDOR_NAME.get(m.group(1).lower())
+    if arch is None:
+        raise UserError(
+            f"node {node_name}: requirements ask for Arch {m.group(1)!r}, which the local executor "
+            "cannot run",
+            where=where,
+            hint=f"known: {', '.join(CONDOR_ARCH.values())}",
+        )
+    return arch
 
 
 def read_job(submit_file: Path, node_vars: dict, dag_dir: Path, *, node_name: str) -> JobSpec:
@@ -140,6 +164,7 @@ def read_job(submit_file: Path, node_vars: dict, dag_dir: Path, *, node_name: st
         transfer_output_remaps=remaps,
         max_wall=_max_wall(get("periodic_hold"), DEFAULT_MAX_WALL),
         max_starts=_max_starts(get("periodic_release"), DEFAULT_MAX_STARTS),
+        arch=_arch(get("requirements"), node_name, submit_file),
     )
 
 

@@ -15,6 +15,9 @@ display, and a watchdog kills a VM that has printed nothing `silent_limit_s` aft
 quiet test later is no hang). Under KVM that is KVM hanging the guest: KVM is given up for the
 run and the VM starts again under TCG, not counted as a start. Under TCG it is a start that hung,
 counted as one killed at its limit.
+
+The VM is of the architecture the job's requirements ask for (`JobSpec.arch`): one that is not
+the host's is emulated (qemu-system-aarch64 under TCG on an x86_64 host), never under KVM.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from osgtest_dag.engine.local.jobs import RETURN_REMOVED, RETURN_SUBMIT_FAILED
 from osgtest_dag.engine.local.reaper import ChildRecord
 from osgtest_dag.engine.local.state import Attempt
 from osgtest_dag.engine.local.submit import JobSpec
-from osgtest_dag.guest import payload, qemu
+from osgtest_dag.guest import machines, payload, qemu
 from osgtest_dag.model import dagfile
 from osgtest_dag.model.documents import VmRecord
 from osgtest_dag.model.rundir import LOCAL_VM
@@ -136,7 +139,8 @@ class VmJob:
                 for d, (f, *_rest) in zip(disks, spec.vm_disks[1:], strict=True):  # a fresh copy per start
                     shutil.copy2(self._source(f), d.path)
             fresh = False
-            accel = self.accel.current()
+            # a foreign architecture is always emulated: no KVM probe for it
+            accel = self.accel.current() if spec.arch == machines.HOST_ARCH else "tcg"
             console = init / f"console.{self.attempt.retry}.{starts}.log"
             with self._lock:
                 if self._killed:
@@ -152,6 +156,7 @@ class VmJob:
                     workdir=scratch,
                     base_format=base_fmt or None,
                     accel=accel,
+                    arch=spec.arch,
                 )
             self.children.add(vm.pid, vm.argv, scratch)
             res, silent = self._watch(vm)
