@@ -144,6 +144,7 @@ def smoke_boot(
         console_log=workdir / "console.log",
         workdir=workdir / "vm",
         base_format="qcow2",
+        arch=platform.arch,  # an aarch64 image boots in qemu-system-aarch64, emulated here
     )
     (report,) = extract_disks([ExtractJob(disk, workdir / "output")])
     output = workdir / "output" if report.get("ok") else None
