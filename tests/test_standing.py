@@ -5,17 +5,12 @@ shows a disk anything of the one read before it. Real disks, real libguestfs; no
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from pathlib import Path
 
 from osgtest_dag.analyze.extract import ExtractJob
 from osgtest_dag.analyze.standing import StandingAppliance, _copy_extents
 from osgtest_dag.base import command
-from osgtest_dag.engine.local.extraction import BatchExtractor
 from osgtest_dag.guest.iodisk import IO_LABEL
-from osgtest_dag.model import prefetch
-from osgtest_dag.model.rundir import RunDir
 
 MIB = 1 << 20
 
@@ -89,27 +84,5 @@ def test_slots_reused_refused_and_oversized_disks(tmp_path, caplog):
     assert not list(tmp_path.glob("osgtest-slots-*"))  # the slots are gone with it
 
 
-def test_batch_extractor_serves_the_run_from_its_standing_appliance(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="osgtest_dag")
-    run = RunDir(tmp_path / "run")
-    cells = []
-    for serial in ("0001", "0002"):
-        cell = run.cell(serial)
-        cell.path.mkdir(parents=True)
-        disk = _disk(tmp_path, serial, {"result.json": f'{{"serial": "{serial}"}}'})
-        os.replace(disk, cell.result_disk)
-        cells.append(cell)
-    extractor = BatchExtractor(standing_slots=2)
-    stop = threading.Event()
-    try:
-        extractor.warm_up()
-        for cell in cells:  # one after another, as VMs ending minutes apart
-            assert extractor.read_ahead(cell, stop)
-    finally:
-        extractor.close()
-    for cell in cells:
-        assert prefetch.usable(cell, cell.result_disk) is not None
-        assert _tree(cell.prefetched_output) == {"result.json": f'{{"serial": "{cell.serial}"}}'}
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum(m.startswith("standing appliance up with 2 slot") for m in messages) == 1
-    assert not any(m.startswith("appliance up with") for m in messages)  # no appliance per batch
+# The executor's use of it (one standing appliance for the run, no appliance per batch, every
+# POST script using the read): tests/test_prefetch.py::test_executor_reads_ahead_for_the_post_scripts.
