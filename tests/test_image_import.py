@@ -195,6 +195,7 @@ def test_smoke_cell_is_minimal_and_valid(tmp_path):
     cfg = smoke.smoke_cell(cat.platform("rocky_9.x86_64"), cat)
     assert CellConfig.from_json(cfg.to_json(), "smoke") == cfg
     assert cfg.packages == () and cfg.test.command == "true" and not cfg.test.osg_test
+    assert cfg.vm.disk == cfg.platform.image_size  # no scratch disk: the image alone is under test
     inp = write_input_dir(cfg, tmp_path / "input")
     env = (inp / "cell.env").read_text()
     assert "CELL_FAMILY=el\n" in env and "TEST_COMMAND=true\n" in env and "CELL_PACKAGES=''\n" in env

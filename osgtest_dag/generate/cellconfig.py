@@ -32,7 +32,7 @@ from osgtest_dag.model.cell import (
 from osgtest_dag.model.cluster import PRIVATE_NETWORK, ClusterVm
 from osgtest_dag.model.documents import parse_json
 from osgtest_dag.model.rundir import RunDir
-from osgtest_dag.plan.catalog import Catalog
+from osgtest_dag.plan.catalog import Catalog, Platform
 from osgtest_dag.plan.matrix import Cell
 
 # osg-test's base configuration; each cell's keys are appended as the reference tool does.
@@ -61,26 +61,31 @@ def cell_packages(cell: Cell) -> tuple[str, ...]:
     return packages
 
 
+def cell_platform(p: Platform) -> CellPlatform:
+    """What a cell's configuration says of its catalog platform."""
+    return CellPlatform(
+        id=p.id,
+        os=p.os,
+        family=p.family,
+        distro=p.distro,
+        major=p.major,
+        arch=p.arch,
+        name=p.name,
+        codename=p.codename,
+        image=p.image,
+        image_format=p.image_format,
+        hook=p.hook,
+        image_size=p.image_size,
+    )
+
+
 def cell_config(cell: Cell, catalog: Catalog, *, nightly: bool = False) -> CellConfig:
     p, s = cell.platform, cell.source
     initial = catalog.resolve(p, s.series, s.repos)
     update = catalog.resolve(p, s.effective_update_series, s.update_repos) if s.has_update else None
     return CellConfig(
         serial=cell.serial,
-        platform=CellPlatform(
-            id=p.id,
-            os=p.os,
-            family=p.family,
-            distro=p.distro,
-            major=p.major,
-            arch=p.arch,
-            name=p.name,
-            codename=p.codename,
-            image=p.image,
-            image_format=p.image_format,
-            hook=p.hook,
-            image_size=p.image_size,
-        ),
+        platform=cell_platform(p),
         source=CellSource(
             raw=s.raw,
             test_source=str(s.test_source) if s.test_source else None,

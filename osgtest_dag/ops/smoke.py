@@ -20,11 +20,10 @@ from pathlib import Path
 
 from osgtest_dag.analyze.extract import ExtractJob, extract_disks
 from osgtest_dag.base.errors import UserError
-from osgtest_dag.generate.cellconfig import write_input_dir
+from osgtest_dag.generate.cellconfig import cell_platform, write_input_dir
 from osgtest_dag.guest import iodisk, qemu
 from osgtest_dag.model.cell import (
     CellConfig,
-    CellPlatform,
     CellSource,
     CellTest,
     NetworkCheck,
@@ -69,26 +68,15 @@ def smoke_cell(platform: Platform, catalog: Catalog | None = None) -> CellConfig
     catalog = catalog or Catalog.load()
     return CellConfig(
         serial=SERIAL,
-        platform=CellPlatform(
-            id=platform.id,
-            os=platform.os,
-            family=platform.family,
-            distro=platform.distro,
-            major=platform.major,
-            arch=platform.arch,
-            name=platform.name,
-            codename=platform.codename,
-            image=platform.image,
-            image_format=platform.image_format,
-            hook=platform.hook,
-        ),
+        platform=cell_platform(platform),
         source=CellSource(raw="image smoke boot", test_source=None, series="none", repos=()),
         label="image smoke boot",
         packages=(),
         selinux=False,
         repositories=Repositories(initial=RepoSetup()),
         test=CellTest(command="true", timeout=60, kind="command"),
-        vm=VmSize(memory=MEMORY_MB.get(platform.family, 1024), vcpus=1, disk=4096),
+        # the image's own disk size: no scratch disk, the smoke boot tests the image alone
+        vm=VmSize(memory=MEMORY_MB.get(platform.family, 1024), vcpus=1, disk=platform.image_size),
         network=NetworkCheck(check_host=catalog.network_check_host(platform.family), retries=2),
         retries=RepoRetries(count=1, backoff=5),
         param_file="",
