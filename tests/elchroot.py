@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from osgtest_dag.devpool.build import host_mirror
+
 CACHE = Path(os.environ.get("OSGTEST_DAG_EL_CHROOT_CACHE", Path.home() / ".cache/osgtest-dag/el-chroot"))
 SUITE = "bookworm"
 ROOT_PACKAGES = (
@@ -40,16 +42,6 @@ PORT = 8765
 BASE_URL = f"http://127.0.0.1:{PORT}"
 RELEASE_URL = BASE_URL + "/osg/{series}-main/osg-{series}-main-el{major}-release-latest.rpm"
 EPEL_URL = BASE_URL + "/epel/epel-release-latest-{major}.noarch.rpm"
-
-
-def _host_mirror() -> str:
-    for p in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
-        for line in p.read_text().splitlines():
-            if line.startswith("URIs:"):
-                for uri in line.split()[1:]:
-                    if uri.rstrip("/").endswith("/debian"):
-                        return uri.rstrip("/")
-    return "http://deb.debian.org/debian"
 
 
 def build_root() -> Path:
@@ -73,7 +65,7 @@ def build_root() -> Path:
         argv += ["--include=" + ",".join(ROOT_PACKAGES)]
         argv += [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")]
         argv += [f"--customize-hook={h}" for h in hooks]
-        argv += [SUITE, str(tmp), f"deb {_host_mirror()} {SUITE} main"]
+        argv += [SUITE, str(tmp), f"deb {host_mirror()} {SUITE} main"]
         subprocess.run(argv, check=True, capture_output=True, timeout=1800)
         (tmp / ".built").write_text(json.dumps(recipe) + "\n")
         os.rename(tmp, root)
