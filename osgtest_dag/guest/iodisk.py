@@ -71,34 +71,27 @@ def stage_tree(cell_input_dir: Path, tree: Path, payload_dir: Path | None = None
     (tree / "output").mkdir(mode=0o755)
 
 
+def _ext4_qcow2(
+    dest_tmp: Path, work: Path, *, label: str, size_mb: int, extended: str, tree: Path | None = None
+) -> None:
+    """An ext4 of `size_mb` MiB labelled `label` (with `tree`'s files when given), made as a
+    sparse raw file in `work` and converted to the qcow2 `dest_tmp`."""
+    raw = work / "disk.raw"
+    argv: list = ["mkfs.ext4", "-q", "-F", "-L", label, "-m", "0", "-E", extended]
+    argv += ["-d", tree] if tree is not None else []
+    command.run([*argv, raw, f"{size_mb}M"], timeout=120)
+    command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, dest_tmp], timeout=300)
+
+
 def _mke2fs(tree: Path, dest_tmp: Path, size_mb: int, work: Path) -> None:
-    raw = work / "io.raw"
     try:
-        command.run(
-            [
-                "mkfs.ext4",
-                "-q",
-                "-F",
-                "-L",
-                IO_LABEL,
-                "-m",
-                "0",
-                "-E",
-                "root_owner=0:0",
-                "-d",
-                tree,
-                raw,
-                f"{size_mb}M",
-            ],
-            timeout=120,
-        )
+        _ext4_qcow2(dest_tmp, work, label=IO_LABEL, size_mb=size_mb, extended="root_owner=0:0", tree=tree)
     except CommandError as e:
         if "Could not allocate" in e.output or "No space left" in e.output:
             raise UserError(
                 f"the cell's files do not fit in a {size_mb} MiB IO disk", hint="raise --size-mb"
             ) from None
         raise
-    command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, dest_tmp], timeout=120)
 
 
 def _virt_make_fs(tree: Path, dest_tmp: Path, size_mb: int) -> None:
@@ -162,25 +155,14 @@ def make_scratch_disk(dest_qcow2: Path | str, size_mb: int) -> Path:
     if size_mb < MIN_SIZE_MB:
         raise UserError(f"scratch disk size {size_mb} MiB is too small", hint=f"use at least {MIN_SIZE_MB}")
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
-        raw, dest_tmp = Path(tmp) / "scratch.raw", Path(tmp) / "scratch.qcow2"
-        with open(raw, "wb") as f:
-            f.truncate(size_mb * 1024 * 1024)  # sparse
-        command.run(
-            [
-                "mkfs.ext4",
-                "-q",
-                "-F",
-                "-L",
-                SCRATCH_LABEL,
-                "-m",
-                "0",
-                "-E",
-                "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
-                raw,
-            ],
-            timeout=120,
+        dest_tmp = Path(tmp) / "scratch.qcow2"
+        _ext4_qcow2(
+            dest_tmp,
+            Path(tmp),
+            label=SCRATCH_LABEL,
+            size_mb=size_mb,
+            extended="root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
         )
-        command.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, dest_tmp], timeout=300)
         dest_tmp.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
         os.replace(dest_tmp, dest)
     log.debug("scratch disk %s made (%d MiB)", dest, size_mb)
