@@ -7,10 +7,12 @@ from __future__ import annotations
 import io
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from osgtest_dag.base import command
 from osgtest_dag.engine.local import submit
 from osgtest_dag.engine.local.accel import RunAccel
 from osgtest_dag.engine.local.console import ConsoleFollower
@@ -258,3 +260,48 @@ def test_a_libguestfs_launch_is_bounded(tmp_path):
         assert time.monotonic() - t0 < 60
     finally:
         g.close()
+
+
+def test_a_disk_the_job_does_not_transfer_back_ignores_the_guests_flushes(tmp_path, probe_cache):
+    """The IO disk comes back (transfer_output_files): the guest's writes must reach its file
+    (cache=writeback). The scratch disk is thrown away with the VM, like the root overlay: its
+    flushes (dpkg flushes every file it unpacks) stay in qemu (cache=unsafe)."""
+    boot_disk(tmp_path / "guest.img", PRINTING_CODE)
+    for name in ("io-000.qcow2", "scratch-000.qcow2"):
+        command.run(["qemu-img", "create", "-q", "-f", "qcow2", tmp_path / name, "16M"])
+    spec = replace(
+        vm_spec(tmp_path, max_wall=3, max_starts=1),
+        vm_disks=(
+            ("guest.img", "vda", "r", "raw"),
+            ("io-000.qcow2", "vdb", "w", "qcow2"),
+            ("scratch-000.qcow2", "vdc", "w", "qcow2"),
+        ),
+        transfer_output_files=("io-000.qcow2",),
+    )
+
+    class Argvs(ChildRecord):
+        seen: list = []
+
+        def add(self, pid, argv, where):
+            self.seen.append(list(argv))
+            super().add(pid, argv, where)
+
+    children = Argvs(tmp_path / "children.jsonl")
+    job = VmJob(
+        spec,
+        dagfile.Node(name="TestRun000", submit_file="vm.sub"),
+        Attempt(retry=0, started=0.0),
+        accel=RunAccel("tcg"),
+        children=children,
+        silent_limit_s=3,
+    )
+    assert job.run() == RETURN_REMOVED
+    (argv,) = children.seen
+    drives = [a for a in argv if a.startswith("file=")]
+    assert [d.split(",id=")[1] for d in drives] == [
+        "vda,cache=unsafe",
+        "vdb,cache=writeback",
+        "vdc,cache=unsafe",
+    ]
+    assert "io-000.qcow2" in drives[1] and "scratch-000.qcow2" in drives[2]
+    assert (tmp_path / "io-000.qcow2").is_file()  # came back

@@ -63,10 +63,16 @@ class AccelChoice:
 
 @dataclass(frozen=True)
 class Disk:
-    """A disk to attach writable after the (overlaid) base image, in order: vdb, vdc, ..."""
+    """A disk to attach writable after the (overlaid) base image, in order: vdb, vdc, ...
+
+    `kept`: the disk's content outlives the VM (a result). A disk thrown away with the VM (a
+    scratch disk) is attached as the root overlay is, ignoring the guest's flushes: dpkg
+    flushes every file it unpacks, and each flush would reach the host's disk.
+    """
 
     path: Path
     format: str = "qcow2"
+    kept: bool = True
 
 
 @dataclass(frozen=True)
@@ -302,10 +308,11 @@ def qemu_argv(
     ]
     for i, d in enumerate(disks):
         name = "vd" + chr(ord("b") + i)
-        # writeback, not unsafe: the guest's result must really reach the file.
+        # writeback for a kept disk: the guest's result must really reach the file.
+        cache = "writeback" if d.kept else "unsafe"
         argv += [
             "-drive",
-            f"file={_q(d.path)},format={d.format},if=none,id={name},cache=writeback",
+            f"file={_q(d.path)},format={d.format},if=none,id={name},cache={cache}",
             "-device",
             f"virtio-blk-pci,drive={name}",
         ]

@@ -178,7 +178,7 @@ class ClusterRunner:
             # a fresh copy each start; the transferred one (maybe a link) stays as it came
             workdir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(scratch, workdir / scratch.name)
-            disks.append(qemu.Disk(workdir / scratch.name, "qcow2"))
+            disks.append(qemu.Disk(workdir / scratch.name, "qcow2", kept=False))
         return qemu.start(
             job.image,
             disks,

@@ -269,7 +269,7 @@ def _boot(
     io = workdir / f"io-{serial}.qcow2"
     disks = [qemu.Disk(io, "qcow2")]
     if target.cell.scratch_mb:  # as its CreateDisk node gives it one
-        disks.append(qemu.Disk(workdir / f"scratch-{serial}.qcow2", "qcow2"))
+        disks.append(qemu.Disk(workdir / f"scratch-{serial}.qcow2", "qcow2", kept=False))
     while True:
         shutil.copy2(pristine, io)
         if len(disks) > 1:  # fresh, as the IO disk

@@ -113,7 +113,9 @@ class VmJob:
                     return RETURN_SUBMIT_FAILED
                 dst = scratch / Path(f).name
                 shutil.copy2(src, dst)  # HTCondor transfers a copy; the original stays intact
-                disks.append(qemu.Disk(dst, fmt or qemu.image_format(dst)))
+                # a disk HTCondor would not transfer back is thrown away with the VM
+                kept = Path(f).name in spec.transfer_output_files
+                disks.append(qemu.Disk(dst, fmt or qemu.image_format(dst), kept=kept))
             res = self._boot(base, base_fmt, disks, scratch)
             if res is None:
                 return RETURN_REMOVED
