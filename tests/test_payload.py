@@ -69,6 +69,28 @@ def test_null_and_int_helpers():
     assert r.stdout.split("\n") == ["null", '"a"', "0", "12", "null", "null"]
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_clock_reads_dates_without_a_program(shell, tmp_path):
+    """civil() turns epoch seconds into the date `date -u` prints (leap days, century years,
+    year ends, 1970); clock() adds the seconds since boot to one reading of `date`."""
+    from datetime import UTC, datetime
+
+    seconds = [0, 59, 86399, 951782400, 951868799, 4107542399, 4107542400, 1709251199, 1764567449, 2**32 + 7]
+    script = f". {RUN_JOB}; " + "".join(f"civil {t}; echo $T_ISO $T_HMS; " for t in seconds)
+    r = sh(script, shell)
+    assert r.returncode == 0, r.stderr
+    expected = [datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ %H:%M:%S") for t in seconds]
+    assert r.stdout.splitlines() == expected
+    uptime = tmp_path / "uptime"
+    uptime.write_text("100.08 5.00\n")
+    script = f". {RUN_JOB}; clock_start; echo $CLOCK_UP0; echo 1225.09 1.0 > {uptime}; clock; echo $T"
+    before = datetime.now(UTC).timestamp()
+    r = sh(script, shell, env={"RUN_JOB_UPTIME": str(uptime)})
+    up0, t = r.stdout.split()
+    assert up0 == "10008"  # not an octal "08"
+    assert before + 1125 - 1 <= int(t) <= datetime.now(UTC).timestamp() + 1125 + 1
+
+
 def _fake_run(
     tmp_path: Path,
     fail: str | None = None,
@@ -186,7 +208,7 @@ def test_boot_hook_and_unit():
         "OSGTEST-IO",
         "env -i",
         "console-hook.log",
-        "systemctl --no-block poweroff",
+        "systemctl --force poweroff",
         "poweroff -f",
         "umount",
     ):
