@@ -56,7 +56,7 @@ package_sets:
     selinux: false
     test_command: kill -STOP $PPID; sleep 100000   # stops the guest's `timeout`: only the host's limit ends it
 vm: {memory: 1024, vcpus: 1}
-test_timeout: 60
+test_timeout: 20
 """
 
 
@@ -140,13 +140,13 @@ def test_matrix_runs_resumes_and_reports(tmp_path, cli, debian12_image):
 
 
 def test_hung_tests_keep_their_results(tmp_path, cli, debian12_image):
-    """A test that never ends is ended by the guest's own limit (60 s): one start, a timeout,
+    """A test that never ends is ended by the guest's own limit (20 s): one start, a timeout,
     its install phase ok. One whose guest cannot end it (its `timeout` stopped) is killed at
     the host's limit in its test phase: not started again, its disk kept, its finished phases
     reported, a timeout that is not retried."""
-    # the guest reaches its test phase 40-120 s after start under TCG (two VMs on two cores):
-    # 220 s leaves room for the first cell's 60 s limit before the host's ends the second
-    run = _generate(cli, tmp_path, HUNG, "hung", debian12_image, "--max-wall", "220")
+    # the guest reaches its test phase 40-70 s after start under TCG (two VMs on two cores):
+    # 140 s leaves room for the first cell's 20 s limit before the host's ends the second
+    run = _generate(cli, tmp_path, HUNG, "hung", debian12_image, "--max-wall", "140")
     exe = Path(sys.executable).parent / "osgtest-dag"
     t0 = time.time()
     r = subprocess.run(  # longer than the `cli` fixture's 600 s: the host's limit is part of it
