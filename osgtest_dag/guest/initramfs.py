@@ -169,9 +169,10 @@ exec /bin/busybox poweroff -f
 HOST_BUSYBOX = Path("/bin/busybox")
 
 
-def poweroff_initramfs(dest: Path) -> Path | None:
-    """Write a gzipped initramfs of this machine's static busybox and POWEROFF_INIT to `dest`;
-    None when there is no static busybox (the set-up installs busybox-static)."""
+def poweroff_initramfs(dest: Path, init: str = POWEROFF_INIT) -> Path | None:
+    """Write a gzipped initramfs of this machine's static busybox and `init` (a busybox sh
+    script; POWEROFF_INIT by default) to `dest`; None when there is no static busybox (the
+    set-up installs busybox-static)."""
     if not HOST_BUSYBOX.is_file() or b"ld-linux" in HOST_BUSYBOX.read_bytes()[:4096]:
         return None  # missing, or a dynamically linked busybox: no loader in this initramfs
     with tempfile.TemporaryDirectory(prefix="osgtest-poweroff-") as tmp:
@@ -180,7 +181,7 @@ def poweroff_initramfs(dest: Path) -> Path | None:
             (root / d).mkdir()
         shutil.copyfile(HOST_BUSYBOX, root / "bin" / "busybox")
         (root / "bin" / "busybox").chmod(0o755)
-        (root / "init").write_text(POWEROFF_INIT)
+        (root / "init").write_text(init)
         (root / "init").chmod(0o755)
         _pack(root, dest, compresslevel=1)
     return dest

@@ -25,10 +25,22 @@ class Machine:
     accel_args: dict[str, list[str]]
     firmware: Path | None = None
     package: str = ""  # the Debian package with `qemu` (and the firmware)
+    tcg_cpu_v2: str | None = None  # TCG's `-cpu` for a guest built for x86-64-v2 at most
+
+    def args(self, accel: str, x86_64_level: int = 3) -> list[str]:
+        """`-machine` and `-cpu` for a guest under `accel`; `x86_64_level`: the x86-64 level
+        its userland is built for (model.cell.x86_64_level)."""
+        args = list(self.accel_args[accel])
+        if accel == "tcg" and x86_64_level <= 2 and self.tcg_cpu_v2:
+            args[args.index("-cpu") + 1] = self.tcg_cpu_v2
+        return args
 
 
 MACHINES = {
-    # TCG: `-cpu max` gives every feature TCG emulates (x86-64-v2 and up, needed by EL9+ userlands).
+    # TCG: `-cpu max` gives every feature TCG emulates (x86-64-v3 for EL10 userlands). A guest
+    # built for x86-64-v2 at most gets it without AVX and the features that need AVX: offered
+    # AVX2, glibc's string functions and the like take forms TCG emulates more slowly than the
+    # SSE ones (apt in a Debian 12 guest: 15-28% slower).
     "x86_64": Machine(
         "qemu-system-x86_64",
         {
@@ -36,6 +48,7 @@ MACHINES = {
             "tcg": ["-machine", "q35,accel=tcg", "-cpu", "max"],
         },
         package="qemu-system-x86",
+        tcg_cpu_v2="max,avx=off,avx2=off,fma=off,f16c=off,vaes=off,vpclmulqdq=off",
     ),
     # The `virt` machine, as an aarch64 execute point's qemu-kvm runs it. TCG: `-cpu max` with
     # the cheap pointer-authentication algorithm (the architected one, QARMA, costs the

@@ -34,7 +34,6 @@ log = logging.getLogger("osgtest_dag.guest.qemu")
 
 ACCELS = ("kvm", "tcg")
 QEMU = MACHINES["x86_64"].qemu
-_ACCEL_ARGS = MACHINES["x86_64"].accel_args
 
 # The KVM probe boots a real Linux guest: the host's kernel from /boot with a busybox initramfs
 # whose /init powers off (guest.initramfs.poweroff_initramfs; not the host's own initramfs,
@@ -110,9 +109,10 @@ def host_kernel() -> Path | None:
     return _probe_kernel()
 
 
-def accel_args(accel: str) -> list[str]:
-    """The `-machine` / `-cpu` options every VM gets under `accel` (one of ACCELS)."""
-    return list(_ACCEL_ARGS[accel])
+def accel_args(accel: str, x86_64_level: int = 3) -> list[str]:
+    """The `-machine` / `-cpu` options an x86_64 VM gets under `accel` (one of ACCELS), its
+    userland built for `x86_64_level` (machines.Machine.args)."""
+    return MACHINES["x86_64"].args(accel, x86_64_level)
 
 
 def _probe(accel: str, timeout: float) -> tuple[bool, str]:
@@ -133,7 +133,7 @@ def _probe_boot(accel: str, kernel: Path, initrd: Path | None, timeout: float) -
     initrd_args: list[str | Path] = ["-initrd", initrd] if initrd else []
     argv: list[str | Path] = [
         QEMU,
-        *_ACCEL_ARGS[accel],
+        *accel_args(accel),
         "-m",
         "512",
         "-nodefaults",
@@ -262,12 +262,14 @@ def qemu_argv(
     console_stdio: bool = False,
     extra_args: Sequence[str] = (),
     arch: str = "x86_64",
+    x86_64_level: int = 3,
 ) -> list[str]:
     """The qemu command line; separate so tests and `--dry-run`-style callers can see it.
 
     `console_stdio`: the serial console on qemu's stdin/stdout (the user's terminal), still
     logged to `console_log`; Ctrl-C goes to the guest, Ctrl-a x quits qemu. `arch`: the guest's
-    architecture (MACHINES), whatever the host's; the disks and the NIC are the same."""
+    architecture (MACHINES), whatever the host's; the disks and the NIC are the same.
+    `x86_64_level`: the x86-64 level the guest's userland is built for (its CPU under TCG)."""
     kind = machine(arch)
     firmware = ["-bios", str(kind.firmware)] if kind.firmware else []
     serial = (
@@ -282,7 +284,7 @@ def qemu_argv(
     )
     argv = [
         kind.qemu,
-        *kind.accel_args[accel],
+        *kind.args(accel, x86_64_level),
         *firmware,
         "-smp",
         str(vcpus),
@@ -463,6 +465,7 @@ def start(
     extra_args: Sequence[str] = (),
     die_with_parent: bool = False,
     arch: str = "x86_64",
+    x86_64_level: int = 3,
 ) -> VM:
     """Start a VM in the background and return its handle.
 
@@ -471,7 +474,7 @@ def start(
     `console_stdio`: the serial console in this process's terminal (see `qemu_argv`).
     `extra_args` go on qemu's command line last (a cluster VM's private NIC and sync port);
     `die_with_parent`: see `command.spawn`. `arch`: the guest's architecture; one that is not
-    the host's is emulated (TCG) whatever `accel` says.
+    the host's is emulated (TCG) whatever `accel` says; `x86_64_level`: see `qemu_argv`.
     """
     base = Path(base_image).resolve()
     if not base.is_file():
@@ -518,6 +521,7 @@ def start(
         console_stdio=console_stdio,
         extra_args=extra_args,
         arch=arch,
+        x86_64_level=x86_64_level,
     )
     stderr_path = work / f"{overlay.stem}.qemu-stderr.log"
     with open(stderr_path, "wb") as err:
@@ -570,6 +574,7 @@ def boot(
     base_format: str | None = None,
     accel: str | None = None,
     arch: str = "x86_64",
+    x86_64_level: int = 3,
 ) -> BootResult:
     """Boot, wait for power-off or the wall-clock limit, return how it ended."""
     vm = start(
@@ -584,6 +589,7 @@ def boot(
         base_format=base_format,
         accel=accel,
         arch=arch,
+        x86_64_level=x86_64_level,
     )
     try:
         res = vm.wait()

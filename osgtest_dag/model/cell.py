@@ -30,6 +30,12 @@ def scratch_size(disk_mb: int, image_mb: int | None) -> int:
     return disk_mb - image_mb
 
 
+def x86_64_level(family: str, major: int) -> int:
+    """The x86-64 microarchitecture level a platform's userland is built for: RHEL 10 and its
+    rebuilds need x86-64-v3 (AVX2, FMA and the rest); the others run on x86-64-v2."""
+    return 3 if family == "el" and major >= 10 else 2
+
+
 @dataclass(frozen=True)
 class CellPlatform:
     id: str  # rocky_9.x86_64
@@ -44,6 +50,10 @@ class CellPlatform:
     image_format: str  # qcow2 | raw
     hook: str = "osgtest"  # the image's boot hook: ours, or `own` (plan.catalog.HOOKS)
     image_size: int | None = None  # MiB: the image's root (the catalog's); None in older documents
+
+    @property
+    def x86_64_level(self) -> int:
+        return x86_64_level(self.family, self.major)
 
     def to_json(self) -> JsonObject:
         doc: JsonObject = {

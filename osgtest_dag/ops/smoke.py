@@ -133,6 +133,7 @@ def smoke_boot(
         workdir=workdir / "vm",
         base_format="qcow2",
         arch=platform.arch,  # an aarch64 image boots in qemu-system-aarch64, emulated here
+        x86_64_level=platform.x86_64_level,
     )
     (report,) = extract_disks([ExtractJob(disk, workdir / "output")])
     output = workdir / "output" if report.get("ok") else None

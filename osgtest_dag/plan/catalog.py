@@ -15,7 +15,7 @@ from typing import Any
 from osgtest_dag.base import yamlsrc
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.base.paths import default_image_dir
-from osgtest_dag.model.cell import RepoSetup  # what the cell configuration carries
+from osgtest_dag.model.cell import RepoSetup, x86_64_level  # what the cell configuration carries
 
 ARCHES = ("x86_64", "aarch64")
 # HTCondor's `Arch` machine attribute for each architecture.
@@ -63,6 +63,10 @@ class Platform:
     @property
     def condor_arch(self) -> str:
         return CONDOR_ARCH[self.arch]
+
+    @property
+    def x86_64_level(self) -> int:
+        return x86_64_level(self.family, self.major)
 
     def to_json(self) -> dict:
         return {

@@ -190,6 +190,7 @@ class ClusterRunner:
             workdir=workdir,
             base_format=job.image_format,
             accel=accel,
+            x86_64_level=job.cell.platform.x86_64_level,
             extra_args=[*hub.qemu_args(vm.index, vm.mac), *channel.qemu_args()],
             die_with_parent=True,  # started from the main thread, which outlives every VM
         )

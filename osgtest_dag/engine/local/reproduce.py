@@ -294,6 +294,7 @@ def _boot(
                 keep_overlay=keep,
                 console_stdio=interactive,
                 arch=target.arch,
+                x86_64_level=target.cell.platform.x86_64_level,
             )
             stack.enter_context(vm)  # killed on the way out, whatever happens
             on_line = None if interactive else _printer(exec_console, out)

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import classad2
 import htcondor2
 
 from osgtest_dag.base.errors import UserError
@@ -38,6 +39,7 @@ class JobSpec:
     max_wall: int = DEFAULT_MAX_WALL
     max_starts: int = DEFAULT_MAX_STARTS
     arch: str = "x86_64"  # the execute point's architecture `requirements` asks for
+    platform: str = ""  # the cell's platform (+OsgtestDagPlatform), when the job names one
 
 
 def split_arguments(text: str) -> list[str]:
@@ -108,6 +110,17 @@ def _arch(requirements: str, node_name: str, where: Path) -> str:
     return arch
 
 
+def _string_attribute(value: str) -> str:
+    """A custom attribute's value (a ClassAd expression) when it is a string literal, else ""."""
+    if not value:
+        return ""
+    try:
+        got = classad2.ExprTree(value).eval()
+    except Exception:  # noqa: BLE001 - HTCondor's parser raises plain exceptions
+        return ""
+    return got if isinstance(got, str) else ""
+
+
 def read_job(submit_file: Path, node_vars: dict, dag_dir: Path, *, node_name: str) -> JobSpec:
     """Parse a node's submit description with htcondor2.Submit and the node's VARS."""
     try:
@@ -165,6 +178,7 @@ def read_job(submit_file: Path, node_vars: dict, dag_dir: Path, *, node_name: st
         max_wall=_max_wall(get("periodic_hold"), DEFAULT_MAX_WALL),
         max_starts=_max_starts(get("periodic_release"), DEFAULT_MAX_STARTS),
         arch=_arch(get("requirements"), node_name, submit_file),
+        platform=_string_attribute(get("MY.OsgtestDagPlatform")),
     )
 
 

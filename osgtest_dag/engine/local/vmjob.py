@@ -22,6 +22,7 @@ the host's is emulated (qemu-system-aarch64 under TCG on an x86_64 host), never 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -42,11 +43,24 @@ from osgtest_dag.guest import machines, payload, qemu
 from osgtest_dag.model import dagfile
 from osgtest_dag.model.documents import VmRecord
 from osgtest_dag.model.rundir import LOCAL_VM
+from osgtest_dag.plan.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SILENT_LIMIT_S = 30.0  # a Linux guest prints its first console line within seconds
 PhaseCallback = Callable[[str | None], None]  # a phase started (None: the VM is booting)
+
+
+@functools.lru_cache(maxsize=64)
+def x86_64_level(platform_id: str) -> int:
+    """The x86-64 level the job's platform is built for, from the catalog; a job that names no
+    platform, or one the catalog does not know, gets every feature (level 3)."""
+    if not platform_id:
+        return 3
+    try:
+        return Catalog.load().platform(platform_id).x86_64_level
+    except UserError:
+        return 3
 
 
 class VmJob:
@@ -159,6 +173,7 @@ class VmJob:
                     base_format=base_fmt or None,
                     accel=accel,
                     arch=spec.arch,
+                    x86_64_level=x86_64_level(spec.platform),
                 )
             self.children.add(vm.pid, vm.argv, scratch)
             res, silent = self._watch(vm)
