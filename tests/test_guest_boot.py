@@ -121,6 +121,9 @@ def test_success_and_a_missing_package_side_by_side(run_cells, debian12_image):
     assert "osgtest-001.osgtest.test" in (o.output / "hostname.log").read_text()
     assert "deb http://deb.debian.org/debian bookworm-updates main" in (o.output / "update.log").read_text()
     assert "powering off" in o.boot.console_log.read_text(errors="replace")
+    # debconf's preconfiguration, which does nothing without apt-utils, was not started
+    assert "skipped while apt-utils is not installed" in (o.output / "environment.log").read_text()
+    assert "delaying package configuration" not in (o.output / "install.log").read_text()
     # The base image was only read (the writes went to the overlay, which is gone).
     assert (debian12_image.stat().st_mtime_ns, debian12_image.stat().st_size) == before
     assert not list((o.boot.console_log.parent / "vm").glob("overlay-*.qcow2"))

@@ -706,3 +706,58 @@ def test_the_image_sources_stay_when_they_are_the_cells(tmp_path):
     assert r.returncode == 0 and "apt sources now:" in r.stdout
     assert (etc / "sources.list.d" / "osgtest.list").read_text() == other + "\n"
     assert (etc / "osgtest-disabled" / "sources.list").is_file() and not (etc / "sources.list").exists()
+
+
+DEBCONF_ONLY = (
+    'DPkg::Pre-Install-Pkgs "";\nDPkg::Pre-Install-Pkgs:: "/usr/sbin/dpkg-preconfigure --apt || true";\n'
+)
+
+
+@pytest.mark.parametrize(
+    "dump,extracttemplates,skipped",
+    [
+        (DEBCONF_ONLY, False, True),
+        # another hook too: apt keeps its configuration as it is
+        (
+            DEBCONF_ONLY + 'DPkg::Pre-Install-Pkgs:: "/usr/bin/apt-listchanges --apt || test $? -lt 10";\n',
+            False,
+            False,
+        ),
+        ('APT::Architecture "amd64";\n', False, False),  # no hook at all
+        # apt-utils installed (by the cell's packages): the preconfiguration does its work
+        (DEBCONF_ONLY, True, False),
+    ],
+)
+def test_apt_skips_a_preconfiguration_that_would_do_nothing(tmp_path, dump, extracttemplates, skipped):
+    """Without apt-utils, debconf's dpkg-preconfigure only says "delaying package configuration":
+    when it is apt's only pre-install hook, apt-get gets a file that clears it."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (tmp_path / "dump").write_text(dump)
+    fakes = {
+        "apt-config": f'[ "$1" = dump ] && cat {tmp_path / "dump"}',
+        "apt-get": f'echo "$*" > {tmp_path / "apt-get.args"}',
+    }
+    if extracttemplates:
+        fakes["apt-extracttemplates"] = "true"
+    for name, body in fakes.items():
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    conf = tmp_path / "no-preconfigure.conf"
+    r = sh(
+        f". {RUN_JOB}; apt_preconfigure_check; apt_get install hello",
+        env={"PATH": f"{bin_}:/usr/bin:/bin", "RUN_JOB_APT_NO_PRECONFIGURE": str(conf)},
+    )
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "apt-get.args").read_text().split()
+    if skipped:
+        assert conf.read_text() == "#clear DPkg::Pre-Install-Pkgs;\n"
+        assert args[:2] == ["-c", str(conf)] and args[-2:] == ["install", "hello"]
+        assert "skipped while apt-utils is not installed" in r.stdout
+        # the real apt reads the file after its own configuration: the hook is gone
+        if shutil.which("apt-config"):
+            real = subprocess.run(["apt-config", "-c", str(conf), "dump"], capture_output=True, text=True)
+            assert "dpkg-preconfigure" not in real.stdout
+    else:
+        assert "-c" not in args and args[-2:] == ["install", "hello"]
+        assert not conf.exists() or extracttemplates
