@@ -148,6 +148,7 @@ def _strip_customization(disk: Path) -> dict:
             "initramfs": g.read_file("/boot/" + debian_builder.FAST_INITRD),
             "sources": g.cat("/etc/apt/sources.list"),
             "pkgcache": g.is_file("/var/cache/apt/pkgcache.bin"),
+            "modprobe": g.cat("/etc/modprobe.d/osgtest-test-vm.conf"),
             "no_sandbox": [
                 s
                 for s in debian_builder.UNSANDBOXED_SERVICES
@@ -218,6 +219,7 @@ def test_local_image_content(customized):
     # the package cache built for the image's sources, the main suite (a `stable; main` cell's)
     assert seen["sources"] == "deb http://deb.debian.org/debian bookworm main\n" and seen["pkgcache"]
     assert seen["no_sandbox"] == list(debian_builder.UNSANDBOXED_SERVICES)
+    assert seen["modprobe"] == debian_builder.MODPROBE_CONF and "blacklist kvm_amd\n" in seen["modprobe"]
     listing = command.run(["cpio", "-t", "--quiet"], input=gzip.decompress(seen["initramfs"])).stdout.decode()
     names = set(listing.split())
     assert {"init", "bin/busybox", "modules/virtio_blk.ko", "modules/virtio_pci.ko", "modules.order"} <= names

@@ -25,6 +25,14 @@ from pathlib import Path
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.guest import gfs, initramfs, payload, uefi_disk
+from osgtest_dag.guest.testvm import (
+    JOURNALD_CONF,
+    MASKED_GENERATORS,
+    MASKED_UNITS,
+    MODPROBE_CONF,
+    NO_SANDBOX_DROPIN,
+    UNSANDBOXED_SERVICES,
+)
 
 log = logging.getLogger("osgtest_dag.guest.debian_builder")
 
@@ -134,14 +142,6 @@ LABEL debian
 """
 FAST_INITRD = "initrd.osgtest.img"
 
-# The journal lives in memory: the VM is thrown away, and the collect phase reads it before
-# power-off (no flush to /var/log/journal at boot).
-JOURNALD_CONF = """\
-[Journal]
-Storage=volatile
-RateLimitBurst=100000
-"""
-
 # apt in the guest: no translations (a third of `apt-get update`'s download), no recommends.
 APT_CONF = """\
 Acquire::Languages "none";
@@ -158,83 +158,6 @@ UPDATED_STAMP = """\
 # was updated. See man:systemd-update-done.service(8).
 """
 
-# Units that would write to the disk or the console behind the test's back, and units that
-# do nothing in a VM that boots once from a fresh copy of the image (each costs a second or
-# more of an emulated CPU at boot).
-MASKED_UNITS = (
-    "apt-daily.timer",
-    "apt-daily-upgrade.timer",
-    "e2scrub_all.timer",
-    "e2scrub_reap.service",
-    "fstrim.timer",
-    "serial-getty@ttyS0.service",
-    "getty@tty1.service",
-    "systemd-journal-flush.service",
-    "systemd-random-seed.service",
-    "systemd-update-utmp.service",
-    "systemd-update-utmp-runlevel.service",
-    "systemd-tmpfiles-clean.timer",
-    "systemd-pstore.service",
-    "systemd-firstboot.service",
-    "systemd-machine-id-commit.service",
-    "systemd-hwdb-update.service",
-    "systemd-journal-catalog-update.service",
-    "systemd-binfmt.service",
-    "proc-sys-fs-binfmt_misc.automount",
-    "sys-kernel-debug.mount",
-    "sys-kernel-tracing.mount",
-    "sys-kernel-config.mount",
-    "dev-hugepages.mount",
-    "modprobe@drm.service",
-    "modprobe@efi_pstore.service",
-    "modprobe@configfs.service",
-    "getty-static.service",  # gettys on tty2-6 when there is no logind: 3 s of boot
-    "dpkg-db-backup.timer",
-    "systemd-networkd-persistent-storage.service",  # trixie: networkd state kept on disk
-)
-# Generators systemd runs before it starts anything; these find nothing to do in a test VM
-# (no SysV scripts, encrypted or GPT-auto disks, hibernation image, gettys).
-MASKED_GENERATORS = (
-    "systemd-sysv-generator",
-    "systemd-gpt-auto-generator",
-    "systemd-cryptsetup-generator",
-    "systemd-veritysetup-generator",
-    "systemd-integritysetup-generator",
-    "systemd-hibernate-resume-generator",
-    "systemd-bless-boot-generator",
-    "systemd-getty-generator",
-    "systemd-system-update-generator",
-    "systemd-rc-local-generator",
-    "systemd-run-generator",
-)
-# The system's own services before the payload (network, devices, journal) run without their
-# sandbox: every seccomp filter, namespace and BPF device program is built at each start, and
-# under emulation that made networkd alone take 4 s to start. What the cell tests is untouched.
-UNSANDBOXED_SERVICES = ("systemd-networkd.service", "systemd-udevd.service", "systemd-journald.service")
-NO_SANDBOX_DROPIN = """\
-# osgtest-dag: no sandbox for this service in a throw-away test VM (faster boot under emulation)
-[Service]
-SystemCallFilter=
-SystemCallArchitectures=
-SystemCallErrorNumber=
-RestrictAddressFamilies=
-RestrictNamespaces=no
-RestrictRealtime=no
-RestrictSUIDSGID=no
-LockPersonality=no
-MemoryDenyWriteExecute=no
-ProtectSystem=no
-ProtectHome=no
-ProtectProc=default
-ProtectClock=no
-ProtectKernelLogs=no
-ProtectKernelModules=no
-ProtectKernelTunables=no
-ProtectControlGroups=no
-ProtectHostname=no
-PrivateMounts=no
-DeviceAllow=
-"""
 
 # Where the build records when the image's apt lists were fetched (seconds since the epoch):
 # run-job uses the lists without `apt-get update` while they are younger than the cell's limit.
@@ -288,6 +211,7 @@ class Recipe:
                 "masked": list(MASKED_UNITS),
                 "masked_generators": list(MASKED_GENERATORS),
                 "journald": JOURNALD_CONF,
+                "modprobe": MODPROBE_CONF,
                 "no_sandbox": [NO_SANDBOX_DROPIN, *UNSANDBOXED_SERVICES],
                 "initramfs": initramfs.INIT_SCRIPT,
                 "initramfs_modules": list(initramfs.WANTED_MODULES),
@@ -450,6 +374,7 @@ def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
         _symlink(etc / "systemd" / "system-generators" / generator, "/dev/null")
     _symlink(etc / "systemd" / "system" / "default.target", "/lib/systemd/system/multi-user.target")
     _write(etc / "systemd" / "journald.conf.d" / "osgtest.conf", JOURNALD_CONF)
+    _write(etc / "modprobe.d" / "osgtest-test-vm.conf", MODPROBE_CONF)
     for service in UNSANDBOXED_SERVICES:
         _write(etc / "systemd" / "system" / f"{service}.d" / "osgtest-no-sandbox.conf", NO_SANDBOX_DROPIN)
     # Stamp: what the image is and when it was made.
