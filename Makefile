@@ -14,7 +14,7 @@ demo: setup
 	@scripts/demo
 
 test: setup
-	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_generate.py

@@ -184,6 +184,34 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "pool: runs on the real HTCondor test pool (root; slow)")
 
 
+# `make test` runs two workers (pytest-xdist, --dist loadgroup): the tests that boot VMs or run
+# the pool, and those whose timing a busy machine could upset, are one group that one worker
+# runs in order; the other worker runs the rest (parsers, generators, libguestfs reads) beside
+# it, on the core a single VM leaves free. The group starts with its one-VM tests and ends with
+# those that run two or more VMs at once, when the other worker is done.
+SERIAL_FILES = {"test_vm_watchdog.py", "test_executor.py", "test_run_guards.py"}
+MULTI_VM_FILES = {"test_guest_boot.py", "test_local_run.py", "test_cluster_vm.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    def in_group(item) -> bool:
+        return item.path.name in SERIAL_FILES or any(
+            item.get_closest_marker(m) for m in ("vm", "pool", "slow")
+        )
+
+    def rank(item) -> int:
+        if not in_group(item):
+            return 0
+        if item.get_closest_marker("pool"):
+            return 3
+        return 2 if item.path.name in MULTI_VM_FILES else 1
+
+    items.sort(key=rank)  # stable: collection order within each rank
+    for item in items:
+        if in_group(item):
+            item.add_marker(pytest.mark.xdist_group("vms"))
+
+
 def _condor_group():
     import click
 
