@@ -193,6 +193,9 @@ SERIAL_FILES = {"test_vm_watchdog.py", "test_executor.py", "test_run_guards.py"}
 MULTI_VM_FILES = {"test_guest_boot.py", "test_local_run.py", "test_cluster_vm.py"}
 
 
+# tryfirst: xdist's own hook turns the group marker into the node id's `@vms` suffix, which is
+# what keeps the group on one worker; a marker added after it would be ignored.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     def in_group(item) -> bool:
         return item.path.name in SERIAL_FILES or any(
@@ -210,6 +213,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if in_group(item):
             item.add_marker(pytest.mark.xdist_group("vms"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """(xdist's controller) Stop before any test runs when xdist did not tag the group: the
+    VM tests would be spread over both workers and boot side by side, each slower than its
+    limits allow. pytest 9.2 changed node ids under xdist 3.8 (pytest-dev/pytest-xdist#1386)."""
+    if node.config.getvalue("dist") != "loadgroup":
+        return
+    loose = [i for i in ids if i.split("::")[0].rsplit("/", 1)[-1] in SERIAL_FILES and "@" not in i]
+    if loose:
+        pytest.exit(
+            f"pytest-xdist did not put the VM tests in their group (e.g. {loose[0]}); install the "
+            "versions pyproject.toml's test extra names (`make setup`)",
+            returncode=4,
+        )
 
 
 def _condor_group():
