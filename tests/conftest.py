@@ -184,35 +184,34 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "pool: runs on the real HTCondor test pool (root; slow)")
 
 
-# `make test` runs two workers (pytest-xdist, --dist loadgroup): the tests that boot VMs or run
-# the pool, and those whose timing a busy machine could upset, are one group that one worker
-# runs in order; the other worker runs the rest (parsers, generators, libguestfs reads) beside
-# it, on the core a single VM leaves free. The group starts with its one-VM tests and ends with
-# those that run two or more VMs at once, when the other worker is done.
+# `make test` runs two workers (pytest-xdist, --dist loadgroup), so that two VMs run at once on
+# this machine's two cores. Two groups each stay on one worker, in order: "pool" (the tests of
+# the HTCondor test pool: they share its session-wide fixture, which the worker that started
+# the pool stops at its end) and "vms" (the local VM tests, and those whose timing a busy
+# machine could upset). xdist hands the two groups to the two workers first, then the other
+# tests to whichever is free. Within "vms", the tests that boot two or more VMs at once come
+# last, when the pool's VM jobs are likely done.
 SERIAL_FILES = {"test_vm_watchdog.py", "test_executor.py", "test_run_guards.py"}
 MULTI_VM_FILES = {"test_guest_boot.py", "test_local_run.py", "test_cluster_vm.py"}
 
 
-# tryfirst: xdist's own hook turns the group marker into the node id's `@vms` suffix, which is
-# what keeps the group on one worker; a marker added after it would be ignored.
+def xdist_group_of(item) -> str | None:
+    if item.get_closest_marker("pool"):
+        return "pool"
+    if item.path.name in SERIAL_FILES or item.get_closest_marker("vm") or item.get_closest_marker("slow"):
+        return "vms"
+    return None
+
+
+# tryfirst: xdist's own hook turns the group marker into the node id's `@group` suffix, which is
+# what keeps a group on one worker; a marker added after it would be ignored.
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    def in_group(item) -> bool:
-        return item.path.name in SERIAL_FILES or any(
-            item.get_closest_marker(m) for m in ("vm", "pool", "slow")
-        )
-
-    def rank(item) -> int:
-        if not in_group(item):
-            return 0
-        if item.get_closest_marker("pool"):
-            return 3
-        return 2 if item.path.name in MULTI_VM_FILES else 1
-
-    items.sort(key=rank)  # stable: collection order within each rank
+    groups = {item.nodeid: xdist_group_of(item) for item in items}
+    items.sort(key=lambda item: groups[item.nodeid] == "vms" and item.path.name in MULTI_VM_FILES)
     for item in items:
-        if in_group(item):
-            item.add_marker(pytest.mark.xdist_group("vms"))
+        if groups[item.nodeid]:
+            item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -225,7 +224,7 @@ def pytest_xdist_node_collection_finished(node, ids):
     loose = [i for i in ids if i.split("::")[0].rsplit("/", 1)[-1] in SERIAL_FILES and "@" not in i]
     if loose:
         pytest.exit(
-            f"pytest-xdist did not put the VM tests in their group (e.g. {loose[0]}); install the "
+            f"pytest-xdist did not put the VM tests in their groups (e.g. {loose[0]}); install the "
             "versions pyproject.toml's test extra names (`make setup`)",
             returncode=4,
         )
