@@ -761,3 +761,39 @@ def test_apt_skips_a_preconfiguration_that_would_do_nothing(tmp_path, dump, extr
     else:
         assert "-c" not in args and args[-2:] == ["install", "hello"]
         assert not conf.exists() or extracttemplates
+
+
+def test_apt_keeps_its_package_cache_in_memory(tmp_path):
+    """Every apt-get of a cell clears Dir::Cache::pkgcache: after dpkg, apt would otherwise
+    write a new 36 MB pkgcache.bin that nothing in the VM reads again."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "apt-get").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "apt-get.args"}\n')
+    (bin_ / "apt-get").chmod(0o755)
+    r = sh(f". {RUN_JOB}; apt_get install hello", env={"PATH": f"{bin_}:/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "apt-get.args").read_text().splitlines()
+    options = [args[i + 1] for i, a in enumerate(args) if a == "-o"]
+    assert "Dir::Cache::pkgcache=" in options and args[-2:] == ["install", "hello"]
+    if shutil.which("apt-config"):  # the real apt reads it as "no cache file"
+        real = subprocess.run(
+            ["apt-config", "-o", "Dir::Cache::pkgcache=", "dump", "Dir::Cache::pkgcache"],
+            capture_output=True,
+            text=True,
+        )
+        assert real.stdout == 'Dir::Cache::pkgcache "";\n', real.stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_show_and_count_lines_read_files_as_cat_head_and_wc_do(shell, tmp_path):
+    """The environment phase's files are printed by the shell itself (a program costs ~60 ms in
+    an emulated guest): the same bytes as cat and head -n, the same count as wc -l."""
+    f = tmp_path / "f"
+    f.write_text("  lead and trail  \n\ttab\\backslash $HOME `x`\n\n-n\nlast, no newline")
+    for lines in ("", "3"):
+        want = subprocess.run(["head", "-n", lines or "1000", str(f)], capture_output=True, text=True).stdout
+        r = sh(f". {RUN_JOB}; show {f} {lines}", shell=shell)
+        assert r.returncode == 0 and r.stdout == (want + "\n" if not lines else want), r.stdout
+    assert sh(f". {RUN_JOB}; count_lines {f}", shell=shell).stdout == "5\n"  # wc -l says 4: no final newline
+    r = sh(f". {RUN_JOB}; show {tmp_path / 'absent'}", shell=shell)
+    assert r.returncode == 1 and r.stdout == f"(no {tmp_path / 'absent'})\n"
