@@ -149,6 +149,7 @@ def _strip_customization(disk: Path) -> dict:
             "sources": g.cat("/etc/apt/sources.list"),
             "pkgcache": g.is_file("/var/cache/apt/pkgcache.bin"),
             "modprobe": g.cat("/etc/modprobe.d/osgtest-test-vm.conf"),
+            "coldplug": g.cat("/etc/systemd/system/systemd-udev-trigger.service.d/osgtest.conf"),
             "no_sandbox": [
                 s
                 for s in debian_builder.UNSANDBOXED_SERVICES
@@ -220,6 +221,9 @@ def test_local_image_content(customized):
     assert seen["sources"] == "deb http://deb.debian.org/debian bookworm main\n" and seen["pkgcache"]
     assert seen["no_sandbox"] == list(debian_builder.UNSANDBOXED_SERVICES)
     assert seen["modprobe"] == debian_builder.MODPROBE_CONF and "blacklist kvm_amd\n" in seen["modprobe"]
+    assert (
+        seen["coldplug"] == debian_builder.COLDPLUG_DROPIN and "--subsystem-nomatch=tty " in seen["coldplug"]
+    )
     listing = command.run(["cpio", "-t", "--quiet"], input=gzip.decompress(seen["initramfs"])).stdout.decode()
     names = set(listing.split())
     assert {"init", "bin/busybox", "modules/virtio_blk.ko", "modules/virtio_pci.ko", "modules.order"} <= names

@@ -26,6 +26,7 @@ from osgtest_dag.base import command
 from osgtest_dag.base.errors import CommandError, UserError
 from osgtest_dag.guest import gfs, initramfs, payload, uefi_disk
 from osgtest_dag.guest.testvm import (
+    COLDPLUG_DROPIN,
     JOURNALD_CONF,
     MASKED_GENERATORS,
     MASKED_UNITS,
@@ -213,6 +214,7 @@ class Recipe:
                 "journald": JOURNALD_CONF,
                 "modprobe": MODPROBE_CONF,
                 "no_sandbox": [NO_SANDBOX_DROPIN, *UNSANDBOXED_SERVICES],
+                "coldplug": COLDPLUG_DROPIN,
                 "initramfs": initramfs.INIT_SCRIPT,
                 "initramfs_modules": list(initramfs.WANTED_MODULES),
                 "apt_lists": "kept",
@@ -377,6 +379,7 @@ def customize(tree: Path, recipe: Recipe, stamp: dict[str, str]) -> None:
     _write(etc / "modprobe.d" / "osgtest-test-vm.conf", MODPROBE_CONF)
     for service in UNSANDBOXED_SERVICES:
         _write(etc / "systemd" / "system" / f"{service}.d" / "osgtest-no-sandbox.conf", NO_SANDBOX_DROPIN)
+    _write(etc / "systemd" / "system" / "systemd-udev-trigger.service.d" / "osgtest.conf", COLDPLUG_DROPIN)
     # Stamp: what the image is and when it was made.
     _write(etc / "osgtest-image-release", "".join(f"{k}={v}\n" for k, v in stamp.items()))
     # Bootloader configuration (installed into the filesystem later; a UEFI image's is on its
