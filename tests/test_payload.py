@@ -343,6 +343,19 @@ def _apt_tree(tmp_path: Path, sources: str, age_s: int = 10) -> dict:
             True,
             "cover every source",
         ),
+        # a comment after a source is not a component; a * is one, not a glob
+        (
+            "deb\thttp://deb.debian.org/debian//\tbookworm main  # the image's\n",
+            3600,
+            True,
+            "cover every source",
+        ),
+        (
+            "deb http://deb.debian.org/debian bookworm *\n",
+            3600,
+            False,
+            "none for http://deb.debian.org/debian bookworm *",
+        ),
         ("deb http://deb.debian.org/debian bookworm main contrib\n", 3600, False, "bookworm contrib"),
         ("deb http://repo.example.org/osg bookworm main\n", 3600, False, "none for http://repo.example.org"),
         ("deb http://deb.debian.org/debian bookworm main\n", 5, False, "s old (limit 5 s)"),
