@@ -13,9 +13,9 @@ same process:
      payload adds the kernel time of "osgtest-boot: starting"; each payload phase spans its
      "phase X: start" and "phase X: ok|FAILED" lines (output/result.json's 1-s times when the
      console has none); power-off is "osgtest-boot: powering off" to qemu's exit;
-   - after the VM: extraction (extraction.json "seconds") and the POST script (its start in
-     logs/<node>.post.log, 1-s resolution, to the node's end in the state file; the
-     extractor's "seconds" leave out the libguestfs appliance's launch).
+   - after the VM: extraction (extraction.json "seconds", read ahead by the executor before
+     the POST script; they leave out the libguestfs appliance's launch) and the POST script
+     (its start in logs/<node>.post.log, 1-s resolution, to the node's end in the state file).
 2. The 8-cell demo (examples/demo) with --jobs VMs at once: wall time, and per cell boot to
    payload and the phase times.
 
@@ -345,11 +345,14 @@ def print_vm_parts(c: CellTimes, floor: float, node_s: float | None) -> None:
     print(_row("power-off (osgtest-boot powering off -> qemu exit)", c.power_off, None, 3))
     print(_row("= qemu wall (local-vm.json)", c.qemu_wall, floor, 3))
     rest = None if node_s is None or c.qemu_wall is None else node_s - c.qemu_wall
-    print(_row("node outside qemu (overlay, POST script)", rest, None, 3))
+    print(_row("node outside qemu (overlay, extraction, POST script)", rest, None, 3))
+    # the executor reads the returned disk ahead, before the POST script, which takes that read
+    print(_row("extraction (extraction.json: reading, not the launch)", c.extraction, None, 4))
     print(_row("POST script (from its log's start, ~1 s)", c.post_script, None, 4))
-    print(_row("extraction (extraction.json: reading, not the launch)", c.extraction, None, 5))
-    other = None if c.post_script is None or c.extraction is None else c.post_script - c.extraction
-    print(_row("the rest (libguestfs launch, classification, start-up)", other, None, 5))
+    other = None
+    if rest is not None and c.post_script is not None and c.extraction is not None:
+        other = rest - c.post_script - c.extraction
+    print(_row("the rest (overlay, appliance launch; 1-s resolution)", other, None, 4))
 
 
 def print_demo(run: Path, wall: float, floor: float, jobs: int) -> None:

@@ -20,7 +20,7 @@ from osgtest_dag.base.errors import CommandError
 log = logging.getLogger("osgtest_dag.base.command")
 
 
-def _merged_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
+def merged_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
     """`env` added to the current environment (None: inherit it unchanged)."""
     return {**os.environ, **env} if env else None
 
@@ -42,7 +42,7 @@ def run(
     """
     args = [os.fspath(a) for a in argv]
     log.debug("run: %s", shlex.join(args))
-    full_env = _merged_env(env)
+    full_env = merged_env(env)
     text = not isinstance(input, bytes)
     try:
         proc = subprocess.run(
@@ -106,7 +106,7 @@ def spawn(
             raise CommandError(args, None, reason="not found (no such program); run `make setup`")
         args = ["setpriv", "--pdeathsig", "KILL", "--", *args]
     log.debug("spawn: %s", shlex.join(args))
-    full_env = _merged_env(env)
+    full_env = merged_env(env)
     try:
         return subprocess.Popen(
             args,

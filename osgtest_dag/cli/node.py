@@ -6,11 +6,15 @@ in the current directory, which is the run directory for every node.
 
 from __future__ import annotations
 
+import logging
+import socket
 from pathlib import Path
 
 import click
 
+from osgtest_dag.base import forkserver
 from osgtest_dag.engine.cluster.runner import ClusterJob, run_cluster
+from osgtest_dag.guest import gfs
 from osgtest_dag.model.cell import CellConfig
 from osgtest_dag.nodes import cluster as cluster_work
 from osgtest_dag.nodes import node as node_work
@@ -118,6 +122,21 @@ def report(run_dir):
 @RUN_DIR
 def publish(run_dir):
     click.echo("publish: " + node_work.publish(run_dir))
+
+
+@node.command("fork-server")
+@click.pass_context
+def fork_server(ctx):
+    """Run `osgtest-dag` commands sent on stdin, each in a child forked from this process (the
+    local executor's fork server, base/forkserver.py): the node commands are loaded once."""
+    gfs.preload()
+    root = ctx.find_root().command
+
+    def run(argv: list[str]) -> int:
+        logging.getLogger().handlers.clear()  # main() sets logging up as in a new process
+        return root.main(args=argv[1:], prog_name="osgtest-dag")
+
+    forkserver.serve(socket.socket(fileno=0), run)
 
 
 def register(group: click.Group) -> None:

@@ -60,6 +60,12 @@ def _module():
     return guestfs
 
 
+def preload() -> None:
+    """Load guestfs now when it is there, so that a fork server's children share it."""
+    with contextlib.suppress(UserError):
+        _module()
+
+
 @contextlib.contextmanager
 def open_disks(
     disks: Sequence[tuple[Path, str]],

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from osgtest_dag.base.errors import OsgtestDagError
+from osgtest_dag.base.forkserver import ForkServer
 from osgtest_dag.engine.local.accel import RunAccel
 from osgtest_dag.engine.local.extraction import BatchExtractor
 from osgtest_dag.engine.local.jobs import RunningJobs
@@ -48,6 +50,36 @@ class Context:
         self.extractor = BatchExtractor(
             others_running=self.vms_running, standing_slots=self.slots.limits["vm"]
         )
+
+        self._fork_servers: dict[str, ForkServer] = {}
+        self._fork_lock = threading.Lock()
+
+    def fork_server(self, argv: Sequence[str]) -> ForkServer | None:
+        """The fork server (base/forkserver.py) for a job that runs `osgtest-dag node ...`: one
+        per program, started at its first job; None for other programs, or with
+        OSGTEST_DAG_FORK_SERVER=0 (every node a new process, as HTCondor starts them)."""
+        if os.environ.get("OSGTEST_DAG_FORK_SERVER", "1") == "0":
+            return None
+        if len(argv) < 2 or argv[1] != "node" or os.path.basename(argv[0]) != "osgtest-dag":
+            return None
+        program = os.path.abspath(argv[0])
+        with self._fork_lock:
+            if program not in self._fork_servers:
+                self._fork_servers[program] = ForkServer(
+                    [program, "node", "fork-server"],
+                    on_start=lambda server: self.children.add(
+                        server.pid or 0, [server.process_name], Path.cwd()
+                    ),
+                )
+            return self._fork_servers[program]
+
+    def close(self) -> None:
+        """End what the run started for itself: the read-ahead appliance, the fork servers."""
+        self.extractor.close()
+        with self._fork_lock:
+            servers = list(self._fork_servers.values())
+        for server in servers:
+            server.close()
 
     def vms_running(self) -> bool:
         with self.slots.cond:

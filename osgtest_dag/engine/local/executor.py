@@ -18,7 +18,7 @@ The parts, each in its own module:
     state      NodeStatus, NodeState and the state file
     decide     retry / UNLESS-EXIT / ABORT-DAG-ON / futility / $DAG_STATUS, as pure functions
     slots      -j, local-job and MAXJOBS limits
-    jobs       the Job protocol (run, kill), ProcessJob, and the jobs running now
+    jobs       the Job protocol (run, kill), ProcessJob, ForkedJob, and the jobs running now
     vmjob      VmJob: a VM-universe job under qemu, and its local-vm.json records
     reaper     what a `kill -9`ed executor left running
     extraction result disks of VMs that end close together, read ahead in one appliance
@@ -71,7 +71,7 @@ class Executor:
             try:
                 return DagScheduler(self.ctx, dag_path).run()
             finally:
-                self.ctx.extractor.close()
+                self.ctx.close()
 
     def interrupt(self) -> None:
         """Stop: no new jobs; running VMs and processes are terminated."""

@@ -1,6 +1,7 @@
 """What the executor runs, behind one protocol: a `Job` runs to its end and can be killed.
 
-Two kinds: `ProcessJob` (a local/vanilla/scheduler-universe job, or a PRE/POST script) and
+Three kinds: `ProcessJob` (a local/vanilla/scheduler-universe job, or a PRE/POST script),
+`ForkedJob` (one of those that runs `osgtest-dag node ...`, forked by the run's fork server) and
 `vmjob.VmJob` (a VM-universe job under qemu). `RunningJobs` holds the ones running now, so
 that Ctrl-C stops each with its own `kill()`.
 """
@@ -18,6 +19,7 @@ from typing import IO, Protocol
 
 from osgtest_dag.base import command
 from osgtest_dag.base.errors import CommandError
+from osgtest_dag.base.forkserver import ForkedCall, ForkServer
 from osgtest_dag.engine.local.reaper import ChildRecord
 
 log = logging.getLogger(__name__)
@@ -116,3 +118,54 @@ class ProcessJob:
                 os.killpg(proc.pid, signal.SIGTERM)
             except OSError:
                 pass
+
+
+class ForkedJob:
+    """A ProcessJob's program run as a child of a fork server (base/forkserver.py): the same
+    argv, directory, environment and output files, without the interpreter's start-up. When the
+    server cannot take it, the ProcessJob runs instead."""
+
+    def __init__(self, server: ForkServer, process: ProcessJob):
+        self.server, self.process = server, process
+        self._lock = threading.Lock()
+        self._call: ForkedCall | None = None
+        self._killed = False
+
+    def run(self) -> int:
+        p = self.process
+        with self._lock:
+            if self._killed:
+                return RETURN_SUBMIT_FAILED
+            with open(os.devnull, "wb") as devnull:
+                out, err = _descriptor(p.stdout, 1, devnull), _descriptor(p.stderr, 2, devnull)
+                call = self._call = self.server.call(
+                    p.argv, cwd=p.cwd, stdout=out, stderr=err, env=p.env or None
+                )
+        pid = call.wait_forked() if call else None
+        if call is None or pid is None:
+            return p.run()  # the server could not start, or went before forking it
+        p.children.add(pid, [self.server.process_name], p.cwd)
+        with self._lock:
+            killed = self._killed
+        if killed:
+            call.kill()
+        code = call.wait()
+        return -signal.SIGKILL if code is None else code  # None: it went with its server
+
+    def kill(self) -> None:
+        with self._lock:
+            self._killed = True
+            call = self._call
+        if call is not None:
+            call.kill()
+        self.process.kill()
+
+
+def _descriptor(output: Output, inherited: int, devnull: IO[bytes]) -> int:
+    """The file descriptor a ProcessJob's child would get for `output`."""
+    if output is None:
+        return inherited
+    if output == subprocess.DEVNULL:
+        return devnull.fileno()
+    assert not isinstance(output, int)
+    return output.fileno()

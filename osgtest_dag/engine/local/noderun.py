@@ -17,7 +17,7 @@ from pathlib import Path
 from osgtest_dag.base.errors import UserError
 from osgtest_dag.engine.local.context import Context, Interrupted
 from osgtest_dag.engine.local.decide import Next, RetryRule, after_attempt
-from osgtest_dag.engine.local.jobs import Output, ProcessJob
+from osgtest_dag.engine.local.jobs import ForkedJob, Job, Output, ProcessJob
 from osgtest_dag.engine.local.slots import JobSlot
 from osgtest_dag.engine.local.state import Attempt, NodeStatus, StateFile
 from osgtest_dag.engine.local.submit import read_job
@@ -177,7 +177,9 @@ class NodeRunner:
     def _process(
         self, argv: list[str], cwd: Path, stdout: Output, stderr: Output, env: Mapping[str, str]
     ) -> int:
-        job = ProcessJob(argv, cwd=cwd, stdout=stdout, stderr=stderr, env=env, children=self.ctx.children)
+        process = ProcessJob(argv, cwd=cwd, stdout=stdout, stderr=stderr, env=env, children=self.ctx.children)
+        server = self.ctx.fork_server(argv)  # `osgtest-dag node ...`: forked, not started again
+        job: Job = process if server is None else ForkedJob(server, process)
         return self.ctx.jobs.run(job)
 
     def _job(self, node: dagfile.Node, macros: dict, attempt: Attempt) -> int:
