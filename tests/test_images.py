@@ -138,6 +138,11 @@ def _strip_customization(disk: Path) -> dict:
             "updated": _updated_with_usr(g),
             "resolv_conf": g.cat("/etc/resolv.conf"),
             "default_target": g.readlink("/etc/systemd/system/default.target"),
+            "masked_units": [
+                name
+                for name in debian_builder.MASKED_UNITS
+                if g.readlink(f"/etc/systemd/system/{name}") == "/dev/null"
+            ],
             "masked_generators": [
                 name
                 for name in debian_builder.MASKED_GENERATORS
@@ -210,6 +215,7 @@ def test_local_image_content(customized):
     assert "INITRD /boot/initrd.img-" in conf
     assert seen["default_target"] == "/lib/systemd/system/multi-user.target"
     assert seen["masked_generators"] == list(debian_builder.MASKED_GENERATORS)
+    assert seen["masked_units"] == list(debian_builder.MASKED_UNITS)
     assert seen["resolv_conf"] == debian_builder.RESOLV_CONF
     assert int(seen["lists_stamp"]) > 1_700_000_000
     assert "deb.debian.org_debian_dists_bookworm_InRelease" in seen["lists"]

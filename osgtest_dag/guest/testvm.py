@@ -51,6 +51,12 @@ MASKED_UNITS = (
     "getty-static.service",  # gettys on tty2-6 when there is no logind: 3 s of boot
     "dpkg-db-backup.timer",
     "systemd-networkd-persistent-storage.service",  # trixie: networkd state kept on disk
+    # network units from ip= on the kernel command line: the image has its own .network file
+    "systemd-network-generator.service",
+    # trixie: udev rules from credentials (none), and a first pass of the static device nodes
+    # that systemd-tmpfiles-setup-dev makes anyway; with the one above, 0.7 s of its boot
+    "systemd-udev-load-credentials.service",
+    "systemd-tmpfiles-setup-dev-early.service",
 )
 # Generators systemd runs before it starts anything; these find nothing to do in a test VM
 # (no SysV scripts, encrypted or GPT-auto disks, hibernation image, gettys).
